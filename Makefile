@@ -1,0 +1,194 @@
+# mor: one plain, non-recursive Makefile. `make` builds the library, tools and examples;
+# `make test` builds and runs every test. `make list` prints the targets.
+
+VERSION_MAJOR := $(shell sed -n 's/^\#define MOR_VERSION_MAJOR \([0-9]*\).*/\1/p' include/mor.h)
+VERSION_MINOR := $(shell sed -n 's/^\#define MOR_VERSION_MINOR \([0-9]*\).*/\1/p' include/mor.h)
+VERSION_PATCH := $(shell sed -n 's/^\#define MOR_VERSION_PATCH \([0-9]*\).*/\1/p' include/mor.h)
+VERSION       := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+CC      ?= cc
+PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
+INCDIR  ?= $(PREFIX)/include
+BINDIR  ?= $(PREFIX)/bin
+PCDIR   ?= $(LIBDIR)/pkgconfig
+# Build directory for objects, tests and tool binaries (sanitizer builds use their own).
+B       ?= build
+# Where libmor.a / libmor.so.N go: lib/ for the normal build.
+L       ?= lib
+
+# Knobs:
+# OPENMP=1  run the compute loops under OpenMP instead of the built-in pthread pool.
+# SIMD=0    compile the scalar reference kernels only (the oracle), no ISA-specific files.
+# THREADS=0 build without pthreads, for hosts that forbid threads.
+# DEBUG=1   -O0 -g and internal debug logging.
+OPENMP  ?= 0
+SIMD    ?= 1
+THREADS ?= 1
+DEBUG   ?= 0
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wpointer-arith -Wvla -Wformat=2 -Wundef -Wwrite-strings -Wno-format-nonliteral
+OPT     := -O2
+ifeq ($(DEBUG),1)
+OPT     := -O0 -g -DMOR_DEBUG=2
+endif
+CFLAGS  ?=
+BASE    := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE $(OPT) -g $(WARN) -Iinclude -Isrc
+LIBS    := -lm
+ifeq ($(THREADS),1)
+LIBS    += -pthread
+else
+BASE    += -DMOR_NO_THREADS
+endif
+ifeq ($(OPENMP),1)
+BASE    += -fopenmp -DMOR_OPENMP
+LIBS    += -fopenmp
+endif
+ifeq ($(SIMD),0)
+BASE    += -DMOR_NO_SIMD
+endif
+ALL_CFLAGS := $(BASE) $(CFLAGS)
+LIB_CFLAGS := $(ALL_CFLAGS) -fPIC -fvisibility=hidden -DMOR_BUILD
+
+LIB_SRC  := $(wildcard src/*.c) $(wildcard src/kernels/*.c)
+ifeq ($(SIMD),1)
+LIB_SRC_X86 := $(wildcard src/kernels/x86/*.c)
+endif
+LIB_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC) $(LIB_SRC_X86))
+HDRS     := include/mor.h $(wildcard src/*.h) $(wildcard src/kernels/*.h)
+
+TEST_SRC := $(wildcard tests/test-*.c)
+TEST_BIN := $(patsubst tests/%.c,$(B)/%,$(TEST_SRC))
+TOOL_SRC := $(wildcard tools/*.c)
+TOOL_BIN := $(patsubst tools/%.c,$(B)/%,$(TOOL_SRC))
+EX_SRC   := $(wildcard examples/*.c)
+EX_BIN   := $(patsubst examples/%.c,$(B)/example-%,$(EX_SRC))
+
+STATIC   := $(L)/libmor.a
+SONAME   := libmor.so.$(VERSION_MAJOR)
+SHARED   := $(L)/libmor.so.$(VERSION)
+
+## all: the library (static and shared), tools and examples (default)
+all: lib tools examples
+
+## lib: lib/libmor.a and lib/libmor.so.N
+lib: $(STATIC) $(SHARED) $(L)/$(SONAME) $(L)/libmor.so $(L)/pkgconfig/mor.pc
+
+$(B)/obj/%.o: src/%.c $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(LIB_CFLAGS) -c $< -o $@
+
+# ISA-specific kernel files get their own flags; nothing else in the library does.
+$(B)/obj/kernels/x86/avx2.o: src/kernels/x86/avx2.c $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(LIB_CFLAGS) -mavx2 -mfma -mf16c -c $< -o $@
+$(B)/obj/kernels/x86/avx512.o: src/kernels/x86/avx512.c $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(LIB_CFLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -c $< -o $@
+
+$(STATIC): $(LIB_OBJ)
+	@mkdir -p $(L)
+	rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJ) src/mor.map
+	@mkdir -p $(L)
+	$(CC) -shared -o $@ $(LIB_OBJ) -Wl,-soname,$(SONAME) -Wl,--version-script=src/mor.map \
+	    -Wl,--no-undefined $(LDFLAGS) $(LIBS)
+$(L)/$(SONAME): $(SHARED)
+	ln -sf libmor.so.$(VERSION) $@
+$(L)/libmor.so: $(SHARED)
+	ln -sf libmor.so.$(VERSION) $@
+
+$(L)/pkgconfig/mor.pc: pkgconfig/mor.pc.in Makefile
+	@mkdir -p $(dir $@)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS@|$(LIBS)|' $< > $@
+
+## tools: mor-run and the converters (build/)
+tools: $(TOOL_BIN)
+$(B)/%: tools/%.c $(STATIC) include/mor.h $(wildcard tools/*.h)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+
+## examples: the programs in examples/, built exactly as a user would (mor.h + libmor)
+examples: $(EX_BIN)
+$(B)/example-%: examples/%.c $(STATIC) include/mor.h
+	$(CC) $(ALL_CFLAGS) -Iinclude $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+
+# Tests link the static library so they can reach internal mor__ symbols.
+$(B)/test-%: tests/test-%.c tests/harness.h $(STATIC) $(HDRS)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+
+## test: build and run every test, then check the exported symbols
+test: all $(TEST_BIN)
+	@fail=0; for t in $(TEST_BIN); do \
+	    echo "# $$t"; $(TEST_WRAP) ./$$t || fail=1; \
+	done; \
+	$(MAKE) --no-print-directory check-exports B=$(B) L=$(L) || fail=1; \
+	$(MAKE) --no-print-directory check-header B=$(B) || fail=1; \
+	if [ $$fail = 0 ]; then echo "all test programs passed"; else echo "SOME TESTS FAILED"; exit 1; fi
+
+## check-exports: the shared library exports only mor_* symbols, under the MOR_0 version node
+check-exports: $(SHARED)
+	@bad=$$(nm -D --defined-only $(SHARED) | awk '{print $$3}' | grep -v '^mor_' | grep -v '^MOR_' ); \
+	if [ -n "$$bad" ]; then echo "unexpected exports: $$bad"; exit 1; fi; \
+	n=$$(nm -D --defined-only $(SHARED) | awk '{print $$3}' | grep -c '^mor_'); \
+	echo "exports: $$n mor_ symbols, nothing else"; \
+	readelf -d $(SHARED) | grep -q "SONAME.*\[$(SONAME)\]" && echo "soname: $(SONAME)"
+
+## check-header: mor.h compiles alone as strict C11 and as C++
+check-header:
+	@mkdir -p $(B)
+	@printf '#include "mor.h"\nint main(void){return mor_version_number()==MOR_VERSION_NUMBER?0:1;}\n' > $(B)/hdr.c
+	$(CC) -std=c11 -Wpedantic -Wall -Wextra -Werror -Iinclude -c $(B)/hdr.c -o $(B)/hdr.o
+	@if command -v c++ >/dev/null; then c++ -x c++ -Wall -Wextra -Werror -Iinclude -c $(B)/hdr.c -o $(B)/hdr-cxx.o && echo "header: C11 and C++ ok"; fi
+
+## asan: build everything with AddressSanitizer (+ leak checks) into build-asan/ and run the tests
+asan:
+	$(MAKE) test B=build-asan L=build-asan/lib CFLAGS="-fsanitize=address -fno-omit-frame-pointer" \
+	    LDFLAGS="-fsanitize=address"
+
+## ubsan: build with UndefinedBehaviorSanitizer (abort on any report) and run the tests
+ubsan:
+	$(MAKE) test B=build-ubsan L=build-ubsan/lib CFLAGS="-fsanitize=undefined -fno-sanitize-recover=all" \
+	    LDFLAGS="-fsanitize=undefined"
+
+## valgrind: run the tests under valgrind memcheck (errors and leaks fail)
+valgrind: all $(TEST_BIN)
+	$(MAKE) test TEST_WRAP="valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect"
+
+## install: header, libraries and mor.pc under $(DESTDIR)$(PREFIX)
+install: lib
+	install -d $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PCDIR) $(DESTDIR)$(BINDIR)
+	install -m 644 include/mor.h $(DESTDIR)$(INCDIR)/
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf libmor.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf libmor.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libmor.so
+	install -m 644 $(L)/pkgconfig/mor.pc $(DESTDIR)$(PCDIR)/
+	@for t in $(TOOL_BIN); do [ -f $$t ] && install -m 755 $$t $(DESTDIR)$(BINDIR)/ || true; done
+
+## uninstall: remove what install put in place
+uninstall:
+	rm -f $(DESTDIR)$(INCDIR)/mor.h $(DESTDIR)$(LIBDIR)/libmor.a $(DESTDIR)$(LIBDIR)/libmor.so* \
+	    $(DESTDIR)$(PCDIR)/mor.pc
+
+## test-install: install into a temporary prefix and build an example with pkg-config
+test-install: lib
+	rm -rf $(B)/stage && $(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(B)/stage PREFIX=/usr
+	PKG_CONFIG_SYSROOT_DIR=$(CURDIR)/$(B)/stage PKG_CONFIG_LIBDIR=$(CURDIR)/$(B)/stage/usr/lib/pkgconfig \
+	    sh -c '$(CC) -std=c11 examples/simple.c -o $(B)/stage/simple $$(pkg-config --cflags --libs mor)'
+	LD_LIBRARY_PATH=$(B)/stage/usr/lib $(B)/stage/simple tests/data/stories260K.gguf > /dev/null && echo "install: ok"
+
+## clean: remove build outputs
+clean:
+	rm -rf build build-asan build-ubsan lib/libmor* lib/pkgconfig
+
+## list: print the targets with their descriptions
+list:
+	@grep -E '^## ' Makefile | sed 's/^## /  /'
+
+.PHONY: all lib tools examples test check-exports check-header asan ubsan valgrind install uninstall \
+    test-install clean list
+.SECONDARY:

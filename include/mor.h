@@ -1,0 +1,385 @@
+/* mor.h: adaptive-depth inference for small language models. MIT License. */
+#ifndef MOR_H
+#define MOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*-************************************************************************************************
+ *  Version
+ **************************************************************************************************/
+#define MOR_VERSION_MAJOR 0
+#define MOR_VERSION_MINOR 1
+#define MOR_VERSION_PATCH 0
+#define MOR_VERSION_NUMBER (MOR_VERSION_MAJOR * 10000 + MOR_VERSION_MINOR * 100 + MOR_VERSION_PATCH)
+
+#if defined(MOR_BUILD_SHARED) || defined(MOR_BUILD)
+#  define MOR_API __attribute__((visibility("default")))
+#else
+#  define MOR_API
+#endif
+
+/*-************************************************************************************************
+ *  Status
+ **************************************************************************************************/
+/* Every fallible call returns a mor_status: 0 is success, negative values are errors.
+ * Values are pinned: new codes are appended, none is ever renumbered. */
+#define MOR_STATUS_MAP(XX)                                                                        \
+    XX(OK,               0, "success")                                                             \
+    XX(E_INVALID,       -1, "invalid argument")                                                    \
+    XX(E_NOMEM,         -2, "out of memory")                                                       \
+    XX(E_IO,            -3, "input/output error")                                                  \
+    XX(E_FORMAT,        -4, "malformed model file")                                                \
+    XX(E_UNSUPPORTED,   -5, "unsupported feature in model file")                                   \
+    XX(E_NOT_FOUND,     -6, "not found")                                                           \
+    XX(E_TOKEN,         -7, "token id out of range")                                               \
+    XX(E_CONTEXT_FULL,  -8, "context window is full")                                              \
+    XX(E_BUFFER_SMALL,  -9, "caller buffer too small")                                             \
+    XX(E_STATE,        -10, "invalid session state data")                                          \
+    XX(E_CALLBACK,     -11, "a callback reported an error")                                        \
+    XX(E_CANCELLED,    -12, "operation cancelled")                                                 \
+    XX(E_THREAD,       -13, "thread creation failed")                                              \
+    XX(E_INTERNAL,     -14, "internal error")
+
+typedef enum mor_status {
+#define MOR__STATUS_ENUM(name, value, msg) MOR_##name = value,
+    MOR_STATUS_MAP(MOR__STATUS_ENUM)
+#undef MOR__STATUS_ENUM
+    MOR_STATUS_MIN = -14
+} mor_status;
+
+/*-************************************************************************************************
+ *  Overview
+ **************************************************************************************************
+ * mor runs small language models on a CPU with adaptive depth: a recursive model applies one
+ * block of shared weights several times, and each token may stop early. It reads GGUF files
+ * (architecture `llama`, or `mor` for recursive models; see docs/FORMAT.md).
+ *
+ * Objects:
+ *   mor_model    immutable after load; share it freely between threads and sessions.
+ *                It must outlive every session created from it.
+ *   mor_session  one sequence: KV cache, logits, sampler state, exit policy. Use a session from
+ *                one thread at a time (different sessions may run in parallel).
+ *
+ * Errors: every fallible call returns a mor_status (0 = MOR_OK, negative = error). Calls that
+ * create an object take an optional `err` buffer that receives a message naming the problem;
+ * calls on a session leave their message in mor_session_last_error(). The library never
+ * aborts, exits or prints; logging goes to the callback set with mor_log_set().
+ *
+ * Example (greedy generation; error checks shortened):
+ *
+ *     #include <mor.h>
+ *     #include <stdio.h>
+ *
+ *     int main(void) {
+ *         char err[256];
+ *         mor_model *model;
+ *         mor_session *sess;
+ *         if (mor_model_load("model.gguf", NULL, &model, err, sizeof err)) {
+ *             fprintf(stderr, "%s\n", err);
+ *             return 1;
+ *         }
+ *         mor_session_create(model, NULL, &sess, err, sizeof err);
+ *         int32_t tok = mor_model_token_bos(model);
+ *         for (int i = 0; i < 32; i++) {
+ *             if (mor_session_step(sess, &tok, 1) != MOR_OK) break;
+ *             mor_session_sample(sess, &tok);        // greedy unless a sampler is set
+ *             printf("%d ", tok);
+ *         }
+ *         mor_session_free(sess);
+ *         mor_model_free(model);
+ *         return 0;
+ *     }
+ *
+ * Parameter structs (mor_model_params, mor_session_params, mor_sampler_params,
+ * mor_exit_policy) start with `size` and `kind` fields and are filled by their _init()
+ * function; new fields are only ever appended, and the library reads no further than `size`,
+ * so a program built against an older header keeps working. Bindings that cannot mirror C
+ * structs (Python ctypes) allocate mor_params_size(kind) bytes, call mor_params_init() and set
+ * fields by name with mor_params_set().
+ */
+
+/*-************************************************************************************************
+ *  Version and status strings
+ **************************************************************************************************/
+
+/* mor_version(): the library version as "MAJOR.MINOR.PATCH". Static string. Thread-safe. */
+MOR_API const char *mor_version(void);
+/* mor_version_number(): MAJOR*10000 + MINOR*100 + PATCH of the library actually linked. */
+MOR_API uint32_t    mor_version_number(void);
+/* mor_status_name(): "MOR_E_FORMAT" for MOR_E_FORMAT; "MOR_E_UNKNOWN" for a value not in the
+ * table. Static string. Thread-safe. */
+MOR_API const char *mor_status_name(int status);
+/* mor_status_str(): a short English description of a status. Static string. Thread-safe. */
+MOR_API const char *mor_status_str(int status);
+
+/*-************************************************************************************************
+ *  Logging
+ **************************************************************************************************/
+#define MOR_LOG_ERROR 0
+#define MOR_LOG_WARN  1
+#define MOR_LOG_INFO  2
+#define MOR_LOG_DEBUG 3
+
+/* A log callback receives a level, a NUL-terminated message (borrowed, valid during the call)
+ * and the user pointer given to mor_log_set(). It is called on the thread that triggered the
+ * message, possibly on several threads at once. */
+typedef void (*mor_log_fn)(int32_t level, const char *message, void *user_data);
+
+/* mor_log_set(): install a process-wide log callback (NULL: silent, the default). Messages
+ * above max_level are not formatted at all. Thread-safe; the callback and user_data must stay
+ * valid until replaced. */
+MOR_API void mor_log_set(mor_log_fn fn, void *user_data, int32_t max_level);
+
+/*-************************************************************************************************
+ *  Parameter structs
+ **************************************************************************************************/
+#define MOR_PARAMS_MODEL   1
+#define MOR_PARAMS_SESSION 2
+#define MOR_PARAMS_SAMPLER 3
+#define MOR_PARAMS_EXIT    4
+
+/* Model load flags. */
+#define MOR_MODEL_NO_MMAP    1u  /* read the file into memory instead of mapping it */
+#define MOR_MODEL_VOCAB_ONLY 2u  /* load metadata and vocabulary only (no weights, no sessions) */
+#define MOR_MODEL_COPY       4u  /* mor_model_load_memory(): copy the buffer (else borrowed) */
+
+typedef struct mor_model_params {
+    uint32_t size;   /* sizeof(mor_model_params) as compiled by the caller */
+    uint32_t kind;   /* MOR_PARAMS_MODEL */
+    uint32_t flags;  /* MOR_MODEL_* flags; default 0 */
+    uint32_t reserved;
+} mor_model_params;
+
+/* Session flags. */
+#define MOR_SESSION_LOGITS_ALL 1u /* keep the logits of every token of a step, not only the last */
+
+typedef struct mor_session_params {
+    uint32_t size;      /* sizeof(mor_session_params) */
+    uint32_t kind;      /* MOR_PARAMS_SESSION */
+    int32_t  n_ctx;     /* context length in tokens; 0 = the model's trained context. Default 0 */
+    int32_t  n_batch;   /* most tokens computed in one pass of a prompt; default 64 */
+    int32_t  n_threads; /* worker threads for this session (1 = caller's thread only); default 1 */
+    uint32_t flags;     /* MOR_SESSION_* flags; default 0 */
+} mor_session_params;
+
+typedef struct mor_sampler_params {
+    uint32_t size;           /* sizeof(mor_sampler_params) */
+    uint32_t kind;           /* MOR_PARAMS_SAMPLER */
+    float    temperature;    /* <= 0: greedy (argmax). Default 0 */
+    int32_t  top_k;          /* keep the k most likely tokens; <= 0: all. Default 40 */
+    float    top_p;          /* nucleus: keep the smallest set with mass >= top_p; 1 = off. Default 0.95 */
+    float    min_p;          /* drop tokens below min_p * p(top); 0 = off. Default 0.05 */
+    float    repeat_penalty; /* divide positive (multiply negative) logits of recent tokens; 1 = off */
+    int32_t  repeat_last_n;  /* how many recent tokens the penalty looks at. Default 64 */
+    uint64_t seed;           /* RNG seed; the same seed gives the same tokens. Default 0x5eed */
+} mor_sampler_params;
+
+/* Exit policies (which recursions each token runs). More policies come with the router API. */
+#define MOR_EXIT_FULL   0 /* every token runs every recursion (routers still gate, see docs) */
+#define MOR_EXIT_FIXED  1 /* every token runs recursions 0 .. depth-1 */
+#define MOR_EXIT_ROUTER 2 /* the model's own router decides (expert-choice: sigmoid >= threshold) */
+
+typedef struct mor_exit_policy {
+    uint32_t size;      /* sizeof(mor_exit_policy) */
+    uint32_t kind;      /* MOR_PARAMS_EXIT */
+    int32_t  policy;    /* MOR_EXIT_*; default MOR_EXIT_ROUTER for models with a router, else FULL */
+    int32_t  depth;     /* MOR_EXIT_FIXED: recursions to run, 1 .. model's recursion count */
+    float    threshold; /* MOR_EXIT_ROUTER, expert-choice: continue iff sigmoid(z) >= threshold; 0.5 */
+    int32_t  min_depth; /* recursions every token runs before any exit; default 1 */
+} mor_exit_policy;
+
+/* Fill a params struct with its defaults (sets size and kind). NULL is ignored. */
+MOR_API void mor_model_params_init(mor_model_params *p);
+MOR_API void mor_session_params_init(mor_session_params *p);
+MOR_API void mor_sampler_params_init(mor_sampler_params *p);
+MOR_API void mor_exit_policy_init(mor_exit_policy *p);
+
+/* Generic access for bindings. mor_params_size(kind): bytes to allocate (0: unknown kind).
+ * mor_params_init(p, kind): defaults. mor_params_set(p, "field", value) and mor_params_get():
+ * set / read a field by its name in the struct above (integers must be exact in a double).
+ * @return MOR_OK, MOR_E_NOT_FOUND (no such field) or MOR_E_INVALID (NULL, bad kind, value out
+ * of range for the field's type). Thread-safe on distinct structs. */
+MOR_API size_t mor_params_size(uint32_t kind);
+MOR_API int    mor_params_init(void *p, uint32_t kind);
+MOR_API int    mor_params_set(void *p, const char *field, double value);
+MOR_API int    mor_params_get(const void *p, const char *field, double *value);
+
+/*-************************************************************************************************
+ *  Model
+ **************************************************************************************************/
+typedef struct mor_model mor_model;
+
+/* mor_model_load(): open a GGUF file (mapped read-only unless MOR_MODEL_NO_MMAP) and build a
+ * model. params may be NULL (defaults). err (err_size bytes, may be NULL/0) receives a message
+ * naming the problem on failure.
+ * @return MOR_OK and *out set (caller owns; free with mor_model_free), or an error with *out =
+ * NULL: MOR_E_IO (cannot open/read), MOR_E_FORMAT (malformed: offset, key or tensor named),
+ * MOR_E_UNSUPPORTED (valid GGUF this library cannot run: architecture, tensor type, version),
+ * MOR_E_NOMEM, MOR_E_INVALID (NULL path or out). Thread-safe. */
+MOR_API int mor_model_load(const char *path, const mor_model_params *params, mor_model **out,
+                           char *err, size_t err_size);
+
+/* mor_model_load_memory(): the same from a GGUF image in memory. Without MOR_MODEL_COPY the
+ * buffer is borrowed and must stay valid and unchanged until mor_model_free(). */
+MOR_API int mor_model_load_memory(const void *data, size_t size, const mor_model_params *params,
+                                  mor_model **out, char *err, size_t err_size);
+
+/* mor_model_free(): release a model and its mapping. NULL is a no-op. Every session of the
+ * model must have been freed before. */
+MOR_API void mor_model_free(mor_model *model);
+
+/* Integer model facts for mor_model_get_int(). */
+#define MOR_INFO_N_VOCAB          0  /* vocabulary size */
+#define MOR_INFO_N_CTX_TRAIN      1  /* trained context length */
+#define MOR_INFO_N_EMBD           2  /* hidden size d */
+#define MOR_INFO_N_FF             3  /* feed-forward size */
+#define MOR_INFO_N_HEAD           4  /* query heads */
+#define MOR_INFO_N_HEAD_KV        5  /* key/value heads */
+#define MOR_INFO_HEAD_DIM         6  /* head size */
+#define MOR_INFO_N_LAYER          7  /* unrolled depth L */
+#define MOR_INFO_N_RECURSION      8  /* recursions N_r (1 for a vanilla model) */
+#define MOR_INFO_N_STORED_LAYER   9  /* layers stored in the file (shared ones once) */
+#define MOR_INFO_BLOCK_SIZE      10  /* layers per recursion block B */
+#define MOR_INFO_SHARING         11  /* MOR_SHARING_* */
+#define MOR_INFO_ROUTER          12  /* MOR_ROUTER_* */
+#define MOR_INFO_KV_SHARING      13  /* 1 if deeper recursions reuse recursion-0 KV */
+#define MOR_INFO_LORA_RANK       14  /* largest LoRA rank (0: none) */
+#define MOR_INFO_N_EXIT_HEADS    15  /* exit heads */
+#define MOR_INFO_N_PARAMS        16  /* parameters stored (shared weights counted once) */
+#define MOR_INFO_N_PARAMS_UNROLLED 17 /* parameters of the equivalent unrolled model */
+#define MOR_INFO_ROPE_TYPE       18  /* 0: adjacent pairs, 1: neox (rotate half) */
+#define MOR_INFO_WEIGHT_BYTES    19  /* bytes of tensor data */
+#define MOR_INFO_VOCAB_ONLY      20  /* 1 if loaded with MOR_MODEL_VOCAB_ONLY */
+/* Float model facts for mor_model_get_float(). */
+#define MOR_INFO_RMS_EPS        100
+#define MOR_INFO_ROPE_THETA     101
+#define MOR_INFO_LORA_SCALE     102
+#define MOR_INFO_ROUTER_ALPHA   103
+/* String model facts for mor_model_get_str(). */
+#define MOR_INFO_ARCH           200  /* "llama" or "mor" */
+#define MOR_INFO_SHARING_NAME   201  /* "none", "cycle", "sequence", "middle_cycle", "middle_sequence" */
+#define MOR_INFO_ROUTER_NAME    202  /* "none", "expert", "token" */
+#define MOR_INFO_NAME           203  /* general.name, or "" */
+
+#define MOR_SHARING_NONE            0
+#define MOR_SHARING_CYCLE           1
+#define MOR_SHARING_SEQUENCE        2
+#define MOR_SHARING_MIDDLE_CYCLE    3
+#define MOR_SHARING_MIDDLE_SEQUENCE 4
+
+#define MOR_ROUTER_NONE   0
+#define MOR_ROUTER_EXPERT 1
+#define MOR_ROUTER_TOKEN  2
+
+/* mor_model_get_int() / _float() / _str(): model facts by MOR_INFO_* key. An unknown key or a
+ * NULL model gives -1 / NAN / NULL. Strings are owned by the model. Thread-safe. */
+MOR_API int64_t     mor_model_get_int(const mor_model *model, int32_t key);
+MOR_API double      mor_model_get_float(const mor_model *model, int32_t key);
+MOR_API const char *mor_model_get_str(const mor_model *model, int32_t key);
+
+/* mor_model_meta_str(): the GGUF metadata value of `key` rendered as text (numbers in decimal,
+ * strings as is, arrays as "[n items]") into buf (NUL-terminated). *n_bytes receives the
+ * length without the NUL. @return MOR_OK, MOR_E_NOT_FOUND, MOR_E_BUFFER_SMALL (*n_bytes = the
+ * length needed, without the NUL), MOR_E_INVALID. Thread-safe. */
+MOR_API int mor_model_meta_str(const mor_model *model, const char *key, char *buf, size_t capacity,
+                               size_t *n_bytes);
+
+/*-************************************************************************************************
+ *  Session
+ **************************************************************************************************/
+typedef struct mor_session mor_session;
+
+/* mor_session_create(): a session with its own KV cache (n_ctx tokens, one slot per unrolled
+ * layer) and work buffers, allocated once here. params may be NULL. @return MOR_OK and *out
+ * (caller owns; mor_session_free), or MOR_E_INVALID (NULL, vocab-only model, bad parameter:
+ * named in err), MOR_E_NOMEM. Thread-safe with respect to the model. */
+MOR_API int  mor_session_create(const mor_model *model, const mor_session_params *params,
+                                mor_session **out, char *err, size_t err_size);
+/* mor_session_free(): NULL is a no-op. */
+MOR_API void mor_session_free(mor_session *session);
+
+/* mor_session_last_error(): the message of the last failed call on this session ("" if none).
+ * Borrowed: valid until the next call on the session. */
+MOR_API const char *mor_session_last_error(const mor_session *session);
+
+/* mor_session_step(): append n_tokens tokens at the end of the sequence and run the model on
+ * them (a prompt is computed in batches of n_batch). Afterwards the logits of the last token
+ * (of every token with MOR_SESSION_LOGITS_ALL) and the depth each token took are available.
+ * @return MOR_OK; MOR_E_TOKEN (an id outside the vocabulary: nothing changed);
+ * MOR_E_CONTEXT_FULL (the tokens do not fit in n_ctx: nothing changed, rewind or reset to go
+ * on); MOR_E_INVALID (NULL tokens, n_tokens < 1, or more than n_batch tokens with LOGITS_ALL).
+ * Not thread-safe on one session. */
+MOR_API int mor_session_step(mor_session *session, const int32_t *tokens, int32_t n_tokens);
+
+/* mor_session_logits(): logits (n_vocab floats) of token i of the last step; i = -1 is the last
+ * token. NULL if i is out of range or that token's logits were not kept. Borrowed: valid until
+ * the next step, rewind, reset or state load. */
+MOR_API const float *mor_session_logits(const mor_session *session, int32_t i);
+
+/* mor_session_depth(): recursions that token i of the last step ran (-1 = last token); for a
+ * vanilla model, 1. -1 if i is out of range. */
+MOR_API int32_t mor_session_depth(const mor_session *session, int32_t i);
+
+/* Counters: tokens in the sequence, the context size, tokens in the last step. */
+MOR_API int32_t mor_session_n_past(const mor_session *session);
+MOR_API int32_t mor_session_n_ctx(const mor_session *session);
+MOR_API int32_t mor_session_n_last(const mor_session *session);
+
+/* mor_session_rewind(): keep the first n_keep tokens (0 <= n_keep <= n_past) and drop the rest
+ * from the KV cache, so the sequence can continue from there. Logits of the last step are
+ * dropped. @return MOR_OK or MOR_E_INVALID. */
+MOR_API int  mor_session_rewind(mor_session *session, int32_t n_keep);
+/* mor_session_reset(): forget the whole sequence (same as rewind to 0); the sampler RNG is
+ * re-seeded from its seed. */
+MOR_API void mor_session_reset(mor_session *session);
+
+/* Session state: the tokens, the KV cache, the sampler settings and RNG and the exit policy, in
+ * a versioned little-endian byte format tied to the model's shape.
+ * mor_session_state_size(): exact bytes mor_session_state_save() writes now.
+ * mor_session_state_save(): @return MOR_OK, MOR_E_BUFFER_SMALL (*n_written = bytes needed).
+ * mor_session_state_load(): restore into a session of the same model (n_ctx may differ if the
+ * tokens fit). @return MOR_OK or MOR_E_STATE (bad magic, version, shape or size: the session
+ * is left unchanged). */
+MOR_API size_t mor_session_state_size(const mor_session *session);
+MOR_API int    mor_session_state_save(const mor_session *session, void *buf, size_t capacity,
+                                      size_t *n_written);
+MOR_API int    mor_session_state_load(mor_session *session, const void *buf, size_t size);
+
+/*-************************************************************************************************
+ *  Sampling
+ **************************************************************************************************/
+
+/* mor_session_set_sampler(): copy the sampler settings into the session and seed its RNG.
+ * params NULL restores the defaults (greedy). @return MOR_OK or MOR_E_INVALID (a value out of
+ * range, named in mor_session_last_error). */
+MOR_API int mor_session_set_sampler(mor_session *session, const mor_sampler_params *params);
+
+/* mor_session_sample(): pick the next token from the logits of the last token of the last step,
+ * applying repetition penalty, temperature, top-k, top-p and min-p in that order, and drawing
+ * from the session's RNG. Greedy when temperature <= 0. Does not append the token: pass it to
+ * mor_session_step(). @return MOR_OK, or MOR_E_INVALID (no logits: step first). */
+MOR_API int mor_session_sample(mor_session *session, int32_t *token);
+
+/*-************************************************************************************************
+ *  Exit policy
+ **************************************************************************************************/
+
+/* mor_session_set_exit_policy(): choose how deep tokens go from the next step on. NULL restores
+ * the model's default. @return MOR_OK, MOR_E_INVALID (depth outside 1..N_r, threshold outside
+ * [0,1], unknown policy; the previous policy stays), MOR_E_UNSUPPORTED (the policy needs a
+ * router the model lacks). */
+MOR_API int mor_session_set_exit_policy(mor_session *session, const mor_exit_policy *policy);
+
+/* ---- BEGIN TOKENIZER API ---- */
+/* ---- END TOKENIZER API ---- */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOR_H */

@@ -1,0 +1,121 @@
+// gguf.h: GGUF v3 reader (and a small writer for tools and tests).
+//
+// The reader parses and validates the whole header of a GGUF image held in memory (an
+// mmap'd file or a caller buffer) before any tensor pointer is formed. It never asserts on
+// input: every failure returns a negative mor status and writes a message naming the byte
+// offset, key or tensor, and the expected and found values. The parsed view borrows the
+// image; it does not copy tensor data. See docs/FORMAT.md §1.
+#ifndef MOR_GGUF_H
+#define MOR_GGUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MOR__GGUF_MAX_TENSORS 65536
+#define MOR__GGUF_MAX_KV      65536
+#define MOR__GGUF_MAX_NAME    64
+#define MOR__GGUF_MAX_STRING  (16u << 20)
+#define MOR__GGUF_MAX_ARRAY   (64u << 20)
+
+enum mor__gguf_vtype {
+    MOR__GGUF_UINT8 = 0, MOR__GGUF_INT8 = 1, MOR__GGUF_UINT16 = 2, MOR__GGUF_INT16 = 3,
+    MOR__GGUF_UINT32 = 4, MOR__GGUF_INT32 = 5, MOR__GGUF_FLOAT32 = 6, MOR__GGUF_BOOL = 7,
+    MOR__GGUF_STRING = 8, MOR__GGUF_ARRAY = 9, MOR__GGUF_UINT64 = 10, MOR__GGUF_INT64 = 11,
+    MOR__GGUF_FLOAT64 = 12, MOR__GGUF_VTYPE_COUNT = 13
+};
+
+// ggml tensor type ids (only those the engine knows by name).
+enum mor__dtype {
+    MOR__DT_F32 = 0, MOR__DT_F16 = 1, MOR__DT_Q4_0 = 2, MOR__DT_Q8_0 = 8, MOR__DT_BF16 = 30,
+};
+
+typedef struct {
+    const char *ptr;   // not NUL-terminated; borrowed from the image
+    uint64_t    len;
+} mor__gguf_str;
+
+typedef struct {
+    mor__gguf_str key;
+    uint32_t      type;       // enum mor__gguf_vtype
+    uint32_t      arr_type;   // element type when type == ARRAY
+    uint64_t      arr_n;      // element count when type == ARRAY
+    const uint8_t *data;      // scalar bytes, string record (u64 len + bytes), or first array element
+    uint64_t      offset;     // byte offset of the value in the image (for messages)
+} mor__gguf_kv;
+
+typedef struct {
+    char          name[MOR__GGUF_MAX_NAME + 1];  // NUL-terminated copy
+    uint32_t      n_dims;
+    uint64_t      dims[4];    // innermost first; unused dims are 1
+    uint32_t      type;       // ggml type id (a known one; see mor__dtype_name)
+    uint64_t      n_elems;
+    uint64_t      size;       // bytes
+    uint64_t      offset;     // absolute offset in the image
+    const void   *data;       // image + offset
+} mor__gguf_tensor;
+
+typedef struct mor__gguf {
+    const uint8_t    *image;
+    uint64_t          size;
+    uint32_t          version;
+    uint32_t          alignment;
+    uint64_t          n_kv;
+    mor__gguf_kv     *kv;       // owned
+    uint64_t          n_tensors;
+    mor__gguf_tensor *tensors;  // owned
+    uint64_t          data_offset;
+} mor__gguf;
+
+// Parse `image` (size bytes, borrowed; must outlive `g`). On error returns a negative
+// status, writes a message to err (err_size bytes, may be 0) and leaves `g` empty (safe to
+// pass to mor__gguf_free). Every tensor type GGUF defines is accepted here (sizes are known);
+// the model loader decides which types it can compute with. Unknown type ids are MOR_E_FORMAT.
+int  mor__gguf_parse(mor__gguf *g, const void *image, uint64_t size, char *err, size_t err_size);
+void mor__gguf_free(mor__gguf *g);
+
+// Lookups return NULL / -1 when absent.
+const mor__gguf_kv     *mor__gguf_find_kv(const mor__gguf *g, const char *key);
+const mor__gguf_tensor *mor__gguf_find_tensor(const mor__gguf *g, const char *name);
+
+// Typed getters. Return MOR_OK, or MOR_E_FORMAT with a message naming the key when the value
+// has the wrong type (integers of any width convert when the value fits). When the key is
+// absent: return MOR_E_NOT_FOUND (callers turn that into a default or an error).
+int mor__gguf_get_u32(const mor__gguf *g, const char *key, uint32_t *out, char *err, size_t n);
+int mor__gguf_get_f32(const mor__gguf *g, const char *key, float *out, char *err, size_t n);
+int mor__gguf_get_bool(const mor__gguf *g, const char *key, int *out, char *err, size_t n);
+// String value: pointer into the image (not NUL-terminated) and length.
+int mor__gguf_get_str(const mor__gguf *g, const char *key, mor__gguf_str *out, char *err, size_t n);
+// Array accessors: element count and element type; element i of a string array.
+int mor__gguf_get_arr(const mor__gguf *g, const char *key, uint32_t *elem_type, uint64_t *n,
+                      char *err, size_t err_n);
+// The i-th string of a string array (i < n, checked by the caller with mor__gguf_get_arr).
+// Walks the array from its start: O(i). Callers needing every element build their own index.
+mor__gguf_str mor__gguf_arr_str(const mor__gguf *g, const mor__gguf_kv *kv, uint64_t i);
+// Elements of a numeric array converted to float / int32 (returns MOR_E_FORMAT on wrong type).
+int mor__gguf_arr_f32(const mor__gguf *g, const char *key, float *out, uint64_t n, char *err, size_t err_n);
+int mor__gguf_arr_i32(const mor__gguf *g, const char *key, int32_t *out, uint64_t n, char *err, size_t err_n);
+
+const char *mor__dtype_name(uint32_t t);
+// Bytes for n elements of type t (n a multiple of the block size), 0 on overflow/unknown.
+uint64_t    mor__dtype_size(uint32_t t, uint64_t n);
+
+// ---- writer (tools and tests) -------------------------------------------------------------
+// Builds a GGUF image in memory. Keys and tensors are appended in call order; tensor data is
+// copied. mor__gguf_writer_finish() returns a malloc'd image (caller frees) or NULL on OOM.
+typedef struct mor__gguf_writer mor__gguf_writer;
+mor__gguf_writer *mor__gguf_writer_create(void);
+void mor__gguf_writer_free(mor__gguf_writer *w);
+int  mor__gguf_w_u32(mor__gguf_writer *w, const char *key, uint32_t v);
+int  mor__gguf_w_i32(mor__gguf_writer *w, const char *key, int32_t v);
+int  mor__gguf_w_f32(mor__gguf_writer *w, const char *key, float v);
+int  mor__gguf_w_bool(mor__gguf_writer *w, const char *key, int v);
+int  mor__gguf_w_str(mor__gguf_writer *w, const char *key, const char *v);
+int  mor__gguf_w_arr_str(mor__gguf_writer *w, const char *key, const char *const *v, const uint32_t *lens, uint64_t n);
+int  mor__gguf_w_arr_f32(mor__gguf_writer *w, const char *key, const float *v, uint64_t n);
+int  mor__gguf_w_arr_i32(mor__gguf_writer *w, const char *key, const int32_t *v, uint64_t n);
+int  mor__gguf_w_arr_u32(mor__gguf_writer *w, const char *key, const uint32_t *v, uint64_t n);
+int  mor__gguf_w_tensor(mor__gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
+                        const uint64_t *dims, const void *data);
+void *mor__gguf_writer_finish(mor__gguf_writer *w, uint64_t *size);
+
+#endif
