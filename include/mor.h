@@ -190,7 +190,7 @@ typedef struct mor_exit_policy {
     int32_t  policy;    /* MOR_EXIT_*; default MOR_EXIT_ROUTER for models with a router, else FULL */
     int32_t  depth;     /* MOR_EXIT_FIXED: recursions to run, 1 .. model's recursion count */
     float    threshold; /* MOR_EXIT_ROUTER, expert-choice: continue iff sigmoid(z) >= threshold; 0.5 */
-    int32_t  min_depth; /* recursions every token runs before any exit; default 1 */
+    int32_t  min_depth; /* recursions every token runs before the router may stop it; default 0 */
 } mor_exit_policy;
 
 /* Fill a params struct with its defaults (sets size and kind). NULL is ignored. */

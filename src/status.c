@@ -115,7 +115,7 @@ void mor_exit_policy_init(mor_exit_policy *p) {
     p->policy = -1;  // "the model's default", resolved by the session
     p->depth = 0;
     p->threshold = 0.5f;
-    p->min_depth = 1;
+    p->min_depth = 0;
 }
 
 enum { F_U32, F_I32, F_F32, F_U64 };

@@ -1,0 +1,865 @@
+// model.c: load a GGUF model: map the file, read hyperparameters of the `llama` and `mor`
+// architectures, bind every tensor with its shape checked, and build the unrolled-layer table
+// that points shared layers at one copy of their weights.
+//
+// Nothing here computes; the forward pass lives in forward.c. Every failure names the key or
+// tensor and the expected and found values (docs/FORMAT.md).
+#include "model.h"
+#include "kernels.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if defined(__has_include)
+#if __has_include("tokenizer.h") && __has_include("tokenizer.c")  // until the tokenizer lands
+#include "tokenizer.h"
+#define MOR__HAVE_TOKENIZER 1
+#endif
+#endif
+
+#define MAX_LAYERS 4096
+#define MAX_DIM    (1 << 20)
+
+typedef struct {
+    mor_model *m;
+    char      *err;
+    size_t     err_n;
+    char       prefix[24];   // "llama." or "mor."
+    float     *f32_next;     // next free float in m->f32_copies
+    float     *f32_end;
+    uint8_t   *used;         // [n_tensors]: bound by a known name
+} loader;
+
+static const char *role_names[MOR__N_PROJ] = {"attn_q", "attn_k", "attn_v", "attn_output",
+                                              "ffn_gate", "ffn_up", "ffn_down"};
+
+// ---- metadata helpers ----------------------------------------------------------------------
+
+static int get_u32(loader *ld, const char *key, uint32_t *out, int required, uint32_t def) {
+    char full[96];
+    snprintf(full, sizeof full, "%s%s", ld->prefix, key);
+    int s = mor__gguf_get_u32(&ld->m->gguf, full, out, ld->err, ld->err_n);
+    if (s == MOR_E_NOT_FOUND) {
+        if (required) return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "missing required key '%s'", full);
+        *out = def;
+        return MOR_OK;
+    }
+    return s;
+}
+
+static int get_f32(loader *ld, const char *key, float *out, float def) {
+    char full[96];
+    snprintf(full, sizeof full, "%s%s", ld->prefix, key);
+    int s = mor__gguf_get_f32(&ld->m->gguf, full, out, ld->err, ld->err_n);
+    if (s == MOR_E_NOT_FOUND) {
+        *out = def;
+        return MOR_OK;
+    }
+    if (s == MOR_OK && !isfinite(*out))
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "key '%s' is not a finite number", full);
+    return s;
+}
+
+// Reads a string key into buf; returns 1 in *found if present.
+static int get_str(loader *ld, const char *key, char *buf, size_t n, const char *def) {
+    char full[96];
+    snprintf(full, sizeof full, "%s%s", ld->prefix, key);
+    mor__gguf_str s;
+    int st = mor__gguf_get_str(&ld->m->gguf, full, &s, ld->err, ld->err_n);
+    if (st == MOR_E_NOT_FOUND) {
+        if (!def) return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "missing required key '%s'", full);
+        snprintf(buf, n, "%s", def);
+        return MOR_OK;
+    }
+    if (st) return st;
+    if (s.len >= n)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "key '%s': value of %llu bytes is too long",
+                         full, (unsigned long long)s.len);
+    memcpy(buf, s.ptr, s.len);
+    buf[s.len] = 0;
+    return MOR_OK;
+}
+
+// ---- tensor binding ------------------------------------------------------------------------
+
+static int tensor_usable(uint32_t t) {
+    return t == MOR__DT_F32 || t == MOR__DT_F16 || t == MOR__DT_BF16;
+}
+
+// Finds tensor `name`; checks it is a matrix of `rows` x `cols` (ggml dims [cols, rows]).
+// Absent: required → error; else mat->data = NULL.
+static int bind_mat(loader *ld, const char *name, int64_t rows, int64_t cols, int required,
+                    mor__mat *mat) {
+    memset(mat, 0, sizeof *mat);
+    const mor__gguf_tensor *t = mor__gguf_find_tensor(&ld->m->gguf, name);
+    if (!t) {
+        if (required) return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "missing tensor '%s'", name);
+        return MOR_OK;
+    }
+    ld->used[t - ld->m->gguf.tensors] = 1;
+    if (t->n_dims > 2 || (int64_t)t->dims[0] != cols || (int64_t)t->dims[1] != rows)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "tensor '%s' has shape [%llu, %llu%s], expected [%lld, %lld]", name,
+                         (unsigned long long)t->dims[0], (unsigned long long)t->dims[1],
+                         t->n_dims > 2 ? ", ..." : "", (long long)cols, (long long)rows);
+    if (!tensor_usable(t->type))
+        return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
+                         "tensor '%s' has type %s; this version computes with F32, F16 and BF16",
+                         name, mor__dtype_name(t->type));
+    mat->data = t->data;
+    mat->type = t->type;
+    mat->rows = rows;
+    mat->cols = cols;
+    return MOR_OK;
+}
+
+// A 1-D tensor of n floats, converted to an F32 copy. Absent: required → error, else NULL.
+static int bind_vec(loader *ld, const char *name, int64_t n, int required, const float **out) {
+    *out = NULL;
+    const mor__gguf_tensor *t = mor__gguf_find_tensor(&ld->m->gguf, name);
+    if (!t) {
+        if (required) return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "missing tensor '%s'", name);
+        return MOR_OK;
+    }
+    ld->used[t - ld->m->gguf.tensors] = 1;
+    if (t->n_elems != (uint64_t)n || (t->n_dims > 1 && t->dims[0] != (uint64_t)n))
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "tensor '%s' has %llu elements (first dim %llu), expected a vector of %lld",
+                         name, (unsigned long long)t->n_elems, (unsigned long long)t->dims[0],
+                         (long long)n);
+    if (!tensor_usable(t->type))
+        return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
+                         "tensor '%s' has type %s; this version computes with F32, F16 and BF16",
+                         name, mor__dtype_name(t->type));
+    if (ld->f32_end - ld->f32_next < n)
+        return mor__errf(ld->err, ld->err_n, MOR_E_INTERNAL, "vector store exhausted at '%s'", name);
+    float *dst = ld->f32_next;
+    const uint8_t *src = t->data;
+    for (int64_t i = 0; i < n; i++) {
+        if (t->type == MOR__DT_F32) {
+            memcpy(&dst[i], src + 4 * i, 4);
+        } else {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            if (t->type == MOR__DT_F16) {
+                dst[i] = mor__f16_to_f32(h);
+            } else {
+                dst[i] = mor__bf16_to_f32(h);
+            }
+        }
+    }
+    ld->f32_next += n;
+    *out = dst;
+    return MOR_OK;
+}
+
+// ---- unrolled → stored mapping (docs/FORMAT.md §3.2) ---------------------------------------
+
+static void map_layer(const mor__hparams *hp, int32_t l, int32_t *stored, int32_t *rec, int32_t *mid) {
+    int32_t B = hp->block, R = hp->n_rec, L = hp->n_layer;
+    switch (hp->sharing) {
+    case MOR_SHARING_CYCLE:
+        *stored = l % B, *rec = l / B, *mid = 1;
+        return;
+    case MOR_SHARING_SEQUENCE:
+        *stored = l / R, *rec = l % R, *mid = 1;
+        return;
+    case MOR_SHARING_MIDDLE_CYCLE:
+    case MOR_SHARING_MIDDLE_SEQUENCE:
+        if (l == 0) {
+            *stored = 0, *rec = 0, *mid = 0;
+        } else if (l == L - 1) {
+            *stored = B + 1, *rec = 0, *mid = 0;
+        } else if (hp->sharing == MOR_SHARING_MIDDLE_CYCLE) {
+            *stored = 1 + (l - 1) % B, *rec = (l - 1) / B, *mid = 1;
+        } else {
+            *stored = 1 + (l - 1) / R, *rec = (l - 1) % R, *mid = 1;
+        }
+        return;
+    default:  // vanilla: every layer its own
+        *stored = l, *rec = 0, *mid = 0;
+        return;
+    }
+}
+
+// ---- hyperparameters -----------------------------------------------------------------------
+
+static int read_hparams(loader *ld) {
+    mor_model *m = ld->m;
+    mor__hparams *hp = &m->hp;
+    int mor = strcmp(m->arch, "mor") == 0;
+    uint32_t v;
+    int s;
+#define U32(key, field, req, def)                                                                 \
+    do {                                                                                          \
+        if ((s = get_u32(ld, key, &v, req, def))) return s;                                        \
+        if (v > MAX_DIM)                                                                          \
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "key '%s%s' = %u exceeds %d",      \
+                             ld->prefix, key, v, MAX_DIM);                                        \
+        hp->field = (int32_t)v;                                                                   \
+    } while (0)
+    if (mor) {
+        if ((s = get_u32(ld, "format_version", &v, 1, 0))) return s;
+        if (v != 1)
+            return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
+                             "mor.format_version is %u; this library reads version 1", v);
+    }
+    U32("context_length", n_ctx_train, 1, 0);
+    U32("embedding_length", n_embd, 1, 0);
+    U32("feed_forward_length", n_ff, 1, 0);
+    U32("block_count", n_layer, 1, 0);
+    U32("attention.head_count", n_head, 1, 0);
+    U32("attention.head_count_kv", n_head_kv, 0, (uint32_t)hp->n_head);
+    if (hp->n_embd < 1 || hp->n_ff < 1 || hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_ctx_train < 1)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "zero hyperparameter: embedding %d, ffn %d, heads %d, kv heads %d, context %d",
+                         hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv, hp->n_ctx_train);
+    if (hp->n_layer < 1 || hp->n_layer > MAX_LAYERS)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "%sblock_count = %d: must be 1..%d",
+                         ld->prefix, hp->n_layer, MAX_LAYERS);
+    if (hp->n_embd % hp->n_head)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "embedding length %d is not a multiple of the head count %d", hp->n_embd,
+                         hp->n_head);
+    U32("attention.key_length", head_dim, 0, (uint32_t)(hp->n_embd / hp->n_head));
+    if (hp->head_dim != hp->n_embd / hp->n_head || hp->head_dim % 2)
+        return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
+                         "head size %d: expected an even embedding/heads = %d", hp->head_dim,
+                         hp->n_embd / hp->n_head);
+    if (hp->n_head % hp->n_head_kv)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "head count %d is not a multiple of the KV head count %d", hp->n_head,
+                         hp->n_head_kv);
+    uint32_t vlen;
+    if ((s = get_u32(ld, "attention.value_length", &vlen, 0, (uint32_t)hp->head_dim))) return s;
+    if ((int32_t)vlen != hp->head_dim)
+        return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED, "value length %u differs from key length %d",
+                         vlen, hp->head_dim);
+    uint32_t rope_dim;
+    if ((s = get_u32(ld, "rope.dimension_count", &rope_dim, 0, (uint32_t)hp->head_dim))) return s;
+    if ((int32_t)rope_dim != hp->head_dim)
+        return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
+                         "partial RoPE (%u of %d dimensions) is not supported", rope_dim, hp->head_dim);
+    if ((s = get_f32(ld, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 1e-5f))) return s;
+    if ((s = get_f32(ld, "rope.freq_base", &hp->rope_theta, 10000.0f))) return s;
+    if (!(hp->rms_eps > 0) || !(hp->rope_theta > 0))
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "RMS eps %g and RoPE base %g must be positive",
+                         hp->rms_eps, hp->rope_theta);
+
+    hp->n_rec = 1;
+    hp->sharing = MOR_SHARING_NONE;
+    hp->router = MOR_ROUTER_NONE;
+    snprintf(m->sharing_name, sizeof m->sharing_name, "none");
+    snprintf(m->router_name, sizeof m->router_name, "none");
+    if (!mor) {
+        hp->rope_neox = 0;
+        hp->block = hp->n_layer;
+        hp->n_stored = hp->n_layer;
+        return MOR_OK;
+    }
+    char buf[32];
+    if ((s = get_str(ld, "rope.type", buf, sizeof buf, "neox"))) return s;
+    if (strcmp(buf, "neox") == 0) hp->rope_neox = 1;
+    else if (strcmp(buf, "norm") == 0) hp->rope_neox = 0;
+    else return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "mor.rope.type is '%s': expected 'neox' or 'norm'", buf);
+    U32("recursion.count", n_rec, 1, 0);
+    if (hp->n_rec < 1 || hp->n_rec > hp->n_layer)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "mor.recursion.count = %d: must be 1..%d",
+                         hp->n_rec, hp->n_layer);
+    if ((s = get_str(ld, "recursion.sharing", m->sharing_name, sizeof m->sharing_name, NULL))) return s;
+    static const char *names[] = {"none", "cycle", "sequence", "middle_cycle", "middle_sequence"};
+    hp->sharing = -1;
+    for (int i = 1; i < 5; i++)
+        if (strcmp(m->sharing_name, names[i]) == 0) hp->sharing = i;
+    if (hp->sharing < 0)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "mor.recursion.sharing is '%s': expected cycle, sequence, middle_cycle or "
+                         "middle_sequence",
+                         m->sharing_name);
+    int middle = hp->sharing >= MOR_SHARING_MIDDLE_CYCLE;
+    int32_t span = hp->n_layer - (middle ? 2 : 0);
+    if (span < hp->n_rec || span % hp->n_rec)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "%d layers%s cannot be split into %d recursions of equal size", span,
+                         middle ? " between the unique first and last" : "", hp->n_rec);
+    hp->block = span / hp->n_rec;
+    hp->n_first = middle ? 1 : 0;
+    hp->n_stored = hp->block + (middle ? 2 : 0);
+    int kvs = 0;
+    s = mor__gguf_get_bool(&m->gguf, "mor.kv_sharing", &kvs, ld->err, ld->err_n);
+    if (s && s != MOR_E_NOT_FOUND) return s;
+    hp->kv_sharing = kvs;
+    if ((s = get_f32(ld, "lora.scale", &hp->lora_scale, 0.0f))) return s;
+
+    if ((s = get_str(ld, "router.type", m->router_name, sizeof m->router_name, "none"))) return s;
+    if (strcmp(m->router_name, "none") == 0) hp->router = MOR_ROUTER_NONE;
+    else if (strcmp(m->router_name, "expert") == 0) hp->router = MOR_ROUTER_EXPERT;
+    else if (strcmp(m->router_name, "token") == 0) hp->router = MOR_ROUTER_TOKEN;
+    else return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                          "mor.router.type is '%s': expected none, expert or token", m->router_name);
+    if (hp->router != MOR_ROUTER_NONE) {
+        if (hp->sharing == MOR_SHARING_SEQUENCE || hp->sharing == MOR_SHARING_MIDDLE_SEQUENCE)
+            return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
+                             "a router needs cycle or middle_cycle sharing, not %s", m->sharing_name);
+        if ((s = get_str(ld, "router.arch", buf, sizeof buf, NULL))) return s;
+        if (strcmp(buf, "linear") == 0) hp->router_mlp = 0;
+        else if (strcmp(buf, "mlp") == 0) hp->router_mlp = 1;
+        else return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "mor.router.arch is '%s': expected linear or mlp", buf);
+        if ((s = get_str(ld, "router.func", buf, sizeof buf, NULL))) return s;
+        static const char *funcs[] = {"none", "sigmoid", "tanh", "softmax"};
+        hp->router_func = -1;
+        for (int i = 0; i < 4; i++)
+            if (strcmp(buf, funcs[i]) == 0) hp->router_func = i;
+        int ok = hp->router == MOR_ROUTER_EXPERT ? (hp->router_func >= 0 && hp->router_func <= 2)
+                                                 : (hp->router_func == 1 || hp->router_func == 3);
+        if (!ok)
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                             "mor.router.func '%s' is not valid for a%s router", buf,
+                             hp->router == MOR_ROUTER_EXPERT ? "n expert-choice" : " token-choice");
+        if ((s = get_f32(ld, "router.alpha", &hp->router_alpha, NAN))) return s;
+        if (isnan(hp->router_alpha))
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "missing required key 'mor.router.alpha'");
+        if ((s = get_f32(ld, "router.temp", &hp->router_temp, 1.0f))) return s;
+        if (!(hp->router_temp > 0))
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "mor.router.temp = %g must be positive",
+                             hp->router_temp);
+        if ((s = get_str(ld, "router.gating", buf, sizeof buf, "weighted"))) return s;
+        if (strcmp(buf, "weighted") == 0) hp->router_additive = 0;
+        else if (strcmp(buf, "additive") == 0) hp->router_additive = 1;
+        else return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "mor.router.gating is '%s'", buf);
+    }
+    return MOR_OK;
+#undef U32
+}
+
+// ---- tensors -------------------------------------------------------------------------------
+
+static void proj_shape(const mor__hparams *hp, int role, int64_t *rows, int64_t *cols) {
+    int64_t d = hp->n_embd, q = (int64_t)hp->n_head * hp->head_dim,
+            kv = (int64_t)hp->n_head_kv * hp->head_dim, ff = hp->n_ff;
+    switch (role) {
+    case MOR__ROLE_Q: *rows = q, *cols = d; return;
+    case MOR__ROLE_K: case MOR__ROLE_V: *rows = kv, *cols = d; return;
+    case MOR__ROLE_O: *rows = d, *cols = q; return;
+    case MOR__ROLE_GATE: case MOR__ROLE_UP: *rows = ff, *cols = d; return;
+    default: *rows = d, *cols = ff; return;
+    }
+}
+
+static uint64_t mat_params(const mor__mat *w) { return w->data ? (uint64_t)w->rows * (uint64_t)w->cols : 0; }
+
+static int bind_layers(loader *ld) {
+    mor_model *m = ld->m;
+    mor__hparams *hp = &m->hp;
+    int mor = strcmp(m->arch, "mor") == 0;
+    int64_t d = hp->n_embd;
+    char name[MOR__GGUF_MAX_NAME + 32];
+    int s;
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->layers) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
+    // Stored layers first: the nine roles, shared by every unrolled layer mapping to them.
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        mor__layer *ly = &m->layers[l];
+        map_layer(hp, l, &ly->stored, &ly->rec, &ly->in_middle);
+        for (int r = 0; r < MOR__N_PROJ; r++) {
+            int64_t rows, cols;
+            proj_shape(hp, r, &rows, &cols);
+            snprintf(name, sizeof name, "blk.%d.%s.weight", ly->stored, role_names[r]);
+            if ((s = bind_mat(ld, name, rows, cols, 1, &ly->w[r]))) return s;
+        }
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", ly->stored);
+        if ((s = bind_vec(ld, name, d, 1, &ly->attn_norm))) return s;
+        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", ly->stored);
+        if ((s = bind_vec(ld, name, d, 1, &ly->ffn_norm))) return s;
+        if (!mor) continue;
+        // Per-recursion overrides and LoRA.
+        for (int r = 0; r < MOR__N_PROJ; r++) {
+            int64_t rows, cols;
+            proj_shape(hp, r, &rows, &cols);
+            mor__mat ov;
+            snprintf(name, sizeof name, "blk.%d.rec.%d.%s.weight", ly->stored, ly->rec, role_names[r]);
+            if ((s = bind_mat(ld, name, rows, cols, 0, &ov))) return s;
+            if (ov.data) ly->w[r] = ov;
+            // LoRA: a [in, rank] and b [rank, out] (ggml order) → a: (rank, in), b: (out, rank)
+            snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_a", ly->stored, ly->rec, role_names[r]);
+            const mor__gguf_tensor *ta = mor__gguf_find_tensor(&m->gguf, name);
+            snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_b", ly->stored, ly->rec, role_names[r]);
+            const mor__gguf_tensor *tb = mor__gguf_find_tensor(&m->gguf, name);
+            if (!ta && !tb) continue;
+            if (!ta || !tb)
+                return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                                 "LoRA of blk.%d.rec.%d.%s: lora_a and lora_b must come in pairs",
+                                 ly->stored, ly->rec, role_names[r]);
+            int64_t rank = (int64_t)ta->dims[1];
+            if (ta->n_dims != 2 || rank < 1 || rank > MOR__MIN(rows, cols))
+                return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                                 "LoRA blk.%d.rec.%d.%s.lora_a: rank %lld outside 1..%lld", ly->stored,
+                                 ly->rec, role_names[r], (long long)rank,
+                                 (long long)MOR__MIN(rows, cols));
+            snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_a", ly->stored, ly->rec, role_names[r]);
+            if ((s = bind_mat(ld, name, rank, cols, 1, &ly->lora_a[r]))) return s;
+            snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_b", ly->stored, ly->rec, role_names[r]);
+            if ((s = bind_mat(ld, name, rows, rank, 1, &ly->lora_b[r]))) return s;
+            if (!(hp->lora_scale != 0.0f))
+                return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                                 "LoRA tensors present but mor.lora.scale is missing or 0");
+            if (rank > hp->lora_rank) hp->lora_rank = (int32_t)rank;
+        }
+        const float *nv;
+        snprintf(name, sizeof name, "blk.%d.rec.%d.attn_norm.weight", ly->stored, ly->rec);
+        if ((s = bind_vec(ld, name, d, 0, &nv))) return s;
+        if (nv) ly->attn_norm = nv;
+        snprintf(name, sizeof name, "blk.%d.rec.%d.ffn_norm.weight", ly->stored, ly->rec);
+        if ((s = bind_vec(ld, name, d, 0, &nv))) return s;
+        if (nv) ly->ffn_norm = nv;
+    }
+    // KV slots: with KV sharing, a layer at recursion r >= 1 reads the slot of the recursion-0
+    // layer with the same stored layer, and writes nothing.
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        mor__layer *ly = &m->layers[l];
+        ly->kv_slot = l;
+        ly->kv_write = 1;
+        if (hp->kv_sharing && ly->in_middle && ly->rec > 0) {
+            for (int32_t j = 0; j < l; j++)
+                if (m->layers[j].stored == ly->stored && m->layers[j].rec == 0 && m->layers[j].in_middle) {
+                    ly->kv_slot = j;
+                    ly->kv_write = 0;
+                    break;
+                }
+        }
+    }
+    return MOR_OK;
+}
+
+static int bind_routers(loader *ld) {
+    mor_model *m = ld->m;
+    mor__hparams *hp = &m->hp;
+    if (hp->router == MOR_ROUTER_NONE) return MOR_OK;
+    int64_t d = hp->n_embd;
+    int expert = hp->router == MOR_ROUTER_EXPERT;
+    int n = expert ? hp->n_rec : 1;
+    int64_t out = expert ? 1 : hp->n_rec;
+    char name[96];
+    int s;
+    m->routers = calloc((size_t)n, sizeof *m->routers);
+    if (!m->routers) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        char base[32];
+        if (expert) snprintf(base, sizeof base, "router.%d", i);
+        else snprintf(base, sizeof base, "router");
+        if (hp->router_mlp) {
+            snprintf(name, sizeof name, "%s.fc1.weight", base);
+            if ((s = bind_mat(ld, name, 2 * d, d, 1, &m->routers[i].w1))) return s;
+            snprintf(name, sizeof name, "%s.fc2.weight", base);
+            if ((s = bind_mat(ld, name, out, 2 * d, 1, &m->routers[i].w2))) return s;
+        } else {
+            snprintf(name, sizeof name, "%s.weight", base);
+            if ((s = bind_mat(ld, name, out, d, 1, &m->routers[i].w1))) return s;
+        }
+    }
+    if (expert) {
+        const char *probe = hp->router_mlp ? "router_aux.0.fc1.weight" : "router_aux.0.weight";
+        if (mor__gguf_find_tensor(&m->gguf, probe)) {
+            m->routers_aux = calloc((size_t)n, sizeof *m->routers_aux);
+            if (!m->routers_aux) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
+            for (int i = 0; i < n; i++) {
+                if (hp->router_mlp) {
+                    snprintf(name, sizeof name, "router_aux.%d.fc1.weight", i);
+                    if ((s = bind_mat(ld, name, 2 * d, d, 1, &m->routers_aux[i].w1))) return s;
+                    snprintf(name, sizeof name, "router_aux.%d.fc2.weight", i);
+                    if ((s = bind_mat(ld, name, 1, 2 * d, 1, &m->routers_aux[i].w2))) return s;
+                } else {
+                    snprintf(name, sizeof name, "router_aux.%d.weight", i);
+                    if ((s = bind_mat(ld, name, 1, d, 1, &m->routers_aux[i].w1))) return s;
+                }
+            }
+        }
+    } else {
+        const float *b;
+        if ((s = bind_vec(ld, "router.bias", hp->n_rec, 0, &b))) return s;
+        m->router_bias = (float *)b;
+    }
+    return MOR_OK;
+}
+
+static int bind_exits(loader *ld) {
+    mor_model *m = ld->m;
+    const mor__gguf_kv *kv = mor__gguf_find_kv(&m->gguf, "mor.exit.layers");
+    if (!kv || strcmp(m->arch, "mor") != 0) return MOR_OK;
+    uint64_t n;
+    uint32_t et;
+    int s = mor__gguf_get_arr(&m->gguf, "mor.exit.layers", &et, &n, ld->err, ld->err_n);
+    if (s) return s;
+    if (n > (uint64_t)m->hp.n_layer)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "mor.exit.layers has %llu entries, more than the %d layers",
+                         (unsigned long long)n, m->hp.n_layer);
+    int32_t *at = calloc(n ? n : 1, sizeof *at);
+    m->exits = calloc(n ? n : 1, sizeof *m->exits);
+    if (!at || !m->exits) {
+        free(at);
+        return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
+    }
+    s = mor__gguf_arr_i32(&m->gguf, "mor.exit.layers", at, n, ld->err, ld->err_n);
+    for (uint64_t i = 0; s == MOR_OK && i < n; i++) {
+        if (at[i] < 1 || at[i] > m->hp.n_layer || (i && at[i] <= at[i - 1])) {
+            s = mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                          "mor.exit.layers[%llu] = %d: must be increasing within 1..%d",
+                          (unsigned long long)i, at[i], m->hp.n_layer);
+            break;
+        }
+        mor__exit_head *e = &m->exits[i];
+        e->after_layer = at[i];
+        char name[64];
+        snprintf(name, sizeof name, "exit.%llu.norm.weight", (unsigned long long)i);
+        if ((s = bind_vec(ld, name, m->hp.n_embd, 0, &e->norm))) break;
+        if (!e->norm) e->norm = m->output_norm;
+        snprintf(name, sizeof name, "exit.%llu.output.weight", (unsigned long long)i);
+        if ((s = bind_mat(ld, name, m->hp.n_vocab, m->hp.n_embd, 0, &e->out))) break;
+        if (!e->out.data) e->out = m->output;
+        m->n_exits = (int32_t)(i + 1);
+    }
+    free(at);
+    return s;
+}
+
+static int bind_all(loader *ld) {
+    mor_model *m = ld->m;
+    mor__hparams *hp = &m->hp;
+    int s;
+    const mor__gguf_tensor *te = mor__gguf_find_tensor(&m->gguf, "token_embd.weight");
+    if (!te) return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "missing tensor 'token_embd.weight'");
+    if (te->n_dims != 2 || te->dims[0] != (uint64_t)hp->n_embd || te->dims[1] > (1u << 24))
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "tensor 'token_embd.weight' has shape [%llu, %llu], expected [%d, n_vocab]",
+                         (unsigned long long)te->dims[0], (unsigned long long)te->dims[1], hp->n_embd);
+    hp->n_vocab = (int32_t)te->dims[1];
+    uint32_t nv;
+    if ((s = get_u32(ld, "vocab_size", &nv, 0, (uint32_t)hp->n_vocab))) return s;
+    if ((int32_t)nv != hp->n_vocab)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "%svocab_size = %u but token_embd.weight has %d rows", ld->prefix, nv, hp->n_vocab);
+    // 1-D F32 copies: norms of every stored layer and override, final and exit norms, bias.
+    uint64_t n_vec = 0;
+    for (uint64_t i = 0; i < m->gguf.n_tensors; i++)
+        if (m->gguf.tensors[i].n_dims == 1 || m->gguf.tensors[i].dims[1] == 1) n_vec += m->gguf.tensors[i].n_elems;
+    m->f32_copies = malloc((n_vec + (uint64_t)hp->n_embd * 2 + 1) * sizeof(float));
+    if (!m->f32_copies) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
+    ld->f32_next = m->f32_copies;
+    ld->f32_end = m->f32_copies + n_vec + (uint64_t)hp->n_embd * 2 + 1;
+
+    if ((s = bind_mat(ld, "token_embd.weight", hp->n_vocab, hp->n_embd, 1, &m->tok_embd))) return s;
+    if ((s = bind_mat(ld, "output.weight", hp->n_vocab, hp->n_embd, 0, &m->output))) return s;
+    int tied = m->output.data == NULL;
+    if (tied) m->output = m->tok_embd;
+    if ((s = bind_vec(ld, "output_norm.weight", hp->n_embd, 1, &m->output_norm))) return s;
+    if ((s = bind_layers(ld))) return s;
+    if ((s = bind_routers(ld))) return s;
+    if ((s = bind_exits(ld))) return s;
+
+    for (uint64_t i = 0; i < m->gguf.n_tensors; i++) {
+        const mor__gguf_tensor *t = &m->gguf.tensors[i];
+        m->n_params += t->n_elems;
+        m->weight_bytes += t->size;
+        if (ld->used[i]) continue;
+        if (strcmp(m->arch, "mor") == 0)
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                             "unexpected tensor '%s' (not part of this model's layout; see "
+                             "docs/FORMAT.md)",
+                             t->name);
+        mor__log(MOR_LOG_WARN, "ignoring tensor '%s'", t->name);
+    }
+    // Unrolled parameter count: embedding, output if separate, final norm, every unrolled
+    // layer in full (shared weights counted at each use), routers and exit heads.
+    uint64_t u = (uint64_t)hp->n_vocab * hp->n_embd * (tied ? 1 : 2) + (uint64_t)hp->n_embd;
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        const mor__layer *ly = &m->layers[l];
+        for (int r = 0; r < MOR__N_PROJ; r++)
+            u += mat_params(&ly->w[r]) + mat_params(&ly->lora_a[r]) + mat_params(&ly->lora_b[r]);
+        u += 2 * (uint64_t)hp->n_embd;
+    }
+    if (m->routers) {
+        int n = hp->router == MOR_ROUTER_EXPERT ? hp->n_rec : 1;
+        for (int i = 0; i < n; i++) u += mat_params(&m->routers[i].w1) + mat_params(&m->routers[i].w2);
+    }
+    m->n_params_unrolled = u;
+    return MOR_OK;
+}
+
+// ---- load ----------------------------------------------------------------------------------
+
+void mor_model_free(mor_model *m) {
+    if (!m) return;
+#ifdef MOR__HAVE_TOKENIZER
+    mor__vocab_free(m->vocab);
+#endif
+    mor__gguf_free(&m->gguf);
+    free(m->layers);
+    free(m->routers);
+    free(m->routers_aux);
+    free(m->exits);
+    free(m->f32_copies);
+    free(m->name);
+    if (m->map) munmap(m->map, m->map_size);
+    free(m->heap);
+    free(m);
+}
+
+const struct mor__vocab *mor__model_vocab(const mor_model *m) { return m ? m->vocab : NULL; }
+
+static int build(mor_model *m, const void *image, size_t size, uint32_t flags, char *err, size_t err_n) {
+    int s = mor__gguf_parse(&m->gguf, image, size, err, err_n);
+    if (s) return s;
+    mor__gguf_str a;
+    s = mor__gguf_get_str(&m->gguf, "general.architecture", &a, err, err_n);
+    if (s == MOR_E_NOT_FOUND) return mor__errf(err, err_n, MOR_E_FORMAT, "missing required key 'general.architecture'");
+    if (s) return s;
+    snprintf(m->arch, sizeof m->arch, "%.*s", (int)MOR__MIN(a.len, sizeof m->arch - 1), a.ptr);
+    mor__gguf_str nm = {"", 0};
+    mor__gguf_get_str(&m->gguf, "general.name", &nm, NULL, 0);
+    m->name = malloc(nm.len + 1);
+    if (!m->name) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
+    memcpy(m->name, nm.ptr, nm.len);
+    m->name[nm.len] = 0;
+
+#ifdef MOR__HAVE_TOKENIZER
+    s = mor__vocab_load(&m->vocab, &m->gguf, err, err_n);
+    if (s && s != MOR_E_NOT_FOUND) return s;
+#endif
+    if (flags & MOR_MODEL_VOCAB_ONLY) {
+        m->vocab_only = 1;
+        if (!m->vocab) return mor__errf(err, err_n, MOR_E_FORMAT, "vocab-only load: the file has no tokenizer");
+        return MOR_OK;
+    }
+    if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "mor") != 0)
+        return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
+                         "unknown architecture '%.*s' (supported: llama, mor)", (int)MOR__MIN(a.len, 64), a.ptr);
+    loader ld = {m, err, err_n, "", NULL, NULL, NULL};
+    snprintf(ld.prefix, sizeof ld.prefix, "%s.", m->arch);
+    ld.used = calloc(m->gguf.n_tensors ? m->gguf.n_tensors : 1, 1);
+    if (!ld.used) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
+    s = read_hparams(&ld);
+    if (!s) s = bind_all(&ld);
+    free(ld.used);
+    if (s) return s;
+#ifdef MOR__HAVE_TOKENIZER
+    if (m->vocab && mor__vocab_n_tokens(m->vocab) > m->hp.n_vocab)
+        return mor__errf(err, err_n, MOR_E_FORMAT, "the tokenizer has %d tokens but the model only %d rows",
+                         mor__vocab_n_tokens(m->vocab), m->hp.n_vocab);
+#endif
+    return MOR_OK;
+}
+
+static uint32_t params_flags(const mor_model_params *p) {
+    mor_model_params d;
+    mor_model_params_init(&d);
+    if (p) memcpy(&d, p, MOR__MIN(p->size, sizeof d));
+    return d.flags;
+}
+
+int mor_model_load_memory(const void *data, size_t size, const mor_model_params *params,
+                          mor_model **out, char *err, size_t err_size) {
+    if (err && err_size) err[0] = 0;
+    if (!out) return mor__errf(err, err_size, MOR_E_INVALID, "out is NULL");
+    *out = NULL;
+    if (!data) return mor__errf(err, err_size, MOR_E_INVALID, "data is NULL");
+    if (params && params->kind != MOR_PARAMS_MODEL)
+        return mor__errf(err, err_size, MOR_E_INVALID, "params is not a mor_model_params (kind %u)", params->kind);
+    uint32_t flags = params_flags(params);
+    mor_model *m = calloc(1, sizeof *m);
+    if (!m) return mor__errf(err, err_size, MOR_E_NOMEM, "out of memory");
+    if (flags & MOR_MODEL_COPY) {
+        m->heap = malloc(size ? size : 1);
+        if (!m->heap) {
+            free(m);
+            return mor__errf(err, err_size, MOR_E_NOMEM, "out of memory copying %zu bytes", size);
+        }
+        memcpy(m->heap, data, size);
+        data = m->heap;
+    }
+    int s = build(m, data, size, flags, err, err_size);
+    if (s) {
+        mor_model_free(m);
+        return s;
+    }
+    *out = m;
+    return MOR_OK;
+}
+
+int mor_model_load(const char *path, const mor_model_params *params, mor_model **out, char *err,
+                   size_t err_size) {
+    if (err && err_size) err[0] = 0;
+    if (!out) return mor__errf(err, err_size, MOR_E_INVALID, "out is NULL");
+    *out = NULL;
+    if (!path) return mor__errf(err, err_size, MOR_E_INVALID, "path is NULL");
+    if (params && params->kind != MOR_PARAMS_MODEL)
+        return mor__errf(err, err_size, MOR_E_INVALID, "params is not a mor_model_params (kind %u)", params->kind);
+    uint32_t flags = params_flags(params);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return mor__errf(err, err_size, MOR_E_IO, "cannot open '%s': %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return mor__errf(err, err_size, MOR_E_IO, "'%s' is not a regular file", path);
+    }
+    size_t size = (size_t)st.st_size;
+    mor_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        close(fd);
+        return mor__errf(err, err_size, MOR_E_NOMEM, "out of memory");
+    }
+    const void *image = NULL;
+    if (size == 0) {
+        close(fd);
+        mor_model_free(m);
+        return mor__errf(err, err_size, MOR_E_FORMAT, "'%s' is empty (0 bytes)", path);
+    }
+    if (!(flags & MOR_MODEL_NO_MMAP)) {
+        void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p != MAP_FAILED) {
+            m->map = p;
+            m->map_size = size;
+            image = p;
+        }
+    }
+    if (!image) {  // NO_MMAP, or mmap failed: read the whole file
+        m->heap = malloc(size);
+        if (!m->heap) {
+            close(fd);
+            mor_model_free(m);
+            return mor__errf(err, err_size, MOR_E_NOMEM, "out of memory reading %zu bytes", size);
+        }
+        size_t got = 0;
+        while (got < size) {
+            ssize_t r = read(fd, (char *)m->heap + got, size - got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {
+                close(fd);
+                mor_model_free(m);
+                return mor__errf(err, err_size, MOR_E_IO, "read error on '%s' at byte %zu", path, got);
+            }
+            got += (size_t)r;
+        }
+        image = m->heap;
+    }
+    close(fd);
+    int s = build(m, image, size, flags, err, err_size);
+    if (s) {
+        mor_model_free(m);
+        return s;
+    }
+    *out = m;
+    return MOR_OK;
+}
+
+// ---- getters -------------------------------------------------------------------------------
+
+int64_t mor_model_get_int(const mor_model *m, int32_t key) {
+    if (!m) return -1;
+    const mor__hparams *hp = &m->hp;
+    switch (key) {
+    case MOR_INFO_N_VOCAB: return hp->n_vocab;
+    case MOR_INFO_N_CTX_TRAIN: return hp->n_ctx_train;
+    case MOR_INFO_N_EMBD: return hp->n_embd;
+    case MOR_INFO_N_FF: return hp->n_ff;
+    case MOR_INFO_N_HEAD: return hp->n_head;
+    case MOR_INFO_N_HEAD_KV: return hp->n_head_kv;
+    case MOR_INFO_HEAD_DIM: return hp->head_dim;
+    case MOR_INFO_N_LAYER: return hp->n_layer;
+    case MOR_INFO_N_RECURSION: return hp->n_rec;
+    case MOR_INFO_N_STORED_LAYER: return hp->n_stored;
+    case MOR_INFO_BLOCK_SIZE: return hp->block;
+    case MOR_INFO_SHARING: return hp->sharing;
+    case MOR_INFO_ROUTER: return hp->router;
+    case MOR_INFO_KV_SHARING: return hp->kv_sharing;
+    case MOR_INFO_LORA_RANK: return hp->lora_rank;
+    case MOR_INFO_N_EXIT_HEADS: return m->n_exits;
+    case MOR_INFO_N_PARAMS: return (int64_t)m->n_params;
+    case MOR_INFO_N_PARAMS_UNROLLED: return (int64_t)m->n_params_unrolled;
+    case MOR_INFO_ROPE_TYPE: return hp->rope_neox;
+    case MOR_INFO_WEIGHT_BYTES: return (int64_t)m->weight_bytes;
+    case MOR_INFO_VOCAB_ONLY: return m->vocab_only;
+    default: return -1;
+    }
+}
+
+double mor_model_get_float(const mor_model *m, int32_t key) {
+    if (!m) return NAN;
+    switch (key) {
+    case MOR_INFO_RMS_EPS: return m->hp.rms_eps;
+    case MOR_INFO_ROPE_THETA: return m->hp.rope_theta;
+    case MOR_INFO_LORA_SCALE: return m->hp.lora_scale;
+    case MOR_INFO_ROUTER_ALPHA: return m->hp.router_alpha;
+    default: return NAN;
+    }
+}
+
+const char *mor_model_get_str(const mor_model *m, int32_t key) {
+    if (!m) return NULL;
+    switch (key) {
+    case MOR_INFO_ARCH: return m->arch;
+    case MOR_INFO_SHARING_NAME: return m->sharing_name;
+    case MOR_INFO_ROUTER_NAME: return m->router_name;
+    case MOR_INFO_NAME: return m->name;
+    default: return NULL;
+    }
+}
+
+int mor_model_meta_str(const mor_model *m, const char *key, char *buf, size_t cap, size_t *n_bytes) {
+    if (!m || !key || (!buf && cap)) return MOR_E_INVALID;
+    const mor__gguf_kv *kv = mor__gguf_find_kv(&m->gguf, key);
+    if (!kv) return MOR_E_NOT_FOUND;
+    char tmp[64];
+    const char *src = tmp;
+    size_t len;
+    switch (kv->type) {
+    case MOR__GGUF_STRING: {
+        mor__gguf_str s;
+        mor__gguf_get_str(&m->gguf, key, &s, NULL, 0);
+        src = s.ptr;
+        len = (size_t)s.len;
+        break;
+    }
+    case MOR__GGUF_ARRAY:
+        len = (size_t)snprintf(tmp, sizeof tmp, "[%llu items]", (unsigned long long)kv->arr_n);
+        break;
+    case MOR__GGUF_FLOAT32: case MOR__GGUF_FLOAT64: {
+        float f = 0;
+        mor__gguf_get_f32(&m->gguf, key, &f, NULL, 0);
+        len = (size_t)snprintf(tmp, sizeof tmp, "%.9g", (double)f);
+        break;
+    }
+    case MOR__GGUF_BOOL:
+        len = (size_t)snprintf(tmp, sizeof tmp, "%s", kv->data[0] ? "true" : "false");
+        break;
+    default: {
+        int64_t v = 0;
+        uint64_t u = 0;
+        const uint8_t *p = kv->data;
+        int nb = kv->type <= MOR__GGUF_INT8 ? 1 : kv->type <= MOR__GGUF_INT16 ? 2 : kv->type <= MOR__GGUF_INT32 ? 4 : 8;
+        for (int i = nb - 1; i >= 0; i--) u = (u << 8) | p[i];
+        switch (kv->type) {
+        case MOR__GGUF_UINT8: v = p[0]; break;
+        case MOR__GGUF_INT8: v = (int8_t)p[0]; break;
+        case MOR__GGUF_UINT16: v = (uint16_t)(p[0] | p[1] << 8); break;
+        case MOR__GGUF_INT16: v = (int16_t)(uint16_t)(p[0] | p[1] << 8); break;
+        case MOR__GGUF_UINT32: v = (uint32_t)(u & 0xffffffffu); break;
+        case MOR__GGUF_INT32: v = (int32_t)(uint32_t)(u & 0xffffffffu); break;
+        case MOR__GGUF_UINT64: len = (size_t)snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)u); goto have;
+        default: v = (int64_t)u; break;
+        }
+        len = (size_t)snprintf(tmp, sizeof tmp, "%lld", (long long)v);
+        break;
+    }
+    }
+have:
+    if (n_bytes) *n_bytes = len;
+    if (len + 1 > cap) return MOR_E_BUFFER_SMALL;
+    memcpy(buf, src, len);
+    buf[len] = 0;
+    return MOR_OK;
+}

@@ -1,0 +1,100 @@
+// model.h: hyperparameters and weights of a loaded model (immutable after load).
+//
+// The model owns the file image (mmap or heap copy), the parsed GGUF view, small F32 copies of
+// the 1-D tensors (norms, router biases) and the per-unrolled-layer table of weight views.
+// Shared layers are referenced, never copied: every unrolled layer that maps to the same
+// stored layer points at the same tensor data (see docs/FORMAT.md §3.2).
+#ifndef MOR_MODEL_H
+#define MOR_MODEL_H
+
+#include "gguf.h"
+#include "internal.h"
+
+struct mor__vocab;
+
+// A weight matrix view: `rows` output rows of `cols` inputs, row-major, in the file's type.
+typedef struct {
+    const void *data;   // borrowed from the image; NULL when absent
+    uint32_t    type;   // MOR__DT_F32 / F16 / BF16
+    int64_t     rows;
+    int64_t     cols;
+} mor__mat;
+
+enum { MOR__ROLE_Q, MOR__ROLE_K, MOR__ROLE_V, MOR__ROLE_O, MOR__ROLE_GATE, MOR__ROLE_UP,
+       MOR__ROLE_DOWN, MOR__N_PROJ };
+
+// Weights of one unrolled layer: views into the stored layer, with per-recursion overrides
+// and LoRA pairs resolved at load.
+typedef struct {
+    mor__mat     w[MOR__N_PROJ];        // (rows = out, cols = in); shared with other layers
+    mor__mat     lora_a[MOR__N_PROJ];   // (rank, in); data NULL when absent
+    mor__mat     lora_b[MOR__N_PROJ];   // (out, rank)
+    const float *attn_norm;             // (d) F32
+    const float *ffn_norm;              // (d) F32
+    int32_t      stored;                // s(l)
+    int32_t      rec;                   // r(l): recursion index (0 outside the shared middle)
+    int32_t      in_middle;             // 1 if the layer belongs to a recursion block
+    int32_t      kv_slot;               // KV slot it reads (its own, or recursion-0's with KV sharing)
+    int32_t      kv_write;              // 1 if it appends K/V to its slot
+} mor__layer;
+
+typedef struct {
+    mor__mat     w1;                    // linear: (out, d); mlp: (2d, d)
+    mor__mat     w2;                    // mlp only: (out, 2d)
+} mor__router_w;
+
+typedef struct {
+    int32_t      after_layer;           // unrolled depth (1..L) whose output it reads
+    const float *norm;                  // (d) F32 (the final norm when the file has none)
+    mor__mat     out;                   // (V, d)
+} mor__exit_head;
+
+typedef struct {
+    int32_t n_vocab, n_ctx_train, n_embd, n_ff, n_head, n_head_kv, head_dim;
+    int32_t n_layer;       // unrolled depth L
+    int32_t n_rec;         // N_r
+    int32_t n_stored;      // stored layers
+    int32_t block;         // B
+    int32_t sharing;       // MOR_SHARING_*
+    int32_t n_first;       // unique layers before the recursion blocks (1 for middle, else 0)
+    int32_t rope_neox;     // 1: rotate half, 0: adjacent pairs
+    int32_t kv_sharing;
+    int32_t router;        // MOR_ROUTER_*
+    int32_t router_mlp;    // 1: MLP router
+    int32_t router_func;   // 0 none, 1 sigmoid, 2 tanh, 3 softmax
+    int32_t router_additive;
+    int32_t lora_rank;     // largest rank
+    float   rms_eps, rope_theta, lora_scale, router_alpha, router_temp;
+} mor__hparams;
+
+struct mor_model {
+    mor__hparams       hp;
+    char               arch[16];
+    char               sharing_name[24];
+    char               router_name[8];
+    char              *name;          // general.name (owned, NUL-terminated)
+    int                vocab_only;
+    // image
+    void              *map;           // mmap base (NULL if heap)
+    size_t             map_size;
+    void              *heap;          // owned copy (NO_MMAP or COPY), else NULL
+    mor__gguf          gguf;
+    // weights
+    mor__mat           tok_embd;      // (V, d)
+    mor__mat           output;        // (V, d); tied: same data as tok_embd
+    const float       *output_norm;   // (d)
+    mor__layer        *layers;        // [n_layer]
+    mor__router_w     *routers;       // expert: [n_rec]; token: [1]
+    mor__router_w     *routers_aux;   // expert decision routers, or NULL
+    float             *router_bias;   // token-choice selection bias [n_rec] or NULL
+    mor__exit_head    *exits;
+    int32_t            n_exits;
+    float             *f32_copies;    // backing store for the 1-D tensors above (owned)
+    uint64_t           n_params, n_params_unrolled, weight_bytes;
+    struct mor__vocab *vocab;         // NULL when the file has no tokenizer
+};
+
+// The vocabulary of a model (NULL if none). Declared for the tokenizer module.
+const struct mor__vocab *mor__model_vocab(const mor_model *m);
+
+#endif

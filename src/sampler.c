@@ -1,0 +1,140 @@
+// sampler.c: token sampling from the last logits: repetition penalty, temperature, top-k,
+// top-p, min-p, drawn from the session's own seeded RNG (same seed, same tokens).
+#include "session.h"
+
+#include <math.h>
+
+// splitmix64: a small, fast generator with a 64-bit state that the session saves and restores.
+static uint64_t next_u64(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double next_unit(uint64_t *s) { return (double)(next_u64(s) >> 11) * (1.0 / 9007199254740992.0); }
+
+int mor_session_set_sampler(mor_session *s, const mor_sampler_params *p) {
+    if (!s) return MOR_E_INVALID;
+    s->err[0] = 0;
+    if (p && p->kind != MOR_PARAMS_SAMPLER)
+        return mor__session_fail(s, MOR_E_INVALID, "params is not a mor_sampler_params (kind %u)", p->kind);
+    mor_sampler_params q;
+    mor_sampler_params_init(&q);
+    if (p) memcpy(&q, p, MOR__MIN(p->size, sizeof q));
+    if (!isfinite(q.temperature))
+        return mor__session_fail(s, MOR_E_INVALID, "temperature is not a finite number");
+    if (!(q.top_p > 0.0f && q.top_p <= 1.0f))
+        return mor__session_fail(s, MOR_E_INVALID, "top_p = %g: must be in (0, 1]", q.top_p);
+    if (!(q.min_p >= 0.0f && q.min_p <= 1.0f))
+        return mor__session_fail(s, MOR_E_INVALID, "min_p = %g: must be in [0, 1]", q.min_p);
+    if (!(q.repeat_penalty > 0.0f) || !isfinite(q.repeat_penalty))
+        return mor__session_fail(s, MOR_E_INVALID, "repeat_penalty = %g: must be positive", q.repeat_penalty);
+    if (q.repeat_last_n < 0)
+        return mor__session_fail(s, MOR_E_INVALID, "repeat_last_n = %d: must be >= 0", q.repeat_last_n);
+    s->sampler.temperature = q.temperature;
+    s->sampler.top_k = q.top_k;
+    s->sampler.top_p = q.top_p;
+    s->sampler.min_p = q.min_p;
+    s->sampler.repeat_penalty = q.repeat_penalty;
+    s->sampler.repeat_last_n = q.repeat_last_n;
+    s->sampler.seed = q.seed;
+    s->rng = q.seed;
+    return MOR_OK;
+}
+
+// Candidate order: higher logit first, lower id on ties (deterministic).
+static int before(const float *l, int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); }
+
+static void sift_down(int32_t *h, int32_t n, int32_t i, const float *l) {
+    for (;;) {  // min-heap on `before`: the root is the worst of the kept candidates
+        int32_t c = 2 * i + 1;
+        if (c >= n) return;
+        if (c + 1 < n && before(l, h[c], h[c + 1])) c++;
+        if (!before(l, h[i], h[c])) return;
+        int32_t t = h[i];
+        h[i] = h[c], h[c] = t;
+        i = c;
+    }
+}
+
+// Puts the k best ids of l[0..n) in cand[0..k), sorted best first. O(n log k), no allocation.
+static void top_k_sorted(const float *l, int32_t n, int32_t k, int32_t *cand) {
+    for (int32_t i = 0; i < k; i++) cand[i] = i;
+    for (int32_t i = k / 2 - 1; i >= 0; i--) sift_down(cand, k, i, l);
+    for (int32_t i = k; i < n; i++)
+        if (before(l, i, cand[0])) {
+            cand[0] = i;
+            sift_down(cand, k, 0, l);
+        }
+    for (int32_t m = k - 1; m > 0; m--) {  // heap sort: worst goes to the end
+        int32_t t = cand[0];
+        cand[0] = cand[m], cand[m] = t;
+        sift_down(cand, m, 0, l);
+    }
+}
+
+int mor_session_sample(mor_session *s, int32_t *token) {
+    if (!s) return MOR_E_INVALID;
+    s->err[0] = 0;
+    if (!token) return mor__session_fail(s, MOR_E_INVALID, "token is NULL");
+    const float *logits = mor_session_logits(s, -1);
+    if (!logits) return mor__session_fail(s, MOR_E_INVALID, "no logits: call mor_session_step first");
+    const int32_t V = s->model->hp.n_vocab;
+    const mor__sampler *sp = &s->sampler;
+    float *l = s->probs;
+    memcpy(l, logits, (size_t)V * sizeof(float));
+    if (sp->repeat_penalty != 1.0f && sp->repeat_last_n > 0) {
+        int32_t from = MOR__MAX(0, s->n_past - sp->repeat_last_n);
+        uint8_t *seen = (uint8_t *)s->cand;  // V bytes of scratch; cand is V int32
+        memset(seen, 0, (size_t)V);
+        for (int32_t i = from; i < s->n_past; i++) {
+            int32_t t = s->tokens[i];
+            if (seen[t]) continue;
+            seen[t] = 1;
+            l[t] = l[t] > 0 ? l[t] / sp->repeat_penalty : l[t] * sp->repeat_penalty;
+        }
+    }
+    if (sp->temperature <= 0.0f) {
+        int32_t best = 0;
+        for (int32_t i = 1; i < V; i++)
+            if (l[i] > l[best]) best = i;
+        *token = best;
+        return MOR_OK;
+    }
+    for (int32_t i = 0; i < V; i++) l[i] /= sp->temperature;
+    int32_t k = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
+    int32_t *cand = s->cand;
+    top_k_sorted(l, V, k, cand);
+    // Softmax over the k candidates, in place of their logits (kept in `probs` order by rank).
+    float mx = l[cand[0]];
+    double sum = 0;
+    for (int32_t i = 0; i < k; i++) sum += exp((double)(l[cand[i]] - mx));
+    // top-p and min-p cut the sorted list.
+    int32_t n = k;
+    double acc = 0;
+    for (int32_t i = 0; i < k; i++) {
+        double pi = exp((double)(l[cand[i]] - mx)) / sum;
+        if (i > 0 && pi < sp->min_p * (1.0 / sum)) {  // p_top = exp(0)/sum
+            n = i;
+            break;
+        }
+        acc += pi;
+        if (acc >= sp->top_p) {
+            n = i + 1;
+            break;
+        }
+    }
+    double total = 0;
+    for (int32_t i = 0; i < n; i++) total += exp((double)(l[cand[i]] - mx));
+    double u = next_unit(&s->rng) * total, c = 0;
+    for (int32_t i = 0; i < n; i++) {
+        c += exp((double)(l[cand[i]] - mx));
+        if (u < c) {
+            *token = cand[i];
+            return MOR_OK;
+        }
+    }
+    *token = cand[n - 1];
+    return MOR_OK;
+}
