@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #if defined(__has_include)
-#if __has_include("tokenizer.h") && __has_include("tokenizer.c")  // until the tokenizer lands
+#if !defined(MOR_NO_TOKENIZER) && __has_include("tokenizer.h") && __has_include("tokenizer.c")
 #include "tokenizer.h"
 #define MOR__HAVE_TOKENIZER 1
 #endif

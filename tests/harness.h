@@ -99,7 +99,8 @@ static inline const char *test_data_dir(void) {
     return d ? d : "tests/data";
 }
 static inline const char *test_path(char *buf, size_t n, const char *file) {
-    snprintf(buf, n, "%s/%s", test_data_dir(), file);
+    int r = snprintf(buf, n, "%s/%s", test_data_dir(), file);
+    if (r < 0 || (size_t)r >= n) buf[0] = 0;  // too long: an empty path fails to open
     return buf;
 }
 

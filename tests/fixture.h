@@ -1,0 +1,87 @@
+// fixture.h: reader for the golden fixtures written by tools/make-fixtures.py (the PyTorch
+// reference): tests/data/<name>.fix, a small text format:
+//
+//   mor-fixture 1
+//   model X.gguf
+//   prompt <n> <id>...
+//   logits <n_pos> <n_vocab>
+//   <n_pos lines of n_vocab floats>
+//   greedy <n> <id>...
+//   depths <n> <d>...        (optional)
+//   end
+#ifndef MOR_TEST_FIXTURE_H
+#define MOR_TEST_FIXTURE_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char     model[256];
+    int      n_prompt, n_pos, n_vocab, n_greedy, n_depths;
+    int32_t *prompt, *greedy, *depths;
+    float   *logits;  // [n_pos][n_vocab]
+} fixture;
+
+static void fixture_free(fixture *f) {
+    free(f->prompt);
+    free(f->greedy);
+    free(f->depths);
+    free(f->logits);
+    memset(f, 0, sizeof *f);
+}
+
+static int fixture_ids(FILE *fp, int *n, int32_t **out) {
+    if (fscanf(fp, "%d", n) != 1 || *n < 0 || *n > 1000000) return -1;
+    *out = malloc(sizeof(int32_t) * (size_t)(*n ? *n : 1));
+    if (!*out) return -1;
+    for (int i = 0; i < *n; i++)
+        if (fscanf(fp, "%d", &(*out)[i]) != 1) return -1;
+    return 0;
+}
+
+// Returns 0 on success; prints the reason and returns -1 otherwise.
+static int fixture_load(const char *path, fixture *f) {
+    memset(f, 0, sizeof *f);
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        printf("# cannot open fixture %s\n", path);
+        return -1;
+    }
+    char word[64];
+    int version = 0, rc = -1;
+    if (fscanf(fp, "%63s %d", word, &version) != 2 || strcmp(word, "mor-fixture") || version != 1) goto done;
+    while (fscanf(fp, "%63s", word) == 1) {
+        if (!strcmp(word, "end")) {
+            rc = 0;
+            break;
+        } else if (!strcmp(word, "model")) {
+            if (fscanf(fp, "%255s", f->model) != 1) goto done;
+        } else if (!strcmp(word, "prompt")) {
+            if (fixture_ids(fp, &f->n_prompt, &f->prompt)) goto done;
+        } else if (!strcmp(word, "greedy")) {
+            if (fixture_ids(fp, &f->n_greedy, &f->greedy)) goto done;
+        } else if (!strcmp(word, "depths")) {
+            if (fixture_ids(fp, &f->n_depths, &f->depths)) goto done;
+        } else if (!strcmp(word, "logits")) {
+            if (fscanf(fp, "%d %d", &f->n_pos, &f->n_vocab) != 2 || f->n_pos < 0 || f->n_vocab < 1 ||
+                (long long)f->n_pos * f->n_vocab > 50000000)
+                goto done;
+            f->logits = malloc(sizeof(float) * (size_t)f->n_pos * (size_t)f->n_vocab + 1);
+            if (!f->logits) goto done;
+            for (long long i = 0; i < (long long)f->n_pos * f->n_vocab; i++)
+                if (fscanf(fp, "%f", &f->logits[i]) != 1) goto done;
+        } else {
+            goto done;
+        }
+    }
+done:
+    fclose(fp);
+    if (rc) {
+        printf("# malformed fixture %s near '%s'\n", path, word);
+        fixture_free(f);
+    }
+    return rc;
+}
+
+#endif
