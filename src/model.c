@@ -33,6 +33,7 @@ typedef struct {
     float     *f32_next;     // next free float in m->f32_copies
     float     *f32_end;
     uint8_t   *used;         // [n_tensors]: bound by a known name
+    float    **vec;          // [n_tensors]: F32 copy of a 1-D tensor already converted
 } loader;
 
 static const char *role_names[MOR__N_PROJ] = {"attn_q", "attn_k", "attn_v", "attn_output",
@@ -126,7 +127,12 @@ static int bind_vec(loader *ld, const char *name, int64_t n, int required, const
         if (required) return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "missing tensor '%s'", name);
         return MOR_OK;
     }
-    ld->used[t - ld->m->gguf.tensors] = 1;
+    size_t ti = (size_t)(t - ld->m->gguf.tensors);
+    if (ld->vec[ti]) {  // shared by several unrolled layers: converted once
+        *out = ld->vec[ti];
+        return MOR_OK;
+    }
+    ld->used[ti] = 1;
     if (t->n_elems != (uint64_t)n || (t->n_dims > 1 && t->dims[0] != (uint64_t)n))
         return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
                          "tensor '%s' has %llu elements (first dim %llu), expected a vector of %lld",
@@ -154,6 +160,7 @@ static int bind_vec(loader *ld, const char *name, int64_t n, int required, const
         }
     }
     ld->f32_next += n;
+    ld->vec[ti] = dst;
     *out = dst;
     return MOR_OK;
 }
@@ -638,13 +645,15 @@ static int build(mor_model *m, const void *image, size_t size, uint32_t flags, c
     if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "mor") != 0)
         return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
                          "unknown architecture '%.*s' (supported: llama, mor)", (int)MOR__MIN(a.len, 64), a.ptr);
-    loader ld = {m, err, err_n, "", NULL, NULL, NULL};
+    loader ld = {m, err, err_n, "", NULL, NULL, NULL, NULL};
     snprintf(ld.prefix, sizeof ld.prefix, "%s.", m->arch);
     ld.used = calloc(m->gguf.n_tensors ? m->gguf.n_tensors : 1, 1);
-    if (!ld.used) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
-    s = read_hparams(&ld);
+    ld.vec = calloc(m->gguf.n_tensors ? m->gguf.n_tensors : 1, sizeof *ld.vec);
+    s = ld.used && ld.vec ? MOR_OK : mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
+    if (!s) s = read_hparams(&ld);
     if (!s) s = bind_all(&ld);
     free(ld.used);
+    free(ld.vec);
     if (s) return s;
 #ifdef MOR__HAVE_TOKENIZER
     if (m->vocab && mor__vocab_n_tokens(m->vocab) > m->hp.n_vocab)
