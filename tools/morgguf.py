@@ -634,8 +634,118 @@ class GGUFReader(object):
         return decode_floats(self.tensor_bytes(name), t.ttype)
 
 
+def rewrite(reader):
+    """A GGUFWriter holding the same keys and tensors as reader (same order, types and raw
+    tensor bytes); its to_bytes() reproduces a file written with per-tensor padding."""
+    w = GGUFWriter(alignment=reader.alignment, version=reader.version)
+    for f in reader.fields.values():
+        if f.key == "general.alignment" and f.key in w._keys:
+            continue
+        w.add_kv(f.key, f.value, f.vtype)
+    for t in reader.tensors:
+        w.add_tensor(t.name, reader.tensor_bytes(t.name), dims=t.dims, ttype=t.ttype)
+    return w
+
+
+def self_test():
+    """Round trips through the writer and reader; raises AssertionError on a failure."""
+    import math
+    w = GGUFWriter()
+    w.add_uint8("t.u8", 255)
+    w.add_int8("t.i8", -128)
+    w.add_uint16("t.u16", 65535)
+    w.add_int16("t.i16", -32768)
+    w.add_uint32("t.u32", 4294967295)
+    w.add_int32("t.i32", -2147483648)
+    w.add_uint64("t.u64", 2**64 - 1)
+    w.add_int64("t.i64", -2**63)
+    w.add_float32("t.f32", 1e-5)
+    w.add_float64("t.f64", math.pi)
+    w.add_bool("t.bool", True)
+    w.add_string("t.str", "h\u00e9llo \u2581")
+    w.add_array("t.arr_u32", UINT32, [1, 2, 3])
+    w.add_array("t.arr_f32", FLOAT32, [0.5, -1.25])
+    w.add_array("t.arr_str", STRING, ["a", "", "\u00fc"])
+    w.add_array("t.arr_bool", BOOL, [True, False])
+    w.add_array("t.arr_empty", INT64, [])
+    w.add_array("t.arr_nested", ARRAY, [GGUFArray(INT8, [-1, 2]), GGUFArray(STRING, ["x"])])
+    for bad in (lambda: w.add_uint8("t.bad", 256), lambda: w.add_uint32("t.u32", 1),
+                lambda: w.add_int32("t.bad", 1.5)):
+        try:
+            bad()
+        except GGUFError:
+            pass
+        else:
+            raise AssertionError("writer accepted a bad value")
+    vals = [0.0, -0.0, 1.0, -2.5, 1e-3, 3.14159, 65504.0, 1.0 / 3.0, 5.96e-8, 1e30 * 0]
+    w.add_tensor("f32", vals, shape=(2, 5))
+    w.add_tensor("f16", vals, dims=[5, 2], ttype=F16)
+    w.add_tensor("bf16", vals, dims=[10], ttype=BF16)
+    w.add_tensor("raw", struct.pack("<3f", 1, 2, 3), dims=[3, 1, 1])
+    w.add_tensor("f64", [1.0, 2.0], dims=[2], ttype=F64)
+    blob = w.to_bytes()
+    r = GGUFReader(blob)
+    assert r.version == 3 and r.alignment == 32
+    assert r.get("t.u8") == 255 and r.get("t.i8") == -128 and r.get("t.u16") == 65535
+    assert r.get("t.i16") == -32768 and r.get("t.u32") == 4294967295
+    assert r.get("t.i32") == -2147483648 and r.get("t.u64") == 2**64 - 1
+    assert r.get("t.i64") == -2**63 and r.get("t.f64") == math.pi
+    assert r.get("t.f32") == struct.unpack("<f", struct.pack("<f", 1e-5))[0]
+    assert r.get("t.bool") is True and r.get("t.str") == "h\u00e9llo \u2581"
+    assert r.get("t.arr_u32") == [1, 2, 3] and r.get("t.arr_f32") == [0.5, -1.25]
+    assert r.get("t.arr_str") == ["a", "", "\u00fc"] and r.get("t.arr_bool") == [True, False]
+    assert r.get("t.arr_empty") == [] and r.get("t.arr_nested") == [[-1, 2], ["x"]]
+    assert r.fields["t.arr_nested"].value.items[1].elem_type == STRING
+    assert [r.vtype(k) for k in ("t.u8", "t.i8", "t.u16", "t.i16", "t.u32", "t.i32", "t.f32",
+                                 "t.bool", "t.str", "t.arr_u32", "t.u64", "t.i64", "t.f64")] == \
+        list(range(13))
+    assert r.tensor("f32").dims == [5, 2] and r.tensor("f32").shape == (2, 5)
+    assert list(r.tensor_floats("f32")) == list(array("f", vals))
+    f16 = list(r.tensor_floats("f16"))
+    assert f16[:7] == [0.0, -0.0, 1.0, -2.5, struct.unpack("<e", struct.pack("<e", 1e-3))[0],
+                       struct.unpack("<e", struct.pack("<e", 3.14159))[0], 65504.0]
+    assert math.copysign(1, f16[1]) < 0
+    bf = list(r.tensor_floats("bf16"))
+    assert bf[2] == 1.0 and bf[3] == -2.5 and bf[5] == 3.140625
+    assert bf[7] == 0.333984375     # 1/3 rounds up to 0x3EAB
+    assert list(r.tensor_floats("raw")) == [1.0, 2.0, 3.0]
+    assert list(r.tensor_floats("f64")) == [1.0, 2.0]
+    for t in r.tensors:
+        assert t.offset % 32 == 0 and t.abs_offset % 32 == 0
+    assert rewrite(r).to_bytes() == blob
+    # round to nearest even at the bf16 tie: 1 + 2^-8 (tie, even stays 1.0), 1 + 3*2^-8
+    assert list(round_bf16([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8])) == [1.0, 1.0 + 2.0**-6]
+    # alignment other than 32
+    w2 = GGUFWriter(alignment=64)
+    w2.add_tensor("a", [1.0], dims=[1])
+    w2.add_tensor("b", [2.0, 3.0], dims=[2])
+    r2 = GGUFReader(w2.to_bytes())
+    assert r2.alignment == 64 and r2.tensor("b").offset == 64 and r2.data_offset % 64 == 0
+    # corrupt inputs are refused with GGUFError
+    for bad in (b"GGUX" + blob[4:], blob[:4] + struct.pack("<I", 4) + blob[8:], blob[:100],
+                blob[:-40]):
+        try:
+            GGUFReader(bad)
+        except GGUFError:
+            pass
+        else:
+            raise AssertionError("reader accepted a corrupt file")
+    return True
+
+
 def _main(argv):
-    """`python3 morgguf.py FILE...`: print the header of each GGUF file."""
+    """`python3 morgguf.py FILE...`: print the header of each GGUF file.
+    `python3 morgguf.py --self-test`: run the round-trip self test."""
+    if argv[:1] == ["--self-test"]:
+        self_test()
+        for path in argv[1:]:
+            data = open(path, "rb").read()
+            same = rewrite(GGUFReader(data)).to_bytes() == data
+            print("%s: rewrite %s" % (path, "identical" if same else "DIFFERS"))
+            if not same:
+                return 1
+        print("morgguf self-test: ok")
+        return 0
     for path in argv:
         r = GGUFReader(path)
         print("%s: GGUF v%d, %d keys, %d tensors, alignment %d, data at %d"
