@@ -156,7 +156,8 @@ typedef struct mor_model_params {
 } mor_model_params;
 
 /* Session flags. */
-#define MOR_SESSION_LOGITS_ALL 1u /* keep the logits of every token of a step, not only the last */
+#define MOR_SESSION_LOGITS_ALL  1u /* keep the logits of every token of a step, not only the last */
+#define MOR_SESSION_REF_KERNELS 2u /* use the scalar reference kernels (the test oracle), no SIMD */
 
 typedef struct mor_session_params {
     uint32_t size;      /* sizeof(mor_session_params) */
@@ -376,6 +377,87 @@ MOR_API int mor_session_sample(mor_session *session, int32_t *token);
 MOR_API int mor_session_set_exit_policy(mor_session *session, const mor_exit_policy *policy);
 
 /* ---- BEGIN TOKENIZER API ---- */
+/*-************************************************************************************************
+ *  Tokenizer
+ **************************************************************************************************/
+/* Text <-> token ids with the vocabulary stored in the model file (tokenizer.ggml.* keys):
+ * SentencePiece-style BPE ("llama": scores, byte fallback, the U+2581 space marker, dummy
+ * prefix) and byte-level BPE ("gpt2": ranked merges, GPT-2 byte map, the pre-tokenizer named
+ * by tokenizer.ggml.pre). docs/TOKENIZER.md lists what is supported and how it was verified.
+ *
+ * Text is UTF-8 given as (pointer, length): NUL bytes are ordinary characters and the text need
+ * not be NUL-terminated. Bytes that are not well-formed UTF-8 are kept, never replaced: each
+ * one becomes its byte-fallback / byte-level token, so detokenizing gives the bytes back.
+ * Every function below is thread-safe on a shared model; they return MOR_E_NOT_FOUND when the
+ * model has no vocabulary, MOR_E_INVALID for NULL arguments (a buffer may be NULL only with
+ * capacity 0), MOR_E_TOKEN for an id outside [0, n_vocab). */
+
+#define MOR_TOKENIZE_ADD_SPECIAL     1u /* add BOS / EOS where the file's add_bos/add_eos say */
+#define MOR_TOKENIZE_PARSE_SPECIAL   2u /* control-token text in the input (e.g. "<s>",
+                                           "<|endoftext|>") becomes that token; without it the
+                                           text is tokenized as plain text */
+#define MOR_DETOKENIZE_SPECIAL       4u /* render control / unknown tokens as their text
+                                           (default: they render as nothing) */
+#define MOR_DETOKENIZE_KEEP_PREFIX   8u /* keep the space SentencePiece vocabularies add at the
+                                           start of the text (default: removed, so that
+                                           detokenize(tokenize(x)) == x) */
+
+/* mor_tokenize(): tokenize text[0..text_len) into tokens (capacity entries). *n_tokens
+ * receives the count. @return MOR_OK, or MOR_E_BUFFER_SMALL with *n_tokens = the count needed
+ * and tokens untouched (call with capacity 0 to size the buffer), MOR_E_INVALID (text longer
+ * than 1 GiB), MOR_E_NOMEM. */
+MOR_API int mor_tokenize(const mor_model *model, const char *text, size_t text_len, int32_t *tokens,
+                         size_t capacity, uint32_t flags, size_t *n_tokens);
+
+/* mor_token_to_piece(): the raw bytes of one token (not NUL-terminated): spaces for U+2581,
+ * the byte of a byte token, the GPT-2 byte map undone. A piece may be part of a UTF-8
+ * character: use mor_detok_* to print a stream. Control / unknown tokens give nothing unless
+ * flags has MOR_DETOKENIZE_SPECIAL. No dummy-prefix space is removed here.
+ * @return MOR_OK, MOR_E_BUFFER_SMALL (*n_bytes = bytes needed), MOR_E_TOKEN. */
+MOR_API int mor_token_to_piece(const mor_model *model, int32_t token, char *buf, size_t capacity,
+                               uint32_t flags, size_t *n_bytes);
+
+/* mor_detokenize(): the text of a token sequence (not NUL-terminated). For SentencePiece
+ * vocabularies that add a dummy prefix, one leading space is removed from the first text token
+ * of the sequence and from the first text token after each control / unknown / user-defined
+ * token (where mor_tokenize added one), unless MOR_DETOKENIZE_KEEP_PREFIX. With default flags
+ * detokenize(tokenize(x)) == x for every byte string x.
+ * @return MOR_OK, MOR_E_BUFFER_SMALL (*n_bytes = bytes needed; buf holds a prefix),
+ * MOR_E_TOKEN (nothing written). */
+MOR_API int mor_detokenize(const mor_model *model, const int32_t *tokens, size_t n_tokens, char *buf,
+                           size_t capacity, uint32_t flags, size_t *n_bytes);
+
+/* Vocabulary facts. n_vocab: tokens in the vocabulary (-1: no vocabulary). Special ids: -1 if
+ * the model has none (or no vocabulary). is_eog: 1 if the token ends generation (EOS, EOT,
+ * EOM and end-of-turn markers such as "<|endoftext|>"), else 0. token_type: the GGUF token
+ * type (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte), -1 for a bad id. */
+MOR_API int32_t mor_model_n_vocab(const mor_model *model);
+MOR_API int32_t mor_model_token_bos(const mor_model *model);
+MOR_API int32_t mor_model_token_eos(const mor_model *model);
+MOR_API int32_t mor_model_token_unk(const mor_model *model);
+MOR_API int32_t mor_model_token_pad(const mor_model *model);
+MOR_API int32_t mor_model_token_eot(const mor_model *model);
+MOR_API int     mor_model_token_is_eog(const mor_model *model, int32_t token);
+MOR_API int     mor_model_token_type(const mor_model *model, int32_t token);
+
+/* Streaming detokenizer: push tokens one at a time and print what comes back. It emits only
+ * complete UTF-8 characters: a piece that ends inside a character is held (at most 3 bytes)
+ * until the next piece completes it; bytes that can never form a character are emitted as
+ * they are. The concatenated output of every push plus the final flush equals
+ * mor_detokenize() of the whole sequence with the same flags (MOR_DETOKENIZE_*), so a stream
+ * that starts with the prompt's tokens prints the prompt text exactly.
+ * mor_detok_create(): caller owns *out (mor_detok_free). Keeps a pointer to the model, which
+ * must outlive it. A mor_detok is not thread-safe: use one per stream.
+ * mor_detok_push(): *n_bytes = bytes written. MOR_E_BUFFER_SMALL: *n_bytes = room needed,
+ * nothing consumed (retry with a larger buffer); 64 bytes more than the longest piece always
+ * suffice. mor_detok_flush(): emit the held bytes (end of stream).
+ * mor_detok_reset(): forget held bytes; the next push starts a new text. */
+typedef struct mor_detok mor_detok;
+MOR_API int  mor_detok_create(const mor_model *model, uint32_t flags, mor_detok **out);
+MOR_API int  mor_detok_push(mor_detok *d, int32_t token, char *buf, size_t capacity, size_t *n_bytes);
+MOR_API int  mor_detok_flush(mor_detok *d, char *buf, size_t capacity, size_t *n_bytes);
+MOR_API void mor_detok_reset(mor_detok *d);
+MOR_API void mor_detok_free(mor_detok *d);
 /* ---- END TOKENIZER API ---- */
 
 #ifdef __cplusplus

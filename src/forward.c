@@ -16,6 +16,7 @@
 // Sequence sharing has no block loop: each middle layer is its own step, active for tokens
 // whose depth exceeds its recursion index.
 #include "session.h"
+#include "thread.h"
 
 #include <math.h>
 
@@ -25,9 +26,29 @@ static int kt_of(uint32_t t) {
     return t == MOR__DT_F16 ? MOR__KT_F16 : t == MOR__DT_BF16 ? MOR__KT_BF16 : MOR__KT_F32;
 }
 
-// y[T][rows] = x[T][cols] * W^T
+typedef struct {
+    mor_session    *s;
+    const mor__mat *W;
+    const float    *x;
+    int64_t         T;
+    float          *y;
+} mm_task;
+
+static void mm_part(void *c, int ith, int nth) {
+    const mm_task *t = c;
+    long r0, r1;
+    mor__split((long)t->W->rows, ith, nth, &r0, &r1);
+    if (r0 < r1)
+        t->s->kern->matmul[kt_of(t->W->type)](t->W->data, t->W->cols, r0, r1, t->x, t->T, t->W->cols, t->y,
+                                              t->W->rows, t->s->row + (size_t)ith * t->s->row_stride);
+}
+
+// y[T][rows] = x[T][cols] * W^T, rows split among the session's threads (small products run on
+// the caller's thread alone: waking workers costs more than they save).
 static void mm(mor_session *s, const mor__mat *W, const float *x, int64_t T, float *y) {
-    s->kern->matmul[kt_of(W->type)](W->data, W->cols, 0, W->rows, x, T, W->cols, y, W->rows, s->row);
+    mm_task t = {s, W, x, T, y};
+    if (W->rows * W->cols * T < 32768 || mor__pool_size(s->pool) == 1) mm_part(&t, 0, 1);
+    else mor__pool_run(s->pool, mm_part, &t);
 }
 
 static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
@@ -79,6 +100,50 @@ static int32_t visible(const mor__kv_slot *sl, int32_t p) {
     return lo;
 }
 
+// ---- attention -----------------------------------------------------------------------------
+
+typedef struct {
+    mor_session        *s;
+    const mor__kv_slot *sl;
+    const int32_t      *idx;
+    int32_t             n;
+    int32_t             pos0;
+} att_task;
+
+// Attention for (row, head) pairs split among threads: each row sees the slot entries at
+// positions up to its own.
+static void att_part(void *c, int ith, int nth) {
+    const att_task *t = c;
+    mor_session *s = t->s;
+    const mor__hparams *hp = &s->model->hp;
+    const int hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
+    const int qdim = nh * hd, kvdim = nkv * hd, rep = nh / nkv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const mor__kv_slot *sl = t->sl;
+    float *att = s->att + (size_t)ith * (size_t)s->n_ctx;
+    long lo, hi;
+    mor__split((long)t->n * nh, ith, nth, &lo, &hi);
+    for (long w = lo; w < hi; w++) {
+        int32_t i = (int32_t)(w / nh);
+        int h = (int)(w % nh), kh = h / rep;
+        int32_t nv = visible(sl, t->pos0 + t->idx[i]);
+        const float *qh = s->q + (size_t)i * qdim + (size_t)h * hd;
+        float mx = -INFINITY;
+        for (int32_t e = 0; e < nv; e++) {
+            att[e] = s->kern->dot(qh, sl->k + (size_t)e * kvdim + (size_t)kh * hd, hd) * scale;
+            if (att[e] > mx) mx = att[e];
+        }
+        float sum = 0;
+        for (int32_t e = 0; e < nv; e++) {
+            att[e] = expf(att[e] - mx);
+            sum += att[e];
+        }
+        float *o = s->ao + (size_t)i * qdim + (size_t)h * hd, inv = 1.0f / sum;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int32_t e = 0; e < nv; e++) s->kern->axpy(o, att[e] * inv, sl->v + (size_t)e * kvdim + (size_t)kh * hd, hd);
+    }
+}
+
 // ---- one layer on n compacted rows ---------------------------------------------------------
 
 // xr: (n, d) rows of the residual stream, updated in place; idx[i]: index of row i in the
@@ -108,30 +173,9 @@ static void run_layer(mor_session *s, int32_t l, float *xr, const int32_t *idx, 
             sl->pos[sl->len++] = pos0 + idx[i];
         }
     }
-    // Attention: each row sees the slot entries at positions up to its own.
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int rep = nh / nkv;
-    for (int32_t i = 0; i < n; i++) {
-        int32_t nv = visible(sl, pos0 + idx[i]);
-        for (int h = 0; h < nh; h++) {
-            const float *qh = s->q + (size_t)i * qdim + (size_t)h * hd;
-            const int kh = h / rep;
-            float *att = s->att, mx = -INFINITY;
-            for (int32_t e = 0; e < nv; e++) {
-                att[e] = s->kern->dot(qh, sl->k + (size_t)e * kvdim + (size_t)kh * hd, hd) * scale;
-                if (att[e] > mx) mx = att[e];
-            }
-            float sum = 0;
-            for (int32_t e = 0; e < nv; e++) {
-                att[e] = expf(att[e] - mx);
-                sum += att[e];
-            }
-            float *o = s->ao + (size_t)i * qdim + (size_t)h * hd;
-            memset(o, 0, (size_t)hd * sizeof(float));
-            for (int32_t e = 0; e < nv; e++)
-                s->kern->axpy(o, att[e] / sum, sl->v + (size_t)e * kvdim + (size_t)kh * hd, hd);
-        }
-    }
+    att_task at = {s, sl, idx, n, pos0};
+    if ((long)n * nh * sl->len < 4096 || mor__pool_size(s->pool) == 1) att_part(&at, 0, 1);
+    else mor__pool_run(s->pool, att_part, &at);
     proj(s, ly, MOR__ROLE_O, s->ao, n, s->hb2);  // hb2 is free until the MLP
     for (int64_t i = 0; i < (int64_t)n * d; i++) xr[i] += s->hb2[i];
 

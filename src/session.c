@@ -15,6 +15,7 @@ int mor__session_fail(mor_session *s, int status, const char *fmt, ...) {
 
 void mor_session_free(mor_session *s) {
     if (!s) return;
+    mor__pool_free(s->pool);
     if (s->slots)
         for (int32_t l = 0; l < s->model->hp.n_layer; l++) {
             free(s->slots[l].k);
@@ -82,7 +83,7 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     mor_session *s = calloc(1, sizeof *s);
     if (!s) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
     s->model = m;
-    s->kern = mor__kernels_best();
+    s->kern = p.flags & MOR_SESSION_REF_KERNELS ? mor__kernels_ref() : mor__kernels_best();
     s->n_ctx = p.n_ctx;
     s->n_batch = p.n_batch;
     s->n_threads = p.n_threads;
@@ -113,8 +114,9 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     s->hb2 = alloc_n(nb * wide, sizeof(float), &fail);
     s->tmp = alloc_n(nb * wide, sizeof(float), &fail);
     s->lora = alloc_n(nb * (size_t)MOR__MAX(hp->lora_rank, 1), sizeof(float), &fail);
-    s->att = alloc_n((size_t)p.n_ctx, sizeof(float), &fail);
-    s->row = alloc_n(MOR__MAX(maxcols, (size_t)MOR__MAX(hp->lora_rank, 1)), sizeof(float), &fail);
+    s->att = alloc_n((size_t)p.n_ctx * (size_t)p.n_threads, sizeof(float), &fail);
+    s->row_stride = (MOR__MAX(maxcols, (size_t)MOR__MAX(hp->lora_rank, 1)) + 15) & ~(size_t)15;
+    s->row = alloc_n(s->row_stride * (size_t)p.n_threads, sizeof(float), &fail);
     s->rope_cos = alloc_n(nb * (size_t)(hp->head_dim / 2), sizeof(float), &fail);
     s->rope_sin = alloc_n(nb * (size_t)(hp->head_dim / 2), sizeof(float), &fail);
     s->h_in = alloc_n(nb * d, sizeof(float), &fail);
@@ -131,6 +133,11 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     if (fail) {
         mor_session_free(s);
         return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory allocating a session of %d tokens", p.n_ctx);
+    }
+    int ps = mor__pool_create(&s->pool, p.n_threads);
+    if (ps) {
+        mor_session_free(s);
+        return mor__errf(err, err_n, ps, "cannot start %d compute threads", p.n_threads);
     }
     sampler_from(&s->sampler, NULL);
     s->rng = s->sampler.seed;

@@ -15,6 +15,7 @@
 
 #include "kernels.h"
 #include "model.h"
+#include "thread.h"
 
 typedef struct {
     float   *k;     // [n_ctx][kv_dim] (NULL for a layer that writes nothing)
@@ -51,7 +52,11 @@ struct mor_session {
     int32_t            *depths;      // [n_batch] depth of each token of the last chunk
     int32_t            *depth_all;   // [n_batch] depths of the whole last step (first n_batch)
     // work buffers, sized for n_batch tokens
-    float *x, *xb, *q, *k, *v, *ao, *hb, *hb2, *tmp, *lora, *att, *row;
+    float *x, *xb, *q, *k, *v, *ao, *hb, *hb2, *tmp, *lora;
+    float *att;                      // [n_threads][n_ctx] attention scores
+    float *row;                      // [n_threads][row_stride] converted weight rows
+    size_t row_stride;
+    mor__pool *pool;                 // compute threads (n_threads - 1 workers)
     float *rope_cos, *rope_sin;      // [n_batch][head_dim/2]
     float *h_in, *xa, *gate;         // router: block input, compacted rows, gate per token
     float *router_h;                 // [n_batch][2d + n_rec] router scratch

@@ -19,6 +19,7 @@ static void usage(FILE *f) {
             "  -n N               tokens to generate (default 64)\n"
             "  -c, --ctx N        context length (default: the model's, at most 4096)\n"
             "  -b, --batch N      prompt tokens per pass (default 64)\n"
+            "  -j, --threads N    compute threads (default 1)\n"
             "  --temp T           temperature; 0 = greedy (default 0)\n"
             "  --top-k K          (default 40)     --top-p P (default 0.95)     --min-p P (default 0.05)\n"
             "  --repeat-penalty R (default 1.0)    --repeat-last-n N (default 64)\n"
@@ -64,7 +65,7 @@ static int parse_float(const char *s, float *out) {
 
 int main(int argc, char **argv) {
     const char *path = NULL, *text = NULL, *ids = NULL;
-    long n_gen = 64, n_ctx = 0, n_batch = 64, depth = 0;
+    long n_gen = 64, n_ctx = 0, n_batch = 64, depth = 0, n_threads = 1;
     int print_ids = 0, stop = 1, stats = 0, full = 0;
     float threshold = -1;
     mor_sampler_params sp;
@@ -81,6 +82,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-n") && v) bad = parse_int(v, 0, 1 << 24, &n_gen);
         else if ((!strcmp(a, "-c") || !strcmp(a, "--ctx")) && v) bad = parse_int(v, 1, 1 << 20, &n_ctx);
         else if ((!strcmp(a, "-b") || !strcmp(a, "--batch")) && v) bad = parse_int(v, 1, 8192, &n_batch);
+        else if ((!strcmp(a, "-j") || !strcmp(a, "--threads")) && v) bad = parse_int(v, 1, 256, &n_threads);
         else if (!strcmp(a, "--temp") && v) bad = parse_float(v, &sp.temperature);
         else if (!strcmp(a, "--top-k") && v) bad = parse_int(v, -1, 1 << 30, &x), sp.top_k = (int32_t)x;
         else if (!strcmp(a, "--top-p") && v) bad = parse_float(v, &sp.top_p);
@@ -171,6 +173,7 @@ int main(int argc, char **argv) {
     int64_t train = mor_model_get_int(model, MOR_INFO_N_CTX_TRAIN);
     p.n_ctx = (int32_t)(n_ctx ? n_ctx : (train < 4096 ? train : 4096));
     p.n_batch = (int32_t)n_batch;
+    p.n_threads = (int32_t)n_threads;
     mor_session *s = NULL;
     if (mor_session_create(model, &p, &s, err, sizeof err) != MOR_OK) {
         fprintf(stderr, "mor-run: %s\n", err);

@@ -134,5 +134,34 @@ static const mor__kernels ref_table = {
 
 const mor__kernels *mor__kernels_ref(void) { return &ref_table; }
 
-// Until ISA-specific files exist the reference is also the best table.
-const mor__kernels *mor__kernels_best(void) { return &ref_table; }
+// ---- dispatch: the reference table, overridden by what this CPU supports -------------------
+
+#if !defined(MOR_NO_SIMD) && (defined(__x86_64__) || defined(__i386__))
+void mor__kernels_install_avx2(mor__kernels *k);
+#define HAVE_X86 1
+#endif
+
+static mor__kernels best_table;
+
+static void fill_best(void) {
+    best_table = ref_table;
+#ifdef HAVE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) mor__kernels_install_avx2(&best_table);
+#endif
+}
+
+#if defined(MOR_NO_THREADS)
+static int best_done;
+const mor__kernels *mor__kernels_best(void) {
+    if (!best_done) fill_best(), best_done = 1;
+    return &best_table;
+}
+#else
+#include <pthread.h>
+static pthread_once_t best_once = PTHREAD_ONCE_INIT;
+const mor__kernels *mor__kernels_best(void) {
+    pthread_once(&best_once, fill_best);
+    return &best_table;
+}
+#endif
