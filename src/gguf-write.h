@@ -9,7 +9,8 @@
 // Layout written by finish/save: magic "GGUF", version (3 unless overridden), tensor count,
 // key count, the keys in call order, the tensor infos in call order, zero padding to the
 // alignment, then each tensor's bytes at the next multiple of the alignment, zero-padded after
-// each tensor (the last one included), as ggml does. Tensor offsets are relative to the start of
+// each tensor (the last one included), as ggml does; a file without tensors ends after the
+// keys (no padding). Tensor offsets are relative to the start of
 // the data section. The alignment is 32 unless a power-of-two `general.alignment` UINT32 key is
 // written (through mor__gguf_w_u32 or mor__gguf_w_val); the last such value wins. Integers and
 // floats are written little-endian; tensor bytes are copied verbatim (little-endian hosts).
@@ -55,7 +56,8 @@ int mor__gguf_writer_save(mor__gguf_writer *w, const char *path, char *err, size
 // Helpers for tools and tests: write `size` bytes to `path`; read a whole file into a malloc'd
 // buffer (one extra NUL byte appended, not counted in *size; free() it). MOR_E_IO names the
 // path and the system error.
-int mor__gguf_w_write_file(const char *path, const void *data, uint64_t size, char *err, size_t err_n);
+int mor__gguf_w_write_file(const char *path, const void *data, uint64_t size, char *err,
+                           size_t err_n);
 int mor__gguf_w_read_file(const char *path, void **data, uint64_t *size, char *err, size_t err_n);
 
 #endif
