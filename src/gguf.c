@@ -146,7 +146,9 @@ static int skip_value(cursor *c, uint32_t t, int depth, const mor__gguf_str *key
     uint64_t at = c->off;
     if (t == MOR__GGUF_STRING) {
         mor__gguf_str s;
-        return rd_str(c, &s, MOR__GGUF_MAX_STRING, "string value");
+        char what[128];
+        snprintf(what, sizeof what, "string value of key '%.*s'", (int)MOR__MIN(key->len, 64), key->ptr);
+        return rd_str(c, &s, MOR__GGUF_MAX_STRING, what);
     }
     if (t == MOR__GGUF_ARRAY) {
         if (depth >= 2)
@@ -389,7 +391,9 @@ static int parse(mor__gguf *g, cursor *c) {
                           t->name, (unsigned long long)at);
             goto t_fail;
         }
-        if ((s = rd_u32(c, &t->n_dims, "tensor dimension count"))) goto t_fail;
+        char what[MOR__GGUF_MAX_NAME + 48];
+        snprintf(what, sizeof what, "dimension count of tensor '%s'", t->name);
+        if ((s = rd_u32(c, &t->n_dims, what))) goto t_fail;
         if (t->n_dims < 1 || t->n_dims > 4) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT,
                           "tensor '%s': %u dimensions (must be 1 to 4)", t->name, t->n_dims);
@@ -398,7 +402,8 @@ static int parse(mor__gguf *g, cursor *c) {
         t->n_elems = 1;
         for (uint32_t d = 0; d < 4; d++) t->dims[d] = 1;
         for (uint32_t d = 0; d < t->n_dims; d++) {
-            if ((s = rd_u64(c, &t->dims[d], "tensor dimension"))) goto t_fail;
+            snprintf(what, sizeof what, "dimension %u of tensor '%s'", d, t->name);
+            if ((s = rd_u64(c, &t->dims[d], what))) goto t_fail;
             if (t->dims[d] == 0 || t->dims[d] > ((uint64_t)1 << 40)) {
                 s = mor__errf(c->err, c->err_n, MOR_E_FORMAT, "tensor '%s': dimension %u is %llu",
                               t->name, d, (unsigned long long)t->dims[d]);
@@ -411,7 +416,8 @@ static int parse(mor__gguf *g, cursor *c) {
                 goto t_fail;
             }
         }
-        if ((s = rd_u32(c, &t->type, "tensor type"))) goto t_fail;
+        snprintf(what, sizeof what, "type of tensor '%s'", t->name);
+        if ((s = rd_u32(c, &t->type, what))) goto t_fail;
         dtype_info di = dtype_lookup(t->type);
         if (!di.name) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT, "tensor '%s': unknown tensor type id %u",
@@ -425,7 +431,8 @@ static int parse(mor__gguf *g, cursor *c) {
             goto t_fail;
         }
         t->size = mor__dtype_size(t->type, t->n_elems);
-        if ((s = rd_u64(c, &t->offset, "tensor offset"))) goto t_fail;
+        snprintf(what, sizeof what, "data offset of tensor '%s'", t->name);
+        if ((s = rd_u64(c, &t->offset, what))) goto t_fail;
         if (t->offset % g->alignment) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT,
                           "tensor '%s': data offset %llu is not a multiple of the alignment %u",
@@ -449,9 +456,9 @@ static int parse(mor__gguf *g, cursor *c) {
         if (mor__add_u64(data, t->offset, &start) || mor__add_u64(start, t->size, &end) ||
             end > c->size)
             return mor__errf(c->err, c->err_n, MOR_E_FORMAT,
-                             "tensor '%s': data [%llu, +%llu) runs past the end of the file (%llu "
-                             "bytes)",
-                             t->name, (unsigned long long)(data + t->offset),
+                             "tensor '%s': data at offset %llu past the data section start %llu, "
+                             "%llu bytes long, runs past the end of the file (%llu bytes)",
+                             t->name, (unsigned long long)t->offset, (unsigned long long)data,
                              (unsigned long long)t->size, (unsigned long long)c->size);
         t->offset = start;
         t->data = c->p + start;

@@ -48,7 +48,12 @@ static int add_tensor(mor__gguf_writer *w, const spec *s, const char *name, uint
     for (uint64_t i = 0; i < n; i++) data[i] = 0.2f * test_randf(&rng_state);
     uint64_t dims[2] = {cols, rows};
     int st;
-    if (s->q4k && !strcmp(name, s->q4k)) {
+    if (s->q4k && !strcmp(name, s->q4k) && cols % 32 == 0) {  // right shape, Q8_0 blocks
+        uint64_t bytes = mor__dtype_size(MOR__DT_Q8_0, n);
+        unsigned char *q = calloc(1, bytes);
+        st = mor__gguf_w_raw_tensor(w, name, strlen(name), MOR__DT_Q8_0, 2, dims, q, bytes, MOR__GGUF_W_AUTO);
+        free(q);
+    } else if (s->q4k && !strcmp(name, s->q4k)) {
         uint64_t d2[2] = {256, 1};
         st = mor__gguf_w_raw_tensor(w, name, strlen(name), 12, 2, d2, data, 144, MOR__GGUF_W_AUTO);
     } else {
@@ -256,6 +261,11 @@ TEST(bad_models) {
     s = base_spec();
     s.q4k = "blk.1.attn_q.weight";
     EXPECT_LOAD(s, MOR_E_FORMAT, "blk.1.attn_q.weight");  // Q4_K of the wrong shape
+    s = base_spec();
+    s.d = 32;
+    s.ff = 32;
+    s.q4k = "blk.2.ffn_up.weight";  // a well-formed Q8_0 tensor: valid GGUF, not computable yet
+    EXPECT_LOAD(s, MOR_E_UNSUPPORTED, "tensor 'blk.2.ffn_up.weight' has type Q8_0");
     s = base_spec();
     s.omit_key = 1;
     EXPECT_LOAD(s, MOR_E_FORMAT, "missing required key 'mor.recursion.count'");
