@@ -1,0 +1,962 @@
+// test-tokenizer.c: tokenizer and detokenizer against reference vectors, round trips,
+// malformed input, buffer contracts, special tokens, streaming and bad vocabulary metadata.
+//
+// Data (tests/data/vocab, see its README.md):
+//   ggml-vocab-*.gguf + .inp/.out   llama.cpp's test-tokenizer-0 vectors (46 strings each)
+//   pretok.inp + pretok-*.out       403 strings (the 46 above + 357 more) tokenized by
+//                                   llama.cpp (same commit) for more vocabularies and for the
+//                                   gpt-2 vocabulary under every other pre-tokenizer
+//   llama2c-tokenizer.bin + _tests.json   llama2.c's Llama-2 tokenizer and its encode tests
+#include "harness.h"
+
+#include <pthread.h>
+
+#include "llama2c.h"
+
+#include "model.h"
+#include "mor.h"
+#include "tokenizer.h"
+#include "unicode.h"
+
+#define SEP "\n__ggml_vocab_test__\n"
+
+static char *slurp(const char *name, size_t *n) {
+    char path[512];
+    test_path(path, sizeof path, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long l = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)l + 1);
+    *n = fread(b, 1, (size_t)l, f);
+    b[*n] = 0;
+    fclose(f);
+    return b;
+}
+
+// A vocabulary loaded from a GGUF file in tests/data (the image stays alive with it).
+typedef struct {
+    char      *img;
+    mor__gguf  g;
+    mor__vocab *v;
+} tvocab;
+
+static int tv_load(tvocab *t, const char *name) {
+    size_t n;
+    char err[256];
+    memset(t, 0, sizeof *t);
+    t->img = slurp(name, &n);
+    if (!t->img) {
+        printf("#   cannot read %s\n", name);
+        return -1;
+    }
+    if (mor__gguf_parse(&t->g, t->img, n, err, sizeof err)) {
+        printf("#   %s: %s\n", name, err);
+        return -1;
+    }
+    if (mor__vocab_load(&t->v, &t->g, err, sizeof err)) {
+        printf("#   %s: %s\n", name, err);
+        return -1;
+    }
+    return 0;
+}
+
+static void tv_free(tvocab *t) {
+    mor__vocab_free(t->v);
+    mor__gguf_free(&t->g);
+    free(t->img);
+}
+
+// Split a .inp file into strings (pointers into buf, which is modified).
+static size_t split_inp(char *buf, char **s, size_t *len, size_t max) {
+    size_t n = 0;
+    char *p = buf, *q;
+    while (n < max && (q = strstr(p, SEP)) != NULL) {
+        s[n] = p;
+        len[n] = (size_t)(q - p);
+        n++;
+        p = q + strlen(SEP);
+    }
+    return n;
+}
+
+static int32_t g_toks[1 << 16];
+
+// Tokenize every string of inp (flags 0) and compare with the lines of out. Returns the number
+// of strings checked, -1 on a mismatch (printed).
+static int check_vectors(const mor__vocab *v, const char *inp_name, const char *out_name) {
+    size_t ni, no;
+    char *inp = slurp(inp_name, &ni), *out = slurp(out_name, &no);
+    if (!inp || !out) {
+        printf("#   missing %s or %s\n", inp_name, out_name);
+        free(inp);
+        free(out);
+        return -1;
+    }
+    static char *s[1024];
+    static size_t len[1024];
+    size_t n = split_inp(inp, s, len, 1024);
+    char *line = out;
+    int bad = 0;
+    for (size_t i = 0; i < n && !bad; i++) {
+        char *nl = strchr(line, '\n');
+        if (!nl) {
+            printf("#   %s: fewer lines than strings\n", out_name);
+            bad = 1;
+            break;
+        }
+        *nl = 0;
+        size_t nt = 0;
+        int rc = mor__vocab_tokenize(v, s[i], len[i], g_toks, sizeof g_toks / sizeof g_toks[0], 0, &nt);
+        char *p = line;
+        size_t k = 0;
+        while (!rc && *p) {
+            char *e;
+            long id = strtol(p, &e, 10);
+            if (e == p) break;
+            if (k >= nt || g_toks[k] != id) {
+                bad = 1;
+                break;
+            }
+            k++;
+            p = e;
+        }
+        if (rc || bad || k != nt) {
+            printf("#   %s string %zu (\"%.*s\"): expected%s\n#   got     ", inp_name, i, (int)MOR__MIN(len[i], 60),
+                   s[i], line);
+            for (size_t j = 0; j < nt && j < 40; j++) printf(" %d", g_toks[j]);
+            printf(" (rc %d)\n", rc);
+            bad = 1;
+        }
+        line = nl + 1;
+    }
+    free(inp);
+    free(out);
+    return bad ? -1 : (int)n;
+}
+
+static void vectors(const char *vocab) {
+    tvocab t;
+    char name[128], inp[160], out[160];
+    snprintf(name, sizeof name, "vocab/ggml-vocab-%s.gguf", vocab);
+    snprintf(inp, sizeof inp, "%s.inp", name);
+    snprintf(out, sizeof out, "%s.out", name);
+    ASSERT_EQ(tv_load(&t, name), 0);
+    int n = check_vectors(t.v, inp, out);
+    tv_free(&t);
+    ASSERT_EQ(n, 46);
+}
+
+TEST(vectors_gpt2) { vectors("gpt-2"); }
+TEST(vectors_llama_spm) { vectors("llama-spm"); }
+TEST(vectors_mpt) { vectors("mpt"); }
+TEST(vectors_refact) { vectors("refact"); }
+TEST(vectors_starcoder) { vectors("starcoder"); }
+
+// 403 strings per vocabulary, reference from llama.cpp.
+TEST(pretok_vocabularies) {
+    static const struct {
+        const char *file, *pre, *out;
+    } c[] = {
+        {"gpt-2", NULL, "gpt-2-as-gpt-2"},   {"llama-spm", NULL, "llama-spm"}, {"mpt", NULL, "mpt"},
+        {"starcoder", NULL, "starcoder"},    {"refact", NULL, "refact"},
+        // ggml-vocab-gpt-neox.gguf = the mpt vocabulary without a tokenizer.ggml.pre key
+        {"mpt", "", "gpt-neox"},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        tvocab t;
+        char name[128], out[128], err[128];
+        snprintf(name, sizeof name, "vocab/ggml-vocab-%s.gguf", c[i].file);
+        snprintf(out, sizeof out, "vocab/pretok-%s.out", c[i].out);
+        ASSERT_EQ(tv_load(&t, name), 0);
+        if (c[i].pre) ASSERT_OK(mor__vocab_set_pre(t.v, c[i].pre[0] ? c[i].pre : NULL, err, sizeof err));
+        int n = check_vectors(t.v, "vocab/pretok.inp", out);
+        tv_free(&t);
+        ASSERT_EQ(n, 403);
+    }
+}
+
+// The gpt-2 vocabulary run under every other pre-tokenizer, against llama.cpp with the same
+// tokenizer.ggml.pre value.
+TEST(pretok_all_pretokenizers) {
+    static const char *const pre[] = {"default", "gpt-2", "starcoder", "command-r", "smollm", "llama-bpe", "dbrx",
+                                      "qwen2", "falcon", "deepseek-llm", "deepseek-coder", "bloom", "viking"};
+    tvocab t;
+    ASSERT_EQ(tv_load(&t, "vocab/ggml-vocab-gpt-2.gguf"), 0);
+    int fails = 0;
+    for (size_t i = 0; i < sizeof pre / sizeof pre[0]; i++) {
+        char out[128], err[128];
+        snprintf(out, sizeof out, "vocab/pretok-gpt-2-as-%s.out", pre[i]);
+        if (mor__vocab_set_pre(t.v, pre[i], err, sizeof err)) {
+            printf("#   %s\n", err);
+            fails++;
+            continue;
+        }
+        if (check_vectors(t.v, "vocab/pretok.inp", out) != 403) {
+            printf("#   pre-tokenizer %s failed\n", pre[i]);
+            fails++;
+        }
+    }
+    tv_free(&t);
+    ASSERT_EQ(fails, 0);
+}
+
+TEST(pretok_names) {
+    static const struct {
+        const char *name;
+        int pre, ignore_merges;
+    } c[] = {
+        {"default", MOR__PRE_DEFAULT, 0}, {"gpt-2", MOR__PRE_GPT2, 0},       {"mpt", MOR__PRE_GPT2, 0},
+        {"olmo", MOR__PRE_GPT2, 0},       {"starcoder", MOR__PRE_STARCODER, 0}, {"refact", MOR__PRE_STARCODER, 0},
+        {"smollm", MOR__PRE_STARCODER, 0}, {"command-r", MOR__PRE_STARCODER, 0}, {"llama3", MOR__PRE_LLAMA3, 1},
+        {"llama-bpe", MOR__PRE_LLAMA3, 1}, {"dbrx", MOR__PRE_LLAMA3, 0},      {"qwen2", MOR__PRE_QWEN2, 0},
+        {"falcon", MOR__PRE_FALCON, 0},   {"deepseek-llm", MOR__PRE_DEEPSEEK_LLM, 0},
+        {"deepseek-coder", MOR__PRE_DEEPSEEK_CODER, 0}, {"bloom", MOR__PRE_BLOOM, 0}, {"viking", MOR__PRE_VIKING, 0},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        int im, ab;
+        ASSERT_EQ(mor__pretok_lookup(c[i].name, strlen(c[i].name), &im, &ab), c[i].pre);
+        ASSERT_EQ(im, c[i].ignore_merges);
+    }
+    int im, ab;
+    ASSERT_EQ(mor__pretok_lookup(NULL, 0, &im, &ab), MOR__PRE_DEFAULT);
+    ASSERT_EQ(mor__pretok_lookup("tekken", 6, &im, &ab), -1);
+    ASSERT_EQ(mor__pretok_lookup("gpt-", 4, &im, &ab), -1);
+}
+
+// ---- llama2.c tokenizer files ----------------------------------------------------------------
+
+// Build a vocabulary from a llama2.c tokenizer file the way the llama2c converter writes it:
+// spaces become U+2581, id 0 is <unk> (unknown), 1 <s> and 2 </s> (control), <0xNN> pieces
+// are byte tokens; bos 1, eos 2, unk 0.
+static mor__vocab *llama2c_vocab(const char *name, uint32_t n_tokens) {
+    size_t n;
+    char *b = slurp(name, &n);
+    if (!b) return NULL;
+    const char **tok = calloc(n_tokens, sizeof *tok);
+    uint32_t *len = calloc(n_tokens, sizeof *len);
+    float *score = calloc(n_tokens, sizeof *score);
+    int32_t *type = calloc(n_tokens, sizeof *type);
+    char *pool = malloc(n * 3 + 64);
+    size_t p = 4, o = 0;
+    mor__vocab *v = NULL;
+    for (uint32_t i = 0; i < n_tokens; i++) {
+        int32_t l;
+        if (p + 8 > n) goto done;
+        memcpy(&score[i], b + p, 4);
+        memcpy(&l, b + p + 4, 4);
+        p += 8;
+        if (l < 0 || p + (size_t)l > n) goto done;
+        const char *s = b + p;
+        p += (size_t)l;
+        tok[i] = pool + o;
+        if (i == 0) s = "<unk>", l = 5;
+        if (i == 1) s = "<s>", l = 3;
+        if (i == 2) s = "</s>", l = 4;
+        for (int32_t k = 0; k < l; k++) {
+            if (s[k] == ' ') {
+                memcpy(pool + o, "\xE2\x96\x81", 3);
+                o += 3;
+            } else {
+                pool[o++] = s[k];
+            }
+        }
+        len[i] = (uint32_t)(pool + o - tok[i]);
+        type[i] = i == 0 ? MOR__TOK_UNKNOWN : i <= 2 ? MOR__TOK_CONTROL : MOR__TOK_NORMAL;
+        unsigned x;
+        char tail;
+        if (len[i] == 6 && sscanf(tok[i], "<0x%2X%c", &x, &tail) == 2 && tail == '>') type[i] = MOR__TOK_BYTE;
+    }
+    mor__vocab_desc d;
+    memset(&d, 0, sizeof d);
+    d.type = MOR__VOCAB_SPM;
+    d.n_tokens = n_tokens;
+    d.tokens = tok;
+    d.token_lens = len;
+    d.scores = score;
+    d.types = type;
+    d.special[MOR__SP_BOS] = 1;
+    d.special[MOR__SP_EOS] = 2;
+    d.special[MOR__SP_UNK] = 0;
+    for (int s = MOR__SP_PAD; s < MOR__SP_COUNT; s++) d.special[s] = -1;
+    d.add_bos = d.add_eos = d.add_space_prefix = -1;
+    char err[256];
+    if (mor__vocab_build(&v, &d, err, sizeof err)) printf("#   %s: %s\n", name, err);
+done:
+    free(b);
+    free(tok);
+    free(len);
+    free(score);
+    free(type);
+    free(pool);
+    return v;
+}
+
+// Minimal reader for tokenizer_tests.json: [{"text": "...", "bos": b, "eos": b, "expected": [..]}, ...]
+static const char *json_str(const char *p, char *out, size_t *n) {
+    p = strchr(p, '"');
+    if (!p) return NULL;
+    p++;
+    size_t o = 0;
+    while (*p && *p != '"') {
+        if (*p == '\\') {
+            p++;
+            char c = *p++;
+            if (c == 'n') out[o++] = '\n';
+            else if (c == 't') out[o++] = '\t';
+            else if (c == 'u') {
+                unsigned cp;
+                sscanf(p, "%4x", &cp);
+                p += 4;
+                o += mor__utf8_encode(cp, out + o);
+            } else out[o++] = c;
+        } else {
+            out[o++] = *p++;
+        }
+    }
+    *n = o;
+    return *p ? p + 1 : NULL;
+}
+
+TEST(llama2c_tokenizer_tests) {
+    mor__vocab *v = llama2c_vocab("vocab/llama2c-tokenizer.bin", 32000);
+    ASSERT(v != NULL);
+    size_t n;
+    char *js = slurp("vocab/llama2c-tokenizer_tests.json", &n);
+    ASSERT(js != NULL);
+    int cases = 0, bad = 0;
+    const char *p = js;
+    static char text[4096];
+    while ((p = strstr(p, "\"text\"")) != NULL) {
+        size_t tl;
+        p = json_str(p + 6, text, &tl);
+        if (!p) break;
+        int bos = strstr(p, "\"bos\": true") && strstr(p, "\"bos\": true") < strstr(p, "\"expected\"");
+        const char *e = strchr(strstr(p, "\"expected\""), '[') + 1;
+        int32_t want[256];
+        size_t nw = 0;
+        while (*e && *e != ']') {
+            char *end;
+            long x = strtol(e, &end, 10);
+            if (end == e) e++;
+            else {
+                want[nw++] = (int32_t)x;
+                e = end;
+            }
+        }
+        size_t nt;
+        int rc = mor__vocab_tokenize(v, text, tl, g_toks, 4096, bos ? MOR_TOKENIZE_ADD_SPECIAL : 0, &nt);
+        if (rc || nt != nw || memcmp(g_toks, want, nw * sizeof *want) != 0) {
+            printf("#   case %d (\"%.40s\") differs\n", cases, text);
+            bad++;
+        }
+        cases++;
+        p = e;
+    }
+    free(js);
+    // llama2.c's encode reproduces llama.cpp's llama-spm vectors: so must this vocabulary.
+    int nv = check_vectors(v, "vocab/ggml-vocab-llama-spm.gguf.inp", "vocab/ggml-vocab-llama-spm.gguf.out");
+    mor__vocab_free(v);
+    ASSERT_EQ(cases, 5);
+    ASSERT_EQ(bad, 0);
+    ASSERT_EQ(nv, 46);
+}
+
+// Through the library's llama2.c converter (vocab-only GGUF): the same vectors pass.
+TEST(llama2c_converter) {
+    size_t n;
+    char *tok = slurp("vocab/llama2c-tokenizer.bin", &n);
+    ASSERT(tok != NULL);
+    void *img = NULL;
+    size_t size = 0;
+    char err[256];
+    int rc = mor__llama2c_convert(NULL, 0, tok, n, &img, &size, err, sizeof err);
+    free(tok);
+    if (rc) printf("#   convert: %s\n", err);
+    ASSERT_OK(rc);
+    mor__gguf g;
+    mor__vocab *v = NULL;
+    ASSERT_OK(mor__gguf_parse(&g, img, size, err, sizeof err));
+    rc = mor__vocab_load(&v, &g, err, sizeof err);
+    if (rc) printf("#   load: %s\n", err);
+    int nv = rc ? -1 : check_vectors(v, "vocab/ggml-vocab-llama-spm.gguf.inp", "vocab/ggml-vocab-llama-spm.gguf.out");
+    size_t nt = 0;
+    const char *a = "I believe the meaning of life is";
+    if (!rc) rc = mor__vocab_tokenize(v, a, strlen(a), g_toks, 64, MOR_TOKENIZE_ADD_SPECIAL, &nt);
+    mor__vocab_free(v);
+    mor__gguf_free(&g);
+    free(img);
+    ASSERT_OK(rc);
+    ASSERT_EQ(nv, 46);
+    ASSERT_EQ(nt, 8);
+    ASSERT_EQ(g_toks[0], 1);
+    ASSERT_EQ(g_toks[7], 338);
+}
+
+TEST(llama2c_tok512) {
+    mor__vocab *v = llama2c_vocab("tok512.bin", 512);
+    ASSERT(v != NULL);
+    size_t nt;
+    // Prompt token counts (with BOS) from llama.cpp's server tests for stories260K.
+    const char *a = "I believe the meaning of life is";
+    const char *b = "Write a joke about AI from a very long prompt which will not be truncated";
+    ASSERT_OK(mor__vocab_tokenize(v, a, strlen(a), g_toks, 4096, MOR_TOKENIZE_ADD_SPECIAL, &nt));
+    ASSERT_EQ(nt, 18);
+    ASSERT_EQ(g_toks[0], 1);
+    ASSERT_OK(mor__vocab_tokenize(v, b, strlen(b), g_toks, 4096, MOR_TOKENIZE_ADD_SPECIAL, &nt));
+    ASSERT_EQ(nt, 46);
+    // The same vocabulary as stored in stories260K.gguf tokenizes identically.
+    tvocab t;
+    ASSERT_EQ(tv_load(&t, "stories260K.gguf"), 0);
+    size_t n;
+    char *inp = slurp("vocab/pretok.inp", &n);
+    static int32_t t2[1 << 16];
+    size_t n1, n2;
+    ASSERT_OK(mor__vocab_tokenize(v, inp, n, g_toks, 1 << 16, MOR_TOKENIZE_ADD_SPECIAL, &n1));
+    ASSERT_OK(mor__vocab_tokenize(t.v, inp, n, t2, 1 << 16, MOR_TOKENIZE_ADD_SPECIAL, &n2));
+    free(inp);
+    tv_free(&t);
+    mor__vocab_free(v);
+    ASSERT_EQ(n1, n2);
+    ASSERT(memcmp(g_toks, t2, n1 * sizeof *t2) == 0);
+}
+
+// ---- round trips -----------------------------------------------------------------------------
+
+// Random UTF-8: code points from every plane (no surrogates), runs of whitespace, ASCII.
+static size_t rand_utf8(uint64_t *s, char *out, size_t max_chars) {
+    static const uint32_t ws[] = {' ', ' ', ' ', '\t', '\n', '\r', 0x0B, 0x0C, 0x85, 0xA0, 0x2009, 0x3000, 0x2028};
+    size_t o = 0, n = test_rand(s) % (max_chars + 1);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = test_rand(s) % 100;
+        uint32_t cp;
+        if (r < 30) {
+            cp = 0x20 + (uint32_t)(test_rand(s) % 95);
+        } else if (r < 45) {
+            size_t run = 1 + test_rand(s) % 6;
+            for (size_t k = 0; k < run; k++) o += mor__utf8_encode(ws[test_rand(s) % 13], out + o);
+            continue;
+        } else if (r < 50) {
+            cp = '0' + (uint32_t)(test_rand(s) % 10);
+        } else if (r < 75) {
+            cp = 0x80 + (uint32_t)(test_rand(s) % (0x10000 - 0x80));  // plane 0
+        } else {
+            cp = (uint32_t)(test_rand(s) % 0x110000);  // any plane
+        }
+        if (cp >= 0xD800 && cp <= 0xDFFF) cp = 0xFFFD;
+        // U+2581 is SentencePiece's space marker: in SPM vocabularies it reads back as a space
+        if (cp == 0x2581) cp = 0x2582;
+        o += mor__utf8_encode(cp, out + o);
+    }
+    return o;
+}
+
+static char g_text[1 << 16], g_back[1 << 18];
+
+// The text a vocabulary can give back: all of it, except bytes a byte-level vocabulary has no
+// token for (dropped; see docs/TOKENIZER.md).
+static size_t representable(const mor__vocab *v, const char *s, size_t n, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++)
+        if (mor__vocab_type(v) != MOR__VOCAB_BPE || v->byte_tok[(uint8_t)s[i]] >= 0) out[o++] = s[i];
+    return o;
+}
+
+static char g_want[1 << 16];
+
+static int round_trip(const mor__vocab *v, const char *s0, size_t n0) {
+    size_t nt, nb;
+    size_t n = representable(v, s0, n0, g_want);
+    const char *s = g_want;
+    int rc = mor__vocab_tokenize(v, s0, n0, g_toks, sizeof g_toks / sizeof g_toks[0], 0, &nt);
+    if (rc) return rc;
+    rc = mor__vocab_detokenize(v, g_toks, nt, g_back, sizeof g_back, 0, &nb);
+    if (rc) return rc;
+    if (nb != n || memcmp(g_back, s, n) != 0) {
+        printf("#   round trip differs: \"%.*s\" -> \"%.*s\"\n", (int)MOR__MIN(n, 60), s, (int)MOR__MIN(nb, 60), g_back);
+        return -100;
+    }
+    return 0;
+}
+
+static const char *const all_vocabs[] = {"gpt-2", "llama-spm", "mpt", "refact", "starcoder"};
+
+static mor__vocab *open_vocab(int i, tvocab *t) {
+    if (i < 5) {
+        char name[128];
+        snprintf(name, sizeof name, "vocab/ggml-vocab-%s.gguf", all_vocabs[i]);
+        return tv_load(t, name) ? NULL : t->v;
+    }
+    memset(t, 0, sizeof *t);
+    return t->v = (i == 5 ? llama2c_vocab("vocab/llama2c-tokenizer.bin", 32000) : llama2c_vocab("tok512.bin", 512));
+}
+#define N_VOCABS 7
+
+TEST(round_trip_test_strings) {
+    size_t n;
+    char *inp = slurp("vocab/pretok.inp", &n);
+    ASSERT(inp != NULL);
+    static char *s[1024];
+    static size_t len[1024];
+    size_t ns = split_inp(inp, s, len, 1024);
+    int bad = 0;
+    for (int i = 0; i < N_VOCABS; i++) {
+        tvocab t;
+        mor__vocab *v = open_vocab(i, &t);
+        if (!v) { bad++; continue; }
+        for (size_t k = 0; k < ns; k++)
+            if (round_trip(v, s[k], len[k])) bad++;
+        tv_free(&t);
+    }
+    free(inp);
+    ASSERT_EQ(ns, 403);
+    ASSERT_EQ(bad, 0);
+}
+
+TEST(round_trip_random_utf8) {
+    int bad = 0;
+    for (int i = 0; i < N_VOCABS; i++) {
+        tvocab t;
+        mor__vocab *v = open_vocab(i, &t);
+        if (!v) { bad++; continue; }
+        uint64_t seed = test_seed();
+        for (int k = 0; k < 10000 && bad < 5; k++) {
+            size_t n = rand_utf8(&seed, g_text, 40);
+            if (round_trip(v, g_text, n)) bad++;
+        }
+        tv_free(&t);
+    }
+    ASSERT_EQ(bad, 0);
+}
+
+// Arbitrary bytes: invalid UTF-8 (stray continuation bytes, truncated and overlong sequences,
+// surrogates, 0xF5..0xFF) and NUL bytes. Defined behaviour: each such byte is kept (byte
+// fallback / byte-level token), so the round trip still holds; buffers are never over-read.
+TEST(invalid_utf8_and_nul) {
+    static const char *const cases[] = {"\xff", "\xc3", "a\xc3", "\xe2\x96", "\xf0\x9f\xa6", "\xc0\xaf",
+                                        "\xed\xa0\x80", "\xf4\x90\x80\x80", "\x80\x80 \x80", "x\xfe\xfe y"};
+    int bad = 0;
+    for (int i = 0; i < N_VOCABS; i++) {
+        tvocab t;
+        mor__vocab *v = open_vocab(i, &t);
+        if (!v) { bad++; continue; }
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+            if (round_trip(v, cases[k], strlen(cases[k]))) bad++;
+        if (round_trip(v, "a\0b\0\0 c", 7)) bad++;
+        if (round_trip(v, "\0", 1)) bad++;
+        uint64_t seed = test_seed() + 7;
+        for (int r = 0; r < 2000 && bad < 5; r++) {
+            size_t n = test_rand(&seed) % 24;
+            // heap copy of exactly n bytes, so ASan catches any read past the end
+            char *b = malloc(n ? n : 1);
+            for (size_t j = 0; j < n; j++) {
+                uint64_t x = test_rand(&seed);
+                b[j] = (char)((x & 3) == 0 ? ' ' : (x & 7) == 1 ? 0 : (x >> 8));
+            }
+            if (round_trip(v, b, n)) bad++;
+            free(b);
+        }
+        tv_free(&t);
+    }
+    ASSERT_EQ(bad, 0);
+}
+
+// ---- API contracts ---------------------------------------------------------------------------
+
+TEST(buffer_contracts) {
+    tvocab t;
+    ASSERT_EQ(tv_load(&t, "vocab/ggml-vocab-gpt-2.gguf"), 0);
+    const char *s = "Hello, world!";
+    size_t nt = 99;
+    ASSERT_STATUS(mor__vocab_tokenize(t.v, s, strlen(s), NULL, 0, 0, &nt), MOR_E_BUFFER_SMALL);
+    ASSERT_EQ(nt, 4);
+    int32_t small[3] = {-5, -5, -5};
+    ASSERT_STATUS(mor__vocab_tokenize(t.v, s, strlen(s), small, 3, 0, &nt), MOR_E_BUFFER_SMALL);
+    ASSERT_EQ(nt, 4);
+    ASSERT_EQ(small[0], -5);  // untouched
+    int32_t ok[4];
+    ASSERT_OK(mor__vocab_tokenize(t.v, s, strlen(s), ok, 4, 0, &nt));
+    ASSERT_EQ(ok[0], 15496);
+    ASSERT_EQ(ok[3], 0);
+    ASSERT_OK(mor__vocab_tokenize(t.v, NULL, 0, NULL, 0, 0, &nt));
+    ASSERT_EQ(nt, 0);
+    ASSERT_STATUS(mor__vocab_tokenize(t.v, NULL, 3, ok, 4, 0, &nt), MOR_E_INVALID);
+    ASSERT_STATUS(mor__vocab_tokenize(t.v, s, 3, NULL, 4, 0, &nt), MOR_E_INVALID);
+    ASSERT_STATUS(mor__vocab_tokenize(t.v, s, 3, ok, 4, 0, NULL), MOR_E_INVALID);
+    // pieces
+    char buf[16];
+    size_t nb;
+    ASSERT_STATUS(mor__vocab_piece(t.v, 18435, buf, 2, 0, &nb), MOR_E_BUFFER_SMALL);  // " Hello"
+    ASSERT_EQ(nb, 6);
+    ASSERT_OK(mor__vocab_piece(t.v, 18435, buf, 6, 0, &nb));
+    ASSERT(memcmp(buf, " Hello", 6) == 0);
+    ASSERT_STATUS(mor__vocab_piece(t.v, -1, buf, 6, 0, &nb), MOR_E_TOKEN);
+    ASSERT_STATUS(mor__vocab_piece(t.v, 50257, buf, 6, 0, &nb), MOR_E_TOKEN);
+    // detokenize
+    ASSERT_STATUS(mor__vocab_detokenize(t.v, ok, 4, buf, 5, 0, &nb), MOR_E_BUFFER_SMALL);
+    ASSERT_EQ(nb, 13);
+    ASSERT_OK(mor__vocab_detokenize(t.v, ok, 4, buf, 13, 0, &nb));
+    ASSERT(memcmp(buf, s, 13) == 0);
+    int32_t badt[2] = {15496, 60000};
+    ASSERT_STATUS(mor__vocab_detokenize(t.v, badt, 2, buf, 16, 0, &nb), MOR_E_TOKEN);
+    // <|endoftext|> is a control token: empty unless rendered on request
+    ASSERT_OK(mor__vocab_piece(t.v, 50256, buf, 16, 0, &nb));
+    ASSERT_EQ(nb, 0);
+    ASSERT_OK(mor__vocab_piece(t.v, 50256, buf, 16, MOR_DETOKENIZE_SPECIAL, &nb));
+    ASSERT_EQ(nb, 13);
+    ASSERT(mor__vocab_is_eog(t.v, 50256));
+    tv_free(&t);
+}
+
+TEST(special_tokens) {
+    tvocab t;
+    ASSERT_EQ(tv_load(&t, "vocab/ggml-vocab-llama-spm.gguf"), 0);
+    mor__vocab *v = t.v;
+    ASSERT_EQ(mor__vocab_special(v, MOR__SP_BOS), 1);
+    ASSERT_EQ(mor__vocab_special(v, MOR__SP_EOS), 2);
+    ASSERT_EQ(mor__vocab_special(v, MOR__SP_UNK), 0);
+    ASSERT(mor__vocab_add_bos(v));
+    ASSERT(!mor__vocab_add_eos(v));
+    size_t nt, nb;
+    int32_t a[64], b[64];
+    ASSERT_OK(mor__vocab_tokenize(v, "Hello", 5, a, 64, MOR_TOKENIZE_ADD_SPECIAL, &nt));
+    ASSERT_EQ(nt, 2);
+    ASSERT_EQ(a[0], 1);
+    ASSERT_EQ(a[1], 15043);  // "▁Hello"
+    // parse_special: "<s>" and "</s>" become tokens; text after them gets the dummy prefix
+    const char *s = "<s>Hello</s>";
+    ASSERT_OK(mor__vocab_tokenize(v, s, strlen(s), a, 64, MOR_TOKENIZE_PARSE_SPECIAL, &nt));
+    ASSERT_EQ(nt, 3);
+    ASSERT_EQ(a[0], 1);
+    ASSERT_EQ(a[1], 15043);
+    ASSERT_EQ(a[2], 2);
+    char buf[64];
+    ASSERT_OK(mor__vocab_detokenize(v, a, nt, buf, 64, MOR_DETOKENIZE_SPECIAL, &nb));
+    ASSERT_EQ(nb, strlen(s));
+    ASSERT(memcmp(buf, s, nb) == 0);
+    ASSERT_OK(mor__vocab_detokenize(v, a, nt, buf, 64, 0, &nb));
+    ASSERT_EQ(nb, 5);
+    ASSERT_OK(mor__vocab_detokenize(v, a, nt, buf, 64, MOR_DETOKENIZE_KEEP_PREFIX, &nb));
+    ASSERT_EQ(nb, 6);
+    ASSERT(memcmp(buf, " Hello", 6) == 0);
+    // without parse_special the text is plain text
+    ASSERT_OK(mor__vocab_tokenize(v, s, strlen(s), b, 64, 0, &nt));
+    ASSERT(nt > 3);
+    for (size_t i = 0; i < nt; i++) ASSERT(b[i] != 1 && b[i] != 2);
+    ASSERT_OK(mor__vocab_detokenize(v, b, nt, buf, 64, 0, &nb));
+    ASSERT_EQ(nb, strlen(s));
+    ASSERT(memcmp(buf, s, nb) == 0);
+    tv_free(&t);
+
+    ASSERT_EQ(tv_load(&t, "vocab/ggml-vocab-gpt-2.gguf"), 0);
+    const char *e = "a<|endoftext|>b";
+    ASSERT_OK(mor__vocab_tokenize(t.v, e, strlen(e), a, 64, MOR_TOKENIZE_PARSE_SPECIAL, &nt));
+    ASSERT_EQ(nt, 3);
+    ASSERT_EQ(a[1], 50256);
+    ASSERT_OK(mor__vocab_tokenize(t.v, e, strlen(e), a, 64, 0, &nt));
+    ASSERT(nt > 3);
+    ASSERT_OK(mor__vocab_tokenize(t.v, e, strlen(e), a, 64, MOR_TOKENIZE_ADD_SPECIAL, &nt));
+    ASSERT(a[0] != 50256);  // gpt-2 does not add BOS
+    tv_free(&t);
+}
+
+// The public API on a vocabulary-only model, and the streaming detokenizer.
+TEST(public_api_and_streaming) {
+    mor_model_params p;
+    mor_model_params_init(&p);
+    p.flags = MOR_MODEL_VOCAB_ONLY;
+    char path[512], err[256];
+    static const char *const files[] = {"vocab/ggml-vocab-llama-spm.gguf", "vocab/ggml-vocab-starcoder.gguf"};
+    for (int f = 0; f < 2; f++) {
+        mor_model *m = NULL;
+        ASSERT_OK(mor_model_load(test_path(path, sizeof path, files[f]), &p, &m, err, sizeof err));
+        ASSERT(mor_model_n_vocab(m) > 1000);
+        ASSERT_STATUS(mor_tokenize(NULL, "a", 1, g_toks, 8, 0, &(size_t){0}), MOR_E_INVALID);
+        mor_detok *d = NULL;
+        ASSERT_OK(mor_detok_create(m, 0, &d));
+        ASSERT_STATUS(mor_detok_push(d, -3, NULL, 0, &(size_t){0}), MOR_E_TOKEN);
+        uint64_t seed = test_seed() + 99;
+        for (int k = 0; k < 300; k++) {
+            size_t n0 = rand_utf8(&seed, g_text, 30), nt, nb, total = 0;
+            size_t n = representable(mor__model_vocab(m), g_text, n0, g_want);
+            ASSERT_OK(mor_tokenize(m, g_text, n0, g_toks, 1 << 16, MOR_TOKENIZE_ADD_SPECIAL, &nt));
+            ASSERT_OK(mor_detokenize(m, g_toks, nt, g_back, sizeof g_back, 0, &nb));
+            ASSERT_EQ(nb, n);
+            ASSERT(memcmp(g_back, g_want, n) == 0);
+            // stream: every chunk is whole UTF-8 characters; the chunks add up to the text
+            mor_detok_reset(d);
+            static char all[1 << 16];
+            for (size_t i = 0; i < nt; i++) {
+                char chunk[256];
+                size_t cn;
+                int rc = mor_detok_push(d, g_toks[i], chunk, 1, &cn);  // too small unless empty
+                if (rc == MOR_E_BUFFER_SMALL) ASSERT_OK(mor_detok_push(d, g_toks[i], chunk, sizeof chunk, &cn));
+                else ASSERT_OK(rc);
+                for (size_t j = 0; j < cn;) {
+                    uint32_t cp;
+                    size_t l = mor__utf8_decode((const uint8_t *)chunk + j, cn - j, &cp);
+                    if (n == n0) ASSERT(cp < 0x110000);  // (dropped bytes leave stray continuations)
+                    j += l;
+                }
+                memcpy(all + total, chunk, cn);
+                total += cn;
+            }
+            size_t cn;
+            ASSERT_OK(mor_detok_flush(d, all + total, 8, &cn));
+            ASSERT_EQ(cn, 0);  // valid input: nothing left over
+            ASSERT_EQ(total, n);
+            ASSERT(memcmp(all, g_want, n) == 0);
+        }
+        // a byte token that never completes is emitted by flush
+        if (f == 0) {
+            size_t cn;
+            char out[8];
+            mor_detok_reset(d);
+            ASSERT_OK(mor_detok_push(d, 3 + 0xE2, out, 8, &cn));  // <0xE2>
+            ASSERT_EQ(cn, 0);
+            ASSERT_OK(mor_detok_flush(d, out, 8, &cn));
+            ASSERT_EQ(cn, 1);
+            ASSERT_EQ((uint8_t)out[0], 0xE2);
+        }
+        mor_detok_free(d);
+        mor_model_free(m);
+    }
+}
+
+// ---- malformed vocabulary metadata ------------------------------------------------------------
+
+// A tiny GGUF v3 image builder (metadata only).
+typedef struct {
+    uint8_t b[4096];
+    size_t  n;
+    uint64_t n_kv;
+} gb;
+static void gb_raw(gb *g, const void *p, size_t n) {
+    memcpy(g->b + g->n, p, n);
+    g->n += n;
+}
+static void gb_u32(gb *g, uint32_t x) { gb_raw(g, &x, 4); }
+static void gb_u64(gb *g, uint64_t x) { gb_raw(g, &x, 8); }
+static void gb_s(gb *g, const char *s) {
+    gb_u64(g, strlen(s));
+    gb_raw(g, s, strlen(s));
+}
+static void gb_key(gb *g, const char *k, uint32_t type) {
+    gb_s(g, k);
+    gb_u32(g, type);
+    g->n_kv++;
+}
+static void gb_str(gb *g, const char *k, const char *v) {
+    gb_key(g, k, MOR__GGUF_STRING);
+    gb_s(g, v);
+}
+static void gb_strs(gb *g, const char *k, const char *const *v, size_t n) {
+    gb_key(g, k, MOR__GGUF_ARRAY);
+    gb_u32(g, MOR__GGUF_STRING);
+    gb_u64(g, n);
+    for (size_t i = 0; i < n; i++) gb_s(g, v[i]);
+}
+static void gb_i32s(gb *g, const char *k, const int32_t *v, size_t n) {
+    gb_key(g, k, MOR__GGUF_ARRAY);
+    gb_u32(g, MOR__GGUF_INT32);
+    gb_u64(g, n);
+    gb_raw(g, v, n * 4);
+}
+static void gb_i32(gb *g, const char *k, int32_t v) {
+    gb_key(g, k, MOR__GGUF_INT32);
+    gb_raw(g, &v, 4);
+}
+static void gb_begin(gb *g) {
+    g->n = 24;
+    g->n_kv = 0;
+}
+// Parse and load; returns the vocab status and leaves the message in err.
+static int gb_load(gb *g, char *err, size_t n) {
+    memcpy(g->b, "GGUF", 4);
+    uint32_t ver = 3;
+    uint64_t nt = 0;
+    memcpy(g->b + 4, &ver, 4);
+    memcpy(g->b + 8, &nt, 8);
+    memcpy(g->b + 16, &g->n_kv, 8);
+    mor__gguf gg;
+    err[0] = 0;
+    int rc = mor__gguf_parse(&gg, g->b, g->n, err, n);
+    if (rc) return 1000 + rc;
+    mor__vocab *v = NULL;
+    rc = mor__vocab_load(&v, &gg, err, n);
+    mor__vocab_free(v);
+    mor__gguf_free(&gg);
+    return rc;
+}
+
+TEST(bad_metadata) {
+    static const char *const toks[] = {"<unk>", "<s>", "</s>", "a", "b", "ab", "<0x41>"};
+    static const int32_t types[] = {2, 3, 3, 1, 1, 1, 6};
+    char err[256];
+    gb g;
+    // a good one first
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "llama");
+    gb_strs(&g, "tokenizer.ggml.tokens", toks, 7);
+    gb_i32s(&g, "tokenizer.ggml.token_type", types, 7);
+    ASSERT_OK(gb_load(&g, err, sizeof err));
+    // no tokenizer at all
+    gb_begin(&g);
+    gb_str(&g, "general.name", "x");
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_NOT_FOUND);
+    // unknown model
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "t5");
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(err, "tokenizer.ggml.model");
+    // no tokens
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "llama");
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "tokenizer.ggml.tokens");
+    // tokens of the wrong type
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "llama");
+    gb_i32s(&g, "tokenizer.ggml.tokens", types, 7);
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "tokenizer.ggml.tokens");
+    // token_type length mismatch
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "llama");
+    gb_strs(&g, "tokenizer.ggml.tokens", toks, 7);
+    gb_i32s(&g, "tokenizer.ggml.token_type", types, 6);
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "token_type");
+    // special id out of range
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "llama");
+    gb_strs(&g, "tokenizer.ggml.tokens", toks, 7);
+    gb_i32(&g, "tokenizer.ggml.eos_token_id", 7);
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "eos_token_id");
+    // -1 means none
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "llama");
+    gb_strs(&g, "tokenizer.ggml.tokens", toks, 7);
+    gb_i32(&g, "tokenizer.ggml.padding_token_id", -1);
+    ASSERT_OK(gb_load(&g, err, sizeof err));
+    // malformed byte token
+    static const char *const badbyte[] = {"<unk>", "<0x4G>"};
+    static const int32_t bbt[] = {2, 6};
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "llama");
+    gb_strs(&g, "tokenizer.ggml.tokens", badbyte, 2);
+    gb_i32s(&g, "tokenizer.ggml.token_type", bbt, 2);
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "<0xNN>");
+    // duplicate token
+    static const char *const dup[] = {"a", "b", "a"};
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "llama");
+    gb_strs(&g, "tokenizer.ggml.tokens", dup, 3);
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "duplicate");
+    // gpt2 without merges, with a bad merge, with an unknown pre-tokenizer
+    static const char *const bt[] = {"a", "b", "ab"};
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "gpt2");
+    gb_strs(&g, "tokenizer.ggml.tokens", bt, 3);
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "tokenizer.ggml.merges");
+    static const char *const badm[] = {"ab"};
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "gpt2");
+    gb_strs(&g, "tokenizer.ggml.tokens", bt, 3);
+    gb_strs(&g, "tokenizer.ggml.merges", badm, 1);
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "merges[0]");
+    static const char *const goodm[] = {"a b"};
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "gpt2");
+    gb_str(&g, "tokenizer.ggml.pre", "no-such-pre");
+    gb_strs(&g, "tokenizer.ggml.tokens", bt, 3);
+    gb_strs(&g, "tokenizer.ggml.merges", goodm, 1);
+    ASSERT_STATUS(gb_load(&g, err, sizeof err), MOR_E_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(err, "tokenizer.ggml.pre");
+    // a minimal byte-level vocabulary works: "ab" merges
+    gb_begin(&g);
+    gb_str(&g, "tokenizer.ggml.model", "gpt2");
+    gb_str(&g, "tokenizer.ggml.pre", "gpt-2");
+    gb_strs(&g, "tokenizer.ggml.tokens", bt, 3);
+    gb_strs(&g, "tokenizer.ggml.merges", goodm, 1);
+    ASSERT_OK(gb_load(&g, err, sizeof err));
+}
+
+// Tokenize from several threads at once on one vocabulary: same results as one thread.
+typedef struct {
+    const mor__vocab *v;
+    const char *text;
+    size_t n, nt;
+    int32_t *out;
+    int rc;
+} tjob;
+static void *tjob_run(void *p) {
+    tjob *j = p;
+    for (int r = 0; r < 5 && !j->rc; r++) j->rc = mor__vocab_tokenize(j->v, j->text, j->n, j->out, 1 << 16, 0, &j->nt);
+    return NULL;
+}
+TEST(concurrent_tokenize) {
+    tvocab t;
+    ASSERT_EQ(tv_load(&t, "vocab/ggml-vocab-starcoder.gguf"), 0);
+    size_t n;
+    char *inp = slurp("vocab/pretok.inp", &n);
+    ASSERT(inp != NULL);
+    size_t n1;
+    ASSERT_OK(mor__vocab_tokenize(t.v, inp, n, g_toks, 1 << 16, 0, &n1));
+    tjob j[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        j[i] = (tjob){t.v, inp, n, 0, malloc((1 << 16) * sizeof(int32_t)), 0};
+        ASSERT_EQ(pthread_create(&th[i], NULL, tjob_run, &j[i]), 0);
+    }
+    int bad = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        if (j[i].rc || j[i].nt != n1 || memcmp(j[i].out, g_toks, n1 * sizeof *g_toks)) bad++;
+        free(j[i].out);
+    }
+    free(inp);
+    tv_free(&t);
+    ASSERT_EQ(bad, 0);
+}
+
+TEST(utf8_helpers) {
+    char b[4];
+    uint32_t cp;
+    ASSERT_EQ(mor__utf8_encode(0x10FFFF, b), 4);
+    ASSERT_EQ(mor__utf8_decode((const uint8_t *)b, 4, &cp), 4);
+    ASSERT_EQ(cp, 0x10FFFF);
+    ASSERT_EQ(mor__utf8_encode(0x110000, b), 0);
+    ASSERT_EQ(mor__utf8_decode((const uint8_t *)"\xE2\x82", 2, &cp), 1);  // truncated
+    ASSERT_EQ(cp, MOR__UC_BADBYTE + 0xE2);
+    ASSERT_EQ(mor__utf8_incomplete_tail((const uint8_t *)"a\xE2\x82", 3), 2);
+    ASSERT_EQ(mor__utf8_incomplete_tail((const uint8_t *)"a\xE2\x82\xAC", 4), 0);
+    ASSERT_EQ(mor__utf8_incomplete_tail((const uint8_t *)"a\xF0", 2), 1);
+    ASSERT_EQ(mor__utf8_incomplete_tail((const uint8_t *)"a\xE0\x80", 3), 0);  // overlong: never completes
+    ASSERT_EQ(mor__uc_flags('a') & 7, MOR__UC_L);
+    ASSERT_EQ(mor__uc_flags('7') & 7, MOR__UC_N);
+    ASSERT(mor__uc_flags(0x3000) & MOR__UC_WS);
+    ASSERT(mor__uc_flags(0x85) & MOR__UC_WS);
+    ASSERT(!(mor__uc_flags(0x200B) & MOR__UC_WS));
+    ASSERT_EQ(mor__uc_flags(0x4E00) & 7, MOR__UC_L);
+    ASSERT_EQ(mor__uc_flags(0x1F600) & 7, MOR__UC_S);
+    ASSERT_EQ(mor__uc_flags(0x0301) & 7, MOR__UC_M);
+    ASSERT_EQ(mor__uc_flags(0xE000) & 7, MOR__UC_C);
+    ASSERT_EQ(mor__uc_flags(0x0378) & 7, MOR__UC_CN);
+    ASSERT_EQ(mor__uc_flags(0x20000) & 7, MOR__UC_L);  // CJK Ext. B (a First/Last range)
+}
+
+static const test_entry tests_[] = {
+    TEST_LIST(vectors_gpt2, vectors_llama_spm, vectors_mpt, vectors_refact, vectors_starcoder, pretok_vocabularies,
+              pretok_all_pretokenizers, pretok_names, llama2c_tokenizer_tests, llama2c_tok512,
+              round_trip_test_strings, round_trip_random_utf8, invalid_utf8_and_nul, buffer_contracts, special_tokens,
+              public_api_and_streaming)
+    TEST_LIST(llama2c_converter, bad_metadata, concurrent_tokenize, utf8_helpers)
+};
+TEST_MAIN_LIST(tests_)
