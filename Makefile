@@ -158,6 +158,24 @@ ubsan:
 valgrind: all $(TEST_BIN)
 	$(MAKE) test TEST_WRAP="valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect"
 
+## abi-check: compare the shared library's ABI with the committed baseline (tests/abi/libmor.abi);
+## incompatible changes fail, additions are reported
+abi-check: $(SHARED)
+	@command -v abidiff >/dev/null || { echo "abi-check needs abigail-tools (apt-get install abigail-tools)"; exit 1; }
+	@mkdir -p $(B)
+	abidw --no-corpus-path --headers-dir include $(SHARED) > $(B)/libmor.abi
+	@abidiff --headers-dir2 include tests/abi/libmor.abi $(B)/libmor.abi > $(B)/abidiff.txt; rc=$$?; \
+	cat $(B)/abidiff.txt; \
+	bad=$$(grep -E 'changes summary: ' $(B)/abidiff.txt | grep -vE ': 0 Removed, 0 Changed' ); \
+	if [ $$((rc & 8)) -ne 0 ] || [ $$((rc & 1)) -ne 0 ] || [ -n "$$bad" ]; then \
+	    echo "ABI: incompatible change (removed or changed functions/types; bump MOR_VERSION_MAJOR and make abi-baseline)"; exit 1; fi; \
+	if [ $$((rc & 4)) -ne 0 ]; then echo "ABI: compatible additions"; else echo "ABI: unchanged"; fi
+
+## abi-baseline: record the current ABI as the baseline (after a release or a major bump)
+abi-baseline: $(SHARED)
+	@mkdir -p tests/abi
+	abidw --no-corpus-path --headers-dir include $(SHARED) > tests/abi/libmor.abi
+
 ## install: header, libraries and mor.pc under $(DESTDIR)$(PREFIX)
 install: lib
 	install -d $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PCDIR) $(DESTDIR)$(BINDIR)
@@ -190,5 +208,5 @@ list:
 	@grep -E '^## ' Makefile | sed 's/^## /  /'
 
 .PHONY: all lib tools examples test check-exports check-header asan ubsan valgrind install uninstall \
-    test-install clean list
+    test-install clean list abi-check abi-baseline
 .SECONDARY:
