@@ -176,6 +176,11 @@ abi-baseline: $(SHARED)
 	@mkdir -p tests/abi
 	abidw --no-corpus-path --headers-dir include $(SHARED) > tests/abi/libmor.abi
 
+## run: generate a continuation from the default model
+DEFAULT_MODEL := $(firstword $(wildcard tests/data/models/default.gguf) tests/data/stories260K.gguf)
+run: all
+	./$(B)/mor-run $(DEFAULT_MODEL) -p "Once upon a time" -n 96
+
 ## install: header, libraries and mor.pc under $(DESTDIR)$(PREFIX)
 install: lib
 	install -d $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PCDIR) $(DESTDIR)$(BINDIR)
@@ -208,5 +213,5 @@ list:
 	@grep -E '^## ' Makefile | sed 's/^## /  /'
 
 .PHONY: all lib tools examples test check-exports check-header asan ubsan valgrind install uninstall \
-    test-install clean list abi-check abi-baseline
+    test-install clean list abi-check abi-baseline run
 .SECONDARY:
