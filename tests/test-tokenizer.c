@@ -266,7 +266,9 @@ static mor__vocab *llama2c_vocab(const char *name, uint32_t n_tokens) {
         type[i] = i == 0 ? MOR__TOK_UNKNOWN : i <= 2 ? MOR__TOK_CONTROL : MOR__TOK_NORMAL;
         unsigned x;
         char tail;
-        if (len[i] == 6 && sscanf(tok[i], "<0x%2X%c", &x, &tail) == 2 && tail == '>') type[i] = MOR__TOK_BYTE;
+        char piece[8] = {0};
+        if (len[i] == 6) memcpy(piece, tok[i], 6);  // the pool is not NUL-terminated
+        if (len[i] == 6 && sscanf(piece, "<0x%2X%c", &x, &tail) == 2 && tail == '>') type[i] = MOR__TOK_BYTE;
     }
     mor__vocab_desc d;
     memset(&d, 0, sizeof d);
