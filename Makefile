@@ -75,9 +75,17 @@ all: lib tools examples
 ## lib: lib/libmor.a and lib/libmor.so.N
 lib: $(STATIC) $(SHARED) $(L)/$(SONAME) $(L)/libmor.so $(L)/pkgconfig/mor.pc
 
+# V=1 prints every command; by default one short line per file.
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
 $(B)/obj/%.o: src/%.c $(HDRS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(LIB_CFLAGS) -c $< -o $@
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(LIB_CFLAGS) -c $< -o $@
 
 # ISA-specific kernel files get their own flags; nothing else in the library does.
 $(B)/obj/kernels/x86/avx2.o: src/kernels/x86/avx2.c $(HDRS) Makefile
@@ -109,16 +117,19 @@ $(L)/pkgconfig/mor.pc: pkgconfig/mor.pc.in Makefile
 ## tools: mor-run and the converters (build/)
 tools: $(TOOL_BIN)
 $(B)/%: tools/%.c $(STATIC) include/mor.h $(wildcard tools/*.h)
-	$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
 
 ## examples: the programs in examples/, built exactly as a user would (mor.h + libmor)
 examples: $(EX_BIN)
 $(B)/example-%: examples/%.c $(STATIC) include/mor.h
-	$(CC) $(ALL_CFLAGS) -Iinclude $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -Iinclude $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
 
 # Tests link the static library so they can reach internal mor__ symbols.
 $(B)/test-%: tests/test-%.c tests/harness.h $(STATIC) $(HDRS)
-	$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
 
 ## test: build and run every test, then check the exported symbols
 test: all $(TEST_BIN)

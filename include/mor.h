@@ -180,18 +180,53 @@ typedef struct mor_sampler_params {
     uint64_t seed;           /* RNG seed; the same seed gives the same tokens. Default 0x5eed */
 } mor_sampler_params;
 
-/* Exit policies (which recursions each token runs). More policies come with the router API. */
-#define MOR_EXIT_FULL   0 /* every token runs every recursion (routers still gate, see docs) */
-#define MOR_EXIT_FIXED  1 /* every token runs recursions 0 .. depth-1 */
-#define MOR_EXIT_ROUTER 2 /* the model's own router decides (expert-choice: sigmoid >= threshold) */
+/* Exit policies: how many depth steps each token runs. A step is one recursion of a recursive
+ * model, or one segment between exit heads of a vanilla model (docs/POLICIES.md). */
+#define MOR_EXIT_FULL       0 /* every token runs every step (a router still gates, see docs) */
+#define MOR_EXIT_FIXED      1 /* every token runs steps 0 .. depth-1 */
+#define MOR_EXIT_ROUTER     2 /* the model's router: expert-choice continues while sigmoid(z) >= threshold
+                                 (causal), token-choice takes the argmax depth */
+#define MOR_EXIT_CAPACITY   3 /* expert-choice top-k per step over the tokens of one pass (non-causal;
+                                 reproduces the official scoring): k_r = max(1, (N_r - r) * T / N_r) */
+#define MOR_EXIT_CONFIDENCE 4 /* exit after a step when the exit head's confidence > threshold (CALM) */
+#define MOR_EXIT_SATURATION 5 /* exit when cos(h after step, h before step) >= threshold */
+#define MOR_EXIT_FREE       6 /* one shallow exit after `shallow` steps (confidence > threshold, or a
+                                 threshold learned online with a Beta mixture); else full depth */
+#define MOR_EXIT_CUSTOM     7 /* a router set with mor_session_set_router() decides */
+
+/* Confidence measures (MOR_EXIT_CONFIDENCE, MOR_EXIT_FREE), all in [0, 1]. */
+#define MOR_CONF_TOP2_GAP 0 /* p(top1) - p(top2) */
+#define MOR_CONF_MAX_PROB 1 /* p(top1) */
+#define MOR_CONF_ENTROPY  2 /* 1 - H(p) / ln(V) */
+
+/* KV strategies for the layers a token skips. */
+#define MOR_KV_AUTO      0 /* SHARE for models trained with KV sharing, else SKIP */
+#define MOR_KV_SKIP      1 /* recursion-wise caching: skipped layers hold no entry for the token */
+#define MOR_KV_SHARE     2 /* recursive KV sharing: deeper recursions attend to recursion-0 K/V */
+#define MOR_KV_PROPAGATE 3 /* CALM state propagation: skipped layers get K/V from the exit state */
+#define MOR_KV_SYNC      4 /* FREE synchronized parallel decoding: exited tokens are stacked and run
+                              through the deep layers with the next token that goes deep */
 
 typedef struct mor_exit_policy {
-    uint32_t size;      /* sizeof(mor_exit_policy) */
-    uint32_t kind;      /* MOR_PARAMS_EXIT */
-    int32_t  policy;    /* MOR_EXIT_*; default MOR_EXIT_ROUTER for models with a router, else FULL */
-    int32_t  depth;     /* MOR_EXIT_FIXED: recursions to run, 1 .. model's recursion count */
-    float    threshold; /* MOR_EXIT_ROUTER, expert-choice: continue iff sigmoid(z) >= threshold; 0.5 */
-    int32_t  min_depth; /* recursions every token runs before the router may stop it; default 0 */
+    uint32_t size;          /* sizeof(mor_exit_policy) */
+    uint32_t kind;          /* MOR_PARAMS_EXIT */
+    int32_t  policy;        /* MOR_EXIT_*; default: ROUTER for models with a router, else FULL */
+    int32_t  depth;         /* FIXED: steps to run, 1 .. mor_model_get_int(MOR_INFO_N_STEPS) */
+    float    threshold;     /* ROUTER (expert), CONFIDENCE, SATURATION, FREE; in [0, 1]; 0.5 */
+    int32_t  min_depth;     /* steps every token runs before any exit; default 0 (ROUTER) or 1 */
+    /* appended in 0.1: */
+    int32_t  metric;        /* MOR_CONF_*; default TOP2_GAP */
+    float    decay_tau;     /* CONFIDENCE: CALM threshold decay over positions (0 = constant):
+                               lambda_t = 0.9 * lambda + 0.1 * lambda * exp(-tau * t / decay_len) */
+    int32_t  decay_len;     /* CONFIDENCE: N in the decay; 0 = the session's n_ctx */
+    int32_t  shallow;       /* FREE: steps run before the shallow exit check; default 1 */
+    int32_t  adaptive;      /* FREE: 1 = learn the threshold online (Beta mixture); default 0 */
+    int32_t  kv;            /* MOR_KV_*; default AUTO (SYNC for FREE) */
+    float    budget;        /* cap on the mean depth (steps) over the last budget_window tokens;
+                               0 = no cap */
+    int32_t  budget_window; /* default 32 */
+    float    rollback;      /* KV_SYNC: after a deep pass, roll back to the first stacked token whose
+                               emitted successor has a deep cross-entropy above this; 0 = off */
 } mor_exit_policy;
 
 /* Fill a params struct with its defaults (sets size and kind). NULL is ignored. */
@@ -256,6 +291,8 @@ MOR_API void mor_model_free(mor_model *model);
 #define MOR_INFO_ROPE_TYPE       18  /* 0: adjacent pairs, 1: neox (rotate half) */
 #define MOR_INFO_WEIGHT_BYTES    19  /* bytes of tensor data */
 #define MOR_INFO_VOCAB_ONLY      20  /* 1 if loaded with MOR_MODEL_VOCAB_ONLY */
+#define MOR_INFO_N_STEPS         21  /* depth steps a token may run: recursions, or segments
+                                        between exit heads of a vanilla model */
 /* Float model facts for mor_model_get_float(). */
 #define MOR_INFO_RMS_EPS        100
 #define MOR_INFO_ROPE_THETA     101
@@ -370,11 +407,103 @@ MOR_API int mor_session_sample(mor_session *session, int32_t *token);
  *  Exit policy
  **************************************************************************************************/
 
-/* mor_session_set_exit_policy(): choose how deep tokens go from the next step on. NULL restores
- * the model's default. @return MOR_OK, MOR_E_INVALID (depth outside 1..N_r, threshold outside
- * [0,1], unknown policy; the previous policy stays), MOR_E_UNSUPPORTED (the policy needs a
- * router the model lacks). */
+/* mor_session_set_exit_policy(): choose how deep tokens go, and what happens to the K/V of the
+ * layers they skip, from the next step on. NULL restores the model's default. Changing the KV
+ * strategy of a session that holds tokens is refused (reset first). Which policies and
+ * strategies fit which models is in docs/POLICIES.md.
+ * @return MOR_OK; MOR_E_INVALID (a value out of range: depth outside 1..n_steps, threshold or
+ * budget out of range, unknown policy, metric or strategy; the previous policy stays, the message
+ * names the field); MOR_E_UNSUPPORTED (the model cannot run it: a router policy without a router,
+ * CAPACITY without an expert-choice router, per-step exits with sequence sharing or token-choice,
+ * KV_SHARE without recursions, KV_SYNC with a router). */
 MOR_API int mor_session_set_exit_policy(mor_session *session, const mor_exit_policy *policy);
+
+/*-************************************************************************************************
+ *  Router interface (custom depth decisions)
+ **************************************************************************************************/
+#define MOR_ROUTER_API_VERSION 1
+
+/* What a router sees before a step: the tokens still active (those that ran every earlier
+ * step). All pointers are borrowed for the duration of the call; rows are in token order. */
+typedef struct mor_route_batch {
+    uint32_t       size;          /* sizeof(mor_route_batch) */
+    int32_t        step;          /* the step about to run, 0 .. n_steps-1 */
+    int32_t        n_steps;
+    int32_t        n_tokens;      /* rows below */
+    int32_t        n_embd;
+    const int32_t *positions;     /* [n_tokens] absolute positions */
+    const float   *hidden;        /* [n_tokens][n_embd] residual stream entering the step */
+    const float   *router_score;  /* [n_tokens] the model's router score for this step (expert:
+                                     sigmoid(z); token: the probability of this depth), or NULL */
+    const float   *confidence;    /* [n_tokens] exit-head confidence after the previous step
+                                     (wants_confidence), or NULL at step 0 */
+} mor_route_batch;
+
+/* route(): write keep[i] = 1 for each row that runs the step, 0 for those that stop there.
+ * Return 0 on success; any other value aborts the step with MOR_E_CALLBACK (the session is
+ * left as before the step). Called on the thread that called mor_session_step(). */
+typedef int32_t (*mor_route_fn)(void *user, const mor_route_batch *batch, uint8_t *keep);
+
+typedef struct mor_router_i {
+    uint32_t     size;              /* sizeof(mor_router_i) */
+    uint32_t     version;           /* MOR_ROUTER_API_VERSION */
+    mor_route_fn route;             /* required */
+    void       (*reset)(void *user);/* may be NULL: the session was reset or rewound */
+    void       (*free)(void *user); /* may be NULL: the session no longer uses the router */
+    int32_t      wants_confidence;  /* 1: compute exit-head confidences for `confidence` */
+} mor_router_i;
+
+/* mor_session_set_router(): use a custom router (policy MOR_EXIT_CUSTOM) from the next step.
+ * The interface is copied; `user` is borrowed until iface->free is called (when another router
+ * replaces it, the session is freed, or router is NULL, which restores the default policy).
+ * @return MOR_OK, MOR_E_INVALID (no route function, bad size or version), MOR_E_UNSUPPORTED
+ * (a model whose depth cannot be decided per step: sequence sharing). */
+MOR_API int mor_session_set_router(mor_session *session, const mor_router_i *router, void *user);
+
+/* The same with plain function arguments (for bindings): route and user; no reset/free. */
+MOR_API int mor_session_set_router_fn(mor_session *session, mor_route_fn route, void *user,
+                                      int32_t wants_confidence);
+
+/*-************************************************************************************************
+ *  Telemetry
+ **************************************************************************************************/
+#define MOR_KVSTAT_NONE       0 /* no token at this position */
+#define MOR_KVSTAT_COMPUTED   1 /* every layer it ran wrote its own K/V; skipped ones hold none */
+#define MOR_KVSTAT_PROPAGATED 2 /* skipped layers hold K/V computed from its exit state (CALM) */
+#define MOR_KVSTAT_DEFERRED   3 /* stacked: deep K/V will be computed by the next deep pass */
+#define MOR_KVSTAT_SYNCED     4 /* stacked, then completed by a deep pass: full-depth K/V */
+#define MOR_KVSTAT_FULL       5 /* ran every layer */
+
+/* mor_session_token_info(): for the token at absolute position pos (< n_past): the steps it ran,
+ * the score of the last decision about it (router score or confidence; NAN if none), and its
+ * MOR_KVSTAT_*. Any output pointer may be NULL. @return MOR_OK or MOR_E_INVALID. */
+MOR_API int mor_session_token_info(const mor_session *session, int32_t pos, int32_t *depth,
+                                   float *score, int32_t *kv_status);
+
+#define MOR_STATS_MAX_DEPTH 32
+typedef struct mor_session_stats {
+    uint32_t size;                /* set by the caller to sizeof(mor_session_stats) */
+    uint32_t kind;                /* unused, 0 */
+    int64_t  n_tokens;            /* tokens stepped since the last reset (prompt + generated) */
+    int64_t  steps_run;           /* sum of the steps each token ran */
+    int64_t  layer_evals;         /* layer applications executed (deep passes included) */
+    int64_t  layer_evals_full;    /* layer applications full depth would have executed */
+    int64_t  kv_bytes;            /* bytes of K/V entries held now */
+    int64_t  deep_passes;         /* KV_SYNC: deep passes run */
+    int64_t  rollbacks;           /* KV_SYNC: rollbacks */
+    float    mean_depth;          /* steps_run / n_tokens */
+    float    threshold;           /* the threshold in use (FREE adaptive: the learned one) */
+    int64_t  depth_hist[MOR_STATS_MAX_DEPTH + 1]; /* tokens by steps run (capped) */
+} mor_session_stats;
+
+/* mor_session_get_stats(): fill *stats (up to stats->size bytes). @return MOR_OK or
+ * MOR_E_INVALID. */
+MOR_API int mor_session_get_stats(const mor_session *session, mor_session_stats *stats);
+
+/* mor_session_rollback(): tokens the last step removed by a KV_SYNC rollback (0 normally). After
+ * a rollback, n_past is smaller and the logits are the deep model's at the new end: sample and
+ * continue from there. */
+MOR_API int32_t mor_session_rollback(const mor_session *session);
 
 /* ---- BEGIN TOKENIZER API ---- */
 /*-************************************************************************************************

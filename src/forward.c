@@ -1,20 +1,21 @@
 // forward.c: the recursive forward pass: embedding, the unrolled layers (shared weights
-// referenced, not copied), recursion blocks with their routers and exit policy, final norm
-// and output projection.
+// referenced, not copied), depth steps with their routers and exit policy, the KV strategies
+// for skipped layers, final norm and output projection.
 //
-// Recursion semantics (SEED.md §2-5, docs/FORMAT.md §3.4, docs/POLICIES.md):
+// Semantics (SEED.md §2-6, docs/FORMAT.md §3.4, docs/POLICIES.md):
 // - Unrolled layer l runs the weights of stored layer s(l) with the overrides and LoRA of
-//   (s(l), r(l)). Layers outside the recursion blocks (vanilla layers, the unique first and
-//   last layers of the middle strategies) run on every token.
-// - At the start of each recursion block r the policy decides which tokens run it. Only those
-//   tokens are gathered (compacted, positions kept) and run through the block; only they
-//   append K/V to the block's slots and attend to them (recursion-wise KV caching).
-// - Expert-choice: H <- H + g * F_r(H) for a selected token (g = alpha * f(z)); a token not
-//   selected keeps H and is not selected again (hierarchical).
-// - Token-choice: the router reads H^1 once, picks a depth i and a gate g; the block runs
-//   i+1 times on x (x^0 = H^1) with no gating in between, then H = H^1 + g * x.
-// Sequence sharing has no block loop: each middle layer is its own step, active for tokens
-// whose depth exceeds its recursion index.
+//   (s(l), r(l)). Layers outside the steps (the unique first and last layers of the middle
+//   strategies) run on every row.
+// - A step is a recursion block (recursive models) or a segment between exit heads (vanilla
+//   models). Before step k the policy decides which rows run it; only those are gathered
+//   (positions kept), run through the step's layers, append K/V and attend (recursion-wise
+//   caching). A row that stops is never resumed in the same pass, except stacked rows of
+//   KV_SYNC, which resume in a later pass where they left off.
+// - Expert-choice: H <- H + g * F_r(H) for a selected row (g = alpha * f(z)).
+// - Token-choice: H^1 is kept; the block runs on x without gating; when the row leaves the
+//   recursion after step i, H = H^1 + p_i * x.
+// Rows of a pass: 0..T-1 are the new tokens; T.. are stacked tokens (KV_SYNC) that join when a
+// new token goes on at their step, so their deep K/V becomes exactly the full-depth K/V.
 #include "session.h"
 #include "thread.h"
 
@@ -64,8 +65,8 @@ static void proj(mor_session *s, const mor__layer *ly, int role, const float *x,
     const mor__mat *a = &ly->lora_a[role], *b = &ly->lora_b[role];
     if (!a->data) return;
     float sc = s->model->hp.lora_scale;
-    mm(s, a, x, n, s->lora);                  // (n, rank)
-    mm(s, b, s->lora, n, s->tmp);             // (n, out): tmp is free during projections
+    mm(s, a, x, n, s->lora);   // (n, rank)
+    mm(s, b, s->lora, n, s->tmp);  // (n, out): tmp is free during projections
     int64_t out = ly->w[role].rows;
     for (int64_t i = 0; i < n * out; i++) y[i] += sc * s->tmp[i];
 }
@@ -100,6 +101,27 @@ static int32_t visible(const mor__kv_slot *sl, int32_t p) {
     return lo;
 }
 
+// Puts the entry of position pos into a slot, keeping it sorted; an entry already at pos is
+// replaced (a deep pass recomputing a stacked token's K/V).
+static void slot_put(mor__kv_slot *sl, int32_t pos, const float *k, const float *v, int kvdim) {
+    size_t row = (size_t)kvdim * sizeof(float);
+    int32_t e = sl->len;
+    if (e > 0 && sl->pos[e - 1] >= pos) {
+        e = visible(sl, pos - 1);
+        if (!(e < sl->len && sl->pos[e] == pos)) {
+            memmove(sl->k + (size_t)(e + 1) * kvdim, sl->k + (size_t)e * kvdim, (size_t)(sl->len - e) * row);
+            memmove(sl->v + (size_t)(e + 1) * kvdim, sl->v + (size_t)e * kvdim, (size_t)(sl->len - e) * row);
+            memmove(sl->pos + e + 1, sl->pos + e, (size_t)(sl->len - e) * sizeof(int32_t));
+            sl->len++;
+        }
+    } else {
+        sl->len++;
+    }
+    memcpy(sl->k + (size_t)e * kvdim, k, row);
+    memcpy(sl->v + (size_t)e * kvdim, v, row);
+    sl->pos[e] = pos;
+}
+
 // ---- attention -----------------------------------------------------------------------------
 
 typedef struct {
@@ -107,7 +129,6 @@ typedef struct {
     const mor__kv_slot *sl;
     const int32_t      *idx;
     int32_t             n;
-    int32_t             pos0;
 } att_task;
 
 // Attention for (row, head) pairs split among threads: each row sees the slot entries at
@@ -126,7 +147,7 @@ static void att_part(void *c, int ith, int nth) {
     for (long w = lo; w < hi; w++) {
         int32_t i = (int32_t)(w / nh);
         int h = (int)(w % nh), kh = h / rep;
-        int32_t nv = visible(sl, t->pos0 + t->idx[i]);
+        int32_t nv = visible(sl, s->tpos[t->idx[i]]);
         const float *qh = s->q + (size_t)i * qdim + (size_t)h * hd;
         float mx = -INFINITY;
         for (int32_t e = 0; e < nv; e++) {
@@ -146,35 +167,36 @@ static void att_part(void *c, int ith, int nth) {
 
 // ---- one layer on n compacted rows ---------------------------------------------------------
 
-// xr: (n, d) rows of the residual stream, updated in place; idx[i]: index of row i in the
-// step (for its position and RoPE table).
+static const float *rope_c(const mor_session *s, int32_t row) {
+    return s->rope_cos + (size_t)row * (size_t)(s->model->hp.head_dim / 2);
+}
+static const float *rope_s(const mor_session *s, int32_t row) {
+    return s->rope_sin + (size_t)row * (size_t)(s->model->hp.head_dim / 2);
+}
+
+// xr: (n, d) rows of the residual stream, updated in place; idx[i]: the pass row of row i.
 static void run_layer(mor_session *s, int32_t l, float *xr, const int32_t *idx, int32_t n) {
     const mor__hparams *hp = &s->model->hp;
     const mor__layer *ly = &s->model->layers[l];
     const int d = hp->n_embd, hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
-    const int qdim = nh * hd, kvdim = nkv * hd, half = hd / 2, ff = hp->n_ff;
-    const int32_t pos0 = s->n_past;
+    const int qdim = nh * hd, kvdim = nkv * hd, ff = hp->n_ff;
+    s->st_evals += n;
 
     for (int32_t i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * d, xr + (size_t)i * d, ly->attn_norm, d, hp->rms_eps);
     proj(s, ly, MOR__ROLE_Q, s->xb, n, s->q);
-    for (int32_t i = 0; i < n; i++)
-        rope(s->q + (size_t)i * qdim, nh, hd, s->rope_cos + (size_t)idx[i] * half,
-             s->rope_sin + (size_t)idx[i] * half, hp->rope_neox);
-    mor__kv_slot *sl = &s->slots[ly->kv_slot];
-    if (ly->kv_write) {
+    for (int32_t i = 0; i < n; i++) rope(s->q + (size_t)i * qdim, nh, hd, rope_c(s, idx[i]), rope_s(s, idx[i]), hp->rope_neox);
+    if (s->slot_write[l]) {
+        mor__kv_slot *own = &s->slots[l];
         proj(s, ly, MOR__ROLE_K, s->xb, n, s->k);
         proj(s, ly, MOR__ROLE_V, s->xb, n, s->v);
         for (int32_t i = 0; i < n; i++) {
             float *kr = s->k + (size_t)i * kvdim;
-            rope(kr, nkv, hd, s->rope_cos + (size_t)idx[i] * half, s->rope_sin + (size_t)idx[i] * half,
-                 hp->rope_neox);
-            memcpy(sl->k + (size_t)sl->len * kvdim, kr, (size_t)kvdim * sizeof(float));
-            memcpy(sl->v + (size_t)sl->len * kvdim, s->v + (size_t)i * kvdim, (size_t)kvdim * sizeof(float));
-            sl->pos[sl->len++] = pos0 + idx[i];
+            rope(kr, nkv, hd, rope_c(s, idx[i]), rope_s(s, idx[i]), hp->rope_neox);
+            slot_put(own, s->tpos[idx[i]], kr, s->v + (size_t)i * kvdim, kvdim);
         }
     }
-    att_task at = {s, sl, idx, n, pos0};
-    if ((long)n * nh * sl->len < 4096 || mor__pool_size(s->pool) == 1) att_part(&at, 0, 1);
+    att_task at = {s, &s->slots[s->slot_of[l]], idx, n};
+    if ((long)n * nh * at.sl->len < 4096 || mor__pool_size(s->pool) == 1) att_part(&at, 0, 1);
     else mor__pool_run(s->pool, att_part, &at);
     proj(s, ly, MOR__ROLE_O, s->ao, n, s->hb2);  // hb2 is free until the MLP
     for (int64_t i = 0; i < (int64_t)n * d; i++) xr[i] += s->hb2[i];
@@ -190,7 +212,20 @@ static void run_layer(mor_session *s, int32_t l, float *xr, const int32_t *idx, 
     for (int64_t i = 0; i < (int64_t)n * d; i++) xr[i] += s->hb2[i];
 }
 
-// ---- routers -------------------------------------------------------------------------------
+// CALM state propagation: the K/V of layer l for one row computed from its exit state h.
+static void propagate_kv(mor_session *s, int32_t l, const float *h, int32_t row) {
+    const mor__hparams *hp = &s->model->hp;
+    const mor__layer *ly = &s->model->layers[l];
+    const int kvdim = hp->n_head_kv * hp->head_dim;
+    if (!s->slot_write[l]) return;
+    rmsnorm(s->xb, h, ly->attn_norm, hp->n_embd, hp->rms_eps);
+    proj(s, ly, MOR__ROLE_K, s->xb, 1, s->k);
+    proj(s, ly, MOR__ROLE_V, s->xb, 1, s->v);
+    rope(s->k, hp->n_head_kv, hp->head_dim, rope_c(s, row), rope_s(s, row), hp->rope_neox);
+    slot_put(&s->slots[l], s->tpos[row], s->k, s->v, kvdim);
+}
+
+// ---- routers and exit heads ----------------------------------------------------------------
 
 // Router logits for n rows (already divided by temp) of width d: out (n, n_out).
 static void router_logits(mor_session *s, const mor__router_w *rw, const float *x, int32_t n, float *out) {
@@ -199,7 +234,7 @@ static void router_logits(mor_session *s, const mor__router_w *rw, const float *
         mm(s, &rw->w1, x, n, out);
         return;
     }
-    float *h = s->hb;  // (n, 2d): hb has n_batch * n_ff floats; checked at session create
+    float *h = s->hb;  // (n, 2d): hb holds n_batch * max(n_ff, 2d) floats
     mm(s, &rw->w1, x, n, h);
     for (int64_t i = 0; i < (int64_t)n * 2 * hp->n_embd; i++)
         h[i] = 0.5f * h[i] * (1.0f + erff(h[i] * 0.70710678118654752f));  // exact GELU
@@ -208,157 +243,508 @@ static void router_logits(mor_session *s, const mor__router_w *rw, const float *
 
 static float sigmoidf(float z) { return 1.0f / (1.0f + expf(-z)); }
 
-// Gathers rows act[0..n) of x, divided by temp, into s->xa.
-static void gather_scaled(mor_session *s, const float *x, int32_t n, float inv_temp) {
-    const int d = s->model->hp.n_embd;
-    for (int32_t i = 0; i < n; i++)
-        for (int j = 0; j < d; j++) s->xa[(size_t)i * d + j] = x[(size_t)s->act[i] * d + j] * inv_temp;
+// Logits of an exit head (or the final head: head < 0) for one state h into out (n_vocab).
+static void head_logits(mor_session *s, int32_t head, const float *h, float *out) {
+    const mor_model *m = s->model;
+    const float *norm = head >= 0 ? m->exits[head].norm : m->output_norm;
+    const mor__mat *w = head >= 0 ? &m->exits[head].out : &m->output;
+    rmsnorm(s->xb, h, norm, m->hp.n_embd, m->hp.rms_eps);
+    mm(s, w, s->xb, 1, out);
 }
 
-// Decides which tokens run recursion r; fills s->act (n_act returned) and the gates.
-static int32_t decide(mor_session *s, int32_t r, int32_t T) {
+// Confidence in [0, 1] of a logit vector by the policy's metric; *top receives the argmax.
+static float confidence(const float *l, int32_t V, int metric, int32_t *top) {
+    int32_t b = 0;
+    for (int32_t i = 1; i < V; i++)
+        if (l[i] > l[b]) b = i;
+    *top = b;
+    double sum = 0, p1 = 0, p2 = 0, ent = 0;
+    float mx = l[b];
+    for (int32_t i = 0; i < V; i++) sum += exp((double)(l[i] - mx));
+    for (int32_t i = 0; i < V; i++) {
+        double p = exp((double)(l[i] - mx)) / sum;
+        if (i != b && p > p2) p2 = p;
+        if (p > 0) ent -= p * log(p);
+    }
+    p1 = 1.0 / sum;
+    if (metric == MOR_CONF_MAX_PROB) return (float)p1;
+    if (metric == MOR_CONF_ENTROPY) return (float)(1.0 - ent / log((double)V));
+    return (float)(p1 - p2);
+}
+
+// Cross-entropy of token tok under logits l.
+static float cross_entropy(const float *l, int32_t V, int32_t tok) {
+    float mx = l[0];
+    for (int32_t i = 1; i < V; i++) mx = l[i] > mx ? l[i] : mx;
+    double sum = 0;
+    for (int32_t i = 0; i < V; i++) sum += exp((double)(l[i] - mx));
+    return (float)(log(sum) - (double)(l[tok] - mx));
+}
+
+// The threshold in force for a row (CALM decay over positions for CONFIDENCE).
+static float row_threshold(const mor_session *s, int32_t row) {
+    const mor__policy *p = &s->policy;
+    if (p->policy == MOR_EXIT_FREE) return p->adaptive && s->bmm ? s->bmm->lambda : p->threshold;
+    if (p->policy == MOR_EXIT_CONFIDENCE && p->decay_tau > 0) {
+        double N = p->decay_len > 0 ? p->decay_len : s->n_ctx;
+        return (float)(0.9 * p->threshold + 0.1 * p->threshold * exp(-p->decay_tau * s->tpos[row] / N));
+    }
+    return p->threshold;
+}
+
+// ---- step decisions ------------------------------------------------------------------------
+
+typedef struct {
+    int32_t T;        // new rows
+    int32_t R;        // all rows (new + stacked)
+    int     force;    // the stack is full: every new row goes deep
+    int     any_new;  // some new row runs the current step
+} pass;
+
+// A row leaves the steps after running `ran` steps.
+static void stop_row(mor_session *s, pass *ps, int32_t t, int32_t ran) {
+    const mor_model *m = s->model;
+    const mor__hparams *hp = &m->hp;
+    const int d = hp->n_embd;
+    s->alive[t] = 0;
+    s->exit_step[t] = ran;
+    float *xt = s->x + (size_t)t * d;
+    if (hp->router == MOR_ROUTER_TOKEN && ran > 0) {  // H = H^1 + p_i x after its last step i
+        float g = s->router_h[(size_t)t * hp->n_rec + (ran - 1)];
+        const float *h1 = s->h_in + (size_t)t * d;
+        for (int j = 0; j < d; j++) xt[j] = h1[j] + g * xt[j];
+        s->gate[t] = g;
+    }
+    if (t >= ps->T || ran >= m->n_steps) return;
+    if (s->policy.kv == MOR_KV_PROPAGATE) {
+        for (int32_t l = 0; l < hp->n_layer; l++)
+            if (m->layer_step[l] >= ran) propagate_kv(s, l, xt, t);
+        s->trace.kv[s->tpos[t]] = MOR_KVSTAT_PROPAGATED;
+    } else if (s->policy.kv == MOR_KV_SYNC) {
+        s->trace.kv[s->tpos[t]] = MOR_KVSTAT_DEFERRED;
+    }
+}
+
+// Calls the custom router for the candidate new rows in act[0..nc); writes keep[].
+static int call_router(mor_session *s, int32_t k, int32_t nc, uint8_t *keep, int have_conf) {
+    const mor__hparams *hp = &s->model->hp;
+    const int d = hp->n_embd;
+    float *hid = s->xa, *rs = s->hb2, *cf = s->hb2 + s->n_batch;
+    int32_t *pos = s->cap + s->n_batch;  // scratch: cap holds 2 * n_batch ints
+    for (int32_t i = 0; i < nc; i++) {
+        int32_t t = s->act[i];
+        memcpy(hid + (size_t)i * d, s->x + (size_t)t * d, (size_t)d * sizeof(float));
+        rs[i] = s->rscore[t];
+        cf[i] = s->conf[t];
+        pos[i] = s->tpos[t];
+    }
+    mor_route_batch b = {sizeof b, k, s->model->n_steps, nc, d, pos, hid,
+                         hp->router != MOR_ROUTER_NONE ? rs : NULL, have_conf && k > 0 ? cf : NULL};
+    memset(keep, 1, (size_t)nc);
+    int32_t rc = s->router.route(s->router_user, &b, keep);
+    if (rc != 0) return mor__session_fail(s, MOR_E_CALLBACK, "the router callback returned %d at step %d", rc, k);
+    return MOR_OK;
+}
+
+// Decides the rows that run step k; fills act (rows in increasing order) and returns their
+// count, or a negative status.
+static int32_t begin_step(mor_session *s, pass *ps, int32_t k) {
     const mor_model *m = s->model;
     const mor__hparams *hp = &m->hp;
     const mor__policy *p = &s->policy;
     const int d = hp->n_embd;
-    int32_t n = 0;
-    if (hp->router == MOR_ROUTER_NONE) {
-        int32_t limit = p->policy == MOR_EXIT_FIXED ? p->depth : hp->n_rec;
-        if (r < limit)
-            for (int32_t t = 0; t < T; t++) s->act[n++] = t;
-        return n;
-    }
-    if (hp->router == MOR_ROUTER_TOKEN) {
-        if (r == 0) {  // choose each token's depth once, from H^1
-            for (int32_t t = 0; t < T; t++) s->act[t] = t;
-            gather_scaled(s, s->x, T, 1.0f / hp->router_temp);
-            float *z = s->router_h;  // (T, n_rec)
-            router_logits(s, &m->routers[0], s->xa, T, z);
-            for (int32_t t = 0; t < T; t++) {
-                float *zt = z + (size_t)t * hp->n_rec, pr[64];
-                if (hp->router_func == 3) {  // softmax
-                    float mx = zt[0], sum = 0;
-                    for (int j = 1; j < hp->n_rec; j++) mx = zt[j] > mx ? zt[j] : mx;
-                    for (int j = 0; j < hp->n_rec; j++) sum += (pr[j] = expf(zt[j] - mx));
-                    for (int j = 0; j < hp->n_rec; j++) pr[j] = hp->router_alpha * pr[j] / sum;
-                } else {
-                    for (int j = 0; j < hp->n_rec; j++) pr[j] = hp->router_alpha * sigmoidf(zt[j]);
-                }
-                int32_t c = 0;
-                if (p->policy == MOR_EXIT_FULL) {
-                    c = hp->n_rec - 1;
-                } else if (p->policy == MOR_EXIT_FIXED) {
-                    c = p->depth - 1;
-                } else {
-                    float best = -INFINITY;
-                    for (int j = 0; j < hp->n_rec; j++) {
-                        float sc = pr[j] + (m->router_bias ? m->router_bias[j] : 0.0f);
-                        if (sc > best) best = sc, c = j;
-                    }
-                    if (c < p->min_depth - 1) c = p->min_depth - 1;
-                }
-                s->tok_choice[t] = c;
-                s->gate[t] = pr[c];
-                memcpy(s->h_in + (size_t)t * d, s->x + (size_t)t * d, (size_t)d * sizeof(float));
-            }
-        }
-        for (int32_t t = 0; t < T; t++)
-            if (r <= s->tok_choice[t]) s->act[n++] = t;
-        return n;
-    }
-    // Expert-choice: candidates are the tokens still alive (selected at every earlier step).
+    uint8_t *keep = s->alive + s->n_batch;  // scratch: alive holds 2 * n_batch bytes
     int32_t nc = 0;
-    for (int32_t t = 0; t < T; t++)
+    for (int32_t t = 0; t < ps->T; t++)
         if (s->alive[t]) s->act[nc++] = t;
-    if (!nc) return 0;
-    gather_scaled(s, s->x, nc, 1.0f / hp->router_temp);
-    float *z = s->router_h, *za = s->router_h + s->n_batch;
-    router_logits(s, &m->routers[r], s->xa, nc, z);
-    if (m->routers_aux) router_logits(s, &m->routers_aux[r], s->xa, nc, za);
-    for (int32_t i = 0; i < nc; i++) {
-        int32_t t = s->act[i];
-        float zi = z[i];
-        float g = hp->router_func == 1 ? hp->router_alpha * sigmoidf(zi)
-                : hp->router_func == 2 ? hp->router_alpha * tanhf(zi) : zi;
-        int on;
-        if (p->policy == MOR_EXIT_FULL) on = 1;
-        else if (p->policy == MOR_EXIT_FIXED) on = r < p->depth;
-        else on = r < p->min_depth || sigmoidf(m->routers_aux ? za[i] : zi) >= p->threshold;
-        s->alive[t] = (uint8_t)on;
-        s->gate[t] = g;
-        if (on) {
-            s->act[n++] = t;
+
+    // Router scores of the candidates (the gate is part of the model's function).
+    if (nc && hp->router == MOR_ROUTER_EXPERT) {
+        for (int32_t i = 0; i < nc; i++)
+            for (int j = 0; j < d; j++) s->xa[(size_t)i * d + j] = s->x[(size_t)s->act[i] * d + j] / hp->router_temp;
+        float *z = s->tmp, *za = s->tmp + s->n_batch;
+        router_logits(s, &m->routers[k], s->xa, nc, z);
+        if (m->routers_aux) router_logits(s, &m->routers_aux[k], s->xa, nc, za);
+        for (int32_t i = 0; i < nc; i++) {
+            int32_t t = s->act[i];
+            float zi = z[i];
+            s->gate[t] = hp->router_func == 1 ? hp->router_alpha * sigmoidf(zi)
+                       : hp->router_func == 2 ? hp->router_alpha * tanhf(zi) : zi;
+            s->rscore[t] = sigmoidf(m->routers_aux ? za[i] : zi);
+        }
+    }
+    if (nc && hp->router == MOR_ROUTER_TOKEN && k == 0) {  // depth probabilities from H^1, once
+        for (int32_t i = 0; i < nc; i++)
+            for (int j = 0; j < d; j++) s->xa[(size_t)i * d + j] = s->x[(size_t)s->act[i] * d + j] / hp->router_temp;
+        float *z = s->tmp;
+        router_logits(s, &m->routers[0], s->xa, nc, z);
+        for (int32_t i = 0; i < nc; i++) {
+            int32_t t = s->act[i];
+            float *zt = z + (size_t)i * hp->n_rec, *pr = s->router_h + (size_t)t * hp->n_rec;
+            if (hp->router_func == 3) {
+                float mx = zt[0], sum = 0;
+                for (int j = 1; j < hp->n_rec; j++) mx = zt[j] > mx ? zt[j] : mx;
+                for (int j = 0; j < hp->n_rec; j++) sum += (pr[j] = expf(zt[j] - mx));
+                for (int j = 0; j < hp->n_rec; j++) pr[j] = hp->router_alpha * pr[j] / sum;
+            } else {
+                for (int j = 0; j < hp->n_rec; j++) pr[j] = hp->router_alpha * sigmoidf(zt[j]);
+            }
+            int32_t c = 0;
+            float best = -INFINITY;
+            for (int j = 0; j < hp->n_rec; j++) {
+                float sc = pr[j] + (m->router_bias ? m->router_bias[j] : 0.0f);
+                if (sc > best) best = sc, c = j;
+            }
+            s->tok_choice[t] = c;
             memcpy(s->h_in + (size_t)t * d, s->x + (size_t)t * d, (size_t)d * sizeof(float));
         }
+    }
+    if (nc && hp->router == MOR_ROUTER_TOKEN)
+        for (int32_t i = 0; i < nc; i++) s->rscore[s->act[i]] = s->router_h[(size_t)s->act[i] * hp->n_rec + k];
+
+    // The policy.
+    if (nc && p->policy == MOR_EXIT_CUSTOM) {
+        int rc = call_router(s, k, nc, keep, s->router.wants_confidence);
+        if (rc) return rc;
+    } else if (nc && p->policy == MOR_EXIT_CAPACITY) {
+        int32_t kr = (int32_t)((int64_t)(m->n_steps - k) * ps->T / m->n_steps);
+        if (kr < 1) kr = 1;
+        for (int32_t i = 0; i < nc; i++) {  // rank by gate among the candidates, ties by order
+            int32_t rank = 0, ti = s->act[i];
+            for (int32_t j = 0; j < nc; j++) {
+                int32_t tj = s->act[j];
+                if (s->gate[tj] > s->gate[ti] || (s->gate[tj] == s->gate[ti] && j < i)) rank++;
+            }
+            keep[i] = rank < kr;
+        }
+    } else {
+        for (int32_t i = 0; i < nc; i++) {
+            int32_t t = s->act[i];
+            int on = 1;
+            switch (p->policy) {
+            case MOR_EXIT_FIXED: on = k < p->depth; break;
+            case MOR_EXIT_ROUTER:
+                on = hp->router == MOR_ROUTER_TOKEN ? k <= s->tok_choice[t] : s->rscore[t] >= p->threshold;
+                break;
+            case MOR_EXIT_CONFIDENCE: on = k == 0 || s->conf[t] <= row_threshold(s, t); break;
+            case MOR_EXIT_SATURATION: on = k == 0 || s->cosv[t] < p->threshold; break;
+            case MOR_EXIT_FREE: on = k != p->shallow || s->conf[t] <= row_threshold(s, t); break;
+            default: on = 1; break;
+            }
+            keep[i] = (uint8_t)on;
+        }
+    }
+    int32_t n = 0;
+    for (int32_t i = 0; i < nc; i++) {
+        int32_t t = s->act[i];
+        int on = keep[i] != 0;
+        if (k < p->min_depth || ps->force) on = 1;
+        if (k >= s->cap[t]) on = 0;
+        if (on) s->act[n++] = t;
+        else stop_row(s, ps, t, k);
+    }
+    ps->any_new = n > 0;
+    // Stacked rows join at the step where they stopped, if a new row goes on there.
+    for (int32_t t = ps->T; t < ps->R; t++)
+        if (!s->joined[t] && s->row_start[t] == k && ps->any_new) s->joined[t] = 1, s->alive[t] = 1;
+    for (int32_t t = ps->T; t < ps->R; t++)
+        if (s->joined[t] && s->alive[t]) {
+            if (!ps->any_new) stop_row(s, ps, t, k);  // no deep pass beyond here
+            else s->act[n++] = t;
+        }
+    for (int32_t i = 0; i < n; i++) {
+        int32_t t = s->act[i];
+        memcpy(s->xa + (size_t)i * d, s->x + (size_t)t * d, (size_t)d * sizeof(float));
+        memcpy(s->h_step + (size_t)t * d, s->x + (size_t)t * d, (size_t)d * sizeof(float));
+        s->tok_depth[t] = k + 1;
     }
     return n;
 }
 
+// Writes the step's output back and measures what the next decision needs.
+static void end_step(mor_session *s, pass *ps, int32_t k, int32_t n) {
+    const mor_model *m = s->model;
+    const mor__hparams *hp = &m->hp;
+    const mor__policy *p = &s->policy;
+    const int d = hp->n_embd;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t t = s->act[i];
+        float *xt = s->x + (size_t)t * d, *ya = s->xa + (size_t)i * d, *hin = s->h_step + (size_t)t * d;
+        if (hp->router == MOR_ROUTER_EXPERT) {
+            float g = hp->router_additive ? 1.0f : s->gate[t];
+            for (int j = 0; j < d; j++) xt[j] = hin[j] + g * ya[j];
+        } else {
+            memcpy(xt, ya, (size_t)d * sizeof(float));
+        }
+    }
+    if (k + 1 >= m->n_steps) return;
+    int need_conf = p->policy == MOR_EXIT_CONFIDENCE || (p->policy == MOR_EXIT_FREE && k + 1 == p->shallow) ||
+                    (p->policy == MOR_EXIT_CUSTOM && s->router.wants_confidence);
+    for (int32_t i = 0; i < n; i++) {
+        int32_t t = s->act[i];
+        if (t >= ps->T) continue;
+        const float *xt = s->x + (size_t)t * d;
+        if (need_conf) {
+            head_logits(s, m->step_exit[k], xt, s->vocab_buf);
+            s->conf[t] = confidence(s->vocab_buf, hp->n_vocab, p->metric, &s->shallow_top[t]);
+        }
+        if (p->policy == MOR_EXIT_SATURATION) {
+            const float *h0 = s->h_step + (size_t)t * d;
+            double ab = 0, aa = 0, bb = 0;
+            for (int j = 0; j < d; j++) ab += (double)xt[j] * h0[j], aa += (double)xt[j] * xt[j], bb += (double)h0[j] * h0[j];
+            s->cosv[t] = (float)(ab / (sqrt(aa * bb) + 1e-30));
+        }
+    }
+}
+
 // ---- the pass ------------------------------------------------------------------------------
 
-int mor__forward(mor_session *s, const int32_t *tokens, int32_t T, int logits_all) {
+// Loads the new tokens and the stack into rows; returns the row count.
+static void load_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     const mor_model *m = s->model;
     const mor__hparams *hp = &m->hp;
     const int d = hp->n_embd, half = hp->head_dim / 2;
-    const int seq = hp->sharing == MOR_SHARING_SEQUENCE || hp->sharing == MOR_SHARING_MIDDLE_SEQUENCE;
-
-    for (int32_t t = 0; t < T; t++) {
+    const mor__policy *p = &s->policy;
+    for (int32_t t = 0; t < ps->T; t++) {
         const uint8_t *row = (const uint8_t *)m->tok_embd.data +
                              (size_t)tokens[t] * (size_t)d * (m->tok_embd.type == MOR__DT_F32 ? 4 : 2);
         s->kern->to_f32[kt_of(m->tok_embd.type)](row, s->x + (size_t)t * d, d);
+        s->tpos[t] = s->n_past + t;
+        s->row_start[t] = 0;
+        s->joined[t] = 1;
         s->alive[t] = 1;
+        s->exit_step[t] = m->n_steps;
+        s->conf[t] = s->cosv[t] = s->rscore[t] = NAN;
+        s->shallow_top[t] = -1;
         s->tok_depth[t] = 0;
         s->act_pos[t] = t;
-        double p = (double)(s->n_past + t);
+        s->trace.kv[s->tpos[t]] = MOR_KVSTAT_NONE;
+        // Compute budget: cap the steps so that the mean over the window stays <= budget.
+        s->cap[t] = m->n_steps;
+        if (p->budget > 0) {
+            int32_t W = p->budget_window, seen = 0, sum = 0;
+            for (int32_t j = 0; j < s->budget_n && j < W - 1; j++) {
+                int32_t at = (s->budget_next - 1 - j + 4 * W) % W;
+                sum += s->budget_ring[at], seen++;
+            }
+            int32_t c = (int32_t)floorf(p->budget * (float)(seen + 1) + 1e-4f) - sum;
+            if (c < MOR__MAX(1, p->min_depth)) c = MOR__MAX(1, p->min_depth);
+            if (c < s->cap[t]) s->cap[t] = c;
+            // the ring is updated as tokens finish, in order, below
+            s->budget_ring[s->budget_next] = MOR__MIN(c, m->n_steps);
+            s->budget_next = (s->budget_next + 1) % W;
+            if (s->budget_n < W) s->budget_n++;
+        }
+    }
+    ps->R = ps->T;
+    for (int32_t j = 0; j < s->n_stack; j++) {
+        int32_t t = ps->R++;
+        memcpy(s->x + (size_t)t * d, s->stack_h + (size_t)j * d, (size_t)d * sizeof(float));
+        s->tpos[t] = s->stack_pos[j];
+        s->row_start[t] = s->stack_step[j];
+        s->joined[t] = 0;
+        s->alive[t] = 0;
+        s->exit_step[t] = s->stack_step[j];
+        s->conf[t] = s->stack_conf[j];
+        s->shallow_top[t] = s->stack_top[j];
+        s->tok_depth[t] = s->stack_step[j];
+        s->cap[t] = m->n_steps;
+        s->act_pos[t] = t;
+    }
+    for (int32_t t = 0; t < ps->R; t++) {
+        double pp = (double)s->tpos[t];
         for (int i = 0; i < half; i++) {
-            double ang = p * pow((double)hp->rope_theta, -2.0 * i / hp->head_dim);
+            double ang = pp * pow((double)hp->rope_theta, -2.0 * i / hp->head_dim);
             s->rope_cos[(size_t)t * half + i] = (float)cos(ang);
             s->rope_sin[(size_t)t * half + i] = (float)sin(ang);
         }
     }
+}
 
-    int32_t n_act = 0, r = 0;
-    for (int32_t l = 0; l < hp->n_layer; l++) {
-        const mor__layer *ly = &m->layers[l];
-        if (!ly->in_middle) {
-            run_layer(s, l, s->x, s->act_pos, T);
-            continue;
+// Runs a unique layer (outside the steps) on every joined row.
+static void run_unique(mor_session *s, int32_t l, int32_t R) {
+    const int d = s->model->hp.n_embd;
+    int32_t n = 0;
+    for (int32_t t = 0; t < R; t++)
+        if (s->joined[t]) s->act[n++] = t;
+    if (n == R) {
+        run_layer(s, l, s->x, s->act_pos, R);  // rows 0..R-1 in place (act_pos is the identity)
+        return;
+    }
+    for (int32_t i = 0; i < n; i++) memcpy(s->xa + (size_t)i * d, s->x + (size_t)s->act[i] * d, (size_t)d * sizeof(float));
+    run_layer(s, l, s->xa, s->act, n);
+    for (int32_t i = 0; i < n; i++) memcpy(s->x + (size_t)s->act[i] * d, s->xa + (size_t)i * d, (size_t)d * sizeof(float));
+}
+
+// After the pass: telemetry, the KV_SYNC stack and its calibration and rollback.
+static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
+    const mor_model *m = s->model;
+    const mor__hparams *hp = &m->hp;
+    const mor__policy *p = &s->policy;
+    const int d = hp->n_embd;
+    for (int32_t t = 0; t < ps->T; t++) {
+        int32_t pos = s->tpos[t], dep = s->tok_depth[t];
+        s->depths[t] = dep;
+        s->trace.depth[pos] = (int8_t)MOR__MIN(dep, 127);
+        float sc = hp->router != MOR_ROUTER_NONE ? s->rscore[t] : s->conf[t];
+        if (p->policy == MOR_EXIT_SATURATION) sc = s->cosv[t];
+        s->trace.score[pos] = sc;
+        if (s->trace.kv[pos] == MOR_KVSTAT_NONE)
+            s->trace.kv[pos] = dep >= m->n_steps ? MOR_KVSTAT_FULL : MOR_KVSTAT_COMPUTED;
+        s->st_tokens++;
+        s->st_steps += dep;
+        s->st_hist[MOR__MIN(dep, MOR_STATS_MAX_DEPTH)]++;
+        s->st_evals_full += hp->n_layer;
+        if (p->budget > 0) {  // record the depth actually taken in the ring slot reserved for it
+            int32_t W = p->budget_window, back = ps->T - 1 - t;
+            s->budget_ring[(s->budget_next - 1 - back + 4 * W) % W] = dep;
         }
-        int32_t k = l - hp->n_first;
-        int start = seq || k % hp->block == 0, end = seq || k % hp->block == hp->block - 1;
-        if (start) {
-            r = ly->rec;
-            n_act = decide(s, r, T);
-            for (int32_t i = 0; i < n_act; i++) {
-                memcpy(s->xa + (size_t)i * d, s->x + (size_t)s->act[i] * d, (size_t)d * sizeof(float));
-                if (!seq || r + 1 > s->tok_depth[s->act[i]]) s->tok_depth[s->act[i]] = r + 1;
-            }
-        }
-        if (n_act) run_layer(s, l, s->xa, s->act, n_act);
-        if (end) {
-            for (int32_t i = 0; i < n_act; i++) {
-                int32_t t = s->act[i];
-                float *xt = s->x + (size_t)t * d, *ya = s->xa + (size_t)i * d, *hin = s->h_in + (size_t)t * d;
-                if (hp->router == MOR_ROUTER_EXPERT) {
-                    float g = hp->router_additive ? 1.0f : s->gate[t];
-                    for (int j = 0; j < d; j++) xt[j] = hin[j] + g * ya[j];
-                } else if (hp->router == MOR_ROUTER_TOKEN && r == s->tok_choice[t]) {
-                    for (int j = 0; j < d; j++) xt[j] = hin[j] + s->gate[t] * ya[j];
-                } else {
-                    memcpy(xt, ya, (size_t)d * sizeof(float));
+    }
+    if (p->kv != MOR_KV_SYNC) return;
+    // Followers that completed the deep pass now hold full-depth K/V.
+    int deep = 0;
+    for (int32_t t = 0; t < ps->T; t++) deep |= s->exit_step[t] >= m->n_steps;
+    if (deep) s->st_deep++;
+    int32_t keep_n = 0;
+    float *tmp_h = s->hb;  // scratch for the rebuilt stack: hb holds n_batch * wide floats
+    int32_t *tmp_pos = s->cap, *tmp_step = s->cap + s->n_batch;
+    float *tmp_conf = s->tmp;
+    int32_t *tmp_top = s->tok_choice;
+    s->rollback_to = -1;
+    for (int32_t t = ps->T; t < ps->R; t++) {
+        int32_t pos = s->tpos[t];
+        if (s->joined[t] && s->exit_step[t] >= m->n_steps) {
+            s->trace.kv[pos] = MOR_KVSTAT_SYNCED;
+            s->trace.depth[pos] = (int8_t)MOR__MIN(m->n_steps, 127);
+            s->st_steps += m->n_steps - s->row_start[t];
+            if (p->adaptive || p->rollback > 0) {
+                head_logits(s, -1, s->x + (size_t)t * d, s->vocab_buf);
+                int32_t top;
+                confidence(s->vocab_buf, hp->n_vocab, MOR_CONF_TOP2_GAP, &top);
+                if (p->adaptive && s->bmm && s->shallow_top[t] >= 0 && !isnan(s->conf[t])) {
+                    mor__bmm *b = s->bmm;
+                    b->conf[b->next] = s->conf[t];
+                    b->agree[b->next] = (uint8_t)(top == s->shallow_top[t]);
+                    b->next = (b->next + 1) % MOR__BMM_CAP;
+                    if (b->n < MOR__BMM_CAP) b->n++;
+                }
+                if (p->rollback > 0 && s->rollback_to < 0) {
+                    int32_t next = pos + 1;
+                    int32_t tok = next < s->n_past ? s->tokens[next] : tokens[next - s->n_past];
+                    if (cross_entropy(s->vocab_buf, hp->n_vocab, tok) > p->rollback) {
+                        s->rollback_to = next;
+                        memcpy(s->logits, s->vocab_buf, (size_t)hp->n_vocab * sizeof(float));
+                    }
                 }
             }
+            continue;
         }
+        // still waiting (not joined), or joined but the pass stopped early: back on the stack
+        memcpy(tmp_h + (size_t)keep_n * d, s->x + (size_t)t * d, (size_t)d * sizeof(float));
+        tmp_pos[keep_n] = pos;
+        tmp_step[keep_n] = s->exit_step[t];
+        tmp_conf[keep_n] = s->conf[t];
+        tmp_top[keep_n] = s->shallow_top[t];
+        s->trace.depth[pos] = (int8_t)MOR__MIN(s->exit_step[t], 127);
+        keep_n++;
     }
-    for (int32_t t = 0; t < T; t++) {
-        if (hp->n_rec == 1 && hp->sharing == MOR_SHARING_NONE) s->tok_depth[t] = 1;
-        s->depths[t] = s->tok_depth[t];
+    for (int32_t t = 0; t < ps->T; t++) {
+        if (s->exit_step[t] >= m->n_steps) continue;
+        memcpy(tmp_h + (size_t)keep_n * d, s->x + (size_t)t * d, (size_t)d * sizeof(float));
+        tmp_pos[keep_n] = s->tpos[t];
+        tmp_step[keep_n] = s->exit_step[t];
+        tmp_conf[keep_n] = s->conf[t];
+        tmp_top[keep_n] = s->shallow_top[t];
+        keep_n++;
     }
+    // Positions must stay increasing: sort the (small) stack by position.
+    for (int32_t i = 1; i < keep_n; i++)
+        for (int32_t j = i; j > 0 && tmp_pos[j - 1] > tmp_pos[j]; j--) {
+            int32_t a = tmp_pos[j], b = tmp_step[j], c = tmp_top[j];
+            float f = tmp_conf[j];
+            tmp_pos[j] = tmp_pos[j - 1], tmp_step[j] = tmp_step[j - 1], tmp_top[j] = tmp_top[j - 1];
+            tmp_conf[j] = tmp_conf[j - 1];
+            tmp_pos[j - 1] = a, tmp_step[j - 1] = b, tmp_top[j - 1] = c, tmp_conf[j - 1] = f;
+            for (int q = 0; q < d; q++) {
+                float v = tmp_h[(size_t)j * d + q];
+                tmp_h[(size_t)j * d + q] = tmp_h[(size_t)(j - 1) * d + q];
+                tmp_h[(size_t)(j - 1) * d + q] = v;
+            }
+        }
+    memcpy(s->stack_h, tmp_h, (size_t)keep_n * d * sizeof(float));
+    memcpy(s->stack_pos, tmp_pos, (size_t)keep_n * sizeof(int32_t));
+    memcpy(s->stack_step, tmp_step, (size_t)keep_n * sizeof(int32_t));
+    memcpy(s->stack_conf, tmp_conf, (size_t)keep_n * sizeof(float));
+    memcpy(s->stack_top, tmp_top, (size_t)keep_n * sizeof(int32_t));
+    s->n_stack = keep_n;
+}
 
+int mor__forward(mor_session *s, const int32_t *tokens, int32_t T, int logits_all) {
+    const mor_model *m = s->model;
+    const mor__hparams *hp = &m->hp;
+    const int d = hp->n_embd;
+    pass ps = {T, T, 0, 0};
+    ps.force = s->policy.kv == MOR_KV_SYNC && s->n_stack >= s->n_batch / 2;
+    load_rows(s, &ps, tokens);
+
+    int32_t n_act = 0, k = -1, seen_steps = 0;
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        int32_t lk = m->layer_step[l];
+        if (lk < 0) {
+            if (seen_steps && hp->router == MOR_ROUTER_TOKEN)  // rows that ran every step
+                for (int32_t t = 0; t < ps.R; t++)
+                    if (s->alive[t]) stop_row(s, &ps, t, m->n_steps), s->exit_step[t] = m->n_steps;
+            if (seen_steps)
+                for (int32_t t = 0; t < ps.R; t++)
+                    if (s->alive[t]) s->alive[t] = 0, s->exit_step[t] = m->n_steps;
+            run_unique(s, l, ps.R);
+            continue;
+        }
+        seen_steps = 1;
+        if (m->steps_interleaved) {  // sequence sharing: FULL or FIXED only
+            int32_t limit = s->policy.policy == MOR_EXIT_FIXED ? s->policy.depth : m->n_steps;
+            if (lk >= limit) continue;
+            run_unique(s, l, ps.R);
+            for (int32_t t = 0; t < ps.R; t++)
+                if (s->joined[t] && lk + 1 > s->tok_depth[t]) s->tok_depth[t] = lk + 1;
+            continue;
+        }
+        if (l == m->step_begin[lk]) {
+            k = lk;
+            n_act = begin_step(s, &ps, k);
+            if (n_act < 0) return n_act;
+        }
+        if (n_act) run_layer(s, l, s->xa, s->act, n_act);
+        if (l == m->step_end[lk] - 1) end_step(s, &ps, k, n_act);
+    }
+    for (int32_t t = 0; t < ps.R; t++)  // rows still in the steps ran them all
+        if (s->alive[t]) {
+            if (hp->router == MOR_ROUTER_TOKEN) stop_row(s, &ps, t, m->n_steps);
+            s->alive[t] = 0;
+            s->exit_step[t] = m->n_steps;
+        }
+    if (m->steps_interleaved)
+        for (int32_t t = 0; t < ps.T; t++) s->exit_step[t] = s->tok_depth[t];
+
+    // Logits: the final head, or for a model without a unique last layer the exit head after
+    // the last step a row ran.
     int32_t first = logits_all ? 0 : T - 1;
-    for (int32_t t = first; t < T; t++)
-        rmsnorm(s->xb + (size_t)(t - first) * d, s->x + (size_t)t * d, m->output_norm, d, hp->rms_eps);
-    mm(s, &m->output, s->xb, T - first, s->logits);
+    int same = 1;
+    for (int32_t t = first; t < T; t++) {
+        int32_t head = -1;
+        if (!m->has_last && s->exit_step[t] < m->n_steps && s->exit_step[t] > 0) head = m->step_exit[s->exit_step[t] - 1];
+        s->row_head[t] = head;
+        if (head != -1) same = 0;
+    }
+    if (same) {
+        for (int32_t t = first; t < T; t++)
+            rmsnorm(s->xb + (size_t)(t - first) * d, s->x + (size_t)t * d, m->output_norm, d, hp->rms_eps);
+        mm(s, &m->output, s->xb, T - first, s->logits);
+    } else {
+        for (int32_t t = first; t < T; t++)
+            head_logits(s, s->row_head[t], s->x + (size_t)t * d, s->logits + (size_t)(t - first) * hp->n_vocab);
+    }
     s->n_logits = T - first;
+    finish_rows(s, &ps, tokens);
     return MOR_OK;
 }

@@ -534,6 +534,50 @@ static int bind_exits(loader *ld) {
     return s;
 }
 
+// Depth steps: recursion blocks, or segments between the exit heads of a vanilla model.
+static int build_steps(loader *ld) {
+    mor_model *m = ld->m;
+    const mor__hparams *hp = &m->hp;
+    int32_t L = hp->n_layer, n = 1;
+    int32_t bounds[MAX_LAYERS + 1];
+    if (hp->n_rec > 1) {
+        n = hp->n_rec;
+    } else {  // segments end after each exit head below the full depth
+        for (int32_t i = 0; i < m->n_exits; i++)
+            if (m->exits[i].after_layer < L) bounds[n++ - 1] = m->exits[i].after_layer;
+    }
+    m->n_steps = n;
+    m->layer_step = malloc(sizeof(int32_t) * (size_t)L);
+    m->step_begin = malloc(sizeof(int32_t) * (size_t)n);
+    m->step_end = malloc(sizeof(int32_t) * (size_t)n);
+    m->step_exit = malloc(sizeof(int32_t) * (size_t)n);
+    if (!m->layer_step || !m->step_begin || !m->step_end || !m->step_exit)
+        return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
+    m->has_last = hp->sharing == MOR_SHARING_MIDDLE_CYCLE || hp->sharing == MOR_SHARING_MIDDLE_SEQUENCE;
+    m->steps_interleaved = hp->n_rec > 1 && (hp->sharing == MOR_SHARING_SEQUENCE || hp->sharing == MOR_SHARING_MIDDLE_SEQUENCE);
+    if (hp->n_rec > 1) {
+        for (int32_t l = 0; l < L; l++) m->layer_step[l] = m->layers[l].in_middle ? m->layers[l].rec : -1;
+        for (int32_t r = 0; r < n; r++) {
+            m->step_begin[r] = hp->n_first + r * hp->block;
+            m->step_end[r] = hp->n_first + (r + 1) * hp->block;
+        }
+    } else {
+        int32_t b = 0;
+        for (int32_t k = 0; k < n; k++) {
+            m->step_begin[k] = b;
+            m->step_end[k] = k < n - 1 ? bounds[k] : L;
+            for (int32_t l = m->step_begin[k]; l < m->step_end[k]; l++) m->layer_step[l] = k;
+            b = m->step_end[k];
+        }
+    }
+    for (int32_t k = 0; k < n; k++) {
+        m->step_exit[k] = -1;
+        for (int32_t i = 0; i < m->n_exits; i++)
+            if (m->exits[i].after_layer == m->step_end[k] && !m->steps_interleaved) m->step_exit[k] = i;
+    }
+    return MOR_OK;
+}
+
 static int bind_all(loader *ld) {
     mor_model *m = ld->m;
     mor__hparams *hp = &m->hp;
@@ -567,6 +611,7 @@ static int bind_all(loader *ld) {
     if ((s = bind_layers(ld))) return s;
     if ((s = bind_routers(ld))) return s;
     if ((s = bind_exits(ld))) return s;
+    if ((s = build_steps(ld))) return s;
 
     for (uint64_t i = 0; i < m->gguf.n_tensors; i++) {
         const mor__gguf_tensor *t = &m->gguf.tensors[i];
@@ -609,6 +654,10 @@ void mor_model_free(mor_model *m) {
     free(m->routers);
     free(m->routers_aux);
     free(m->exits);
+    free(m->layer_step);
+    free(m->step_begin);
+    free(m->step_end);
+    free(m->step_exit);
     free(m->f32_copies);
     free(m->name);
     if (m->map) munmap(m->map, m->map_size);
@@ -792,6 +841,7 @@ int64_t mor_model_get_int(const mor_model *m, int32_t key) {
     case MOR_INFO_ROPE_TYPE: return hp->rope_neox;
     case MOR_INFO_WEIGHT_BYTES: return (int64_t)m->weight_bytes;
     case MOR_INFO_VOCAB_ONLY: return m->vocab_only;
+    case MOR_INFO_N_STEPS: return m->n_steps;
     default: return -1;
     }
 }

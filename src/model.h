@@ -89,6 +89,17 @@ struct mor_model {
     float             *router_bias;   // token-choice selection bias [n_rec] or NULL
     mor__exit_head    *exits;
     int32_t            n_exits;
+    // Depth steps (docs/POLICIES.md): recursions of a recursive model, or segments between
+    // exit heads of a vanilla one. layer_step[l] is the step of unrolled layer l, -1 for the
+    // unique first/last layers that every token runs. Steps are contiguous layer ranges
+    // [step_begin, step_end) unless steps_interleaved (sequence sharing).
+    int32_t            n_steps;
+    int32_t           *layer_step;    // [n_layer]
+    int32_t           *step_begin;    // [n_steps]
+    int32_t           *step_end;      // [n_steps]
+    int32_t           *step_exit;     // [n_steps] exit head read after the step, -1: final head
+    int32_t            steps_interleaved;
+    int32_t            has_last;      // a unique last layer runs after the steps (middle sharing)
     float             *f32_copies;    // backing store for the 1-D tensors above (owned)
     uint64_t           n_params, n_params_unrolled, weight_bytes;
     struct mor__vocab *vocab;         // NULL when the file has no tokenizer

@@ -15,6 +15,7 @@ int mor__session_fail(mor_session *s, int status, const char *fmt, ...) {
 
 void mor_session_free(mor_session *s) {
     if (!s) return;
+    if (s->has_router && s->router.free) s->router.free(s->router_user);
     mor__pool_free(s->pool);
     if (s->slots)
         for (int32_t l = 0; l < s->model->hp.n_layer; l++) {
@@ -26,7 +27,11 @@ void mor_session_free(mor_session *s) {
     void *bufs[] = {s->tokens, s->logits, s->depths, s->depth_all, s->x, s->xb, s->q, s->k, s->v,
                     s->ao, s->hb, s->hb2, s->tmp, s->lora, s->att, s->row, s->rope_cos,
                     s->rope_sin, s->h_in, s->xa, s->gate, s->router_h, s->act, s->act_pos,
-                    s->tok_depth, s->tok_choice, s->alive, s->probs, s->cand};
+                    s->tok_depth, s->tok_choice, s->alive, s->probs, s->cand, s->tpos, s->row_start,
+                    s->joined, s->exit_step, s->conf, s->cosv, s->rscore, s->cap, s->h_step,
+                    s->vocab_buf, s->shallow_top, s->slot_of, s->slot_write, s->stack_pos,
+                    s->stack_step, s->stack_top, s->stack_h, s->stack_conf, s->row_head,
+                    s->trace.depth, s->trace.score, s->trace.kv, s->budget_ring, s->bmm};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s);
 }
@@ -37,12 +42,6 @@ static void *alloc_n(size_t n, size_t elem, int *fail) {
     return p;
 }
 
-static void default_policy(const mor_model *m, mor__policy *p) {
-    p->policy = m->hp.router != MOR_ROUTER_NONE ? MOR_EXIT_ROUTER : MOR_EXIT_FULL;
-    p->depth = m->hp.n_rec;
-    p->threshold = 0.5f;
-    p->min_depth = 0;
-}
 
 static void sampler_from(mor__sampler *d, const mor_sampler_params *p) {
     mor_sampler_params q;
@@ -95,7 +94,6 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     int fail = 0;
     s->slots = alloc_n((size_t)hp->n_layer, sizeof *s->slots, &fail);
     for (int32_t l = 0; !fail && l < hp->n_layer; l++) {
-        if (!m->layers[l].kv_write) continue;
         s->slots[l].k = alloc_n((size_t)p.n_ctx * kvdim, sizeof(float), &fail);
         s->slots[l].v = alloc_n((size_t)p.n_ctx * kvdim, sizeof(float), &fail);
         s->slots[l].pos = alloc_n((size_t)p.n_ctx, sizeof(int32_t), &fail);
@@ -127,7 +125,31 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     s->act_pos = alloc_n(nb, sizeof(int32_t), &fail);
     s->tok_depth = alloc_n(nb, sizeof(int32_t), &fail);
     s->tok_choice = alloc_n(nb, sizeof(int32_t), &fail);
-    s->alive = alloc_n(nb, 1, &fail);
+    s->alive = alloc_n(2 * nb, 1, &fail);
+    s->tpos = alloc_n(nb, sizeof(int32_t), &fail);
+    s->row_start = alloc_n(nb, sizeof(int32_t), &fail);
+    s->joined = alloc_n(nb, 1, &fail);
+    s->exit_step = alloc_n(nb, sizeof(int32_t), &fail);
+    s->conf = alloc_n(nb, sizeof(float), &fail);
+    s->cosv = alloc_n(nb, sizeof(float), &fail);
+    s->rscore = alloc_n(nb, sizeof(float), &fail);
+    s->cap = alloc_n(2 * nb, sizeof(int32_t), &fail);
+    s->h_step = alloc_n(nb * d, sizeof(float), &fail);
+    s->vocab_buf = alloc_n(V, sizeof(float), &fail);
+    s->shallow_top = alloc_n(nb, sizeof(int32_t), &fail);
+    s->row_head = alloc_n(nb, sizeof(int32_t), &fail);
+    s->slot_of = alloc_n((size_t)hp->n_layer, sizeof(int32_t), &fail);
+    s->slot_write = alloc_n((size_t)hp->n_layer, 1, &fail);
+    s->stack_pos = alloc_n(nb, sizeof(int32_t), &fail);
+    s->stack_step = alloc_n(nb, sizeof(int32_t), &fail);
+    s->stack_top = alloc_n(nb, sizeof(int32_t), &fail);
+    s->stack_conf = alloc_n(nb, sizeof(float), &fail);
+    s->stack_h = alloc_n(nb * d, sizeof(float), &fail);
+    s->trace.depth = alloc_n((size_t)p.n_ctx, 1, &fail);
+    s->trace.score = alloc_n((size_t)p.n_ctx, sizeof(float), &fail);
+    s->trace.kv = alloc_n((size_t)p.n_ctx, 1, &fail);
+    s->budget_ring = alloc_n(MOR__BUDGET_MAX_WINDOW, sizeof(int32_t), &fail);
+    s->bmm = alloc_n(1, sizeof(mor__bmm), &fail);
     s->probs = alloc_n(V, sizeof(float), &fail);
     s->cand = alloc_n(V, sizeof(int32_t), &fail);
     if (fail) {
@@ -141,7 +163,9 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     }
     sampler_from(&s->sampler, NULL);
     s->rng = s->sampler.seed;
-    default_policy(m, &s->policy);
+    mor__policy_default(m, &s->policy);
+    mor__apply_kv(s);
+    s->rollback_to = -1;
     *out = s;
     return MOR_OK;
 }
@@ -168,17 +192,40 @@ int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
                                  s->n_ctx);
     s->n_last = 0;
     s->n_logits = 0;
-    for (int32_t off = 0; off < n; off += s->n_batch) {
-        int32_t T = MOR__MIN(s->n_batch, n - off);
+    s->rolled_back = 0;
+    for (int32_t off = 0; off < n;) {
+        int32_t room = s->n_batch - (s->policy.kv == MOR_KV_SYNC ? s->n_stack : 0);
+        int32_t T = MOR__MIN(MOR__MAX(room, 1), n - off);
+        int32_t ring_next = s->budget_next, ring_n = s->budget_n;
         int st = mor__forward(s, tokens + off, T, all);
-        if (st) return mor__session_fail(s, st, "forward pass failed");
+        if (st) {  // a callback failed: drop what the pass appended, keep the session usable
+            mor__truncate_slots(s, s->n_past);
+            s->budget_next = ring_next, s->budget_n = ring_n;
+            s->n_last = 0;
+            s->n_logits = 0;
+            if (!s->err[0]) mor__session_fail(s, st, "forward pass failed");
+            return st;
+        }
         for (int32_t i = 0; i < T; i++) {
             s->tokens[s->n_past + i] = tokens[off + i];
             if (off + i < s->n_batch) s->depth_all[off + i] = s->depths[i];
         }
         s->n_past += T;
+        off += T;
+        s->n_last = off;
+        if (s->rollback_to >= 0) {  // the deep pass disagreed with an emitted token
+            int32_t to = s->rollback_to;
+            s->rolled_back = s->n_past - to;
+            s->st_rollbacks++;
+            mor__truncate_slots(s, to);
+            s->n_past = to;
+            s->n_last = 1;
+            s->n_logits = 1;  // the deep logits at the new end were left in row 0
+            s->depth_all[0] = s->model->n_steps;
+            s->rollback_to = -1;
+            return MOR_OK;
+        }
     }
-    s->n_last = n;
     return MOR_OK;
 }
 
@@ -205,11 +252,23 @@ int32_t mor_session_n_past(const mor_session *s) { return s ? s->n_past : -1; }
 int32_t mor_session_n_ctx(const mor_session *s) { return s ? s->n_ctx : -1; }
 int32_t mor_session_n_last(const mor_session *s) { return s ? s->n_last : -1; }
 
-static void truncate_slots(mor_session *s, int32_t n_keep) {
+void mor__truncate_slots(mor_session *s, int32_t n_keep) {
     for (int32_t l = 0; l < s->model->hp.n_layer; l++) {
         mor__kv_slot *sl = &s->slots[l];
         while (sl->len > 0 && sl->pos[sl->len - 1] >= n_keep) sl->len--;
     }
+    int32_t k = 0;  // stacked tokens past the cut go too
+    for (int32_t j = 0; j < s->n_stack; j++) {
+        if (s->stack_pos[j] >= n_keep) continue;
+        if (k != j) {
+            s->stack_pos[k] = s->stack_pos[j], s->stack_step[k] = s->stack_step[j];
+            s->stack_top[k] = s->stack_top[j], s->stack_conf[k] = s->stack_conf[j];
+            memmove(s->stack_h + (size_t)k * s->model->hp.n_embd, s->stack_h + (size_t)j * s->model->hp.n_embd,
+                    (size_t)s->model->hp.n_embd * sizeof(float));
+        }
+        k++;
+    }
+    s->n_stack = k;
 }
 
 int mor_session_rewind(mor_session *s, int32_t n_keep) {
@@ -217,10 +276,12 @@ int mor_session_rewind(mor_session *s, int32_t n_keep) {
     s->err[0] = 0;
     if (n_keep < 0 || n_keep > s->n_past)
         return mor__session_fail(s, MOR_E_INVALID, "n_keep = %d: must be 0..%d", n_keep, s->n_past);
-    truncate_slots(s, n_keep);
+    mor__truncate_slots(s, n_keep);
     s->n_past = n_keep;
     s->n_last = 0;
     s->n_logits = 0;
+    s->rolled_back = 0;
+    if (s->has_router && s->router.reset) s->router.reset(s->router_user);
     return MOR_OK;
 }
 
@@ -228,253 +289,10 @@ void mor_session_reset(mor_session *s) {
     if (!s) return;
     mor_session_rewind(s, 0);
     s->rng = s->sampler.seed;
+    s->n_stack = 0;
+    s->st_tokens = s->st_steps = s->st_evals = s->st_evals_full = s->st_deep = s->st_rollbacks = 0;
+    memset(s->st_hist, 0, sizeof s->st_hist);
+    s->budget_n = s->budget_next = 0;
+    if (s->policy.policy == MOR_EXIT_FREE && s->policy.adaptive) mor__bmm_refit(s);  // a new sequence
 }
 
-int mor_session_set_exit_policy(mor_session *s, const mor_exit_policy *pol) {
-    if (!s) return MOR_E_INVALID;
-    s->err[0] = 0;
-    const mor__hparams *hp = &s->model->hp;
-    mor__policy np;
-    default_policy(s->model, &np);
-    if (!pol) {
-        s->policy = np;
-        return MOR_OK;
-    }
-    if (pol->kind != MOR_PARAMS_EXIT)
-        return mor__session_fail(s, MOR_E_INVALID, "policy is not a mor_exit_policy (kind %u)", pol->kind);
-    mor_exit_policy q;
-    mor_exit_policy_init(&q);
-    memcpy(&q, pol, MOR__MIN(pol->size, sizeof q));
-    if (q.policy == -1) q.policy = np.policy;
-    switch (q.policy) {
-    case MOR_EXIT_FULL:
-        break;
-    case MOR_EXIT_FIXED:
-        if (q.depth < 1 || q.depth > hp->n_rec)
-            return mor__session_fail(s, MOR_E_INVALID, "fixed depth %d: must be 1..%d (the model's recursions)",
-                                     q.depth, hp->n_rec);
-        break;
-    case MOR_EXIT_ROUTER:
-        if (hp->router == MOR_ROUTER_NONE)
-            return mor__session_fail(s, MOR_E_UNSUPPORTED, "the router policy needs a model with a router; this one has none");
-        break;
-    default:
-        return mor__session_fail(s, MOR_E_INVALID, "unknown exit policy %d", q.policy);
-    }
-    if (!(q.threshold >= 0.0f && q.threshold <= 1.0f))
-        return mor__session_fail(s, MOR_E_INVALID, "threshold %g: must be within [0, 1]", q.threshold);
-    if (q.min_depth < 0 || q.min_depth > hp->n_rec)
-        return mor__session_fail(s, MOR_E_INVALID, "min_depth %d: must be 0..%d", q.min_depth, hp->n_rec);
-    np.policy = q.policy;
-    np.depth = q.policy == MOR_EXIT_FIXED ? q.depth : hp->n_rec;
-    np.threshold = q.threshold;
-    np.min_depth = q.min_depth;
-    s->policy = np;
-    return MOR_OK;
-}
-
-// ---- state ---------------------------------------------------------------------------------
-// Layout (little-endian): "MORS", u32 version (1), u32 n_layer, u32 kv_dim, u32 n_vocab,
-// u32 n_past, u32 policy[4] (policy, depth, threshold bits, min_depth), sampler (6 x u32 +
-// u64 seed), u64 rng, tokens[n_past] (i32), then per slot: u32 len, pos[len] (i32),
-// k[len*kv_dim] (f32), v[len*kv_dim] (f32). A slot that writes nothing has len 0.
-
-#define STATE_MAGIC   0x53524f4du  // "MORS"
-#define STATE_VERSION 1u
-
-typedef struct {
-    uint8_t *p;
-    size_t   n, cap;
-} wbuf;
-
-static void put(wbuf *w, const void *src, size_t n) {
-    if (w->p && w->n + n <= w->cap) memcpy(w->p + w->n, src, n);
-    w->n += n;
-}
-static void put_u32(wbuf *w, uint32_t v) {
-    uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
-    put(w, b, 4);
-}
-static void put_u64(wbuf *w, uint64_t v) {
-    put_u32(w, (uint32_t)v);
-    put_u32(w, (uint32_t)(v >> 32));
-}
-static uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static float u2f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-// Arrays of 32-bit values are written element by element so the format is little-endian on
-// any host.
-static void put_arr32(wbuf *w, const void *src, size_t n) {
-    const uint8_t *p = src;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t v;
-        memcpy(&v, p + 4 * i, 4);
-        put_u32(w, v);
-    }
-}
-
-static size_t serialize(const mor_session *s, void *buf, size_t cap) {
-    const mor__hparams *hp = &s->model->hp;
-    uint32_t kvdim = (uint32_t)(hp->n_head_kv * hp->head_dim);
-    wbuf w = {buf, 0, cap};
-    put_u32(&w, STATE_MAGIC);
-    put_u32(&w, STATE_VERSION);
-    put_u32(&w, (uint32_t)hp->n_layer);
-    put_u32(&w, kvdim);
-    put_u32(&w, (uint32_t)hp->n_vocab);
-    put_u32(&w, (uint32_t)s->n_past);
-    put_u32(&w, (uint32_t)s->policy.policy);
-    put_u32(&w, (uint32_t)s->policy.depth);
-    put_u32(&w, f2u(s->policy.threshold));
-    put_u32(&w, (uint32_t)s->policy.min_depth);
-    put_u32(&w, f2u(s->sampler.temperature));
-    put_u32(&w, (uint32_t)s->sampler.top_k);
-    put_u32(&w, f2u(s->sampler.top_p));
-    put_u32(&w, f2u(s->sampler.min_p));
-    put_u32(&w, f2u(s->sampler.repeat_penalty));
-    put_u32(&w, (uint32_t)s->sampler.repeat_last_n);
-    put_u64(&w, s->sampler.seed);
-    put_u64(&w, s->rng);
-    put_arr32(&w, s->tokens, (size_t)s->n_past);
-    for (int32_t l = 0; l < hp->n_layer; l++) {
-        const mor__kv_slot *sl = &s->slots[l];
-        uint32_t len = sl->k ? (uint32_t)sl->len : 0;
-        put_u32(&w, len);
-        put_arr32(&w, sl->pos, len);
-        put_arr32(&w, sl->k, (size_t)len * kvdim);
-        put_arr32(&w, sl->v, (size_t)len * kvdim);
-    }
-    return w.n;
-}
-
-size_t mor_session_state_size(const mor_session *s) { return s ? serialize(s, NULL, 0) : 0; }
-
-int mor_session_state_save(const mor_session *s, void *buf, size_t cap, size_t *n_written) {
-    if (!s || (!buf && cap)) return MOR_E_INVALID;
-    size_t need = serialize(s, NULL, 0);
-    if (n_written) *n_written = need;
-    if (need > cap) return MOR_E_BUFFER_SMALL;
-    serialize(s, buf, cap);
-    return MOR_OK;
-}
-
-typedef struct {
-    const uint8_t *p;
-    size_t         n, off;
-    int            bad;
-} rbuf;
-
-static uint32_t get_u32(rbuf *r) {
-    if (r->bad || r->n - r->off < 4) {
-        r->bad = 1;
-        return 0;
-    }
-    const uint8_t *b = r->p + r->off;
-    r->off += 4;
-    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-}
-static uint64_t get_u64(rbuf *r) {
-    uint64_t lo = get_u32(r);
-    return lo | (uint64_t)get_u32(r) << 32;
-}
-static int get_arr32(rbuf *r, void *dst, size_t n) {
-    if (r->bad || (r->n - r->off) / 4 < n) return r->bad = 1, 0;
-    uint8_t *d = dst;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t v = get_u32(r);
-        memcpy(d + 4 * i, &v, 4);
-    }
-    return 1;
-}
-
-int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
-    if (!s) return MOR_E_INVALID;
-    s->err[0] = 0;
-    if (!buf) return mor__session_fail(s, MOR_E_INVALID, "buffer is NULL");
-    const mor__hparams *hp = &s->model->hp;
-    uint32_t kvdim = (uint32_t)(hp->n_head_kv * hp->head_dim);
-    // Pass 1: validate everything without touching the session.
-    rbuf r = {buf, size, 0, 0};
-    if (get_u32(&r) != STATE_MAGIC) return mor__session_fail(s, MOR_E_STATE, "state: bad magic");
-    uint32_t ver = get_u32(&r);
-    if (ver != STATE_VERSION) return mor__session_fail(s, MOR_E_STATE, "state: version %u, expected %u", ver, STATE_VERSION);
-    uint32_t nl = get_u32(&r), kd = get_u32(&r), nv = get_u32(&r), np = get_u32(&r);
-    if (r.bad || nl != (uint32_t)hp->n_layer || kd != kvdim || nv != (uint32_t)hp->n_vocab)
-        return mor__session_fail(s, MOR_E_STATE,
-                                 "state: saved for a model with %u layers, kv dim %u, vocab %u; this one has "
-                                 "%d, %u, %d",
-                                 nl, kd, nv, hp->n_layer, kvdim, hp->n_vocab);
-    if (np > (uint32_t)s->n_ctx)
-        return mor__session_fail(s, MOR_E_STATE, "state: %u tokens do not fit the context of %d", np, s->n_ctx);
-    mor__policy pol;
-    pol.policy = (int32_t)get_u32(&r);
-    pol.depth = (int32_t)get_u32(&r);
-    pol.threshold = u2f(get_u32(&r));
-    pol.min_depth = (int32_t)get_u32(&r);
-    mor__sampler sm;
-    sm.temperature = u2f(get_u32(&r));
-    sm.top_k = (int32_t)get_u32(&r);
-    sm.top_p = u2f(get_u32(&r));
-    sm.min_p = u2f(get_u32(&r));
-    sm.repeat_penalty = u2f(get_u32(&r));
-    sm.repeat_last_n = (int32_t)get_u32(&r);
-    sm.seed = get_u64(&r);
-    uint64_t rng = get_u64(&r);
-    if (r.bad || pol.policy < MOR_EXIT_FULL || pol.policy > MOR_EXIT_ROUTER || pol.depth < 1 ||
-        pol.depth > hp->n_rec || !(pol.threshold >= 0 && pol.threshold <= 1) || pol.min_depth < 0 ||
-        pol.min_depth > hp->n_rec || (pol.policy == MOR_EXIT_ROUTER && hp->router == MOR_ROUTER_NONE))
-        return mor__session_fail(s, MOR_E_STATE, "state: truncated or invalid policy/sampler fields");
-    size_t tok_off = r.off;
-    if ((r.n - r.off) / 4 < np) return mor__session_fail(s, MOR_E_STATE, "state: truncated token list");
-    r.off += (size_t)np * 4;
-    for (uint32_t i = 0; i < np; i++) {
-        rbuf tr = {r.p + tok_off + 4 * i, 4, 0, 0};
-        int32_t t = (int32_t)get_u32(&tr);
-        if (t < 0 || t >= hp->n_vocab) return mor__session_fail(s, MOR_E_STATE, "state: token %d out of range", t);
-    }
-    size_t slot_off = r.off;
-    for (int32_t l = 0; l < hp->n_layer; l++) {
-        uint32_t len = get_u32(&r);
-        if (r.bad || len > np || (len && !s->slots[l].k))
-            return mor__session_fail(s, MOR_E_STATE, "state: slot %d has %u entries (at most %u)", l, len, np);
-        int32_t prev = -1;
-        for (uint32_t e = 0; e < len; e++) {
-            int32_t p = (int32_t)get_u32(&r);
-            if (r.bad || p <= prev || p >= (int32_t)np)
-                return mor__session_fail(s, MOR_E_STATE, "state: slot %d: positions not increasing within 0..%u", l, np);
-            prev = p;
-        }
-        size_t skip = (size_t)len * kvdim * 2;
-        if ((r.n - r.off) / 4 < skip) return mor__session_fail(s, MOR_E_STATE, "state: slot %d truncated", l);
-        r.off += skip * 4;
-    }
-    if (r.off != r.n) return mor__session_fail(s, MOR_E_STATE, "state: %zu trailing bytes", r.n - r.off);
-    // Pass 2: apply.
-    s->policy = pol;
-    s->sampler = sm;
-    s->rng = rng;
-    s->n_past = (int32_t)np;
-    s->n_last = 0;
-    s->n_logits = 0;
-    rbuf t2 = {r.p, r.n, tok_off, 0};
-    get_arr32(&t2, s->tokens, np);
-    rbuf s2 = {r.p, r.n, slot_off, 0};
-    for (int32_t l = 0; l < hp->n_layer; l++) {
-        mor__kv_slot *sl = &s->slots[l];
-        uint32_t len = get_u32(&s2);
-        if (sl->k) {
-            get_arr32(&s2, sl->pos, len);
-            get_arr32(&s2, sl->k, (size_t)len * kvdim);
-            get_arr32(&s2, sl->v, (size_t)len * kvdim);
-            sl->len = (int32_t)len;
-        }
-    }
-    return MOR_OK;
-}

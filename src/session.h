@@ -33,9 +33,35 @@ typedef struct {
 typedef struct {
     int32_t policy;     // MOR_EXIT_*
     int32_t depth;      // FIXED
-    float   threshold;  // ROUTER (expert)
+    float   threshold;
     int32_t min_depth;
+    int32_t metric;     // MOR_CONF_*
+    float   decay_tau;
+    int32_t decay_len;
+    int32_t shallow;    // FREE
+    int32_t adaptive;   // FREE
+    int32_t kv;         // resolved MOR_KV_* (never AUTO)
+    float   budget;
+    int32_t budget_window;
+    float   rollback;
 } mor__policy;
+
+// Beta-mixture calibration data for the FREE adaptive threshold (session-owned).
+#define MOR__BMM_CAP 4096
+typedef struct {
+    float   conf[MOR__BMM_CAP];
+    uint8_t agree[MOR__BMM_CAP];
+    int32_t n, next;      // pairs held, ring write index
+    int32_t n_fits;       // refits done (frozen after 300, as the reference schedule)
+    float   lambda;       // current threshold (the static one until the first fit)
+} mor__bmm;
+
+// Per-position telemetry, kept for the whole sequence.
+typedef struct {
+    int8_t  *depth;       // [n_ctx]
+    float   *score;       // [n_ctx]
+    uint8_t *kv;          // [n_ctx] MOR_KVSTAT_*
+} mor__trace;
 
 struct mor_session {
     const mor_model    *model;
@@ -62,6 +88,37 @@ struct mor_session {
     float *router_h;                 // [n_batch][2d + n_rec] router scratch
     int32_t *act, *act_pos, *tok_depth, *tok_choice;
     uint8_t *alive;
+    // rows of a pass: new tokens, then stacked tokens (KV_SYNC) that may join a deep pass
+    int32_t *tpos;                   // [n_batch] absolute position of each row
+    int32_t *row_start;              // [n_batch] step a stacked row resumes at (0 for new rows)
+    uint8_t *joined;                 // [n_batch] row takes part in the current layers
+    int32_t *exit_step;              // [n_batch] steps run when the row stopped (n_steps: all)
+    float   *conf, *cosv, *rscore;   // [n_batch] last confidence, saturation cosine, router score
+    int32_t *cap;                    // [n_batch] budget cap on steps
+    float   *h_step;                 // [n_batch][d] state entering the current step
+    float   *vocab_buf;              // [n_threads? 1][n_vocab] exit-head logits scratch
+    int32_t *shallow_top;            // [n_batch] argmax of the exit head when a row stopped
+    // KV strategy state
+    int32_t *slot_of;                // [n_layer] slot a layer reads (per strategy)
+    uint8_t *slot_write;             // [n_layer] whether a layer writes its own entries
+    // the stack of exited tokens waiting for a deep pass (KV_SYNC)
+    int32_t  n_stack;
+    int32_t *stack_pos, *stack_step, *stack_top;
+    float   *stack_h, *stack_conf;   // [n_batch][d], [n_batch]
+    int32_t  rolled_back;            // tokens removed by the last step's rollback
+    int32_t  rollback_to;            // set by a pass: position to roll back to, or -1
+    int32_t *row_head;               // [n_batch] head that gives a row's logits (-1: final)
+    // custom router
+    mor_router_i router;
+    void    *router_user;
+    int      has_router;
+    // telemetry
+    mor__trace trace;
+    int64_t  st_tokens, st_steps, st_evals, st_evals_full, st_deep, st_rollbacks;
+    int64_t  st_hist[MOR_STATS_MAX_DEPTH + 1];
+    int32_t *budget_ring;            // [budget_window] depths of the last tokens
+    int32_t  budget_n, budget_next, budget_cap_alloc;
+    mor__bmm *bmm;
     // sampling and policy
     mor__sampler        sampler;
     uint64_t            rng;
@@ -71,9 +128,21 @@ struct mor_session {
     char                err[256];
 };
 
-// Forward pass over T <= n_batch tokens at positions n_past .. n_past+T-1 (forward.c).
-// Writes the logits of the last token (all tokens if logits_all) and the per-token depths.
+// Forward pass over T <= n_batch new tokens at positions n_past .. n_past+T-1, plus the
+// stacked tokens of KV_SYNC (forward.c). Writes the logits of the last new token (every new
+// token if logits_all), the per-token depths and the telemetry. On error (a router callback),
+// returns the status; the caller restores the KV slots.
 int  mor__forward(mor_session *s, const int32_t *tokens, int32_t T, int logits_all);
+
+// KV slot maintenance (session.c): drop entries at positions >= n_keep.
+void mor__truncate_slots(mor_session *s, int32_t n_keep);
+// Refit the FREE threshold from the collected pairs (policy.c).
+void mor__bmm_refit(mor_session *s);
+// The model's default policy, and the slot map of the session's KV strategy (policy.c).
+void mor__policy_default(const mor_model *m, mor__policy *p);
+void mor__apply_kv(mor_session *s);
+
+#define MOR__BUDGET_MAX_WINDOW 4096
 
 // Sets the session's error message and returns status.
 int  mor__session_fail(mor_session *s, int status, const char *fmt, ...)

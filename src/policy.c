@@ -1,0 +1,282 @@
+// policy.c: exit policies and KV strategies of a session: validation against the model,
+// the slot map of each strategy, custom routers, telemetry, and the Beta-mixture threshold of
+// FREE. The per-token decisions themselves run inside the forward pass (forward.c).
+#include "session.h"
+
+#include <math.h>
+
+void mor__policy_default(const mor_model *m, mor__policy *p) {
+    memset(p, 0, sizeof *p);
+    p->policy = m->hp.router != MOR_ROUTER_NONE ? MOR_EXIT_ROUTER : MOR_EXIT_FULL;
+    p->depth = m->n_steps;
+    p->threshold = 0.5f;
+    p->min_depth = 0;
+    p->metric = MOR_CONF_TOP2_GAP;
+    p->shallow = 1;
+    p->kv = m->hp.kv_sharing ? MOR_KV_SHARE : MOR_KV_SKIP;
+    p->budget_window = 32;
+}
+
+// Slot map: every layer reads and writes its own slot, except that with KV sharing a layer
+// at recursion r >= 1 reads the slot of the recursion-0 layer of its stored layer and writes
+// nothing (SEED.md §5.2).
+void mor__apply_kv(mor_session *s) {
+    const mor_model *m = s->model;
+    for (int32_t l = 0; l < m->hp.n_layer; l++) {
+        const mor__layer *ly = &m->layers[l];
+        s->slot_of[l] = l;
+        s->slot_write[l] = 1;
+        if (s->policy.kv != MOR_KV_SHARE || !ly->in_middle || ly->rec == 0) continue;
+        for (int32_t j = 0; j < l; j++)
+            if (m->layers[j].stored == ly->stored && m->layers[j].rec == 0 && m->layers[j].in_middle) {
+                s->slot_of[l] = j;
+                s->slot_write[l] = 0;
+                break;
+            }
+    }
+}
+
+// Checks a policy against the model and the session; resolves defaults into *out.
+static int check_policy(mor_session *s, const mor_exit_policy *q, mor__policy *out) {
+    const mor_model *m = s->model;
+    const mor__hparams *hp = &m->hp;
+    mor__policy np;
+    mor__policy_default(m, &np);
+    int32_t pol = q->policy == -1 ? np.policy : q->policy;
+    int steps = m->n_steps;
+    int per_step = pol == MOR_EXIT_CONFIDENCE || pol == MOR_EXIT_SATURATION || pol == MOR_EXIT_FREE ||
+                   pol == MOR_EXIT_CUSTOM;
+    switch (pol) {
+    case MOR_EXIT_FULL: case MOR_EXIT_FIXED: case MOR_EXIT_CONFIDENCE: case MOR_EXIT_SATURATION:
+    case MOR_EXIT_FREE: case MOR_EXIT_CUSTOM:
+        break;
+    case MOR_EXIT_ROUTER:
+        if (hp->router == MOR_ROUTER_NONE)
+            return mor__session_fail(s, MOR_E_UNSUPPORTED, "the router policy needs a model with a router; this one has none");
+        break;
+    case MOR_EXIT_CAPACITY:
+        if (hp->router != MOR_ROUTER_EXPERT)
+            return mor__session_fail(s, MOR_E_UNSUPPORTED, "the capacity policy needs an expert-choice router; this model has %s",
+                        m->router_name);
+        break;
+    default:
+        return mor__session_fail(s, MOR_E_INVALID, "unknown exit policy %d", pol);
+    }
+    if (pol == MOR_EXIT_CUSTOM && !s->has_router)
+        return mor__session_fail(s, MOR_E_INVALID, "the custom policy needs a router: call mor_session_set_router()");
+    if (per_step && m->steps_interleaved)
+        return mor__session_fail(s, MOR_E_UNSUPPORTED, "%s sharing interleaves the recursions: depth can only be FULL or FIXED",
+                    m->sharing_name);
+    if (per_step && pol != MOR_EXIT_CUSTOM && hp->router == MOR_ROUTER_TOKEN)
+        return mor__session_fail(s, MOR_E_UNSUPPORTED, "a token-choice model picks each token's depth once: use ROUTER, FULL, FIXED or CUSTOM");
+    if ((pol == MOR_EXIT_CONFIDENCE || pol == MOR_EXIT_SATURATION || pol == MOR_EXIT_FREE) && steps < 2)
+        return mor__session_fail(s, MOR_E_UNSUPPORTED, "this model has a single depth step (no recursions, no exit heads): nothing to exit from");
+    if (pol == MOR_EXIT_FIXED && (q->depth < 1 || q->depth > steps))
+        return mor__session_fail(s, MOR_E_INVALID, "fixed depth %d: must be 1..%d (the model's depth steps)", q->depth, steps);
+    if (!(q->threshold >= 0.0f && q->threshold <= 1.0f))
+        return mor__session_fail(s, MOR_E_INVALID, "threshold %g: must be within [0, 1]", q->threshold);
+    if (q->min_depth < 0 || q->min_depth > steps)
+        return mor__session_fail(s, MOR_E_INVALID, "min_depth %d: must be 0..%d", q->min_depth, steps);
+    if (q->metric < MOR_CONF_TOP2_GAP || q->metric > MOR_CONF_ENTROPY)
+        return mor__session_fail(s, MOR_E_INVALID, "unknown confidence metric %d", q->metric);
+    if (!(q->decay_tau >= 0.0f) || !isfinite(q->decay_tau))
+        return mor__session_fail(s, MOR_E_INVALID, "decay_tau %g: must be >= 0", q->decay_tau);
+    if (q->decay_len < 0) return mor__session_fail(s, MOR_E_INVALID, "decay_len %d: must be >= 0", q->decay_len);
+    if (pol == MOR_EXIT_FREE && (q->shallow < 1 || q->shallow >= steps))
+        return mor__session_fail(s, MOR_E_INVALID, "shallow exit after %d steps: must be 1..%d", q->shallow, steps - 1);
+    if (!(q->budget >= 0.0f) || q->budget > (float)steps)
+        return mor__session_fail(s, MOR_E_INVALID, "budget %g: must be 0 (off) or a mean depth up to %d", q->budget, steps);
+    if (q->budget > 0 && q->budget < 1.0f)
+        return mor__session_fail(s, MOR_E_INVALID, "budget %g: every token runs at least one step, so the cap must be >= 1", q->budget);
+    if (q->budget > 0 && (q->budget_window < 1 || q->budget_window > MOR__BUDGET_MAX_WINDOW))
+        return mor__session_fail(s, MOR_E_INVALID, "budget_window %d: must be 1..%d", q->budget_window, MOR__BUDGET_MAX_WINDOW);
+    if (!(q->rollback >= 0.0f) || !isfinite(q->rollback))
+        return mor__session_fail(s, MOR_E_INVALID, "rollback %g: must be >= 0", q->rollback);
+    int32_t kv = q->kv == MOR_KV_AUTO ? (pol == MOR_EXIT_FREE ? MOR_KV_SYNC : np.kv) : q->kv;
+    switch (kv) {
+    case MOR_KV_SKIP: case MOR_KV_PROPAGATE:
+        break;
+    case MOR_KV_SHARE:
+        if (hp->n_rec < 2)
+            return mor__session_fail(s, MOR_E_UNSUPPORTED, "KV sharing reuses recursion-0 K/V: this model has no recursions");
+        break;
+    case MOR_KV_SYNC:
+        if (hp->router != MOR_ROUTER_NONE)
+            return mor__session_fail(s, MOR_E_UNSUPPORTED, "synchronized parallel decoding re-runs stacked tokens at full depth: "
+                        "not defined for a model with a router");
+        if (steps < 2) return mor__session_fail(s, MOR_E_UNSUPPORTED, "synchronized parallel decoding needs more than one depth step");
+        if (s->n_batch < 2) return mor__session_fail(s, MOR_E_INVALID, "synchronized parallel decoding needs n_batch >= 2");
+        break;
+    default:
+        return mor__session_fail(s, MOR_E_INVALID, "unknown KV strategy %d", q->kv);
+    }
+    if (q->rollback > 0 && kv != MOR_KV_SYNC)
+        return mor__session_fail(s, MOR_E_INVALID, "rollback needs the KV_SYNC strategy");
+    if (kv != s->policy.kv && s->n_past > 0)
+        return mor__session_fail(s, MOR_E_INVALID, "the KV strategy of a session holding %d tokens cannot change: reset it first",
+                    s->n_past);
+    np.policy = pol;
+    np.depth = pol == MOR_EXIT_FIXED ? q->depth : steps;
+    np.threshold = q->threshold;
+    np.min_depth = q->min_depth;
+    np.metric = q->metric;
+    np.decay_tau = q->decay_tau;
+    np.decay_len = q->decay_len;
+    np.shallow = q->shallow;
+    np.adaptive = q->adaptive != 0;
+    np.kv = kv;
+    np.budget = q->budget;
+    np.budget_window = q->budget_window > 0 ? q->budget_window : 32;
+    np.rollback = q->rollback;
+    *out = np;
+    return MOR_OK;
+}
+
+static void install(mor_session *s, const mor__policy *np) {
+    int new_free = np->policy == MOR_EXIT_FREE && (s->policy.policy != MOR_EXIT_FREE || s->policy.threshold != np->threshold);
+    s->policy = *np;
+    if (new_free) {
+        s->bmm->lambda = np->threshold;
+        s->bmm->n = s->bmm->next = s->bmm->n_fits = 0;
+    }
+    s->budget_n = s->budget_next = 0;
+    mor__apply_kv(s);
+}
+
+int mor_session_set_exit_policy(mor_session *s, const mor_exit_policy *pol) {
+    if (!s) return MOR_E_INVALID;
+    s->err[0] = 0;
+    mor_exit_policy q;
+    mor_exit_policy_init(&q);
+    if (pol) {
+        if (pol->kind != MOR_PARAMS_EXIT)
+            return mor__session_fail(s, MOR_E_INVALID, "policy is not a mor_exit_policy (kind %u)", pol->kind);
+        memcpy(&q, pol, MOR__MIN(pol->size, sizeof q));
+    } else if (s->has_router) {
+        q.policy = MOR_EXIT_CUSTOM;
+    }
+    mor__policy np;
+    int st = check_policy(s, &q, &np);
+    if (st) return st;
+    install(s, &np);
+    return MOR_OK;
+}
+
+int mor_session_set_router(mor_session *s, const mor_router_i *r, void *user) {
+    if (!s) return MOR_E_INVALID;
+    s->err[0] = 0;
+    if (r && (r->size < offsetof(mor_router_i, wants_confidence) || r->version != MOR_ROUTER_API_VERSION || !r->route))
+        return mor__session_fail(s, MOR_E_INVALID, "router: size %u, version %u (expected %d) and a route function are required",
+                    r->size, r->version, MOR_ROUTER_API_VERSION);
+    if (r && s->model->steps_interleaved)
+        return mor__session_fail(s, MOR_E_UNSUPPORTED, "%s sharing interleaves the recursions: a router cannot stop tokens per step",
+                    s->model->sharing_name);
+    if (s->has_router && s->router.free) s->router.free(s->router_user);
+    memset(&s->router, 0, sizeof s->router);
+    s->has_router = r != NULL;
+    s->router_user = user;
+    if (r) memcpy(&s->router, r, MOR__MIN(r->size, sizeof s->router));
+    mor__policy np;
+    mor_exit_policy q;
+    mor_exit_policy_init(&q);
+    q.policy = r ? MOR_EXIT_CUSTOM : -1;
+    q.kv = s->policy.kv;  // keep the session's KV strategy
+    if (check_policy(s, &q, &np) != MOR_OK) {  // only possible through the KV strategy
+        q.kv = MOR_KV_AUTO;
+        if (check_policy(s, &q, &np) != MOR_OK) return MOR_E_INTERNAL;
+    }
+    install(s, &np);
+    return MOR_OK;
+}
+
+int mor_session_set_router_fn(mor_session *s, mor_route_fn route, void *user, int32_t wants_confidence) {
+    if (!route) return s ? mor_session_set_router(s, NULL, NULL) : MOR_E_INVALID;
+    mor_router_i r = {sizeof r, MOR_ROUTER_API_VERSION, route, NULL, NULL, wants_confidence};
+    return mor_session_set_router(s, &r, user);
+}
+
+// ---- telemetry -----------------------------------------------------------------------------
+
+int mor_session_token_info(const mor_session *s, int32_t pos, int32_t *depth, float *score, int32_t *kv) {
+    if (!s || pos < 0 || pos >= s->n_past) return MOR_E_INVALID;
+    if (depth) *depth = s->trace.depth[pos];
+    if (score) *score = s->trace.score[pos];
+    if (kv) *kv = s->trace.kv[pos];
+    return MOR_OK;
+}
+
+int mor_session_get_stats(const mor_session *s, mor_session_stats *out) {
+    if (!s || !out || out->size < offsetof(mor_session_stats, depth_hist)) return MOR_E_INVALID;
+    mor_session_stats st;
+    memset(&st, 0, sizeof st);
+    st.size = (uint32_t)MOR__MIN(out->size, sizeof st);
+    st.n_tokens = s->st_tokens;
+    st.steps_run = s->st_steps;
+    st.layer_evals = s->st_evals;
+    st.layer_evals_full = s->st_evals_full;
+    const int64_t kvdim = (int64_t)s->model->hp.n_head_kv * s->model->hp.head_dim;
+    for (int32_t l = 0; l < s->model->hp.n_layer; l++) st.kv_bytes += (int64_t)s->slots[l].len * kvdim * 2 * 4;
+    st.deep_passes = s->st_deep;
+    st.rollbacks = s->st_rollbacks;
+    st.mean_depth = s->st_tokens ? (float)((double)s->st_steps / (double)s->st_tokens) : 0.0f;
+    st.threshold = s->policy.policy == MOR_EXIT_FREE && s->policy.adaptive ? s->bmm->lambda : s->policy.threshold;
+    memcpy(st.depth_hist, s->st_hist, sizeof st.depth_hist);
+    memcpy(out, &st, st.size);
+    return MOR_OK;
+}
+
+int32_t mor_session_rollback(const mor_session *s) { return s ? s->rolled_back : 0; }
+
+// ---- FREE adaptive threshold: a two-component Beta mixture -------------------------------
+// Each component is fitted by the method of moments to the confidences of its own class
+// (agreeing / disagreeing shallow and deep predictions), as the reference estimator does. The
+// threshold is the lowest grid value in [0.3, 0.9] from which the posterior of the agreeing
+// component exceeds zeta = 0.4 (mixture weights ignored), counted from the top of the grid.
+
+static void beta_fit(const float *x, const uint8_t *y, int32_t n, int cls, double *a, double *b) {
+    double m = 0, v = 0;
+    int32_t c = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (y[i] == cls) m += fmin(fmax(x[i], 1e-4), 1 - 1e-4), c++;
+    if (c < 2) {
+        *a = *b = 1;  // flat: no information
+        return;
+    }
+    m /= c;
+    for (int32_t i = 0; i < n; i++)
+        if (y[i] == cls) {
+            double d = fmin(fmax(x[i], 1e-4), 1 - 1e-4) - m;
+            v += d * d;
+        }
+    v /= c;
+    if (v < 1e-8) v = 1e-8;
+    double k = m * (1 - m) / v - 1;
+    if (k < 1e-3) k = 1e-3;
+    *a = m * k;
+    *b = (1 - m) * k;
+}
+
+static double beta_pdf(double x, double a, double b) {
+    return exp((a - 1) * log(x) + (b - 1) * log(1 - x) + lgamma(a + b) - lgamma(a) - lgamma(b));
+}
+
+void mor__bmm_refit(mor_session *s) {
+    mor__bmm *bm = s->bmm;
+    if (!bm || bm->n < 4 || bm->n_fits >= 300) return;
+    double a1, b1, a0, b0;
+    beta_fit(bm->conf, bm->agree, bm->n, 1, &a1, &b1);
+    beta_fit(bm->conf, bm->agree, bm->n, 0, &a0, &b0);
+    int agree_hi = a1 / (a1 + b1) >= a0 / (a0 + b0);
+    int marked = 0;
+    for (int i = 0; i < 10; i++) {
+        double x = 0.3 + 0.6 * i / 9.0;
+        double p1 = beta_pdf(x, a1, b1), p0 = beta_pdf(x, a0, b0);
+        double post = (agree_hi ? p1 : p0) / (p1 + p0 + 1e-300);
+        if (post > 0.4) marked++;
+    }
+    int idx = 10 - marked;
+    if (idx < 0) idx = 0;
+    if (idx > 9) idx = 9;
+    bm->lambda = (float)(0.3 + 0.6 * idx / 9.0);
+    bm->n_fits++;
+}

@@ -1,0 +1,270 @@
+// state.c: save and restore a session's state (tokens, KV cache, sampler and RNG, exit policy,
+// the KV_SYNC stack and the per-token telemetry) in a versioned little-endian byte format.
+#include "session.h"
+
+#include <math.h>
+
+// Layout (little-endian): "MORS", u32 version (2), u32 n_layer, u32 kv_dim, u32 n_vocab,
+// u32 n_past, u32 n_embd, policy (13 x u32: policy, depth, threshold, min_depth, metric,
+// decay_tau, decay_len, shallow, adaptive, kv, budget, budget_window, rollback; floats as
+// their bits), sampler (6 x u32 + u64 seed), u64 rng, tokens[n_past] (i32), per position
+// depth (i32), score (f32), kv status (u32), u32 n_stack and per stacked token pos, step, top
+// (i32), conf (f32), h[n_embd] (f32), then per slot: u32 len, pos[len] (i32), k[len*kv_dim]
+// (f32), v[len*kv_dim] (f32).
+
+#define STATE_MAGIC   0x53524f4du  // "MORS"
+#define STATE_VERSION 2u
+
+typedef struct {
+    uint8_t *p;
+    size_t   n, cap;
+} wbuf;
+
+static void put(wbuf *w, const void *src, size_t n) {
+    if (w->p && w->n + n <= w->cap) memcpy(w->p + w->n, src, n);
+    w->n += n;
+}
+static void put_u32(wbuf *w, uint32_t v) {
+    uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    put(w, b, 4);
+}
+static void put_u64(wbuf *w, uint64_t v) {
+    put_u32(w, (uint32_t)v);
+    put_u32(w, (uint32_t)(v >> 32));
+}
+static uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static float u2f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+// Arrays of 32-bit values are written element by element so the format is little-endian on
+// any host.
+static void put_arr32(wbuf *w, const void *src, size_t n) {
+    const uint8_t *p = src;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t v;
+        memcpy(&v, p + 4 * i, 4);
+        put_u32(w, v);
+    }
+}
+
+static size_t serialize(const mor_session *s, void *buf, size_t cap) {
+    const mor__hparams *hp = &s->model->hp;
+    uint32_t kvdim = (uint32_t)(hp->n_head_kv * hp->head_dim);
+    wbuf w = {buf, 0, cap};
+    put_u32(&w, STATE_MAGIC);
+    put_u32(&w, STATE_VERSION);
+    put_u32(&w, (uint32_t)hp->n_layer);
+    put_u32(&w, kvdim);
+    put_u32(&w, (uint32_t)hp->n_vocab);
+    put_u32(&w, (uint32_t)s->n_past);
+    put_u32(&w, (uint32_t)hp->n_embd);
+    const mor__policy *p = &s->policy;
+    uint32_t pol[13] = {(uint32_t)p->policy, (uint32_t)p->depth, f2u(p->threshold), (uint32_t)p->min_depth,
+                        (uint32_t)p->metric, f2u(p->decay_tau), (uint32_t)p->decay_len, (uint32_t)p->shallow,
+                        (uint32_t)p->adaptive, (uint32_t)p->kv, f2u(p->budget), (uint32_t)p->budget_window,
+                        f2u(p->rollback)};
+    for (int i = 0; i < 13; i++) put_u32(&w, pol[i]);
+    put_u32(&w, f2u(s->sampler.temperature));
+    put_u32(&w, (uint32_t)s->sampler.top_k);
+    put_u32(&w, f2u(s->sampler.top_p));
+    put_u32(&w, f2u(s->sampler.min_p));
+    put_u32(&w, f2u(s->sampler.repeat_penalty));
+    put_u32(&w, (uint32_t)s->sampler.repeat_last_n);
+    put_u64(&w, s->sampler.seed);
+    put_u64(&w, s->rng);
+    put_arr32(&w, s->tokens, (size_t)s->n_past);
+    for (int32_t i = 0; i < s->n_past; i++) {
+        put_u32(&w, (uint32_t)(int32_t)s->trace.depth[i]);
+        put_u32(&w, f2u(s->trace.score[i]));
+        put_u32(&w, s->trace.kv[i]);
+    }
+    put_u32(&w, (uint32_t)s->n_stack);
+    for (int32_t j = 0; j < s->n_stack; j++) {
+        put_u32(&w, (uint32_t)s->stack_pos[j]);
+        put_u32(&w, (uint32_t)s->stack_step[j]);
+        put_u32(&w, (uint32_t)s->stack_top[j]);
+        put_u32(&w, f2u(s->stack_conf[j]));
+        put_arr32(&w, s->stack_h + (size_t)j * hp->n_embd, (size_t)hp->n_embd);
+    }
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        const mor__kv_slot *sl = &s->slots[l];
+        uint32_t len = (uint32_t)sl->len;
+        put_u32(&w, len);
+        put_arr32(&w, sl->pos, len);
+        put_arr32(&w, sl->k, (size_t)len * kvdim);
+        put_arr32(&w, sl->v, (size_t)len * kvdim);
+    }
+    return w.n;
+}
+
+size_t mor_session_state_size(const mor_session *s) { return s ? serialize(s, NULL, 0) : 0; }
+
+int mor_session_state_save(const mor_session *s, void *buf, size_t cap, size_t *n_written) {
+    if (!s || (!buf && cap)) return MOR_E_INVALID;
+    size_t need = serialize(s, NULL, 0);
+    if (n_written) *n_written = need;
+    if (need > cap) return MOR_E_BUFFER_SMALL;
+    serialize(s, buf, cap);
+    return MOR_OK;
+}
+
+typedef struct {
+    const uint8_t *p;
+    size_t         n, off;
+    int            bad;
+} rbuf;
+
+static uint32_t get_u32(rbuf *r) {
+    if (r->bad || r->n - r->off < 4) {
+        r->bad = 1;
+        return 0;
+    }
+    const uint8_t *b = r->p + r->off;
+    r->off += 4;
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+static uint64_t get_u64(rbuf *r) {
+    uint64_t lo = get_u32(r);
+    return lo | (uint64_t)get_u32(r) << 32;
+}
+static int get_arr32(rbuf *r, void *dst, size_t n) {
+    if (r->bad || (r->n - r->off) / 4 < n) return r->bad = 1, 0;
+    uint8_t *d = dst;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t v = get_u32(r);
+        memcpy(d + 4 * i, &v, 4);
+    }
+    return 1;
+}
+
+int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
+    if (!s) return MOR_E_INVALID;
+    s->err[0] = 0;
+    if (!buf) return mor__session_fail(s, MOR_E_INVALID, "buffer is NULL");
+    const mor__hparams *hp = &s->model->hp;
+    uint32_t kvdim = (uint32_t)(hp->n_head_kv * hp->head_dim);
+    // Pass 1: validate everything without touching the session.
+    rbuf r = {buf, size, 0, 0};
+    if (get_u32(&r) != STATE_MAGIC) return mor__session_fail(s, MOR_E_STATE, "state: bad magic");
+    uint32_t ver = get_u32(&r);
+    if (ver != STATE_VERSION) return mor__session_fail(s, MOR_E_STATE, "state: version %u, expected %u", ver, STATE_VERSION);
+    uint32_t nl = get_u32(&r), kd = get_u32(&r), nv = get_u32(&r), np = get_u32(&r), ne = get_u32(&r);
+    if (r.bad || nl != (uint32_t)hp->n_layer || kd != kvdim || nv != (uint32_t)hp->n_vocab || ne != (uint32_t)hp->n_embd)
+        return mor__session_fail(s, MOR_E_STATE,
+                                 "state: saved for a model with %u layers, kv dim %u, vocab %u, width %u; this one has "
+                                 "%d, %u, %d, %d",
+                                 nl, kd, nv, ne, hp->n_layer, kvdim, hp->n_vocab, hp->n_embd);
+    if (np > (uint32_t)s->n_ctx)
+        return mor__session_fail(s, MOR_E_STATE, "state: %u tokens do not fit the context of %d", np, s->n_ctx);
+    uint32_t pv[13];
+    for (int i = 0; i < 13; i++) pv[i] = get_u32(&r);
+    mor_exit_policy q;
+    mor_exit_policy_init(&q);
+    q.policy = (int32_t)pv[0], q.depth = (int32_t)pv[1], q.threshold = u2f(pv[2]), q.min_depth = (int32_t)pv[3];
+    q.metric = (int32_t)pv[4], q.decay_tau = u2f(pv[5]), q.decay_len = (int32_t)pv[6], q.shallow = (int32_t)pv[7];
+    q.adaptive = (int32_t)pv[8], q.kv = (int32_t)pv[9], q.budget = u2f(pv[10]), q.budget_window = (int32_t)pv[11];
+    q.rollback = u2f(pv[12]);
+    mor__sampler sm;
+    sm.temperature = u2f(get_u32(&r));
+    sm.top_k = (int32_t)get_u32(&r);
+    sm.top_p = u2f(get_u32(&r));
+    sm.min_p = u2f(get_u32(&r));
+    sm.repeat_penalty = u2f(get_u32(&r));
+    sm.repeat_last_n = (int32_t)get_u32(&r);
+    sm.seed = get_u64(&r);
+    uint64_t rng = get_u64(&r);
+    if (r.bad) return mor__session_fail(s, MOR_E_STATE, "state: truncated header");
+    if (q.policy == MOR_EXIT_CUSTOM && !s->has_router)
+        return mor__session_fail(s, MOR_E_STATE, "state: saved with a custom router; set one on this session first");
+    // The policy is validated as if set now, on an empty session (the KV strategy may differ).
+    int32_t saved_past = s->n_past;
+    mor__policy pol, saved_policy = s->policy;
+    s->n_past = 0;
+    int pst = mor_session_set_exit_policy(s, &q);
+    pol = s->policy;
+    s->policy = saved_policy;
+    mor__apply_kv(s);
+    s->n_past = saved_past;
+    if (pst) return mor__session_fail(s, MOR_E_STATE, "state: invalid policy: %s", s->err);
+    size_t tok_off = r.off;
+    if ((r.n - r.off) / 4 < np) return mor__session_fail(s, MOR_E_STATE, "state: truncated token list");
+    r.off += (size_t)np * 4;
+    for (uint32_t i = 0; i < np; i++) {
+        rbuf tr = {r.p + tok_off + 4 * i, 4, 0, 0};
+        int32_t t = (int32_t)get_u32(&tr);
+        if (t < 0 || t >= hp->n_vocab) return mor__session_fail(s, MOR_E_STATE, "state: token %d out of range", t);
+    }
+    size_t trace_off = r.off;
+    if ((r.n - r.off) / 12 < np) return mor__session_fail(s, MOR_E_STATE, "state: truncated trace");
+    r.off += (size_t)np * 12;
+    uint32_t ns = get_u32(&r);
+    if (r.bad || ns > (uint32_t)s->n_batch || ns > np)
+        return mor__session_fail(s, MOR_E_STATE, "state: %u stacked tokens (at most %d)", ns, s->n_batch);
+    size_t stack_off = r.off, per = 16 + (size_t)hp->n_embd * 4;
+    if ((r.n - r.off) / per < ns) return mor__session_fail(s, MOR_E_STATE, "state: truncated stack");
+    for (uint32_t j = 0; j < ns; j++) {
+        rbuf e = {r.p + r.off + j * per, 8, 0, 0};
+        int32_t sp = (int32_t)get_u32(&e), ss = (int32_t)get_u32(&e);
+        if (sp < 0 || sp >= (int32_t)np || ss < 0 || ss > s->model->n_steps)
+            return mor__session_fail(s, MOR_E_STATE, "state: stacked token %u out of range", j);
+    }
+    r.off += ns * per;
+    size_t slot_off = r.off;
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        uint32_t len = get_u32(&r);
+        if (r.bad || len > np)
+            return mor__session_fail(s, MOR_E_STATE, "state: slot %d has %u entries (at most %u)", l, len, np);
+        int32_t prev = -1;
+        for (uint32_t e = 0; e < len; e++) {
+            int32_t p = (int32_t)get_u32(&r);
+            if (r.bad || p <= prev || p >= (int32_t)np)
+                return mor__session_fail(s, MOR_E_STATE, "state: slot %d: positions not increasing within 0..%u", l, np);
+            prev = p;
+        }
+        size_t skip = (size_t)len * kvdim * 2;
+        if ((r.n - r.off) / 4 < skip) return mor__session_fail(s, MOR_E_STATE, "state: slot %d truncated", l);
+        r.off += skip * 4;
+    }
+    if (r.off != r.n) return mor__session_fail(s, MOR_E_STATE, "state: %zu trailing bytes", r.n - r.off);
+    // Pass 2: apply.
+    s->policy = pol;
+    mor__apply_kv(s);
+    s->sampler = sm;
+    s->rng = rng;
+    s->n_past = (int32_t)np;
+    s->n_last = 0;
+    s->n_logits = 0;
+    rbuf t2 = {r.p, r.n, tok_off, 0};
+    get_arr32(&t2, s->tokens, np);
+    rbuf tr = {r.p, r.n, trace_off, 0};
+    for (uint32_t i = 0; i < np; i++) {
+        s->trace.depth[i] = (int8_t)(int32_t)get_u32(&tr);
+        s->trace.score[i] = u2f(get_u32(&tr));
+        s->trace.kv[i] = (uint8_t)get_u32(&tr);
+    }
+    rbuf st = {r.p, r.n, stack_off, 0};
+    s->n_stack = (int32_t)ns;
+    for (uint32_t j = 0; j < ns; j++) {
+        s->stack_pos[j] = (int32_t)get_u32(&st);
+        s->stack_step[j] = (int32_t)get_u32(&st);
+        s->stack_top[j] = (int32_t)get_u32(&st);
+        s->stack_conf[j] = u2f(get_u32(&st));
+        get_arr32(&st, s->stack_h + (size_t)j * hp->n_embd, (size_t)hp->n_embd);
+    }
+    rbuf s2 = {r.p, r.n, slot_off, 0};
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        mor__kv_slot *sl = &s->slots[l];
+        uint32_t len = get_u32(&s2);
+        get_arr32(&s2, sl->pos, len);
+        get_arr32(&s2, sl->k, (size_t)len * kvdim);
+        get_arr32(&s2, sl->v, (size_t)len * kvdim);
+        sl->len = (int32_t)len;
+    }
+    return MOR_OK;
+}
