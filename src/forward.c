@@ -421,11 +421,11 @@ static int32_t begin_step(mor_session *s, pass *ps, int32_t k) {
         for (int32_t i = 0; i < nc; i++) {
             int32_t t = s->act[i];
             int on = 1;
+            int by_router = hp->router == MOR_ROUTER_TOKEN ? k <= s->tok_choice[t]
+                          : hp->router == MOR_ROUTER_EXPERT ? s->rscore[t] >= p->threshold : 1;
             switch (p->policy) {
-            case MOR_EXIT_FIXED: on = k < p->depth; break;
-            case MOR_EXIT_ROUTER:
-                on = hp->router == MOR_ROUTER_TOKEN ? k <= s->tok_choice[t] : s->rscore[t] >= p->threshold;
-                break;
+            case MOR_EXIT_FIXED: on = k < p->depth && by_router; break;  // a cap; routers still route
+            case MOR_EXIT_ROUTER: on = by_router; break;
             case MOR_EXIT_CONFIDENCE: on = k == 0 || s->conf[t] <= row_threshold(s, t); break;
             case MOR_EXIT_SATURATION: on = k == 0 || s->cosv[t] < p->threshold; break;
             case MOR_EXIT_FREE: on = k != p->shallow || s->conf[t] <= row_threshold(s, t); break;

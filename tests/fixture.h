@@ -8,6 +8,7 @@
 //   <n_pos lines of n_vocab floats>
 //   greedy <n> <id>...
 //   depths <n> <d>...        (optional)
+//   policy fixed <k>         (optional: the reference ran with every token capped at k steps)
 //   end
 #ifndef MOR_TEST_FIXTURE_H
 #define MOR_TEST_FIXTURE_H
@@ -19,6 +20,7 @@
 typedef struct {
     char     model[256];
     int      n_prompt, n_pos, n_vocab, n_greedy, n_depths;
+    int      fixed_depth;  // `policy fixed K` line: run with MOR_EXIT_FIXED depth K (0: default)
     int32_t *prompt, *greedy, *depths;
     float   *logits;  // [n_pos][n_vocab]
 } fixture;
@@ -61,6 +63,9 @@ static int fixture_load(const char *path, fixture *f) {
             if (fixture_ids(fp, &f->n_prompt, &f->prompt)) goto done;
         } else if (!strcmp(word, "greedy")) {
             if (fixture_ids(fp, &f->n_greedy, &f->greedy)) goto done;
+        } else if (!strcmp(word, "policy")) {
+            char kind[32];
+            if (fscanf(fp, "%31s %d", kind, &f->fixed_depth) != 2 || strcmp(kind, "fixed")) goto done;
         } else if (!strcmp(word, "depths")) {
             if (fixture_ids(fp, &f->n_depths, &f->depths)) goto done;
         } else if (!strcmp(word, "logits")) {

@@ -565,8 +565,9 @@ def forward(model, tokens, cache=None, tau=0.5, max_depth=None, exits=False):
     (a fresh one when None), appending to it. Returns a Result.
 
     tau: expert-choice threshold; max_depth: cap on the recursions a token may run (None:
-    N_r; for the router-free path it limits nothing). exits: also compute the logits of the
-    exit heads listed in mor.exit.layers (router-free models only)."""
+    N_r). Without a router, a cap k skips every unrolled layer of recursion index >= k (the
+    unique first and last layers of the middle strategies always run). exits: also compute
+    the logits of the exit heads listed in mor.exit.layers (router-free models only)."""
     c = model.cfg
     cache = cache if cache is not None else model.new_cache()
     dev = model.device
@@ -583,13 +584,19 @@ def forward(model, tokens, cache=None, tau=0.5, max_depth=None, exits=False):
     router_info = []
     exit_logits = {}
     if c.router_type == "none":
+        cap = None if (max_depth is None or c.arch != "mor") else max(1, min(max_depth, c.n_rec))
         for l in range(c.L):
+            if cap is not None and c.n_rec > 1:
+                mid = not (c.middle and (l == 0 or l == c.L - 1))
+                if mid and c.s_r(l)[1] >= cap:
+                    continue
             h = _layer(model, l, h, allm, pos, cache)
             if exits and (l + 1) in c.exit_layers:
                 k = c.exit_layers.index(l + 1)
                 exit_logits[l + 1] = _head(model, h, model.W.get("exit.%d.norm.weight" % k),
                                            model.W.get("exit.%d.output.weight" % k))
-        depths = torch.full((T,), c.n_rec if c.arch == "mor" else c.L, dtype=torch.long, device=dev)
+        full = c.n_rec if c.arch == "mor" else c.L
+        depths = torch.full((T,), full if cap is None else cap, dtype=torch.long, device=dev)
     else:
         first, blocks, last = c.blocks()
         for l in first:
