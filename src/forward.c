@@ -309,6 +309,8 @@ static void stop_row(mor_session *s, pass *ps, int32_t t, int32_t ran) {
     s->alive[t] = 0;
     s->exit_step[t] = ran;
     float *xt = s->x + (size_t)t * d;
+    if (s->policy.kv == MOR_KV_SYNC)  // the state a stacked row resumes from (a unique last layer may follow)
+        memcpy(s->h_exit + (size_t)t * d, xt, (size_t)d * sizeof(float));
     if (hp->router == MOR_ROUTER_TOKEN && ran > 0) {  // H = H^1 + p_i x after its last step i
         float g = s->router_h[(size_t)t * hp->n_rec + (ran - 1)];
         const float *h1 = s->h_in + (size_t)t * d;
@@ -628,8 +630,9 @@ static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
                     b->next = (b->next + 1) % MOR__BMM_CAP;
                     if (b->n < MOR__BMM_CAP) b->n++;
                 }
-                if (p->rollback > 0 && s->rollback_to < 0) {
-                    int32_t next = pos + 1;
+                int32_t next = pos + 1;
+                int given = next < s->n_ctx && s->trace.given[next];  // prompt tokens stay
+                if (p->rollback > 0 && s->rollback_to < 0 && !given) {
                     int32_t tok = next < s->n_past ? s->tokens[next] : tokens[next - s->n_past];
                     if (cross_entropy(s->vocab_buf, hp->n_vocab, tok) > p->rollback) {
                         s->rollback_to = next;
@@ -639,8 +642,10 @@ static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
             }
             continue;
         }
-        // still waiting (not joined), or joined but the pass stopped early: back on the stack
-        memcpy(tmp_h + (size_t)keep_n * d, s->x + (size_t)t * d, (size_t)d * sizeof(float));
+        // still waiting (not joined): its saved state; joined but the pass stopped early: the
+        // state where it stopped
+        const float *hs = s->joined[t] ? s->h_exit + (size_t)t * d : s->x + (size_t)t * d;
+        memcpy(tmp_h + (size_t)keep_n * d, hs, (size_t)d * sizeof(float));
         tmp_pos[keep_n] = pos;
         tmp_step[keep_n] = s->exit_step[t];
         tmp_conf[keep_n] = s->conf[t];
@@ -650,7 +655,7 @@ static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     }
     for (int32_t t = 0; t < ps->T; t++) {
         if (s->exit_step[t] >= m->n_steps) continue;
-        memcpy(tmp_h + (size_t)keep_n * d, s->x + (size_t)t * d, (size_t)d * sizeof(float));
+        memcpy(tmp_h + (size_t)keep_n * d, s->h_exit + (size_t)t * d, (size_t)d * sizeof(float));
         tmp_pos[keep_n] = s->tpos[t];
         tmp_step[keep_n] = s->exit_step[t];
         tmp_conf[keep_n] = s->conf[t];
@@ -736,13 +741,14 @@ int mor__forward(mor_session *s, const int32_t *tokens, int32_t T, int logits_al
         s->row_head[t] = head;
         if (head != -1) same = 0;
     }
+    float *lout = s->logits + (size_t)s->logit_row0 * hp->n_vocab;
     if (same) {
         for (int32_t t = first; t < T; t++)
             rmsnorm(s->xb + (size_t)(t - first) * d, s->x + (size_t)t * d, m->output_norm, d, hp->rms_eps);
-        mm(s, &m->output, s->xb, T - first, s->logits);
+        mm(s, &m->output, s->xb, T - first, lout);
     } else {
         for (int32_t t = first; t < T; t++)
-            head_logits(s, s->row_head[t], s->x + (size_t)t * d, s->logits + (size_t)(t - first) * hp->n_vocab);
+            head_logits(s, s->row_head[t], s->x + (size_t)t * d, lout + (size_t)(t - first) * hp->n_vocab);
     }
     s->n_logits = T - first;
     finish_rows(s, &ps, tokens);

@@ -28,10 +28,10 @@ void mor_session_free(mor_session *s) {
                     s->ao, s->hb, s->hb2, s->tmp, s->lora, s->att, s->row, s->rope_cos,
                     s->rope_sin, s->h_in, s->xa, s->gate, s->router_h, s->act, s->act_pos,
                     s->tok_depth, s->tok_choice, s->alive, s->probs, s->cand, s->tpos, s->row_start,
-                    s->joined, s->exit_step, s->conf, s->cosv, s->rscore, s->cap, s->h_step,
+                    s->joined, s->exit_step, s->conf, s->cosv, s->rscore, s->cap, s->h_step, s->h_exit,
                     s->vocab_buf, s->shallow_top, s->slot_of, s->slot_write, s->stack_pos,
                     s->stack_step, s->stack_top, s->stack_h, s->stack_conf, s->row_head,
-                    s->trace.depth, s->trace.score, s->trace.kv, s->budget_ring, s->bmm};
+                    s->trace.depth, s->trace.score, s->trace.kv, s->trace.given, s->budget_ring, s->bmm};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s);
 }
@@ -135,6 +135,7 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     s->rscore = alloc_n(nb, sizeof(float), &fail);
     s->cap = alloc_n(2 * nb, sizeof(int32_t), &fail);
     s->h_step = alloc_n(nb * d, sizeof(float), &fail);
+    s->h_exit = alloc_n(nb * d, sizeof(float), &fail);
     s->vocab_buf = alloc_n(V, sizeof(float), &fail);
     s->shallow_top = alloc_n(nb, sizeof(int32_t), &fail);
     s->row_head = alloc_n(nb, sizeof(int32_t), &fail);
@@ -148,6 +149,7 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     s->trace.depth = alloc_n((size_t)p.n_ctx, 1, &fail);
     s->trace.score = alloc_n((size_t)p.n_ctx, sizeof(float), &fail);
     s->trace.kv = alloc_n((size_t)p.n_ctx, 1, &fail);
+    s->trace.given = alloc_n((size_t)p.n_ctx, 1, &fail);
     s->budget_ring = alloc_n(MOR__BUDGET_MAX_WINDOW, sizeof(int32_t), &fail);
     s->bmm = alloc_n(1, sizeof(mor__bmm), &fail);
     s->probs = alloc_n(V, sizeof(float), &fail);
@@ -194,9 +196,13 @@ int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
     s->n_logits = 0;
     s->rolled_back = 0;
     for (int32_t off = 0; off < n;) {
-        int32_t room = s->n_batch - (s->policy.kv == MOR_KV_SYNC ? s->n_stack : 0);
-        int32_t T = MOR__MIN(MOR__MAX(room, 1), n - off);
+        // Synchronized parallel decoding runs one new token per pass (SEED.md §6.2): a token
+        // that exits waits on the stack for the next token that goes deep.
+        int32_t room = s->policy.kv == MOR_KV_SYNC ? 1 : s->n_batch;
+        int32_t T = MOR__MIN(room, n - off);
+        s->logit_row0 = all && s->policy.kv == MOR_KV_SYNC ? off : 0;
         int32_t ring_next = s->budget_next, ring_n = s->budget_n;
+        for (int32_t i = 0; i < T; i++) s->trace.given[s->n_past + i] = n > 1;
         int st = mor__forward(s, tokens + off, T, all);
         if (st) {  // a callback failed: drop what the pass appended, keep the session usable
             mor__truncate_slots(s, s->n_past);
@@ -213,6 +219,7 @@ int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
         s->n_past += T;
         off += T;
         s->n_last = off;
+        if (s->logit_row0) s->n_logits = off;
         if (s->rollback_to >= 0) {  // the deep pass disagreed with an emitted token
             int32_t to = s->rollback_to;
             s->rolled_back = s->n_past - to;

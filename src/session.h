@@ -61,6 +61,8 @@ typedef struct {
     int8_t  *depth;       // [n_ctx]
     float   *score;       // [n_ctx]
     uint8_t *kv;          // [n_ctx] MOR_KVSTAT_*
+    uint8_t *given;       // [n_ctx] 1: stepped as part of a multi-token step (a prompt), so
+                          // never replaced by a rollback
 } mor__trace;
 
 struct mor_session {
@@ -96,6 +98,7 @@ struct mor_session {
     float   *conf, *cosv, *rscore;   // [n_batch] last confidence, saturation cosine, router score
     int32_t *cap;                    // [n_batch] budget cap on steps
     float   *h_step;                 // [n_batch][d] state entering the current step
+    float   *h_exit;                 // [n_batch][d] state of a row when it left the steps (KV_SYNC)
     float   *vocab_buf;              // [n_threads? 1][n_vocab] exit-head logits scratch
     int32_t *shallow_top;            // [n_batch] argmax of the exit head when a row stopped
     // KV strategy state
@@ -107,6 +110,7 @@ struct mor_session {
     float   *stack_h, *stack_conf;   // [n_batch][d], [n_batch]
     int32_t  rolled_back;            // tokens removed by the last step's rollback
     int32_t  rollback_to;            // set by a pass: position to roll back to, or -1
+    int32_t  logit_row0;             // first row of `logits` a pass writes
     int32_t *row_head;               // [n_batch] head that gives a row's logits (-1: final)
     // custom router
     mor_router_i router;

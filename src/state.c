@@ -82,7 +82,7 @@ static size_t serialize(const mor_session *s, void *buf, size_t cap) {
     for (int32_t i = 0; i < s->n_past; i++) {
         put_u32(&w, (uint32_t)(int32_t)s->trace.depth[i]);
         put_u32(&w, f2u(s->trace.score[i]));
-        put_u32(&w, s->trace.kv[i]);
+        put_u32(&w, s->trace.kv[i] | (uint32_t)s->trace.given[i] << 8);
     }
     put_u32(&w, (uint32_t)s->n_stack);
     for (int32_t j = 0; j < s->n_stack; j++) {
@@ -246,7 +246,9 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     for (uint32_t i = 0; i < np; i++) {
         s->trace.depth[i] = (int8_t)(int32_t)get_u32(&tr);
         s->trace.score[i] = u2f(get_u32(&tr));
-        s->trace.kv[i] = (uint8_t)get_u32(&tr);
+        uint32_t kvg = get_u32(&tr);
+        s->trace.kv[i] = (uint8_t)(kvg & 0xff);
+        s->trace.given[i] = (uint8_t)((kvg >> 8) & 1);
     }
     rbuf st = {r.p, r.n, stack_off, 0};
     s->n_stack = (int32_t)ns;

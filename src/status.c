@@ -116,6 +116,10 @@ void mor_exit_policy_init(mor_exit_policy *p) {
     p->depth = 0;
     p->threshold = 0.5f;
     p->min_depth = 0;
+    p->metric = MOR_CONF_TOP2_GAP;
+    p->shallow = 1;
+    p->kv = MOR_KV_AUTO;
+    p->budget_window = 32;
 }
 
 enum { F_U32, F_I32, F_F32, F_U64 };
@@ -144,6 +148,15 @@ static const field_desc fields[] = {
     FD(MOR_PARAMS_EXIT, mor_exit_policy, depth, F_I32),
     FD(MOR_PARAMS_EXIT, mor_exit_policy, threshold, F_F32),
     FD(MOR_PARAMS_EXIT, mor_exit_policy, min_depth, F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, metric, F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, decay_tau, F_F32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, decay_len, F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, shallow, F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, adaptive, F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, kv, F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, budget, F_F32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, budget_window, F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, rollback, F_F32),
 };
 #undef FD
 
