@@ -136,9 +136,18 @@ test: all $(TEST_BIN)
 	@fail=0; for t in $(TEST_BIN); do \
 	    echo "# $$t"; $(TEST_WRAP) ./$$t || fail=1; \
 	done; \
+	$(MAKE) --no-print-directory test-python B=$(B) L=$(L) || fail=1; \
 	$(MAKE) --no-print-directory check-exports B=$(B) L=$(L) || fail=1; \
 	$(MAKE) --no-print-directory check-header B=$(B) || fail=1; \
 	if [ $$fail = 0 ]; then echo "all test programs passed"; else echo "SOME TESTS FAILED"; exit 1; fi
+
+## test-python: the Python tests (ctypes bindings, converter); needs python3 (stdlib only)
+PYTHON ?= python3
+PY_TESTS := $(wildcard tests/test_*.py)
+test-python: $(SHARED) tools
+	@command -v $(PYTHON) >/dev/null || { echo "python3 is needed for the Python tests: apt-get install python3"; exit 1; }
+	@fail=0; for t in $(PY_TESTS); do echo "# $$t"; MOR_LIB=$(CURDIR)/$(SHARED) MOR_BUILD_DIR=$(CURDIR)/$(B) \
+	    $(TEST_WRAP_PY) $(PYTHON) $$t || fail=1; done; exit $$fail
 
 ## check-exports: the shared library exports only mor_* symbols, under the MOR_0 version node
 check-exports: $(SHARED)
@@ -158,16 +167,16 @@ check-header:
 ## asan: build everything with AddressSanitizer (+ leak checks) into build-asan/ and run the tests
 asan:
 	$(MAKE) test B=build-asan L=build-asan/lib CFLAGS="-fsanitize=address -fno-omit-frame-pointer" \
-	    LDFLAGS="-fsanitize=address"
+	    LDFLAGS="-fsanitize=address" PY_TESTS=
 
 ## ubsan: build with UndefinedBehaviorSanitizer (abort on any report) and run the tests
 ubsan:
 	$(MAKE) test B=build-ubsan L=build-ubsan/lib CFLAGS="-fsanitize=undefined -fno-sanitize-recover=all" \
-	    LDFLAGS="-fsanitize=undefined"
+	    LDFLAGS="-fsanitize=undefined" PY_TESTS=
 
 ## valgrind: run the tests under valgrind memcheck (errors and leaks fail)
 valgrind: all $(TEST_BIN)
-	$(MAKE) test TEST_WRAP="valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect"
+	$(MAKE) test PY_TESTS= TEST_WRAP="valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect"
 
 ## abi-check: compare the shared library's ABI with the committed baseline (tests/abi/libmor.abi);
 ## incompatible changes fail, additions are reported
@@ -224,5 +233,5 @@ list:
 	@grep -E '^## ' Makefile | sed 's/^## /  /'
 
 .PHONY: all lib tools examples test check-exports check-header asan ubsan valgrind install uninstall \
-    test-install clean list abi-check abi-baseline run
+    test-install clean list abi-check abi-baseline run test-python
 .SECONDARY:
