@@ -363,6 +363,10 @@ MOR_API const float *mor_session_logits(const mor_session *session, int32_t i);
  * vanilla model, 1. -1 if i is out of range. */
 MOR_API int32_t mor_session_depth(const mor_session *session, int32_t i);
 
+/* mor_session_token_at(): the token id at absolute position pos (< n_past) of the sequence.
+ * @return MOR_OK or MOR_E_INVALID. */
+MOR_API int mor_session_token_at(const mor_session *session, int32_t pos, int32_t *token);
+
 /* Counters: tokens in the sequence, the context size, tokens in the last step. */
 MOR_API int32_t mor_session_n_past(const mor_session *session);
 MOR_API int32_t mor_session_n_ctx(const mor_session *session);

@@ -616,9 +616,7 @@ static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     for (int32_t t = ps->T; t < ps->R; t++) {
         int32_t pos = s->tpos[t];
         if (s->joined[t] && s->exit_step[t] >= m->n_steps) {
-            s->trace.kv[pos] = MOR_KVSTAT_SYNCED;
-            s->trace.depth[pos] = (int8_t)MOR__MIN(m->n_steps, 127);
-            s->st_steps += m->n_steps - s->row_start[t];
+            s->trace.kv[pos] = MOR_KVSTAT_SYNCED;  // depth stays the one its output came from
             if (p->adaptive || p->rollback > 0) {
                 head_logits(s, -1, s->x + (size_t)t * d, s->vocab_buf);
                 int32_t top;
@@ -650,7 +648,6 @@ static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
         tmp_step[keep_n] = s->exit_step[t];
         tmp_conf[keep_n] = s->conf[t];
         tmp_top[keep_n] = s->shallow_top[t];
-        s->trace.depth[pos] = (int8_t)MOR__MIN(s->exit_step[t], 127);
         keep_n++;
     }
     for (int32_t t = 0; t < ps->T; t++) {

@@ -255,6 +255,12 @@ int32_t mor_session_depth(const mor_session *s, int32_t i) {
     return i >= last_chunk ? s->depths[i - last_chunk] : -1;
 }
 
+int mor_session_token_at(const mor_session *s, int32_t pos, int32_t *token) {
+    if (!s || !token || pos < 0 || pos >= s->n_past) return MOR_E_INVALID;
+    *token = s->tokens[pos];
+    return MOR_OK;
+}
+
 int32_t mor_session_n_past(const mor_session *s) { return s ? s->n_past : -1; }
 int32_t mor_session_n_ctx(const mor_session *s) { return s ? s->n_ctx : -1; }
 int32_t mor_session_n_last(const mor_session *s) { return s ? s->n_last : -1; }

@@ -24,9 +24,20 @@ static void usage(FILE *f) {
             "  --top-k K          (default 40)     --top-p P (default 0.95)     --min-p P (default 0.05)\n"
             "  --repeat-penalty R (default 1.0)    --repeat-last-n N (default 64)\n"
             "  -s, --seed S       sampler seed (default 0x5eed)\n"
-            "  --depth K          run every token through K recursions (default: the model's policy)\n"
-            "  --full-depth       every token runs every recursion\n"
-            "  --threshold T      router policy: continue while the router score >= T (default 0.5)\n"
+            "  --policy NAME      full, fixed, router, capacity, confidence, saturation, free\n"
+            "                     (default: router for models with one, else full; docs/POLICIES.md)\n"
+            "  --depth K          cap every token at K steps (policy fixed)\n"
+            "  --full-depth       every token runs every step\n"
+            "  --threshold T      router / confidence / saturation / free threshold in [0,1] (0.5)\n"
+            "  --min-depth K      steps every token runs before it may exit\n"
+            "  --metric M         confidence measure: top2 (default), maxprob, entropy\n"
+            "  --decay TAU        confidence: CALM threshold decay over positions\n"
+            "  --shallow K        free: steps before the shallow exit (default 1)\n"
+            "  --adaptive         free: learn the threshold online (Beta mixture)\n"
+            "  --kv S             KV for skipped layers: skip, share, propagate, sync (default: auto)\n"
+            "  --budget B         cap the mean depth over the last 32 tokens at B steps\n"
+            "  --rollback X       kv sync: roll back tokens the deep pass gives a cross-entropy above X\n"
+            "  --depth-map FILE   write the generated text as HTML, each token colored by its depth\n"
             "  --ids              print token ids instead of text\n"
             "  --no-stop          do not stop at an end-of-generation token\n"
             "  --stats            print per-token depths at the end\n"
@@ -63,11 +74,88 @@ static int parse_float(const char *s, float *out) {
     return 0;
 }
 
+static void print_stats(const mor_model *model, const mor_session *s, int32_t n_prompt, long n_rolled) {
+    mor_session_stats st;
+    memset(&st, 0, sizeof st);
+    st.size = sizeof st;
+    mor_session_get_stats(s, &st);
+    int64_t steps = mor_model_get_int(model, MOR_INFO_N_STEPS);
+    fprintf(stderr, "mor-run: stats: %lld tokens, mean depth %.3f of %lld steps; layer evaluations %lld of %lld "
+                    "at full depth (%.1f%% saved); KV held %.1f KiB\n",
+            (long long)st.n_tokens, st.mean_depth, (long long)steps, (long long)st.layer_evals,
+            (long long)st.layer_evals_full,
+            st.layer_evals_full ? 100.0 * (1.0 - (double)st.layer_evals / (double)st.layer_evals_full) : 0.0,
+            (double)st.kv_bytes / 1024.0);
+    fprintf(stderr, "mor-run: stats: depth histogram:");
+    for (int d = 0; d <= steps && d <= MOR_STATS_MAX_DEPTH; d++) fprintf(stderr, " %d:%lld", d, (long long)st.depth_hist[d]);
+    fprintf(stderr, "; deep passes %lld, rollbacks %lld (%ld tokens); threshold %.3f\n", (long long)st.deep_passes,
+            (long long)st.rollbacks, n_rolled, st.threshold);
+    static const char *kvn[] = {"-", "computed", "propagated", "deferred", "synced", "full"};
+    fprintf(stderr, "mor-run: per generated token (depth/score/kv):");
+    for (int32_t p = n_prompt; p < mor_session_n_past(s); p++) {
+        int32_t d, kv;
+        float sc;
+        mor_session_token_info(s, p, &d, &sc, &kv);
+        fprintf(stderr, " %d/%.2f/%s", d, sc, kvn[kv < 6 && kv >= 0 ? kv : 0]);
+    }
+    fprintf(stderr, "\n");
+}
+
+// HTML: every token of the sequence as a span colored by the steps it ran (light: shallow,
+// dark: deep), with its depth, score and KV status in a tooltip.
+static int write_depth_map(const char *path, const mor_model *model, const mor_session *s, int32_t n_prompt) {
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "mor-run: cannot write %s\n", path);
+        return -1;
+    }
+    int64_t steps = mor_model_get_int(model, MOR_INFO_N_STEPS);
+    fprintf(f, "<!doctype html><meta charset=utf-8><title>mor depth map</title>\n"
+               "<style>body{font:16px/1.7 Georgia,serif;max-width:46em;margin:2em auto;color:#111}"
+               "span{padding:1px 0;border-radius:3px}.p{color:#777}.k{font:12px sans-serif;margin:1em 0}"
+               ".k span{padding:2px 8px;margin-right:4px}</style>\n<div class=k>depth: ");
+    for (int d = 0; d <= steps; d++)
+        fprintf(f, "<span style=\"background:hsl(210,70%%,%d%%);color:%s\">%d</span>", 95 - (int)(55 * d / (steps ? steps : 1)),
+                d * 2 > steps ? "#fff" : "#000", d);
+    fprintf(f, "</div>\n<p>");
+    char piece[256];
+    static const char *kvn[] = {"-", "computed", "propagated", "deferred", "synced", "full"};
+    for (int32_t p = 0; p < mor_session_n_past(s); p++) {
+        int32_t d = 0, kv = 0;
+        float sc = 0;
+        mor_session_token_info(s, p, &d, &sc, &kv);
+        int32_t tok = 0;
+        size_t nb = 0;
+        if (mor_session_token_at(s, p, &tok) != MOR_OK ||
+            mor_token_to_piece(model, tok, piece, sizeof piece - 1, 0, &nb) != MOR_OK)
+            nb = 0;
+        piece[nb] = 0;
+        fprintf(f, "<span %s title=\"pos %d, depth %d, score %.3f, kv %s\" style=\"background:hsl(210,70%%,%d%%);color:%s\">",
+                p < n_prompt ? "class=p" : "", p, d, sc, kvn[kv >= 0 && kv < 6 ? kv : 0],
+                95 - (int)(55 * d / (steps ? steps : 1)), d * 2 > steps ? "#fff" : "#000");
+        for (size_t i = 0; i < nb; i++) {
+            unsigned char c = (unsigned char)piece[i];
+            if (c == '<') fputs("&lt;", f);
+            else if (c == '>') fputs("&gt;", f);
+            else if (c == '&') fputs("&amp;", f);
+            else if (c == '\n') fputs("<br>", f);
+            else fputc(c, f);
+        }
+        fputs("</span>", f);
+    }
+    fputs("</p>\n", f);
+    fclose(f);
+    fprintf(stderr, "mor-run: depth map written to %s\n", path);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *path = NULL, *text = NULL, *ids = NULL;
     long n_gen = 64, n_ctx = 0, n_batch = 64, depth = 0, n_threads = 1;
-    int print_ids = 0, stop = 1, stats = 0, full = 0;
-    float threshold = -1;
+    int print_ids = 0, stop = 1, stats = 0, full = 0, policy = -1, kv = 0, adaptive = 0;
+    float threshold = -1, decay = 0, budget = 0, rollback = 0;
+    long min_depth = -1, shallow = 1, metric = 0;
+    const char *depth_map = NULL;
     mor_sampler_params sp;
     mor_sampler_params_init(&sp);
     for (int i = 1; i < argc; i++) {
@@ -96,12 +184,35 @@ int main(int argc, char **argv) {
             bad = errno || *end || end == v;
         } else if (!strcmp(a, "--depth") && v) bad = parse_int(v, 1, 1 << 20, &depth);
         else if (!strcmp(a, "--threshold") && v) bad = parse_float(v, &threshold);
+        else if (!strcmp(a, "--min-depth") && v) bad = parse_int(v, 0, 1 << 20, &min_depth);
+        else if (!strcmp(a, "--decay") && v) bad = parse_float(v, &decay);
+        else if (!strcmp(a, "--shallow") && v) bad = parse_int(v, 1, 1 << 20, &shallow);
+        else if (!strcmp(a, "--budget") && v) bad = parse_float(v, &budget);
+        else if (!strcmp(a, "--rollback") && v) bad = parse_float(v, &rollback);
+        else if (!strcmp(a, "--depth-map") && v) depth_map = v;
+        else if (!strcmp(a, "--metric") && v) {
+            metric = !strcmp(v, "top2") ? MOR_CONF_TOP2_GAP : !strcmp(v, "maxprob") ? MOR_CONF_MAX_PROB
+                   : !strcmp(v, "entropy") ? MOR_CONF_ENTROPY : -1;
+            bad = metric < 0;
+        } else if (!strcmp(a, "--kv") && v) {
+            kv = !strcmp(v, "skip") ? MOR_KV_SKIP : !strcmp(v, "share") ? MOR_KV_SHARE
+               : !strcmp(v, "propagate") ? MOR_KV_PROPAGATE : !strcmp(v, "sync") ? MOR_KV_SYNC
+               : !strcmp(v, "auto") ? MOR_KV_AUTO : -1;
+            bad = kv < 0;
+        } else if (!strcmp(a, "--policy") && v) {
+            static const char *names[] = {"full", "fixed", "router", "capacity", "confidence", "saturation", "free"};
+            policy = -1;
+            for (int k = 0; k < 7; k++)
+                if (!strcmp(v, names[k])) policy = k;
+            bad = policy < 0;
+        }
         else {
             used = 0;
             if (!strcmp(a, "--ids")) print_ids = 1;
             else if (!strcmp(a, "--no-stop")) stop = 0;
             else if (!strcmp(a, "--stats")) stats = 1;
             else if (!strcmp(a, "--full-depth")) full = 1;
+            else if (!strcmp(a, "--adaptive")) adaptive = 1;
             else if (!strcmp(a, "-v")) mor_log_set(on_log, NULL, MOR_LOG_DEBUG);
             else if (a[0] != '-' && !path) path = a;
             else {
@@ -183,12 +294,23 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mor-run: %s\n", mor_session_last_error(s));
         return 2;
     }
-    if (depth || full || threshold >= 0) {
+    if (depth || full || threshold >= 0 || policy >= 0 || kv || budget > 0 || min_depth >= 0 || decay > 0 ||
+        adaptive || rollback > 0 || metric) {
         mor_exit_policy ep;
         mor_exit_policy_init(&ep);
+        if (policy >= 0) ep.policy = policy;
         if (depth) ep.policy = MOR_EXIT_FIXED, ep.depth = (int32_t)depth;
         if (full) ep.policy = MOR_EXIT_FULL;
         if (threshold >= 0) ep.threshold = threshold;
+        if (min_depth >= 0) ep.min_depth = (int32_t)min_depth;
+        else if (ep.policy == MOR_EXIT_CONFIDENCE || ep.policy == MOR_EXIT_SATURATION) ep.min_depth = 1;
+        ep.metric = (int32_t)metric;
+        ep.decay_tau = decay;
+        ep.shallow = (int32_t)shallow;
+        ep.adaptive = adaptive;
+        ep.kv = kv;
+        ep.budget = budget;
+        ep.rollback = rollback;
         if (mor_session_set_exit_policy(s, &ep) != MOR_OK) {
             fprintf(stderr, "mor-run: %s\n", mor_session_last_error(s));
             return 2;
@@ -207,6 +329,7 @@ int main(int argc, char **argv) {
     if (text && dt) fputs(text, stdout);
     long n_done = 0, depth_sum = 0;
     int32_t *depths = malloc(sizeof(int32_t) * (size_t)(n_gen ? n_gen : 1));
+    long n_rolled = 0;
     char piece[256];
     double t2 = now();
     for (; n_done < n_gen; n_done++) {
@@ -221,6 +344,10 @@ int main(int argc, char **argv) {
         }
         fflush(stdout);
         int st = mor_session_step(s, &tok, 1);
+        if (st == MOR_OK && mor_session_rollback(s) > 0) {  // the deep pass replaced tokens
+            n_rolled += mor_session_rollback(s);
+            if (!print_ids) printf("\u21ba");  // a mark where text was taken back
+        }
         if (st != MOR_OK) {
             fprintf(stderr, "\nmor-run: %s\n", mor_session_last_error(s));
             rc = st == MOR_E_CONTEXT_FULL ? 0 : 1;
@@ -246,11 +373,8 @@ int main(int argc, char **argv) {
             t_load * 1e3, n_prompt, t_prompt * 1e3, n_prompt / (t_prompt > 0 ? t_prompt : 1e-9), n_done,
             t_gen * 1e3, n_done / (t_gen > 0 ? t_gen : 1e-9));
     if (n_done) fprintf(stderr, "mor-run: mean depth %.2f of %ld recursions\n", (double)depth_sum / (double)n_done, n_rec);
-    if (stats) {
-        fprintf(stderr, "mor-run: depths:");
-        for (long i = 0; i < n_done && i < n_gen; i++) fprintf(stderr, " %d", depths[i]);
-        fprintf(stderr, "\n");
-    }
+    if (stats) print_stats(model, s, (int32_t)n_prompt, n_rolled);
+    if (depth_map && write_depth_map(depth_map, model, s, (int32_t)n_prompt) != 0) rc = 1;
     free(depths);
     free(prompt);
     mor_detok_free(dt);
