@@ -21,209 +21,12 @@
 
 #include <math.h>
 
-// ---- small helpers -------------------------------------------------------------------------
-
 static int kt_of(uint32_t t) {
     return t == MOR__DT_F16 ? MOR__KT_F16 : t == MOR__DT_BF16 ? MOR__KT_BF16 : MOR__KT_F32;
 }
 
-typedef struct {
-    mor_session    *s;
-    const mor__mat *W;
-    const float    *x;
-    int64_t         T;
-    float          *y;
-} mm_task;
-
-static void mm_part(void *c, int ith, int nth) {
-    const mm_task *t = c;
-    long r0, r1;
-    mor__split((long)t->W->rows, ith, nth, &r0, &r1);
-    if (r0 < r1)
-        t->s->kern->matmul[kt_of(t->W->type)](t->W->data, t->W->cols, r0, r1, t->x, t->T, t->W->cols, t->y,
-                                              t->W->rows, t->s->row + (size_t)ith * t->s->row_stride);
-}
-
-// y[T][rows] = x[T][cols] * W^T, rows split among the session's threads (small products run on
-// the caller's thread alone: waking workers costs more than they save).
-static void mm(mor_session *s, const mor__mat *W, const float *x, int64_t T, float *y) {
-    mm_task t = {s, W, x, T, y};
-    if (W->rows * W->cols * T < 32768 || mor__pool_size(s->pool) == 1) mm_part(&t, 0, 1);
-    else mor__pool_run(s->pool, mm_part, &t);
-}
-
-static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float scale = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++) o[i] = w[i] * (x[i] * scale);
-}
-
-// A projection of one layer with its LoRA: y = W x + scale * B (A x).
-static void proj(mor_session *s, const mor__layer *ly, int role, const float *x, int64_t n, float *y) {
-    mm(s, &ly->w[role], x, n, y);
-    const mor__mat *a = &ly->lora_a[role], *b = &ly->lora_b[role];
-    if (!a->data) return;
-    float sc = s->model->hp.lora_scale;
-    mm(s, a, x, n, s->lora);   // (n, rank)
-    mm(s, b, s->lora, n, s->tmp);  // (n, out): tmp is free during projections
-    int64_t out = ly->w[role].rows;
-    for (int64_t i = 0; i < n * out; i++) y[i] += sc * s->tmp[i];
-}
-
-static void rope(float *v, int n_heads, int hd, const float *c, const float *sn, int neox) {
-    int half = hd / 2;
-    for (int h = 0; h < n_heads; h++, v += hd) {
-        if (neox) {
-            for (int i = 0; i < half; i++) {
-                float x0 = v[i], x1 = v[i + half];
-                v[i] = x0 * c[i] - x1 * sn[i];
-                v[i + half] = x1 * c[i] + x0 * sn[i];
-            }
-        } else {
-            for (int i = 0; i < half; i++) {
-                float x0 = v[2 * i], x1 = v[2 * i + 1];
-                v[2 * i] = x0 * c[i] - x1 * sn[i];
-                v[2 * i + 1] = x0 * sn[i] + x1 * c[i];
-            }
-        }
-    }
-}
-
-// Number of slot entries at positions <= p (entries are sorted by position).
-static int32_t visible(const mor__kv_slot *sl, int32_t p) {
-    int32_t lo = 0, hi = sl->len;
-    while (lo < hi) {
-        int32_t mid = (lo + hi) / 2;
-        if (sl->pos[mid] <= p) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo;
-}
-
-// Puts the entry of position pos into a slot, keeping it sorted; an entry already at pos is
-// replaced (a deep pass recomputing a stacked token's K/V).
-static void slot_put(mor__kv_slot *sl, int32_t pos, const float *k, const float *v, int kvdim) {
-    size_t row = (size_t)kvdim * sizeof(float);
-    int32_t e = sl->len;
-    if (e > 0 && sl->pos[e - 1] >= pos) {
-        e = visible(sl, pos - 1);
-        if (!(e < sl->len && sl->pos[e] == pos)) {
-            memmove(sl->k + (size_t)(e + 1) * kvdim, sl->k + (size_t)e * kvdim, (size_t)(sl->len - e) * row);
-            memmove(sl->v + (size_t)(e + 1) * kvdim, sl->v + (size_t)e * kvdim, (size_t)(sl->len - e) * row);
-            memmove(sl->pos + e + 1, sl->pos + e, (size_t)(sl->len - e) * sizeof(int32_t));
-            sl->len++;
-        }
-    } else {
-        sl->len++;
-    }
-    memcpy(sl->k + (size_t)e * kvdim, k, row);
-    memcpy(sl->v + (size_t)e * kvdim, v, row);
-    sl->pos[e] = pos;
-}
-
-// ---- attention -----------------------------------------------------------------------------
-
-typedef struct {
-    mor_session        *s;
-    const mor__kv_slot *sl;
-    const int32_t      *idx;
-    int32_t             n;
-} att_task;
-
-// Attention for (row, head) pairs split among threads: each row sees the slot entries at
-// positions up to its own.
-static void att_part(void *c, int ith, int nth) {
-    const att_task *t = c;
-    mor_session *s = t->s;
-    const mor__hparams *hp = &s->model->hp;
-    const int hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
-    const int qdim = nh * hd, kvdim = nkv * hd, rep = nh / nkv;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const mor__kv_slot *sl = t->sl;
-    float *att = s->att + (size_t)ith * (size_t)s->n_ctx;
-    long lo, hi;
-    mor__split((long)t->n * nh, ith, nth, &lo, &hi);
-    for (long w = lo; w < hi; w++) {
-        int32_t i = (int32_t)(w / nh);
-        int h = (int)(w % nh), kh = h / rep;
-        int32_t nv = visible(sl, s->tpos[t->idx[i]]);
-        const float *qh = s->q + (size_t)i * qdim + (size_t)h * hd;
-        float mx = -INFINITY;
-        for (int32_t e = 0; e < nv; e++) {
-            att[e] = s->kern->dot(qh, sl->k + (size_t)e * kvdim + (size_t)kh * hd, hd) * scale;
-            if (att[e] > mx) mx = att[e];
-        }
-        float sum = 0;
-        for (int32_t e = 0; e < nv; e++) {
-            att[e] = expf(att[e] - mx);
-            sum += att[e];
-        }
-        float *o = s->ao + (size_t)i * qdim + (size_t)h * hd, inv = 1.0f / sum;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int32_t e = 0; e < nv; e++) s->kern->axpy(o, att[e] * inv, sl->v + (size_t)e * kvdim + (size_t)kh * hd, hd);
-    }
-}
-
-// ---- one layer on n compacted rows ---------------------------------------------------------
-
-static const float *rope_c(const mor_session *s, int32_t row) {
-    return s->rope_cos + (size_t)row * (size_t)(s->model->hp.head_dim / 2);
-}
-static const float *rope_s(const mor_session *s, int32_t row) {
-    return s->rope_sin + (size_t)row * (size_t)(s->model->hp.head_dim / 2);
-}
-
-// xr: (n, d) rows of the residual stream, updated in place; idx[i]: the pass row of row i.
-static void run_layer(mor_session *s, int32_t l, float *xr, const int32_t *idx, int32_t n) {
-    const mor__hparams *hp = &s->model->hp;
-    const mor__layer *ly = &s->model->layers[l];
-    const int d = hp->n_embd, hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
-    const int qdim = nh * hd, kvdim = nkv * hd, ff = hp->n_ff;
-    s->st_evals += n;
-
-    for (int32_t i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * d, xr + (size_t)i * d, ly->attn_norm, d, hp->rms_eps);
-    proj(s, ly, MOR__ROLE_Q, s->xb, n, s->q);
-    for (int32_t i = 0; i < n; i++) rope(s->q + (size_t)i * qdim, nh, hd, rope_c(s, idx[i]), rope_s(s, idx[i]), hp->rope_neox);
-    if (s->slot_write[l]) {
-        mor__kv_slot *own = &s->slots[l];
-        proj(s, ly, MOR__ROLE_K, s->xb, n, s->k);
-        proj(s, ly, MOR__ROLE_V, s->xb, n, s->v);
-        for (int32_t i = 0; i < n; i++) {
-            float *kr = s->k + (size_t)i * kvdim;
-            rope(kr, nkv, hd, rope_c(s, idx[i]), rope_s(s, idx[i]), hp->rope_neox);
-            slot_put(own, s->tpos[idx[i]], kr, s->v + (size_t)i * kvdim, kvdim);
-        }
-    }
-    att_task at = {s, &s->slots[s->slot_of[l]], idx, n};
-    if ((long)n * nh * at.sl->len < 4096 || mor__pool_size(s->pool) == 1) att_part(&at, 0, 1);
-    else mor__pool_run(s->pool, att_part, &at);
-    proj(s, ly, MOR__ROLE_O, s->ao, n, s->hb2);  // hb2 is free until the MLP
-    for (int64_t i = 0; i < (int64_t)n * d; i++) xr[i] += s->hb2[i];
-
-    for (int32_t i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * d, xr + (size_t)i * d, ly->ffn_norm, d, hp->rms_eps);
-    proj(s, ly, MOR__ROLE_GATE, s->xb, n, s->hb);
-    proj(s, ly, MOR__ROLE_UP, s->xb, n, s->hb2);
-    for (int64_t i = 0; i < (int64_t)n * ff; i++) {
-        float g = s->hb[i];
-        s->hb[i] = g / (1.0f + expf(-g)) * s->hb2[i];
-    }
-    proj(s, ly, MOR__ROLE_DOWN, s->hb, n, s->hb2);
-    for (int64_t i = 0; i < (int64_t)n * d; i++) xr[i] += s->hb2[i];
-}
-
-// CALM state propagation: the K/V of layer l for one row computed from its exit state h.
-static void propagate_kv(mor_session *s, int32_t l, const float *h, int32_t row) {
-    const mor__hparams *hp = &s->model->hp;
-    const mor__layer *ly = &s->model->layers[l];
-    const int kvdim = hp->n_head_kv * hp->head_dim;
-    if (!s->slot_write[l]) return;
-    rmsnorm(s->xb, h, ly->attn_norm, hp->n_embd, hp->rms_eps);
-    proj(s, ly, MOR__ROLE_K, s->xb, 1, s->k);
-    proj(s, ly, MOR__ROLE_V, s->xb, 1, s->v);
-    rope(s->k, hp->n_head_kv, hp->head_dim, rope_c(s, row), rope_s(s, row), hp->rope_neox);
-    slot_put(&s->slots[l], s->tpos[row], s->k, s->v, kvdim);
-}
+static void mm(mor_session *s, const mor__mat *W, const float *x, int64_t T, float *y) { mor__matmul(&s->w, W, x, T, y); }
+#define rmsnorm mor__rmsnorm
 
 // ---- routers and exit heads ----------------------------------------------------------------
 
@@ -294,12 +97,7 @@ static float row_threshold(const mor_session *s, int32_t row) {
 
 // ---- step decisions ------------------------------------------------------------------------
 
-typedef struct {
-    int32_t T;        // new rows
-    int32_t R;        // all rows (new + stacked)
-    int     force;    // the stack is full: every new row goes deep
-    int     any_new;  // some new row runs the current step
-} pass;
+typedef mor__pass pass;
 
 // A row leaves the steps after running `ran` steps.
 static void stop_row(mor_session *s, pass *ps, int32_t t, int32_t ran) {
@@ -320,7 +118,7 @@ static void stop_row(mor_session *s, pass *ps, int32_t t, int32_t ran) {
     if (t >= ps->T || ran >= m->n_steps) return;
     if (s->policy.kv == MOR_KV_PROPAGATE) {
         for (int32_t l = 0; l < hp->n_layer; l++)
-            if (m->layer_step[l] >= ran) propagate_kv(s, l, xt, t);
+            if (m->layer_step[l] >= ran) mor__propagate_kv(s, l, xt, t);
         s->trace.kv[s->tpos[t]] = MOR_KVSTAT_PROPAGATED;
     } else if (s->policy.kv == MOR_KV_SYNC) {
         s->trace.kv[s->tpos[t]] = MOR_KVSTAT_DEFERRED;
@@ -563,23 +361,9 @@ static void load_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     }
 }
 
-// Runs a unique layer (outside the steps) on every joined row.
-static void run_unique(mor_session *s, int32_t l, int32_t R) {
-    const int d = s->model->hp.n_embd;
-    int32_t n = 0;
-    for (int32_t t = 0; t < R; t++)
-        if (s->joined[t]) s->act[n++] = t;
-    if (n == R) {
-        run_layer(s, l, s->x, s->act_pos, R);  // rows 0..R-1 in place (act_pos is the identity)
-        return;
-    }
-    for (int32_t i = 0; i < n; i++) memcpy(s->xa + (size_t)i * d, s->x + (size_t)s->act[i] * d, (size_t)d * sizeof(float));
-    run_layer(s, l, s->xa, s->act, n);
-    for (int32_t i = 0; i < n; i++) memcpy(s->x + (size_t)s->act[i] * d, s->xa + (size_t)i * d, (size_t)d * sizeof(float));
-}
-
 // After the pass: telemetry, the KV_SYNC stack and its calibration and rollback.
 static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
+    (void)tokens;
     const mor_model *m = s->model;
     const mor__hparams *hp = &m->hp;
     const mor__policy *p = &s->policy;
@@ -681,56 +465,139 @@ static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     s->n_stack = keep_n;
 }
 
-int mor__forward(mor_session *s, const int32_t *tokens, int32_t T, int logits_all) {
+// ---- the pass, one layer at a time ---------------------------------------------------------
+
+// Moves the cursor to the next layer that has rows to run: opens steps (the policy decides
+// who runs them), skips steps nobody runs, finalizes rows before a unique last layer, and
+// gathers the rows of unique layers when not every row takes part.
+static int settle(mor_session *s) {
     const mor_model *m = s->model;
     const mor__hparams *hp = &m->hp;
+    pass *ps = &s->ps;
     const int d = hp->n_embd;
-    pass ps = {T, T, 0, 0};
-    ps.force = s->policy.kv == MOR_KV_SYNC && s->n_stack >= s->n_batch / 2;
-    load_rows(s, &ps, tokens);
-
-    int32_t n_act = 0, k = -1, seen_steps = 0;
-    for (int32_t l = 0; l < hp->n_layer; l++) {
-        int32_t lk = m->layer_step[l];
+    while (ps->l < hp->n_layer) {
+        int32_t l = ps->l, lk = m->layer_step[l];
         if (lk < 0) {
-            if (seen_steps && hp->router == MOR_ROUTER_TOKEN)  // rows that ran every step
-                for (int32_t t = 0; t < ps.R; t++)
-                    if (s->alive[t]) stop_row(s, &ps, t, m->n_steps), s->exit_step[t] = m->n_steps;
-            if (seen_steps)
-                for (int32_t t = 0; t < ps.R; t++)
-                    if (s->alive[t]) s->alive[t] = 0, s->exit_step[t] = m->n_steps;
-            run_unique(s, l, ps.R);
-            continue;
+            if (ps->seen_steps == 1) {  // leaving the steps: rows still in them ran them all
+                for (int32_t t = 0; t < ps->R; t++)
+                    if (s->alive[t]) {
+                        if (hp->router == MOR_ROUTER_TOKEN) stop_row(s, ps, t, m->n_steps);
+                        s->alive[t] = 0;
+                        s->exit_step[t] = m->n_steps;
+                    }
+                ps->seen_steps = 2;
+            }
+            int32_t n = 0;
+            for (int32_t t = 0; t < ps->R; t++)
+                if (s->joined[t]) s->act[n++] = t;
+            ps->n_act = n;
+            ps->gathered = n != ps->R;
+            if (ps->gathered)
+                for (int32_t i = 0; i < n; i++)
+                    memcpy(s->xa + (size_t)i * d, s->x + (size_t)s->act[i] * d, (size_t)d * sizeof(float));
+            return MOR_OK;
         }
-        seen_steps = 1;
+        if (!ps->seen_steps) ps->seen_steps = 1;
         if (m->steps_interleaved) {  // sequence sharing: FULL or FIXED only
             int32_t limit = s->policy.policy == MOR_EXIT_FIXED ? s->policy.depth : m->n_steps;
-            if (lk >= limit) continue;
-            run_unique(s, l, ps.R);
-            for (int32_t t = 0; t < ps.R; t++)
-                if (s->joined[t] && lk + 1 > s->tok_depth[t]) s->tok_depth[t] = lk + 1;
-            continue;
+            if (lk >= limit) {
+                ps->l++;
+                continue;
+            }
+            int32_t n = 0;
+            for (int32_t t = 0; t < ps->R; t++)
+                if (s->joined[t]) s->act[n++] = t;
+            ps->n_act = n;
+            ps->gathered = n != ps->R;
+            if (ps->gathered)
+                for (int32_t i = 0; i < n; i++)
+                    memcpy(s->xa + (size_t)i * d, s->x + (size_t)s->act[i] * d, (size_t)d * sizeof(float));
+            return MOR_OK;
         }
         if (l == m->step_begin[lk]) {
-            k = lk;
-            n_act = begin_step(s, &ps, k);
-            if (n_act < 0) return n_act;
+            ps->k = lk;
+            int32_t n = begin_step(s, ps, lk);
+            if (n < 0) return n;
+            ps->n_act = n;
+            if (n == 0) {  // nobody runs this step
+                end_step(s, ps, lk, 0);
+                ps->l = m->step_end[lk];
+                continue;
+            }
         }
-        if (n_act) run_layer(s, l, s->xa, s->act, n_act);
-        if (l == m->step_end[lk] - 1) end_step(s, &ps, k, n_act);
+        return MOR_OK;
     }
-    for (int32_t t = 0; t < ps.R; t++)  // rows still in the steps ran them all
+    return MOR_OK;
+}
+
+int mor__pass_begin(mor_session *s, int32_t T, int logits_all) {
+    pass *ps = &s->ps;
+    memset(ps, 0, sizeof *ps);
+    ps->T = ps->R = T;
+    ps->k = -1;
+    ps->logits_all = logits_all;
+    ps->force = s->policy.kv == MOR_KV_SYNC && s->n_stack >= s->n_batch / 2;
+    ps->active = 1;
+    load_rows(s, ps, s->tokens + s->n_past);
+    return settle(s);
+}
+
+int32_t mor__pass_next(const mor_session *s) { return s->ps.l < s->model->hp.n_layer ? s->ps.l : -1; }
+
+void mor__pass_part(mor_session *s, mor__part *p) {
+    const pass *ps = &s->ps;
+    const mor_model *m = s->model;
+    int step_layer = m->layer_step[ps->l] >= 0 && !m->steps_interleaved;
+    p->s = s;
+    p->l = ps->l;
+    p->n = ps->n_act;
+    if (step_layer || ps->gathered) {
+        p->xr = s->xa;
+        p->idx = s->act;
+    } else {  // every row, in place
+        p->xr = s->x;
+        p->idx = s->act_pos;
+        p->n = ps->R;
+    }
+}
+
+int mor__pass_advance(mor_session *s) {
+    const mor_model *m = s->model;
+    pass *ps = &s->ps;
+    const int d = m->hp.n_embd;
+    int32_t l = ps->l, lk = m->layer_step[l];
+    if (lk >= 0 && !m->steps_interleaved) {
+        if (l == m->step_end[lk] - 1) end_step(s, ps, lk, ps->n_act);
+    } else {
+        if (ps->gathered)
+            for (int32_t i = 0; i < ps->n_act; i++)
+                memcpy(s->x + (size_t)s->act[i] * d, s->xa + (size_t)i * d, (size_t)d * sizeof(float));
+        if (lk >= 0)  // interleaved step layer: its rows ran step lk
+            for (int32_t t = 0; t < ps->R; t++)
+                if (s->joined[t] && lk + 1 > s->tok_depth[t]) s->tok_depth[t] = lk + 1;
+    }
+    ps->l++;
+    return settle(s);
+}
+
+void mor__pass_finish(mor_session *s) {
+    const mor_model *m = s->model;
+    const mor__hparams *hp = &m->hp;
+    pass *ps = &s->ps;
+    const int d = hp->n_embd;
+    const int32_t T = ps->T;
+    for (int32_t t = 0; t < ps->R; t++)  // rows still in the steps ran them all
         if (s->alive[t]) {
-            if (hp->router == MOR_ROUTER_TOKEN) stop_row(s, &ps, t, m->n_steps);
+            if (hp->router == MOR_ROUTER_TOKEN) stop_row(s, ps, t, m->n_steps);
             s->alive[t] = 0;
             s->exit_step[t] = m->n_steps;
         }
     if (m->steps_interleaved)
-        for (int32_t t = 0; t < ps.T; t++) s->exit_step[t] = s->tok_depth[t];
+        for (int32_t t = 0; t < T; t++) s->exit_step[t] = s->tok_depth[t];
 
     // Logits: the final head, or for a model without a unique last layer the exit head after
     // the last step a row ran.
-    int32_t first = logits_all ? 0 : T - 1;
+    int32_t first = ps->logits_all ? 0 : T - 1;
     int same = 1;
     for (int32_t t = first; t < T; t++) {
         int32_t head = -1;
@@ -748,6 +615,23 @@ int mor__forward(mor_session *s, const int32_t *tokens, int32_t T, int logits_al
             head_logits(s, s->row_head[t], s->x + (size_t)t * d, lout + (size_t)(t - first) * hp->n_vocab);
     }
     s->n_logits = T - first;
-    finish_rows(s, &ps, tokens);
+    finish_rows(s, ps, s->tokens + s->n_past);
+    ps->active = 0;
+}
+
+int mor__forward(mor_session *s, const int32_t *tokens, int32_t T, int logits_all) {
+    if (s->tokens + s->n_past != tokens) memcpy(s->tokens + s->n_past, tokens, (size_t)T * sizeof(int32_t));
+    int st = mor__pass_begin(s, T, logits_all);
+    while (st == MOR_OK && mor__pass_next(s) >= 0) {
+        mor__part p;
+        mor__pass_part(s, &p);
+        mor__run_layers(&s->w, s->model, &p, 1);
+        st = mor__pass_advance(s);
+    }
+    if (st) {
+        s->ps.active = 0;
+        return st;
+    }
+    mor__pass_finish(s);
     return MOR_OK;
 }

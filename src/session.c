@@ -163,6 +163,8 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
         mor_session_free(s);
         return mor__errf(err, err_n, ps, "cannot start %d compute threads", p.n_threads);
     }
+    s->w = (mor__work){s->xb, s->q, s->k, s->v, s->ao, s->hb, s->hb2, s->tmp, s->lora, s->att, (size_t)p.n_ctx,
+                       s->row, s->row_stride, s->pool, s->kern, p.n_batch};
     sampler_from(&s->sampler, NULL);
     s->rng = s->sampler.seed;
     mor__policy_default(m, &s->policy);

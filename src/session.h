@@ -24,6 +24,41 @@ typedef struct {
     int32_t  len;
 } mor__kv_slot;
 
+// Scratch for a batched layer: a session's own buffers, or a scheduler's (sized for its batch).
+typedef struct mor__work {
+    float              *xb, *q, *k, *v, *ao, *hb, *hb2, *tmp, *lora;  // [rows][width]
+    float              *att;          // [threads][att_stride] attention scores
+    size_t              att_stride;
+    float              *row;          // [threads][row_stride] converted weight rows
+    size_t              row_stride;
+    mor__pool          *pool;
+    const mor__kernels *kern;
+    int32_t             rows;         // row capacity of the buffers
+} mor__work;
+
+// One session's share of a batched layer: n rows (xr, updated in place) of pass rows idx.
+typedef struct {
+    struct mor_session *s;
+    int32_t             l;            // unrolled layer
+    float              *xr;
+    const int32_t      *idx;
+    int32_t             n;
+} mor__part;
+
+// The state of a pass in progress over a session's rows (forward.c).
+typedef struct {
+    int32_t T, R;          // new rows, all rows (new + stacked)
+    int     force;         // the KV_SYNC stack is full: every new row goes deep
+    int     any_new;       // some new row runs the current step
+    int     logits_all;
+    int32_t l;             // next unrolled layer to run (n_layer: done)
+    int32_t k;             // current step
+    int32_t n_act;         // rows in the current step
+    int     seen_steps;    // the steps are behind (a unique last layer follows)
+    int     gathered;      // the unique layer runs on gathered rows (scatter back after)
+    int     active;        // a pass is in progress
+} mor__pass;
+
 typedef struct {
     float    temperature, top_p, min_p, repeat_penalty;
     int32_t  top_k, repeat_last_n;
@@ -85,6 +120,8 @@ struct mor_session {
     float *row;                      // [n_threads][row_stride] converted weight rows
     size_t row_stride;
     mor__pool *pool;                 // compute threads (n_threads - 1 workers)
+    mor__work  w;                    // the buffers above, as a layer workspace
+    mor__pass  ps;                   // the pass in progress
     float *rope_cos, *rope_sin;      // [n_batch][head_dim/2]
     float *h_in, *xa, *gate;         // router: block input, compacted rows, gate per token
     float *router_h;                 // [n_batch][2d + n_rec] router scratch
@@ -137,6 +174,26 @@ struct mor_session {
 // token if logits_all), the per-token depths and the telemetry. On error (a router callback),
 // returns the status; the caller restores the KV slots.
 int  mor__forward(mor_session *s, const int32_t *tokens, int32_t T, int logits_all);
+
+// The same pass, one layer at a time, so that a scheduler can batch the layers of several
+// sessions (forward.c). The new tokens must already be in s->tokens[n_past .. n_past+T-1].
+// begin and advance return a status (a router callback failed: abandon the pass, then
+// restore the KV slots with mor__truncate_slots(s, n_past)).
+int     mor__pass_begin(mor_session *s, int32_t T, int logits_all);
+int32_t mor__pass_next(const mor_session *s);          // next layer, -1 when the layers are done
+void    mor__pass_part(mor_session *s, mor__part *p);   // the rows of that layer
+int     mor__pass_advance(mor_session *s);             // after the layer ran
+void    mor__pass_finish(mor_session *s);              // logits, telemetry, stack
+
+// A layer on the rows of several parts; parts whose weights are the same memory share every
+// projection (layer.c). The parts' rows must fit w->rows.
+void mor__run_layers(mor__work *w, const mor_model *m, const mor__part *parts, int n_parts);
+// y[T][rows] = x[T][cols] * W^T with the workspace's threads.
+void mor__matmul(mor__work *w, const mor__mat *W, const float *x, int64_t T, float *y);
+// Pre-norm of one row and the K/V of layer l from it, inserted into the session's slot (CALM
+// propagation).
+void mor__propagate_kv(mor_session *s, int32_t l, const float *h, int32_t row);
+void mor__rmsnorm(float *o, const float *x, const float *w, int n, float eps);
 
 // KV slot maintenance (session.c): drop entries at positions >= n_keep.
 void mor__truncate_slots(mor_session *s, int32_t n_keep);
