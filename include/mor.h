@@ -509,6 +509,92 @@ MOR_API int mor_session_get_stats(const mor_session *session, mor_session_stats 
  * continue from there. */
 MOR_API int32_t mor_session_rollback(const mor_session *session);
 
+/*-************************************************************************************************
+ *  Scheduler: many sessions at once (continuous depth-wise batching)
+ **************************************************************************************************
+ * A scheduler steps many sessions of one model together. Each round it runs one layer for
+ * every session whose next layer uses the same weights, as one batch: the shared block of a
+ * recursive model is one weight set at every recursion, so tokens of different sessions at
+ * different depths share a pass, and a session whose token exits early starts its next token
+ * at once (its slot in the batch is refilled). Every session keeps its own policy, KV
+ * strategy, sampler and RNG; its tokens, logits and depths are those of stepping it alone.
+ *
+ *     mor_sched *sc;
+ *     mor_sched_create(model, NULL, &sc, err, sizeof err);
+ *     mor_sched_add(sc, npc[i]);                                 // for each session
+ *     mor_sched_submit(sc, npc[i], prompt, n_prompt, 32);        // prompt, then 32 tokens
+ *     while (mor_sched_pending(sc) > 0) {
+ *         mor_sched_step(sc);
+ *         mor_session *who; int32_t tok, st;
+ *         while (mor_sched_poll(sc, &who, &tok, &st) == MOR_OK) ... // tok == -1: done or error
+ *     }
+ *
+ * Thread-safety: a scheduler and its sessions are used from one thread at a time; while a
+ * session belongs to a scheduler, mor_session_step() on it is refused (MOR_E_INVALID); the
+ * other session calls (logits, sampler, policy, telemetry) stay available between rounds. */
+typedef struct mor_sched mor_sched;
+
+#define MOR_PARAMS_SCHED 5
+#define MOR_SCHED_CONTINUOUS 0 /* admit work whenever a session's token is done (default) */
+#define MOR_SCHED_STATIC     1 /* baseline: run a batch to its deepest token before admitting more */
+#define MOR_SCHED_SEQUENTIAL 2 /* baseline: one session at a time, each pass alone */
+
+typedef struct mor_sched_params {
+    uint32_t size;          /* sizeof(mor_sched_params) */
+    uint32_t kind;          /* MOR_PARAMS_SCHED */
+    int32_t  max_batch;     /* most token rows in flight together; default 64 */
+    int32_t  n_threads;     /* compute threads of the scheduler; default 1 */
+    int64_t  kv_budget;     /* bytes of K/V the sessions may hold together; 0 = no limit */
+    int32_t  mode;          /* MOR_SCHED_*; default CONTINUOUS */
+    int32_t  prompt_chunk;  /* most prompt tokens a session brings to one pass; default 16 */
+} mor_sched_params;
+
+MOR_API void mor_sched_params_init(mor_sched_params *p);
+
+/* mor_sched_create(): a scheduler for sessions of `model` (borrowed; must outlive it).
+ * @return MOR_OK and *out (free with mor_sched_free), MOR_E_INVALID (a parameter, named in
+ * err), MOR_E_NOMEM, MOR_E_THREAD. */
+MOR_API int  mor_sched_create(const mor_model *model, const mor_sched_params *params, mor_sched **out,
+                              char *err, size_t err_size);
+/* mor_sched_free(): drops pending work (sessions stay usable, left as after their last
+ * finished token) and releases the scheduler. NULL is a no-op. Sessions are not freed. */
+MOR_API void mor_sched_free(mor_sched *sched);
+
+/* mor_sched_add(): put a session (of the same model, in no other scheduler) under the
+ * scheduler. mor_sched_remove(): take it out; its pending work is cancelled. @return MOR_OK,
+ * MOR_E_INVALID (other model, already scheduled, unknown session), MOR_E_NOMEM. */
+MOR_API int  mor_sched_add(mor_sched *sched, mor_session *session);
+MOR_API int  mor_sched_remove(mor_sched *sched, mor_session *session);
+
+/* mor_sched_submit(): queue n_tokens tokens (copied; a prompt, 0 allowed when generating
+ * after earlier work), then n_generate tokens sampled with the session's sampler, each
+ * appended and reported by mor_sched_poll(). @return MOR_OK, MOR_E_TOKEN, MOR_E_CONTEXT_FULL
+ * (the request cannot fit the session's context: nothing is queued), MOR_E_INVALID. */
+MOR_API int  mor_sched_submit(mor_sched *sched, mor_session *session, const int32_t *tokens,
+                              int32_t n_tokens, int32_t n_generate);
+
+/* mor_sched_cancel(): drop the session's queued work; a token in flight is completed or
+ * dropped cleanly (the session is left as after its last finished token). Others continue. */
+MOR_API int  mor_sched_cancel(mor_sched *sched, mor_session *session);
+
+/* mor_sched_step(): one round (one batched layer, plus admitting and finishing tokens).
+ * @return MOR_OK; errors of a session are reported through mor_sched_poll() and end that
+ * session's queued work only. */
+MOR_API int  mor_sched_step(mor_sched *sched);
+
+/* mor_sched_pending(): sessions with work queued or in flight. */
+MOR_API int32_t mor_sched_pending(const mor_sched *sched);
+
+/* mor_sched_poll(): the next event, in order: a generated token (status MOR_OK, token >= 0),
+ * the end of a session's request (MOR_OK, token -1), or an error that ended it (status < 0,
+ * token -1; the message is in mor_session_last_error). @return MOR_OK with an event, or
+ * MOR_E_NOT_FOUND when none is waiting. */
+MOR_API int  mor_sched_poll(mor_sched *sched, mor_session **session, int32_t *token, int32_t *status);
+
+/* Counters since creation: rounds run, token rows processed by batched layers, and the mean
+ * number of rows per batched layer (batch occupancy). */
+MOR_API int  mor_sched_stats(const mor_sched *sched, int64_t *rounds, int64_t *layer_rows, double *mean_rows);
+
 /* ---- BEGIN TOKENIZER API ---- */
 /*-************************************************************************************************
  *  Tokenizer

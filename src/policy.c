@@ -146,6 +146,7 @@ static void install(mor_session *s, const mor__policy *np) {
 int mor_session_set_exit_policy(mor_session *s, const mor_exit_policy *pol) {
     if (!s) return MOR_E_INVALID;
     s->err[0] = 0;
+    if (s->ps.active) return mor__session_fail(s, MOR_E_INVALID, "a token of this session is being computed by its scheduler");
     mor_exit_policy q;
     mor_exit_policy_init(&q);
     if (pol) {

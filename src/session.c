@@ -15,6 +15,7 @@ int mor__session_fail(mor_session *s, int status, const char *fmt, ...) {
 
 void mor_session_free(mor_session *s) {
     if (!s) return;
+    if (s->sched) mor_sched_remove(s->sched, s);
     if (s->has_router && s->router.free) s->router.free(s->router_user);
     mor__pool_free(s->pool);
     if (s->slots)
@@ -176,9 +177,7 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
 
 const char *mor_session_last_error(const mor_session *s) { return s ? s->err : "session is NULL"; }
 
-int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
-    if (!s) return MOR_E_INVALID;
-    s->err[0] = 0;
+int mor__session_check(mor_session *s, const int32_t *tokens, int32_t n, int32_t queued) {
     if (!tokens) return mor__session_fail(s, MOR_E_INVALID, "tokens is NULL");
     if (n < 1) return mor__session_fail(s, MOR_E_INVALID, "n_tokens = %d: must be at least 1", n);
     int all = (s->flags & MOR_SESSION_LOGITS_ALL) != 0;
@@ -190,50 +189,77 @@ int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
         if (tokens[i] < 0 || tokens[i] >= s->model->hp.n_vocab)
             return mor__session_fail(s, MOR_E_TOKEN, "token %d at index %d is outside the vocabulary [0, %d)",
                                      tokens[i], i, s->model->hp.n_vocab);
-    if (n > s->n_ctx - s->n_past)
+    if (n > s->n_ctx - s->n_past - queued)
         return mor__session_fail(s, MOR_E_CONTEXT_FULL,
-                                 "%d tokens do not fit: %d of the context of %d are used", n, s->n_past,
+                                 "%d tokens do not fit: %d of the context of %d are used", n, s->n_past + queued,
                                  s->n_ctx);
+    return MOR_OK;
+}
+
+// Tokens a pass takes from a request of n tokens starting at off.
+int32_t mor__session_chunk(const mor_session *s, int32_t n, int32_t off) {
+    // Synchronized parallel decoding runs one new token per pass (SEED.md §6.2): a token that
+    // exits waits on the stack for the next token that goes deep.
+    int32_t room = s->policy.kv == MOR_KV_SYNC ? 1 : s->n_batch;
+    return MOR__MIN(room, n - off);
+}
+
+void mor__session_prepare(mor_session *s, const int32_t *tokens, int32_t T, int given, int32_t off) {
+    int all = (s->flags & MOR_SESSION_LOGITS_ALL) != 0;
+    s->logit_row0 = all && s->policy.kv == MOR_KV_SYNC ? off : 0;
+    s->ring_save_next = s->budget_next, s->ring_save_n = s->budget_n;
+    for (int32_t i = 0; i < T; i++) {
+        s->trace.given[s->n_past + i] = (uint8_t)given;
+        s->tokens[s->n_past + i] = tokens[i];
+    }
+}
+
+int mor__session_abort(mor_session *s, int st) {
+    mor__truncate_slots(s, s->n_past);  // drop what the pass appended, keep the session usable
+    s->budget_next = s->ring_save_next, s->budget_n = s->ring_save_n;
+    s->n_last = 0;
+    s->n_logits = 0;
+    if (!s->err[0]) mor__session_fail(s, st, "forward pass failed");
+    return st;
+}
+
+int mor__session_commit(mor_session *s, int32_t T, int32_t off) {
+    for (int32_t i = 0; i < T; i++)
+        if (off + i < s->n_batch) s->depth_all[off + i] = s->depths[i];
+    s->n_past += T;
+    s->n_last = off + T;
+    if (s->logit_row0) s->n_logits = off + T;
+    if (s->rollback_to < 0) return 0;
+    // The deep pass disagreed with an emitted token: back to it, with the deep logits there.
+    int32_t to = s->rollback_to;
+    s->rolled_back = s->n_past - to;
+    s->st_rollbacks++;
+    mor__truncate_slots(s, to);
+    s->n_past = to;
+    s->n_last = 1;
+    s->n_logits = 1;  // the deep logits at the new end were left in row 0
+    s->depth_all[0] = s->model->n_steps;
+    s->rollback_to = -1;
+    return 1;
+}
+
+int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
+    if (!s) return MOR_E_INVALID;
+    s->err[0] = 0;
+    if (s->sched) return mor__session_fail(s, MOR_E_INVALID, "the session belongs to a scheduler: submit work there");
+    int st = mor__session_check(s, tokens, n, 0);
+    if (st) return st;
     s->n_last = 0;
     s->n_logits = 0;
     s->rolled_back = 0;
+    int all = (s->flags & MOR_SESSION_LOGITS_ALL) != 0;
     for (int32_t off = 0; off < n;) {
-        // Synchronized parallel decoding runs one new token per pass (SEED.md §6.2): a token
-        // that exits waits on the stack for the next token that goes deep.
-        int32_t room = s->policy.kv == MOR_KV_SYNC ? 1 : s->n_batch;
-        int32_t T = MOR__MIN(room, n - off);
-        s->logit_row0 = all && s->policy.kv == MOR_KV_SYNC ? off : 0;
-        int32_t ring_next = s->budget_next, ring_n = s->budget_n;
-        for (int32_t i = 0; i < T; i++) s->trace.given[s->n_past + i] = n > 1;
-        int st = mor__forward(s, tokens + off, T, all);
-        if (st) {  // a callback failed: drop what the pass appended, keep the session usable
-            mor__truncate_slots(s, s->n_past);
-            s->budget_next = ring_next, s->budget_n = ring_n;
-            s->n_last = 0;
-            s->n_logits = 0;
-            if (!s->err[0]) mor__session_fail(s, st, "forward pass failed");
-            return st;
-        }
-        for (int32_t i = 0; i < T; i++) {
-            s->tokens[s->n_past + i] = tokens[off + i];
-            if (off + i < s->n_batch) s->depth_all[off + i] = s->depths[i];
-        }
-        s->n_past += T;
+        int32_t T = mor__session_chunk(s, n, off);
+        mor__session_prepare(s, tokens + off, T, n > 1, off);
+        st = mor__forward(s, s->tokens + s->n_past, T, all);
+        if (st) return mor__session_abort(s, st);
+        if (mor__session_commit(s, T, off)) return MOR_OK;
         off += T;
-        s->n_last = off;
-        if (s->logit_row0) s->n_logits = off;
-        if (s->rollback_to >= 0) {  // the deep pass disagreed with an emitted token
-            int32_t to = s->rollback_to;
-            s->rolled_back = s->n_past - to;
-            s->st_rollbacks++;
-            mor__truncate_slots(s, to);
-            s->n_past = to;
-            s->n_last = 1;
-            s->n_logits = 1;  // the deep logits at the new end were left in row 0
-            s->depth_all[0] = s->model->n_steps;
-            s->rollback_to = -1;
-            return MOR_OK;
-        }
     }
     return MOR_OK;
 }
@@ -289,6 +315,7 @@ void mor__truncate_slots(mor_session *s, int32_t n_keep) {
 int mor_session_rewind(mor_session *s, int32_t n_keep) {
     if (!s) return MOR_E_INVALID;
     s->err[0] = 0;
+    if (s->ps.active) return mor__session_fail(s, MOR_E_INVALID, "a token of this session is being computed by its scheduler");
     if (n_keep < 0 || n_keep > s->n_past)
         return mor__session_fail(s, MOR_E_INVALID, "n_keep = %d: must be 0..%d", n_keep, s->n_past);
     mor__truncate_slots(s, n_keep);
@@ -301,7 +328,7 @@ int mor_session_rewind(mor_session *s, int32_t n_keep) {
 }
 
 void mor_session_reset(mor_session *s) {
-    if (!s) return;
+    if (!s || s->ps.active) return;  // a scheduler is computing one of its tokens
     mor_session_rewind(s, 0);
     s->rng = s->sampler.seed;
     s->n_stack = 0;

@@ -160,6 +160,8 @@ struct mor_session {
     int32_t *budget_ring;            // [budget_window] depths of the last tokens
     int32_t  budget_n, budget_next, budget_cap_alloc;
     mor__bmm *bmm;
+    int32_t  ring_save_next, ring_save_n;  // budget ring before the pass (restored on abort)
+    struct mor_sched *sched;         // the scheduler the session belongs to, or NULL
     // sampling and policy
     mor__sampler        sampler;
     uint64_t            rng;
@@ -194,6 +196,15 @@ void mor__matmul(mor__work *w, const mor__mat *W, const float *x, int64_t T, flo
 // propagation).
 void mor__propagate_kv(mor_session *s, int32_t l, const float *h, int32_t row);
 void mor__rmsnorm(float *o, const float *x, const float *w, int n, float eps);
+
+// Stepping in pieces (session.c), shared by mor_session_step and the scheduler: validate a
+// request of n tokens (queued: tokens already waiting), the size of the next pass, copy its
+// tokens in, abandon a failed pass, and commit a finished one (returns 1 after a rollback).
+int     mor__session_check(mor_session *s, const int32_t *tokens, int32_t n, int32_t queued);
+int32_t mor__session_chunk(const mor_session *s, int32_t n, int32_t off);
+void    mor__session_prepare(mor_session *s, const int32_t *tokens, int32_t T, int given, int32_t off);
+int     mor__session_abort(mor_session *s, int st);
+int     mor__session_commit(mor_session *s, int32_t T, int32_t off);
 
 // KV slot maintenance (session.c): drop entries at positions >= n_keep.
 void mor__truncate_slots(mor_session *s, int32_t n_keep);

@@ -147,6 +147,7 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     if (!s) return MOR_E_INVALID;
     s->err[0] = 0;
     if (!buf) return mor__session_fail(s, MOR_E_INVALID, "buffer is NULL");
+    if (s->ps.active) return mor__session_fail(s, MOR_E_INVALID, "a token of this session is being computed by its scheduler");
     const mor__hparams *hp = &s->model->hp;
     uint32_t kvdim = (uint32_t)(hp->n_head_kv * hp->head_dim);
     // Pass 1: validate everything without touching the session.

@@ -1,0 +1,471 @@
+// sched.c: continuous depth-wise batching of many sessions of one model (SEED.md §3.4).
+//
+// Each session under the scheduler has a queue of tokens (prompts, then the tokens it samples)
+// and, while a token is computed, a pass in progress (forward.c: a cursor over the unrolled
+// layers with the session's own rows, policy and KV). A round:
+//   1. admits work: a session with queued tokens and no pass starts one (its rows join the
+//      batch); one that finished a token samples the next one or reports the end;
+//   2. picks the session that has waited longest and runs its next layer for every session
+//      whose next layer uses the same stored weights, as one batch (mor__run_layers): the
+//      shared block at recursion r of one session and at recursion r' of another is the same
+//      matrix product;
+//   3. advances those sessions; a session whose layers are done gets its logits, samples, and
+//      is free to start its next token in the next round: the batch refills as tokens exit.
+// A failing session (router callback, context) gets its error as an event; the others go on.
+#include "session.h"
+#include "thread.h"
+
+#include <stdio.h>
+
+typedef struct {
+    mor_session *s;
+    int32_t     *queue;         // tokens waiting to be stepped
+    uint8_t     *given;         // per queued token: part of a multi-token submit
+    int32_t      q_head, q_len, q_cap;
+    int32_t      gen;           // tokens still to sample
+    int          active;        // a request is open (a done event is owed)
+    int          in_pass;
+    int          fresh_logits;  // the last pass left logits to sample from
+    int32_t      pass_T;
+    int64_t      last_round;    // when it last ran a layer (fairness: oldest first)
+} entry;
+
+typedef struct {
+    mor_session *s;
+    int32_t      token, status;
+} event;
+
+struct mor_sched {
+    const mor_model  *model;
+    mor_sched_params  p;
+    entry            *e;
+    int32_t           n, cap;
+    mor__work         w;
+    mor__pool        *pool;
+    float            *bufs[9];
+    size_t            att_stride;
+    event            *ev;
+    int32_t           ev_head, ev_len, ev_cap;
+    mor__part        *parts;
+    int64_t           rounds, rows, layers;
+};
+
+void mor_sched_params_init(mor_sched_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof *p);
+    p->size = sizeof *p;
+    p->kind = MOR_PARAMS_SCHED;
+    p->max_batch = 64;
+    p->n_threads = 1;
+    p->mode = MOR_SCHED_CONTINUOUS;
+    p->prompt_chunk = 16;
+}
+
+static void free_work(mor_sched *sc) {
+    for (int i = 0; i < 9; i++) free(sc->bufs[i]), sc->bufs[i] = NULL;
+}
+
+// (Re)allocates the batch workspace: rows = max_batch, attention scratch for att_stride.
+static int alloc_work(mor_sched *sc, size_t att_stride) {
+    const mor__hparams *hp = &sc->model->hp;
+    size_t nb = (size_t)sc->p.max_batch, d = (size_t)hp->n_embd, kv = (size_t)hp->n_head_kv * hp->head_dim,
+           q = (size_t)hp->n_head * hp->head_dim;
+    size_t wide = MOR__MAX(MOR__MAX((size_t)hp->n_ff, 2 * d), MOR__MAX(q, kv));
+    size_t row_stride = (MOR__MAX(wide, (size_t)MOR__MAX(hp->lora_rank, 1)) + 15) & ~(size_t)15;
+    size_t nt = (size_t)sc->p.n_threads;
+    size_t sizes[9] = {nb * d, nb * q, nb * kv, nb * kv, nb * q, nb * wide, nb * wide, nb * wide,
+                       nb * (size_t)MOR__MAX(hp->lora_rank, 1)};
+    float *nbufs[9] = {0};
+    float *att = calloc(att_stride * nt + 1, sizeof(float)), *row = calloc(row_stride * nt, sizeof(float));
+    int fail = !att || !row;
+    for (int i = 0; i < 9 && !fail; i++) fail = !(nbufs[i] = calloc(sizes[i], sizeof(float)));
+    if (fail) {
+        free(att);
+        free(row);
+        for (int i = 0; i < 9; i++) free(nbufs[i]);
+        return MOR_E_NOMEM;
+    }
+    free_work(sc);
+    free(sc->w.att);
+    free(sc->w.row);
+    memcpy(sc->bufs, nbufs, sizeof nbufs);
+    sc->att_stride = att_stride;
+    sc->w = (mor__work){nbufs[0], nbufs[1], nbufs[2], nbufs[3], nbufs[4], nbufs[5], nbufs[6], nbufs[7], nbufs[8],
+                        att, att_stride, row, row_stride, sc->pool, mor__kernels_best(), sc->p.max_batch};
+    return MOR_OK;
+}
+
+int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sched **out, char *err, size_t err_n) {
+    if (err && err_n) err[0] = 0;
+    if (!out) return mor__errf(err, err_n, MOR_E_INVALID, "out is NULL");
+    *out = NULL;
+    if (!m || m->vocab_only) return mor__errf(err, err_n, MOR_E_INVALID, "a model with weights is needed");
+    if (params && params->kind != MOR_PARAMS_SCHED)
+        return mor__errf(err, err_n, MOR_E_INVALID, "params is not a mor_sched_params (kind %u)", params->kind);
+    mor_sched_params p;
+    mor_sched_params_init(&p);
+    if (params) memcpy(&p, params, MOR__MIN(params->size, sizeof p));
+    if (p.max_batch < 1 || p.max_batch > 8192)
+        return mor__errf(err, err_n, MOR_E_INVALID, "max_batch = %d: must be 1..8192", p.max_batch);
+    if (p.n_threads < 1 || p.n_threads > 256)
+        return mor__errf(err, err_n, MOR_E_INVALID, "n_threads = %d: must be 1..256", p.n_threads);
+    if (p.kv_budget < 0) return mor__errf(err, err_n, MOR_E_INVALID, "kv_budget must be >= 0");
+    if (p.mode < MOR_SCHED_CONTINUOUS || p.mode > MOR_SCHED_SEQUENTIAL)
+        return mor__errf(err, err_n, MOR_E_INVALID, "unknown scheduler mode %d", p.mode);
+    if (p.prompt_chunk < 1) return mor__errf(err, err_n, MOR_E_INVALID, "prompt_chunk = %d: must be >= 1", p.prompt_chunk);
+    mor_sched *sc = calloc(1, sizeof *sc);
+    if (!sc) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
+    sc->model = m;
+    sc->p = p;
+    int st = mor__pool_create(&sc->pool, p.n_threads);
+    if (!st) st = alloc_work(sc, 1);
+    sc->parts = calloc((size_t)p.max_batch, sizeof *sc->parts);
+    if (!st && !sc->parts) st = MOR_E_NOMEM;
+    if (st) {
+        mor_sched_free(sc);
+        return mor__errf(err, err_n, st, "cannot create the scheduler's workspace");
+    }
+    *out = sc;
+    return MOR_OK;
+}
+
+static entry *find(mor_sched *sc, const mor_session *s) {
+    for (int32_t i = 0; i < sc->n; i++)
+        if (sc->e[i].s == s) return &sc->e[i];
+    return NULL;
+}
+
+// Ends the pass in flight (if any) without committing it: the session is left as after its
+// last finished token.
+static void drop_pass(entry *e) {
+    if (!e->in_pass) return;
+    e->s->ps.active = 0;
+    mor__truncate_slots(e->s, e->s->n_past);
+    e->s->budget_next = e->s->ring_save_next, e->s->budget_n = e->s->ring_save_n;
+    e->in_pass = 0;
+}
+
+void mor_sched_free(mor_sched *sc) {
+    if (!sc) return;
+    for (int32_t i = 0; i < sc->n; i++) {
+        drop_pass(&sc->e[i]);
+        sc->e[i].s->sched = NULL;
+        free(sc->e[i].queue);
+        free(sc->e[i].given);
+    }
+    free(sc->e);
+    free_work(sc);
+    free(sc->w.att);
+    free(sc->w.row);
+    free(sc->ev);
+    free(sc->parts);
+    mor__pool_free(sc->pool);
+    free(sc);
+}
+
+int mor_sched_add(mor_sched *sc, mor_session *s) {
+    if (!sc || !s) return MOR_E_INVALID;
+    s->err[0] = 0;
+    if (s->model != sc->model) return mor__session_fail(s, MOR_E_INVALID, "the session is of another model");
+    if (s->sched) return mor__session_fail(s, MOR_E_INVALID, "the session already belongs to a scheduler");
+    if (s->n_batch > sc->p.max_batch)
+        return mor__session_fail(s, MOR_E_INVALID, "the session's n_batch %d exceeds the scheduler's max_batch %d",
+                                 s->n_batch, sc->p.max_batch);
+    if ((size_t)s->n_ctx > sc->att_stride) {
+        int st = alloc_work(sc, (size_t)s->n_ctx);
+        if (st) return mor__session_fail(s, st, "out of memory growing the scheduler's workspace");
+    }
+    if (sc->n == sc->cap) {
+        int32_t nc = sc->cap ? 2 * sc->cap : 8;
+        entry *ne = realloc(sc->e, (size_t)nc * sizeof *ne);
+        if (!ne) return mor__session_fail(s, MOR_E_NOMEM, "out of memory");
+        sc->e = ne;
+        sc->cap = nc;
+    }
+    entry *e = &sc->e[sc->n++];
+    memset(e, 0, sizeof *e);
+    e->s = s;
+    e->last_round = sc->rounds;
+    s->sched = sc;
+    return MOR_OK;
+}
+
+static int push_event(mor_sched *sc, mor_session *s, int32_t token, int32_t status) {
+    if (sc->ev_len == sc->ev_cap) {  // grows rarely: submit reserves room for its events
+        int32_t nc = sc->ev_cap ? 2 * sc->ev_cap : 64;
+        event *ne = malloc((size_t)nc * sizeof *ne);
+        if (!ne) return MOR_E_NOMEM;
+        for (int32_t i = 0; i < sc->ev_len; i++) ne[i] = sc->ev[(sc->ev_head + i) % sc->ev_cap];
+        free(sc->ev);
+        sc->ev = ne;
+        sc->ev_cap = nc;
+        sc->ev_head = 0;
+    }
+    sc->ev[(sc->ev_head + sc->ev_len++) % sc->ev_cap] = (event){s, token, status};
+    return MOR_OK;
+}
+
+static int reserve_events(mor_sched *sc, int64_t more) {
+    int64_t need = sc->ev_len + more;
+    if (need <= sc->ev_cap) return MOR_OK;
+    int32_t nc = sc->ev_cap ? sc->ev_cap : 64;
+    while (nc < need) nc *= 2;
+    event *ne = malloc((size_t)nc * sizeof *ne);
+    if (!ne) return MOR_E_NOMEM;
+    for (int32_t i = 0; i < sc->ev_len; i++) ne[i] = sc->ev[(sc->ev_head + i) % sc->ev_cap];
+    free(sc->ev);
+    sc->ev = ne;
+    sc->ev_cap = nc;
+    sc->ev_head = 0;
+    return MOR_OK;
+}
+
+static void clear_request(entry *e) {
+    e->q_head = e->q_len = 0;
+    e->gen = 0;
+}
+
+int mor_sched_remove(mor_sched *sc, mor_session *s) {
+    if (!sc || !s) return MOR_E_INVALID;
+    entry *e = find(sc, s);
+    if (!e) return mor__session_fail(s, MOR_E_INVALID, "the session is not in this scheduler");
+    drop_pass(e);
+    free(e->queue);
+    free(e->given);
+    s->sched = NULL;
+    *e = sc->e[--sc->n];
+    for (int32_t i = 0; i < sc->ev_len; i++) {  // its events go too
+        event *v = &sc->ev[(sc->ev_head + i) % sc->ev_cap];
+        if (v->s == s) v->s = NULL;
+    }
+    return MOR_OK;
+}
+
+int mor_sched_submit(mor_sched *sc, mor_session *s, const int32_t *tokens, int32_t n, int32_t n_generate) {
+    if (!sc || !s) return MOR_E_INVALID;
+    s->err[0] = 0;
+    entry *e = find(sc, s);
+    if (!e) return mor__session_fail(s, MOR_E_INVALID, "the session is not in this scheduler");
+    if (n < 0 || n_generate < 0) return mor__session_fail(s, MOR_E_INVALID, "negative token counts");
+    if (n == 0 && n_generate == 0) return MOR_OK;
+    if (s->policy.rollback > 0)
+        return mor__session_fail(s, MOR_E_UNSUPPORTED, "rollback cannot take back tokens already reported by a scheduler");
+    int32_t queued = e->q_len - e->q_head + e->gen;
+    if (n > 0) {
+        int st = mor__session_check(s, tokens, n, queued);
+        if (st) return st;
+    }
+    if ((int64_t)s->n_past + queued + n + n_generate > s->n_ctx)
+        return mor__session_fail(s, MOR_E_CONTEXT_FULL, "%d + %d tokens do not fit: %d of the context of %d are used or queued",
+                                 n, n_generate, s->n_past + queued, s->n_ctx);
+    if (n == 0 && queued == 0 && !e->fresh_logits && !mor_session_logits(s, -1))
+        return mor__session_fail(s, MOR_E_INVALID, "nothing to generate from: submit tokens first");
+    int32_t need = e->q_len + n + n_generate;
+    if (need > e->q_cap) {
+        int32_t nc = MOR__MAX(need, 2 * e->q_cap);
+        int32_t *nq = realloc(e->queue, (size_t)nc * sizeof *nq);
+        if (!nq) return mor__session_fail(s, MOR_E_NOMEM, "out of memory");
+        e->queue = nq;
+        uint8_t *ng = realloc(e->given, (size_t)nc);
+        if (!ng) return mor__session_fail(s, MOR_E_NOMEM, "out of memory");
+        e->given = ng;
+        e->q_cap = nc;
+    }
+    if (reserve_events(sc, (int64_t)n_generate + 2)) return mor__session_fail(s, MOR_E_NOMEM, "out of memory");
+    memcpy(e->queue + e->q_len, tokens, (size_t)n * sizeof(int32_t));
+    memset(e->given + e->q_len, n > 1, (size_t)n);
+    e->q_len += n;
+    e->gen += n_generate;
+    if (!e->active) e->fresh_logits = mor_session_logits(s, -1) != NULL;
+    e->active = 1;
+    return MOR_OK;
+}
+
+int mor_sched_cancel(mor_sched *sc, mor_session *s) {
+    if (!sc || !s) return MOR_E_INVALID;
+    entry *e = find(sc, s);
+    if (!e) return mor__session_fail(s, MOR_E_INVALID, "the session is not in this scheduler");
+    drop_pass(e);
+    clear_request(e);
+    if (e->active) push_event(sc, s, -1, MOR_E_CANCELLED);
+    e->active = 0;
+    return MOR_OK;
+}
+
+int32_t mor_sched_pending(const mor_sched *sc) {
+    if (!sc) return 0;
+    int32_t n = 0;
+    for (int32_t i = 0; i < sc->n; i++) n += sc->e[i].active || sc->e[i].in_pass;
+    return n;
+}
+
+int mor_sched_poll(mor_sched *sc, mor_session **s, int32_t *token, int32_t *status) {
+    if (!sc) return MOR_E_INVALID;
+    while (sc->ev_len) {
+        event v = sc->ev[sc->ev_head];
+        sc->ev_head = (sc->ev_head + 1) % sc->ev_cap;
+        sc->ev_len--;
+        if (!v.s) continue;  // its session was removed
+        if (s) *s = v.s;
+        if (token) *token = v.token;
+        if (status) *status = v.status;
+        return MOR_OK;
+    }
+    return MOR_E_NOT_FOUND;
+}
+
+int mor_sched_stats(const mor_sched *sc, int64_t *rounds, int64_t *rows, double *mean) {
+    if (!sc) return MOR_E_INVALID;
+    if (rounds) *rounds = sc->rounds;
+    if (rows) *rows = sc->rows;
+    if (mean) *mean = sc->layers ? (double)sc->rows / (double)sc->layers : 0.0;
+    return MOR_OK;
+}
+
+// ---- a round -------------------------------------------------------------------------------
+
+static int64_t kv_held(const mor_sched *sc) {
+    int64_t b = 0;
+    const mor__hparams *hp = &sc->model->hp;
+    int64_t per = (int64_t)hp->n_head_kv * hp->head_dim * 8;
+    for (int32_t i = 0; i < sc->n; i++)
+        for (int32_t l = 0; l < hp->n_layer; l++) b += (int64_t)sc->e[i].s->slots[l].len * per;
+    return b;
+}
+
+static void fail_entry(mor_sched *sc, entry *e, int st) {
+    clear_request(e);
+    e->active = 0;
+    push_event(sc, e->s, -1, st);
+}
+
+// Samples, reports, or closes the request of a session between passes; then starts a pass
+// when it has tokens queued and there is room. rows_in: rows in flight; returns rows added.
+static int32_t admit(mor_sched *sc, entry *e, int32_t rows_in, int may_start) {
+    mor_session *s = e->s;
+    if (e->in_pass || !e->active) return 0;
+    if (e->q_head == e->q_len && e->gen > 0 && e->fresh_logits) {
+        int32_t tok;
+        int st = mor_session_sample(s, &tok);
+        if (st) {
+            fail_entry(sc, e, st);
+            return 0;
+        }
+        e->fresh_logits = 0;
+        e->gen--;
+        push_event(sc, s, tok, MOR_OK);
+        e->queue[e->q_len] = tok;  // appended to the sequence, as a sample-then-step loop does
+        e->given[e->q_len] = 0;
+        e->q_len++;
+    }
+    if (e->q_head == e->q_len) {
+        if (e->gen == 0) {  // the request is complete
+            e->active = 0;
+            e->q_head = e->q_len = 0;
+            push_event(sc, s, -1, MOR_OK);
+        } else if (!e->fresh_logits) {
+            fail_entry(sc, e, mor__session_fail(s, MOR_E_INVALID, "nothing to generate from"));
+        }
+        return 0;
+    }
+    if (!may_start) return 0;
+    int32_t n = e->q_len - e->q_head, T = MOR__MIN(mor__session_chunk(s, n, 0), sc->p.prompt_chunk);
+    int32_t R = T + (s->policy.kv == MOR_KV_SYNC ? s->n_stack : 0);
+    if (rows_in > 0 && rows_in + R > sc->p.max_batch) return 0;  // wait for room
+    if (sc->p.kv_budget > 0) {
+        const mor__hparams *hp = &sc->model->hp;
+        int64_t grow = (int64_t)T * hp->n_layer * hp->n_head_kv * hp->head_dim * 8;
+        if (kv_held(sc) + grow > sc->p.kv_budget) {
+            if (rows_in > 0) return 0;  // retry when nothing else is in flight
+            fail_entry(sc, e, mor__session_fail(s, MOR_E_CONTEXT_FULL, "the scheduler's K/V budget of %lld bytes is used up",
+                                                (long long)sc->p.kv_budget));
+            return 0;
+        }
+    }
+    s->err[0] = 0;
+    s->n_last = 0;
+    s->n_logits = 0;
+    s->rolled_back = 0;
+    int given = e->given[e->q_head];
+    mor__session_prepare(s, e->queue + e->q_head, T, given, 0);
+    int st = mor__pass_begin(s, T, (s->flags & MOR_SESSION_LOGITS_ALL) != 0);
+    if (st) {
+        mor__session_abort(s, st);
+        fail_entry(sc, e, st);
+        return 0;
+    }
+    e->in_pass = 1;
+    e->pass_T = T;
+    e->last_round = sc->rounds;
+    return R;
+}
+
+static void complete(entry *e) {
+    mor_session *s = e->s;
+    mor__pass_finish(s);
+    mor__session_commit(s, e->pass_T, 0);
+    e->q_head += e->pass_T;
+    if (e->q_head == e->q_len) e->q_head = e->q_len = 0;
+    e->in_pass = 0;
+    e->fresh_logits = 1;
+}
+
+int mor_sched_step(mor_sched *sc) {
+    if (!sc) return MOR_E_INVALID;
+    sc->rounds++;
+    int32_t rows_in = 0, in_flight = 0;
+    for (int32_t i = 0; i < sc->n; i++)
+        if (sc->e[i].in_pass) rows_in += sc->e[i].s->ps.R, in_flight++;
+    int may = sc->p.mode == MOR_SCHED_CONTINUOUS || in_flight == 0;
+    for (int32_t i = 0; i < sc->n; i++) {
+        int32_t r = admit(sc, &sc->e[i], rows_in, may && !(sc->p.mode == MOR_SCHED_SEQUENTIAL && rows_in > 0));
+        rows_in += r;
+    }
+    // The session that waited longest chooses the weights; every session whose next layer uses
+    // the same stored layer joins, up to max_batch rows.
+    entry *first = NULL;
+    for (int32_t i = 0; i < sc->n; i++) {
+        entry *e = &sc->e[i];
+        if (e->in_pass && mor__pass_next(e->s) >= 0 && (!first || e->last_round < first->last_round)) first = e;
+    }
+    if (first) {
+        const mor_model *m = sc->model;
+        int32_t key = m->layers[mor__pass_next(first->s)].stored, np = 0, rows = 0;
+        for (int32_t i = 0; i < sc->n && np < sc->p.max_batch; i++) {
+            entry *e = &sc->e[i];
+            if (!e->in_pass || mor__pass_next(e->s) < 0) continue;
+            if (m->layers[mor__pass_next(e->s)].stored != key) continue;
+            if (sc->p.mode == MOR_SCHED_SEQUENTIAL && e != first) continue;
+            mor__part p;
+            mor__pass_part(e->s, &p);
+            if (e != first && rows + p.n > sc->p.max_batch) continue;
+            sc->parts[np++] = p;
+            rows += p.n;
+            e->last_round = sc->rounds;
+        }
+        for (int32_t i = 1; i < np; i++)  // equal layers next to each other: they share products
+            for (int32_t j = i; j > 0 && sc->parts[j - 1].l > sc->parts[j].l; j--) {
+                mor__part t = sc->parts[j];
+                sc->parts[j] = sc->parts[j - 1];
+                sc->parts[j - 1] = t;
+            }
+        mor__run_layers(&sc->w, m, sc->parts, np);
+        sc->rows += rows;
+        sc->layers++;
+        for (int32_t i = 0; i < np; i++) {
+            mor_session *s = sc->parts[i].s;
+            entry *e = find(sc, s);
+            int st = mor__pass_advance(s);
+            if (st) {
+                mor__session_abort(s, st);
+                e->in_pass = 0;
+                fail_entry(sc, e, st);
+            }
+        }
+    }
+    for (int32_t i = 0; i < sc->n; i++) {
+        entry *e = &sc->e[i];
+        if (e->in_pass && mor__pass_next(e->s) < 0) complete(e);
+    }
+    return MOR_OK;
+}

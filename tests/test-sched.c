@@ -1,0 +1,283 @@
+// test-sched.c: the scheduler (continuous depth-wise batching). For every session, the tokens,
+// logits and depths equal those of stepping that session alone, under different policies, KV
+// strategies and samplers, with sessions joining and leaving at random rounds (seeded); a
+// session whose router fails or whose context is full gets its error while the others go on;
+// the baselines (static, sequential) give the same results; the batch really is shared.
+#include "harness.h"
+#include "mor.h"
+
+#define NS 8
+#define GEN 20
+
+typedef struct {
+    int     policy, kv, depth;
+    float   threshold, temperature;
+    int     seed;
+} setup;
+
+static const setup setups[NS] = {
+    {MOR_EXIT_FULL, MOR_KV_AUTO, 0, 0.5f, 0.0f, 1},      {MOR_EXIT_FIXED, MOR_KV_AUTO, 2, 0.5f, 0.0f, 2},
+    {MOR_EXIT_CONFIDENCE, MOR_KV_SKIP, 0, 0.05f, 0.0f, 3}, {MOR_EXIT_FREE, MOR_KV_SYNC, 0, 0.05f, 0.0f, 4},
+    {MOR_EXIT_SATURATION, MOR_KV_PROPAGATE, 0, 0.9f, 0.0f, 5}, {MOR_EXIT_FIXED, MOR_KV_SHARE, 1, 0.5f, 0.0f, 6},
+    {MOR_EXIT_FULL, MOR_KV_AUTO, 0, 0.5f, 0.9f, 7},      {MOR_EXIT_CONFIDENCE, MOR_KV_PROPAGATE, 0, 0.1f, 1.1f, 8},
+};
+
+static mor_model *load(const char *file) {
+    char path[512], err[256];
+    mor_model *m = NULL;
+    if (mor_model_load(test_path(path, sizeof path, file), NULL, &m, err, sizeof err) != MOR_OK)
+        printf("# %s: %s\n", file, err);
+    return m;
+}
+
+static mor_session *make(const mor_model *m, const setup *u, int router_model) {
+    mor_session_params p;
+    mor_session_params_init(&p);
+    p.n_ctx = 96;
+    p.n_batch = 8;
+    mor_session *s = NULL;
+    char err[256];
+    if (mor_session_create(m, &p, &s, err, sizeof err)) {
+        printf("# %s\n", err);
+        return NULL;
+    }
+    mor_exit_policy ep;
+    mor_exit_policy_init(&ep);
+    if (!router_model) {
+        ep.policy = u->policy;
+        ep.kv = u->kv;
+        ep.depth = u->depth;
+        ep.threshold = u->threshold;
+        ep.min_depth = u->policy == MOR_EXIT_CONFIDENCE || u->policy == MOR_EXIT_SATURATION;
+        if (mor_session_set_exit_policy(s, &ep)) printf("# policy: %s\n", mor_session_last_error(s));
+    }
+    mor_sampler_params sp;
+    mor_sampler_params_init(&sp);
+    sp.temperature = u->temperature;
+    sp.seed = (uint64_t)u->seed;
+    mor_session_set_sampler(s, &sp);
+    return s;
+}
+
+static void prompt_of(int i, int32_t *out, int n, int vocab) {
+    uint64_t st = 1000 + (uint64_t)i;
+    for (int k = 0; k < n; k++) out[k] = (int32_t)(test_rand(&st) % (uint64_t)vocab);
+}
+
+typedef struct {
+    int32_t toks[GEN];
+    int32_t depths[96];
+    int     n_depths;
+    float   logits[512];
+} result;
+
+// Stepping alone: prompt, then GEN x (sample, step).
+static void run_alone(const mor_model *m, const setup *u, int i, int router_model, int np, result *r) {
+    mor_session *s = make(m, u, router_model);
+    int32_t prompt[16];
+    int V = (int)mor_model_get_int(m, MOR_INFO_N_VOCAB);
+    prompt_of(i, prompt, np, V);
+    mor_session_step(s, prompt, np);
+    for (int g = 0; g < GEN; g++) {
+        mor_session_sample(s, &r->toks[g]);
+        mor_session_step(s, &r->toks[g], 1);
+    }
+    r->n_depths = mor_session_n_past(s);
+    for (int p = 0; p < r->n_depths; p++) mor_session_token_info(s, p, &r->depths[p], NULL, NULL);
+    memcpy(r->logits, mor_session_logits(s, -1), sizeof(float) * (size_t)V);
+    mor_session_free(s);
+}
+
+// The scheduler with sessions joining at random rounds; returns the number of mismatches.
+static int run_sched(const char *file, int router_model, int mode, uint64_t seed, double *occupancy) {
+    mor_model *m = load(file);
+    if (!m) return 1;
+    int V = (int)mor_model_get_int(m, MOR_INFO_N_VOCAB), bad = 0;
+    result want[NS], got[NS];
+    int np[NS];
+    for (int i = 0; i < NS; i++) {
+        np[i] = 3 + i % 5;
+        run_alone(m, &setups[i], i, router_model, np[i], &want[i]);
+    }
+    mor_sched_params sp;
+    mor_sched_params_init(&sp);
+    sp.max_batch = 24;
+    sp.mode = mode;
+    mor_sched *sc = NULL;
+    char err[256];
+    if (mor_sched_create(m, &sp, &sc, err, sizeof err)) {
+        printf("# %s\n", err);
+        return 1;
+    }
+    mor_session *ss[NS];
+    int joined[NS] = {0}, ngot[NS] = {0}, done[NS] = {0};
+    uint64_t rs = seed;
+    int join_at[NS];
+    for (int i = 0; i < NS; i++) {
+        ss[i] = make(m, &setups[i], router_model);
+        join_at[i] = (int)(test_rand(&rs) % 40);
+    }
+    for (int round = 0; round < 100000; round++) {
+        for (int i = 0; i < NS; i++)
+            if (!joined[i] && round >= join_at[i]) {
+                int32_t prompt[16];
+                prompt_of(i, prompt, np[i], V);
+                if (mor_sched_add(sc, ss[i]) || mor_sched_submit(sc, ss[i], prompt, np[i], GEN)) bad++;
+                joined[i] = 1;
+            }
+        mor_sched_step(sc);
+        mor_session *who;
+        int32_t tok, st;
+        while (mor_sched_poll(sc, &who, &tok, &st) == MOR_OK) {
+            int i = 0;
+            while (i < NS && ss[i] != who) i++;
+            if (i == NS || st != MOR_OK) {
+                bad++;
+                continue;
+            }
+            if (tok >= 0 && ngot[i] < GEN) got[i].toks[ngot[i]++] = tok;
+            if (tok < 0) {
+                done[i] = 1;
+                mor_sched_remove(sc, ss[i]);  // leaves as soon as it is done
+            }
+        }
+        int all = 1;
+        for (int i = 0; i < NS; i++) all &= done[i];
+        if (all) break;
+    }
+    mor_sched_stats(sc, NULL, NULL, occupancy);
+    for (int i = 0; i < NS; i++) {
+        if (!done[i] || ngot[i] != GEN) {
+            printf("# %s session %d: %d of %d tokens, done %d\n", file, i, ngot[i], GEN, done[i]);
+            bad++;
+            continue;
+        }
+        for (int g = 0; g < GEN; g++)
+            if (got[i].toks[g] != want[i].toks[g]) {
+                printf("# %s session %d (policy %d): token %d is %d, alone %d\n", file, i, setups[i].policy, g,
+                       got[i].toks[g], want[i].toks[g]);
+                bad++;
+                break;
+            }
+        for (int p = 0; p < want[i].n_depths; p++) {
+            int32_t d;
+            mor_session_token_info(ss[i], p, &d, NULL, NULL);
+            if (d != want[i].depths[p]) {
+                printf("# %s session %d: depth at %d is %d, alone %d\n", file, i, p, d, want[i].depths[p]);
+                bad++;
+                break;
+            }
+        }
+        const float *l = mor_session_logits(ss[i], -1);
+        double mx = 0;
+        for (int v = 0; v < V; v++) mx = fmax(mx, fabs(l[v] - want[i].logits[v]));
+        if (mx > 1e-4) {
+            printf("# %s session %d: logits differ by %g\n", file, i, mx);
+            bad++;
+        }
+        mor_session_free(ss[i]);
+    }
+    mor_sched_free(sc);
+    mor_model_free(m);
+    return bad;
+}
+
+TEST(equals_alone_continuous) {
+    double occ = 0;
+    ASSERT_EQ(run_sched("middle_cycle.gguf", 0, MOR_SCHED_CONTINUOUS, test_seed(), &occ), 0);
+    printf("# middle_cycle: mean rows per batched layer %.2f\n", occ);
+    ASSERT(occ > 1.5);  // sessions really share layers
+    ASSERT_EQ(run_sched("expert.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 1, &occ), 0);
+    ASSERT_EQ(run_sched("token.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 2, &occ), 0);
+    ASSERT_EQ(run_sched("stories260K.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 3, &occ), 0);
+}
+
+TEST(equals_alone_baselines) {
+    double occ = 0;
+    ASSERT_EQ(run_sched("middle_cycle.gguf", 0, MOR_SCHED_STATIC, test_seed() + 4, &occ), 0);
+    ASSERT_EQ(run_sched("middle_cycle.gguf", 0, MOR_SCHED_SEQUENTIAL, test_seed() + 5, &occ), 0);
+    ASSERT_NEAR(occ, occ, 0);
+}
+
+static int32_t fail_later(void *user, const mor_route_batch *b, uint8_t *keep) {
+    int *calls = user;
+    memset(keep, 1, (size_t)b->n_tokens);
+    return ++*calls > 30 ? 5 : 0;
+}
+
+TEST(faults_stay_local) {
+    mor_model *m = load("middle_cycle.gguf");
+    ASSERT(m);
+    mor_sched *sc;
+    char err[256];
+    ASSERT_OK(mor_sched_create(m, NULL, &sc, err, sizeof err));
+    setup u = {MOR_EXIT_FULL, MOR_KV_AUTO, 0, 0.5f, 0.0f, 1};
+    mor_session *good = make(m, &u, 0), *bad = make(m, &u, 0), *tiny;
+    mor_session_params p;
+    mor_session_params_init(&p);
+    p.n_ctx = 10;
+    ASSERT_OK(mor_session_create(m, &p, &tiny, err, sizeof err));
+    int calls = 0;
+    ASSERT_OK(mor_session_set_router_fn(bad, fail_later, &calls, 0));
+    ASSERT_OK(mor_sched_add(sc, good));
+    ASSERT_OK(mor_sched_add(sc, bad));
+    ASSERT_OK(mor_sched_add(sc, tiny));
+    ASSERT_STATUS(mor_sched_add(sc, good), MOR_E_INVALID);  // already there
+    int32_t prompt[4] = {1, 2, 3, 4};
+    ASSERT_OK(mor_sched_submit(sc, good, prompt, 4, GEN));
+    ASSERT_OK(mor_sched_submit(sc, bad, prompt, 4, GEN));
+    ASSERT_STATUS(mor_sched_submit(sc, tiny, prompt, 4, 8), MOR_E_CONTEXT_FULL);  // cannot fit: refused
+    ASSERT_STR_CONTAINS(mor_session_last_error(tiny), "context of 10");
+    ASSERT_OK(mor_sched_submit(sc, tiny, prompt, 4, 4));
+    int32_t bad_tok[1] = {9999};
+    ASSERT_STATUS(mor_sched_submit(sc, good, bad_tok, 1, 0), MOR_E_TOKEN);
+    ASSERT_STATUS(mor_session_step(good, prompt, 1), MOR_E_INVALID);  // belongs to the scheduler
+    int n_good = 0, bad_err = 0, tiny_done = 0;
+    int32_t good_toks[GEN];
+    for (int r = 0; r < 20000 && mor_sched_pending(sc); r++) {
+        mor_sched_step(sc);
+        mor_session *who;
+        int32_t tok, st;
+        while (mor_sched_poll(sc, &who, &tok, &st) == MOR_OK) {
+            if (who == good && tok >= 0) good_toks[n_good++] = tok;
+            if (who == bad && st == MOR_E_CALLBACK) bad_err = 1;
+            if (who == tiny && tok < 0 && st == MOR_OK) tiny_done = 1;
+        }
+    }
+    ASSERT_EQ(n_good, GEN);
+    ASSERT(bad_err);
+    ASSERT_STR_CONTAINS(mor_session_last_error(bad), "returned 5");
+    ASSERT(tiny_done);
+    result want;
+    run_alone(m, &u, 0, 0, 0, &want);  // (prompt differs: recompute directly)
+    mor_session *alone = make(m, &u, 0);
+    ASSERT_OK(mor_session_step(alone, prompt, 4));
+    for (int g = 0; g < GEN; g++) {
+        int32_t t;
+        ASSERT_OK(mor_session_sample(alone, &t));
+        ASSERT_EQ(t, good_toks[g]);
+        ASSERT_OK(mor_session_step(alone, &t, 1));
+    }
+    // The failed session is usable on its own again once out of the scheduler.
+    ASSERT_OK(mor_sched_remove(sc, bad));
+    ASSERT_OK(mor_session_set_router(bad, NULL, NULL));
+    ASSERT_OK(mor_session_step(bad, prompt, 1));
+    // Cancelling stops a session's work cleanly.
+    ASSERT_OK(mor_sched_submit(sc, good, prompt, 2, 10));
+    mor_sched_step(sc);
+    ASSERT_OK(mor_sched_cancel(sc, good));
+    int cancelled = 0;
+    mor_session *who;
+    int32_t tok, st;
+    while (mor_sched_poll(sc, &who, &tok, &st) == MOR_OK) cancelled |= who == good && st == MOR_E_CANCELLED;
+    ASSERT(cancelled);
+    ASSERT_EQ(mor_sched_pending(sc), 0);
+    mor_session_free(alone);
+    mor_session_free(good);  // frees take sessions out of their scheduler
+    mor_session_free(bad);
+    mor_session_free(tiny);
+    mor_sched_free(sc);
+    mor_model_free(m);
+}
+
+TEST_MAIN(equals_alone_continuous, equals_alone_baselines, faults_stay_local)
