@@ -201,6 +201,12 @@ DEFAULT_MODEL := $(firstword $(wildcard tests/data/models/default.gguf) tests/da
 run: all
 	./$(B)/mor-run $(DEFAULT_MODEL) -p "Once upon a time" -n 96
 
+## bench: mor-bench on random-weight SmolLM-135M shapes (F32, F16, vanilla and MoR-3; 1 and 2 threads)
+BENCH_ARGS ?= --shape smollm-135m --type f32,f16 --recursions 0,3 -t 1,2 -p 128 -n 64 -r 3
+.PHONY: bench
+bench: tools
+	./$(B)/mor-bench $(BENCH_ARGS)
+
 ## install: header, libraries and mor.pc under $(DESTDIR)$(PREFIX)
 install: lib
 	install -d $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PCDIR) $(DESTDIR)$(BINDIR)

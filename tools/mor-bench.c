@@ -62,6 +62,7 @@ typedef struct {
     int32_t n_layer, n_rec, n_stored;
     double  load_ms;
     char    arch[16];
+    char    type[16];  // weight type: general.file_type, else guessed from bytes per parameter
 } rec;
 
 typedef struct {
@@ -160,6 +161,29 @@ static int parse_policy(const char *s, policy_spec *out) {
     return 0;
 }
 
+// The weight type of a file: llama.cpp's general.file_type when present, else the bytes per
+// parameter (files written by randmodel.h carry no file type).
+static void file_type(const mor_model *m, char *buf, size_t n) {
+    char v[32];
+    size_t len;
+    if (mor_model_meta_str(m, "general.file_type", v, sizeof v, &len) == MOR_OK) {
+        static const struct {
+            int         id;
+            const char *name;
+        } ft[] = {{0, "f32"}, {1, "f16"}, {2, "q4_0"}, {3, "q4_1"}, {7, "q8_0"}, {8, "q5_0"}, {9, "q5_1"},
+                  {32, "bf16"}};
+        for (size_t i = 0; i < sizeof ft / sizeof ft[0]; i++)
+            if (atoi(v) == ft[i].id) {
+                snprintf(buf, n, "%s", ft[i].name);
+                return;
+            }
+        snprintf(buf, n, "ftype %d", atoi(v) & 0xffff);
+        return;
+    }
+    double bpp = (double)mor_model_get_int(m, MOR_INFO_WEIGHT_BYTES) / (double)mor_model_get_int(m, MOR_INFO_N_PARAMS);
+    snprintf(buf, n, "%s", bpp > 3.5 ? "f32" : bpp > 1.9 ? "f16/bf16" : bpp > 1.0 ? "q8_0?" : "q4?");
+}
+
 // ---- child: benchmark one model, send rows through fd -----------------------------------------
 
 static void copy_str(char *d, size_t n, const char *s) {  // truncating copy
@@ -199,6 +223,7 @@ static int run_model(const model_spec *m, const bench_cfg *c, int fd) {
     sum.n_rec = (int32_t)mor_model_get_int(model, MOR_INFO_N_RECURSION);
     sum.n_stored = (int32_t)mor_model_get_int(model, MOR_INFO_N_STORED_LAYER);
     snprintf(sum.arch, sizeof sum.arch, "%s", mor_model_get_str(model, MOR_INFO_ARCH));
+    file_type(model, sum.type, sizeof sum.type);
     int32_t n_vocab = (int32_t)mor_model_get_int(model, MOR_INFO_N_VOCAB);
     int n_ctx = c->p > c->tg_prompt + c->n ? c->p : c->tg_prompt + c->n;
     if (n_ctx < 1) n_ctx = 1;
@@ -399,7 +424,7 @@ static void print_md(const model_result *res, int n_res, const bench_cfg *c) {
     printf("|---|---|---:|---|---:|---|---|---:|---:|---:|---:|---:|---|\n");
     for (int i = 0; i < n_res; i++) {
         const model_result *mr = &res[i];
-        const char *type = mr->spec.generated ? randmodel_type_name(mr->spec.type) : "file";
+        const char *type = mr->spec.generated ? randmodel_type_name(mr->spec.type) : mr->sum.type[0] ? mr->sum.type : "?";
         char lay[64];
         layers_str(mr, lay, sizeof lay);
         if (mr->fail[0] && !mr->n_rows) {
@@ -454,7 +479,7 @@ static void print_json(const model_result *res, int n_res, const bench_cfg *c) {
         printf(", \"path\": ");
         json_str(mr->spec.path);
         printf(", \"type\": \"%s\", \"generated\": %s, \"file_bytes\": %lld",
-               mr->spec.generated ? randmodel_type_name(mr->spec.type) : "file", mr->spec.generated ? "true" : "false",
+               mr->spec.generated ? randmodel_type_name(mr->spec.type) : mr->sum.type, mr->spec.generated ? "true" : "false",
                (long long)mr->file_size);
         if (mr->fail[0]) {
             printf(", \"error\": ");
