@@ -43,7 +43,7 @@ static int set_policy(mor_session *s, int policy, float threshold, int kv) {
     return st;
 }
 
-static const int32_t prompt[] = {5, 77, 140, 31, 9, 200, 18, 66};
+static const int32_t prompt[] = {5, 77, 100, 31, 9, 120, 18, 66};
 #define NP 8
 
 // Greedy: prompt then n tokens; fills out (may be NULL).
@@ -67,7 +67,7 @@ TEST(threshold_never_met_equals_full) {
     ASSERT_EQ(run_greedy(a, 24, ga), 0);
     ASSERT_EQ(run_greedy(b, 24, gb), 0);
     for (int i = 0; i < 24; i++) ASSERT_EQ(ga[i], gb[i]);
-    ASSERT(memcmp(mor_session_logits(a, -1), mor_session_logits(b, -1), 256 * sizeof(float)) == 0);
+    ASSERT(memcmp(mor_session_logits(a, -1), mor_session_logits(b, -1), (size_t)mor_model_get_int(m, MOR_INFO_N_VOCAB) * sizeof(float)) == 0);
     // Saturation at 1.0 (cosine >= 1 never holds for distinct states) and FREE at 1.0 too.
     mor_session_reset(b);
     ASSERT_OK(set_policy(b, MOR_EXIT_SATURATION, 1.0f, MOR_KV_AUTO));
@@ -78,7 +78,7 @@ TEST(threshold_never_met_equals_full) {
     ASSERT_EQ(run_greedy(b, 24, gb), 0);
     for (int i = 0; i < 24; i++) ASSERT_EQ(ga[i], gb[i]);
     const float *la = mor_session_logits(a, -1), *lb = mor_session_logits(b, -1);
-    for (int v = 0; v < 256; v++) ASSERT_NEAR(la[v], lb[v], 1e-5);
+    for (int v = 0; v < mor_model_get_int(m, MOR_INFO_N_VOCAB); v++) ASSERT_NEAR(la[v], lb[v], 1e-5);
     mor_session_stats st = {sizeof st, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}};
     ASSERT_OK(mor_session_get_stats(b, &st));
     ASSERT_NEAR(st.mean_depth, 3.0, 1e-6);
@@ -191,7 +191,7 @@ TEST(sync_parallel_decoding_is_exact) {
         if (mor_session_depth(s, -1) == 3) {
             const float *a = mor_session_logits(s, -1), *b = mor_session_logits(full, -1);
             double mx = 0;
-            for (int v = 0; v < 256; v++) mx = fmax(mx, fabs(a[v] - b[v]));
+            for (int v = 0; v < mor_model_get_int(m, MOR_INFO_N_VOCAB); v++) mx = fmax(mx, fabs(a[v] - b[v]));
             ASSERT_LT(mx, 1e-4);
             checked++;
         }
@@ -358,7 +358,7 @@ TEST(custom_router_in_c) {
     ASSERT_EQ(run_greedy(c, 12, NULL), 0);
     ASSERT_OK(mor_session_set_router(c, NULL, NULL));
     ASSERT_OK(mor_session_step(c, &t, 1));
-    ASSERT(memcmp(mor_session_logits(s, -1), mor_session_logits(c, -1), 256 * sizeof(float)) == 0);
+    ASSERT(memcmp(mor_session_logits(s, -1), mor_session_logits(c, -1), (size_t)mor_model_get_int(m, MOR_INFO_N_VOCAB) * sizeof(float)) == 0);
     mor_session_free(s);
     mor_session_free(c);
     ASSERT_EQ(freed, 2);
@@ -512,7 +512,7 @@ TEST(state_keeps_policy_and_stack) {
         ASSERT_OK(mor_session_step(a, &ta, 1));
         ASSERT_OK(mor_session_step(b, &tb, 1));
         ASSERT_EQ(mor_session_depth(a, -1), mor_session_depth(b, -1));
-        ASSERT(memcmp(mor_session_logits(a, -1), mor_session_logits(b, -1), 256 * sizeof(float)) == 0);
+        ASSERT(memcmp(mor_session_logits(a, -1), mor_session_logits(b, -1), (size_t)mor_model_get_int(m, MOR_INFO_N_VOCAB) * sizeof(float)) == 0);
     }
     free(buf);
     mor_session_free(a);

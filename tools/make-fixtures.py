@@ -64,7 +64,7 @@ PROJ_STD = {"attn_q": 0.25, "attn_k": 0.25, "attn_v": 0.04, "attn_output": 0.04,
 NORM_STD = 0.1
 LORA_STD = 0.08
 
-D, N_H, N_KV, D_FF, V, CTX = 64, 4, 2, 160, 256, 256
+D, N_H, N_KV, D_FF, V, CTX = 48, 4, 2, 96, 128, 256
 D_H = D // N_H
 
 STORIES = {
