@@ -1,0 +1,227 @@
+// mor-sweep: measure exit policies on held-out text: for each policy setting, the perplexity,
+// the mean depth, the layer evaluations saved against full depth, and the agreement of the
+// greedy (argmax) prediction with full depth at every position. Output: CSV on stdout (one
+// row per setting), for tools/plot-pareto.py and docs/RESULTS.md.
+//
+//   mor-sweep MODEL.gguf TEXT.txt [--tokens N] [--ctx N] [--policies LIST]
+//
+// LIST is comma-separated: full, fixed:K, router:T, confidence:T, saturation:T, free:T,
+// freeadapt:T, budget:B (mean-depth cap, full policy below it); default: a sweep of each family
+// the model supports. Texts are scored in windows of --ctx tokens (default 256), each window a
+// fresh sequence, every token after the first of a window predicted.
+#include "mor.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char   name[32];
+    int    policy, kv, depth;
+    float  threshold, budget;
+    int    adaptive;
+} setting;
+
+static int parse_setting(const char *s, setting *o) {
+    memset(o, 0, sizeof *o);
+    snprintf(o->name, sizeof o->name, "%s", s);
+    o->threshold = 0.5f;
+    const char *colon = strchr(s, ':');
+    float v = colon ? strtof(colon + 1, NULL) : 0;
+    size_t n = colon ? (size_t)(colon - s) : strlen(s);
+#define IS(w) (n == strlen(w) && !strncmp(s, w, n))
+    if (IS("full")) o->policy = MOR_EXIT_FULL;
+    else if (IS("fixed")) o->policy = MOR_EXIT_FIXED, o->depth = (int)v;
+    else if (IS("router")) o->policy = MOR_EXIT_ROUTER, o->threshold = v;
+    else if (IS("confidence")) o->policy = MOR_EXIT_CONFIDENCE, o->threshold = v;
+    else if (IS("saturation")) o->policy = MOR_EXIT_SATURATION, o->threshold = v;
+    else if (IS("free")) o->policy = MOR_EXIT_FREE, o->threshold = v, o->kv = MOR_KV_SYNC;
+    else if (IS("freeadapt")) o->policy = MOR_EXIT_FREE, o->threshold = v, o->kv = MOR_KV_SYNC, o->adaptive = 1;
+    else if (IS("budget")) o->policy = MOR_EXIT_FULL, o->budget = v;
+    else return -1;
+#undef IS
+    return 0;
+}
+
+static char *read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)len + 1);
+    if (b && fread(b, 1, (size_t)len, f) != (size_t)len) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    if (b) b[len] = 0, *n = (size_t)len;
+    return b;
+}
+
+typedef struct {
+    double  nll;
+    int64_t n;
+    int64_t agree;
+    float   mean_depth;
+    double  saved;
+} score;
+
+// Scores tokens[0..n) in windows; argmax_full (may be NULL) receives / is compared with the
+// argmax at every scored position.
+static int run(const mor_model *m, const setting *st, const int32_t *tok, int32_t n, int32_t ctx, int32_t *argmax_ref,
+               int fill_ref, score *out) {
+    int32_t V = (int32_t)mor_model_get_int(m, MOR_INFO_N_VOCAB);
+    mor_session_params p;
+    mor_session_params_init(&p);
+    p.n_ctx = ctx;
+    p.n_batch = 64;
+    p.flags = MOR_SESSION_LOGITS_ALL;
+    mor_session *s;
+    char err[256];
+    if (mor_session_create(m, &p, &s, err, sizeof err)) {
+        fprintf(stderr, "mor-sweep: %s\n", err);
+        return -1;
+    }
+    mor_exit_policy ep;
+    mor_exit_policy_init(&ep);
+    ep.policy = st->policy;
+    ep.depth = st->depth;
+    ep.threshold = st->threshold;
+    ep.kv = st->kv;
+    ep.adaptive = st->adaptive;
+    ep.budget = st->budget;
+    ep.min_depth = st->policy == MOR_EXIT_CONFIDENCE || st->policy == MOR_EXIT_SATURATION;
+    if (mor_session_set_exit_policy(s, &ep)) {
+        fprintf(stderr, "mor-sweep: %s: %s\n", st->name, mor_session_last_error(s));
+        mor_session_free(s);
+        return -1;
+    }
+    memset(out, 0, sizeof *out);
+    int64_t steps = 0, tokens = 0, evals = 0, full = 0, k = 0;
+    for (int32_t w0 = 0; w0 + 1 < n; w0 += ctx) {
+        int32_t len = n - w0 < ctx ? n - w0 : ctx;
+        mor_session_reset(s);
+        for (int32_t off = 0; off < len; off += 64) {
+            int32_t c = len - off < 64 ? len - off : 64;
+            if (mor_session_step(s, tok + w0 + off, c)) {
+                fprintf(stderr, "mor-sweep: %s\n", mor_session_last_error(s));
+                mor_session_free(s);
+                return -1;
+            }
+            for (int32_t i = 0; i < c; i++) {
+                int32_t pos = off + i;
+                if (pos + 1 >= len) break;
+                const float *l = mor_session_logits(s, i);
+                float mx = l[0];
+                int32_t am = 0;
+                for (int32_t v = 1; v < V; v++)
+                    if (l[v] > mx) mx = l[v], am = v;
+                double sum = 0;
+                for (int32_t v = 0; v < V; v++) sum += exp((double)(l[v] - mx));
+                out->nll += log(sum) - (double)(l[tok[w0 + pos + 1]] - mx);
+                out->n++;
+                if (argmax_ref) {
+                    if (fill_ref) argmax_ref[k] = am;
+                    else out->agree += argmax_ref[k] == am;
+                }
+                k++;
+            }
+        }
+        mor_session_stats stt;
+        memset(&stt, 0, sizeof stt);
+        stt.size = sizeof stt;
+        mor_session_get_stats(s, &stt);
+        steps += stt.steps_run, tokens += stt.n_tokens, evals += stt.layer_evals, full += stt.layer_evals_full;
+    }
+    out->mean_depth = tokens ? (float)((double)steps / (double)tokens) : 0;
+    out->saved = full ? 1.0 - (double)evals / (double)full : 0;
+    mor_session_free(s);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: mor-sweep MODEL.gguf TEXT.txt [--tokens N] [--ctx N] [--policies LIST]\n");
+        return 2;
+    }
+    long max_tokens = 16384, ctx = 256;
+    const char *list = NULL;
+    for (int i = 3; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--tokens")) max_tokens = strtol(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--ctx")) ctx = strtol(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--policies")) list = argv[i + 1];
+        else {
+            fprintf(stderr, "mor-sweep: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    char err[512];
+    mor_model *m;
+    if (mor_model_load(argv[1], NULL, &m, err, sizeof err)) {
+        fprintf(stderr, "mor-sweep: %s\n", err);
+        return 1;
+    }
+    size_t tlen;
+    char *text = read_file(argv[2], &tlen);
+    if (!text) {
+        fprintf(stderr, "mor-sweep: cannot read %s\n", argv[2]);
+        return 1;
+    }
+    size_t need = 0;
+    mor_tokenize(m, text, tlen, NULL, 0, 0, &need);
+    int32_t *tok = malloc(sizeof(int32_t) * (need + 1));
+    size_t nt = 0;
+    if (!tok || mor_tokenize(m, text, tlen, tok, need, 0, &nt) != MOR_OK) {
+        fprintf(stderr, "mor-sweep: cannot tokenize %s\n", argv[2]);
+        return 1;
+    }
+    if ((long)nt > max_tokens) nt = (size_t)max_tokens;
+    char defaults[1024];
+    int64_t steps = mor_model_get_int(m, MOR_INFO_N_STEPS), router = mor_model_get_int(m, MOR_INFO_ROUTER);
+    if (!list) {
+        int o = snprintf(defaults, sizeof defaults, "full");
+        for (int k = 1; k < steps; k++) o += snprintf(defaults + o, sizeof defaults - (size_t)o, ",fixed:%d", k);
+        if (router == MOR_ROUTER_EXPERT)
+            o += snprintf(defaults + o, sizeof defaults - (size_t)o, ",router:0.1,router:0.3,router:0.5,router:0.7,router:0.9");
+        if (router == MOR_ROUTER_TOKEN) o += snprintf(defaults + o, sizeof defaults - (size_t)o, ",router:0.5");
+        if (steps > 1 && router != MOR_ROUTER_TOKEN) {
+            const char *th[] = {"0.9", "0.8", "0.6", "0.4", "0.2", "0.1"};
+            for (int i = 0; i < 6; i++) o += snprintf(defaults + o, sizeof defaults - (size_t)o, ",confidence:%s", th[i]);
+            const char *sa[] = {"0.999", "0.995", "0.99", "0.98", "0.95"};
+            for (int i = 0; i < 5; i++) o += snprintf(defaults + o, sizeof defaults - (size_t)o, ",saturation:%s", sa[i]);
+            if (router == MOR_ROUTER_NONE)
+                for (int i = 0; i < 6; i++) o += snprintf(defaults + o, sizeof defaults - (size_t)o, ",free:%s", th[i]);
+            o += snprintf(defaults + o, sizeof defaults - (size_t)o, ",budget:%.1f", (double)steps - 0.5);
+        }
+        list = defaults;
+    }
+    int32_t *ref = malloc(sizeof(int32_t) * (nt + 1));
+    setting full;
+    parse_setting("full", &full);
+    score base;
+    if (run(m, &full, tok, (int32_t)nt, (int32_t)ctx, ref, 1, &base)) return 1;
+    printf("model,policy,tokens,perplexity,mean_depth,layers_saved,greedy_agreement,ppl_change\n");
+    char *dup = strdup(list);
+    for (char *it = strtok(dup, ","); it; it = strtok(NULL, ",")) {
+        setting st;
+        if (parse_setting(it, &st)) {
+            fprintf(stderr, "mor-sweep: unknown policy '%s'\n", it);
+            continue;
+        }
+        score sc;
+        if (run(m, &st, tok, (int32_t)nt, (int32_t)ctx, ref, 0, &sc)) continue;
+        double ppl = exp(sc.nll / (double)sc.n), ppl0 = exp(base.nll / (double)base.n);
+        const char *slash = strrchr(argv[1], '/');
+        printf("%s,%s,%lld,%.4f,%.3f,%.4f,%.4f,%.4f\n", slash ? slash + 1 : argv[1], st.name, (long long)sc.n, ppl,
+               sc.mean_depth, sc.saved, (double)sc.agree / (double)sc.n, ppl / ppl0 - 1.0);
+        fflush(stdout);
+    }
+    free(dup);
+    free(ref);
+    free(tok);
+    free(text);
+    mor_model_free(m);
+    return 0;
+}
