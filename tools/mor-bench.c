@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -76,6 +77,11 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
 }
 
 static int64_t proc_status_kb(const char *key) {  // VmHWM / VmRSS in bytes, -1 if unknown
@@ -318,6 +324,51 @@ static int run_model(const model_spec *m, const bench_cfg *c, int fd) {
     return 0;
 }
 
+// ---- memory read bandwidth (for the decode roofline) -------------------------------------------
+
+typedef struct {
+    const uint64_t *p;
+    size_t          n;
+    uint64_t        sum;
+} bw_part;
+
+static void *bw_sum(void *arg) {
+    bw_part *b = arg;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i + 4 <= b->n; i += 4) s0 += b->p[i], s1 += b->p[i + 1], s2 += b->p[i + 2], s3 += b->p[i + 3];
+    b->sum = s0 + s1 + s2 + s3;
+    return NULL;
+}
+
+// Read bandwidth in GB/s of a streaming sum over `mib` MiB split across `threads` threads:
+// median of 7 passes after one warm-up pass.
+static double measure_bw(size_t mib, int threads) {
+    size_t n = mib * 1024 * 1024 / 8;
+    uint64_t *buf = malloc(n * 8);
+    if (!buf) return 0;
+    for (size_t i = 0; i < n; i++) buf[i] = i;
+    double v[7];
+    pthread_t th[MAX_THREADS];
+    bw_part part[MAX_THREADS];
+    uint64_t sink = 0;
+    for (int pass = -1; pass < 7; pass++) {
+        double t0 = now_s();
+        for (int t = 0; t < threads; t++) {
+            part[t].p = buf + n / (size_t)threads * (size_t)t;
+            part[t].n = n / (size_t)threads;
+            if (t > 0) pthread_create(&th[t], NULL, bw_sum, &part[t]);
+        }
+        bw_sum(&part[0]);
+        for (int t = 1; t < threads; t++) pthread_join(th[t], NULL);
+        double dt = now_s() - t0;
+        for (int t = 0; t < threads; t++) sink += part[t].sum;
+        if (pass >= 0) v[pass] = (double)(n / (size_t)threads * (size_t)threads * 8) / dt / 1e9;
+    }
+    free(buf);
+    qsort(v, 7, sizeof v[0], cmp_d);
+    return sink == 1 ? 0 : v[3];
+}
+
 // ---- parent --------------------------------------------------------------------------------------
 
 static int gen_model(const model_spec *m) {  // in a child, so the parent's RSS stays small
@@ -383,11 +434,6 @@ static int bench_model(const model_spec *m, const bench_cfg *c, model_result *ou
         snprintf(out->fail, sizeof out->fail, "benchmark process %s %d", WIFSIGNALED(ws) ? "killed by signal" : "exit",
                  WIFSIGNALED(ws) ? WTERMSIG(ws) : WEXITSTATUS(ws));
     return 0;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 static void stats(const rec *r, double *mean, double *sd, double *med) {
@@ -538,7 +584,9 @@ static void usage(void) {
             "  --no-mmap        read the model into memory instead of mapping it\n"
             "  --tg-prompt N    untimed prompt before the tg steps (default 4)\n"
             "  --keep DIR       write generated models to DIR and keep them\n"
-            "  --gen-only       only generate (with --keep) and print the paths\n");
+            "  --gen-only       only generate (with --keep) and print the paths\n"
+            "  --bw MIB         also measure read bandwidth (streaming sum over MIB MiB, per thread count)\n"
+            "                   and print the decode floor of each model: stream bytes per token / bandwidth\n");
 }
 
 static int parse_list(const char *s, int *out, int max, int lo, int hi) {
@@ -562,7 +610,7 @@ int main(int argc, char **argv) {
     c.threads[0] = 1, c.n_threads = 1;
     const char *files[MAX_MODELS], *shapes[MAX_MODELS], *keep = NULL;
     int n_files = 0, n_shapes = 0, types[8] = {MOR__DT_F32}, n_types = 1, recs[8] = {0}, n_recs = 1, layers = 0;
-    int json = 0, gen_only = 0, types_set = 0;
+    int json = 0, gen_only = 0, types_set = 0, bw_mib = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0, used = 1;
@@ -594,6 +642,7 @@ int main(int argc, char **argv) {
             bad = strcmp(v, "md") && strcmp(v, "json");
             json = !strcmp(v, "json");
         } else if (!strcmp(a, "--keep") && v) keep = v;
+        else if (!strcmp(a, "--bw") && v) bad = parse_list(v, &bw_mib, 1, 1, 1 << 16) != 1;
         else if (!strcmp(a, "--no-mmap")) c.no_mmap = 1, used = 0;
         else if (!strcmp(a, "--gen-only")) gen_only = 1, used = 0;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -683,8 +732,25 @@ int main(int argc, char **argv) {
     }
     if (n_shapes && !keep) rmdir(tmpdir);
     if (gen_only) return fails ? 1 : 0;
+    double bw[MAX_THREADS] = {0};
+    if (bw_mib)
+        for (int t = 0; t < c.n_threads; t++) bw[t] = measure_bw((size_t)bw_mib, c.threads[t]);
     if (json) print_json(res, n_specs, &c);
     else print_md(res, n_specs, &c);
+    if (bw_mib && !json) {
+        printf("\nRead bandwidth (streaming sum over %d MiB):", bw_mib);
+        for (int t = 0; t < c.n_threads; t++) printf(" %d thread%s %.1f GB/s;", c.threads[t], c.threads[t] > 1 ? "s" : "", bw[t]);
+        printf("\n\n| model | stream MB/token | threads | tg floor t/s (bandwidth / stream bytes) |\n|---|---:|---:|---:|\n");
+        for (int i = 0; i < n_specs; i++)
+            for (int t = 0; t < c.n_threads; t++)
+                if (!res[i].fail[0])
+                    printf("| %s | %.1f | %d | %.1f |\n", res[i].spec.label, stream_bytes(&res[i]) / 1e6, c.threads[t],
+                           bw[t] * 1e9 / stream_bytes(&res[i]));
+    } else if (bw_mib) {
+        fprintf(stderr, "mor-bench: read bandwidth over %d MiB:", bw_mib);
+        for (int t = 0; t < c.n_threads; t++) fprintf(stderr, " %dT %.2f GB/s", c.threads[t], bw[t]);
+        fprintf(stderr, "\n");
+    }
     for (int i = 0; i < n_specs; i++) free(res[i].rows);
     free(res);
     return fails ? 1 : 0;
