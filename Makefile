@@ -146,7 +146,7 @@ PYTHON ?= python3
 PY_TESTS := $(wildcard tests/test_*.py)
 test-python: $(SHARED) tools
 	@command -v $(PYTHON) >/dev/null || { echo "python3 is needed for the Python tests: apt-get install python3"; exit 1; }
-	@fail=0; for t in $(PY_TESTS); do echo "# $$t"; MOR_LIB=$(CURDIR)/$(SHARED) MOR_BUILD_DIR=$(CURDIR)/$(B) \
+	@fail=0; for t in $(PY_TESTS); do echo "# $$t"; MOR_LIB=$(CURDIR)/$(SHARED) MOR_BUILD_DIR=$(CURDIR)/$(B) MOR_RUN=$(CURDIR)/$(B)/mor-run \
 	    $(TEST_WRAP_PY) $(PYTHON) $$t || fail=1; done; exit $$fail
 
 ## check-exports: the shared library exports only mor_* symbols, under the MOR_0 version node
