@@ -52,10 +52,18 @@ ALL_CFLAGS := $(BASE) $(CFLAGS)
 LIB_CFLAGS := $(ALL_CFLAGS) -fPIC -fvisibility=hidden -DMOR_BUILD
 
 LIB_SRC  := $(wildcard src/*.c) $(wildcard src/kernels/*.c)
+# ISA-specific kernel files of the target architecture only (x86-64: AVX2, AVX-512; AArch64:
+# NEON), chosen at run time from CPU features.
+ARCH    ?= $(firstword $(subst -, ,$(shell $(CC) -dumpmachine)))
 ifeq ($(SIMD),1)
-LIB_SRC_X86 := $(wildcard src/kernels/x86/*.c)
+ifneq ($(filter x86_64 amd64,$(ARCH)),)
+LIB_SRC_ISA := $(wildcard src/kernels/x86/*.c)
 endif
-LIB_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC) $(LIB_SRC_X86))
+ifneq ($(filter aarch64 arm64,$(ARCH)),)
+LIB_SRC_ISA := $(wildcard src/kernels/arm/*.c)
+endif
+endif
+LIB_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC) $(LIB_SRC_ISA))
 HDRS     := include/mor.h $(wildcard src/*.h) $(wildcard src/kernels/*.h)
 
 TEST_SRC := $(wildcard tests/test-*.c)
@@ -93,7 +101,7 @@ $(B)/obj/kernels/x86/avx2.o: src/kernels/x86/avx2.c $(HDRS) Makefile
 	$(CC) $(LIB_CFLAGS) -mavx2 -mfma -mf16c -c $< -o $@
 $(B)/obj/kernels/x86/avx512.o: src/kernels/x86/avx512.c $(HDRS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(LIB_CFLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -c $< -o $@
+	$(CC) $(LIB_CFLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -c $< -o $@
 
 $(STATIC): $(LIB_OBJ)
 	@mkdir -p $(L)
@@ -232,7 +240,7 @@ test-install: lib
 
 ## clean: remove build outputs
 clean:
-	rm -rf build build-asan build-ubsan lib/libmor* lib/pkgconfig
+	rm -rf build build-* lib/libmor* lib/pkgconfig
 
 ## list: print the targets with their descriptions
 list:
