@@ -88,9 +88,8 @@ static int get_str(loader *ld, const char *key, char *buf, size_t n, const char 
 
 // ---- tensor binding ------------------------------------------------------------------------
 
-static int tensor_usable(uint32_t t) {
-    return t == MOR__DT_F32 || t == MOR__DT_F16 || t == MOR__DT_BF16;
-}
+// Types the kernels compute with (kernels.h): F32, F16, BF16, Q8_0, Q4_0.
+static int tensor_usable(uint32_t t) { return mor__kt_of_dtype(t) >= 0; }
 
 // Finds tensor `name`; checks it is a matrix of `rows` x `cols` (ggml dims [cols, rows]).
 // Absent: required → error; else mat->data = NULL.
@@ -110,7 +109,7 @@ static int bind_mat(loader *ld, const char *name, int64_t rows, int64_t cols, in
                          t->n_dims > 2 ? ", ..." : "", (long long)cols, (long long)rows);
     if (!tensor_usable(t->type))
         return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
-                         "tensor '%s' has type %s; this version computes with F32, F16 and BF16",
+                         "tensor '%s' has type %s; this version computes with F32, F16, BF16, Q8_0 and Q4_0",
                          name, mor__dtype_name(t->type));
     mat->data = t->data;
     mat->type = t->type;
@@ -140,25 +139,12 @@ static int bind_vec(loader *ld, const char *name, int64_t n, int required, const
                          (long long)n);
     if (!tensor_usable(t->type))
         return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
-                         "tensor '%s' has type %s; this version computes with F32, F16 and BF16",
+                         "tensor '%s' has type %s; this version computes with F32, F16, BF16, Q8_0 and Q4_0",
                          name, mor__dtype_name(t->type));
     if (ld->f32_end - ld->f32_next < n)
         return mor__errf(ld->err, ld->err_n, MOR_E_INTERNAL, "vector store exhausted at '%s'", name);
     float *dst = ld->f32_next;
-    const uint8_t *src = t->data;
-    for (int64_t i = 0; i < n; i++) {
-        if (t->type == MOR__DT_F32) {
-            memcpy(&dst[i], src + 4 * i, 4);
-        } else {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            if (t->type == MOR__DT_F16) {
-                dst[i] = mor__f16_to_f32(h);
-            } else {
-                dst[i] = mor__bf16_to_f32(h);
-            }
-        }
-    }
+    mor__kernels_ref()->to_f32[mor__kt_of_dtype(t->type)](t->data, dst, n);
     ld->f32_next += n;
     ld->vec[ti] = dst;
     *out = dst;

@@ -48,10 +48,10 @@ static int add_tensor(mor__gguf_writer *w, const spec *s, const char *name, uint
     for (uint64_t i = 0; i < n; i++) data[i] = 0.2f * test_randf(&rng_state);
     uint64_t dims[2] = {cols, rows};
     int st;
-    if (s->q4k && !strcmp(name, s->q4k) && cols % 32 == 0) {  // right shape, Q8_0 blocks
-        uint64_t bytes = mor__dtype_size(MOR__DT_Q8_0, n);
+    if (s->q4k && !strcmp(name, s->q4k) && cols % 32 == 0) {  // right shape, Q5_0 blocks (type 6)
+        uint64_t bytes = mor__dtype_size(6, n);
         unsigned char *q = calloc(1, bytes);
-        st = mor__gguf_w_raw_tensor(w, name, strlen(name), MOR__DT_Q8_0, 2, dims, q, bytes, MOR__GGUF_W_AUTO);
+        st = mor__gguf_w_raw_tensor(w, name, strlen(name), 6, 2, dims, q, bytes, MOR__GGUF_W_AUTO);
         free(q);
     } else if (s->q4k && !strcmp(name, s->q4k)) {
         uint64_t d2[2] = {256, 1};
@@ -264,8 +264,8 @@ TEST(bad_models) {
     s = base_spec();
     s.d = 32;
     s.ff = 32;
-    s.q4k = "blk.2.ffn_up.weight";  // a well-formed Q8_0 tensor: valid GGUF, not computable yet
-    EXPECT_LOAD(s, MOR_E_UNSUPPORTED, "tensor 'blk.2.ffn_up.weight' has type Q8_0");
+    s.q4k = "blk.2.ffn_up.weight";  // a well-formed Q5_0 tensor: valid GGUF, not computable yet
+    EXPECT_LOAD(s, MOR_E_UNSUPPORTED, "tensor 'blk.2.ffn_up.weight' has type Q5_0");
     s = base_spec();
     s.omit_key = 1;
     EXPECT_LOAD(s, MOR_E_FORMAT, "missing required key 'mor.recursion.count'");

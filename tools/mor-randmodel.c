@@ -1,7 +1,7 @@
 // mor-randmodel: write a random-weight model of a known shape, for benchmarks and tests that
 // need no download.
 //
-//   mor-randmodel smollm-135m out.gguf [--type f32|f16|bf16] [--recursions N --sharing S]
+//   mor-randmodel smollm-135m out.gguf [--type f32|f16|bf16|q8_0|q4_0] [--recursions N --sharing S]
 //
 // Shapes: smollm-135m (576/1536/30 layers/9 heads/3 kv/49152, tied), smollm-360m
 // (960/2560/32/15/5/49152), stories15m (288/768/6/6/6/32000), tiny (64/160/4/4/2/256).
@@ -13,7 +13,7 @@
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: mor-randmodel SHAPE OUT.gguf [--type f32|f16|bf16] [--recursions N] [--sharing S]\n");
+        fprintf(stderr, "usage: mor-randmodel SHAPE OUT.gguf [--type f32|f16|bf16|q8_0|q4_0] [--recursions N] [--sharing S]\n");
         return 2;
     }
     const randmodel_shape *sh = randmodel_find(argv[1]);

@@ -17,6 +17,7 @@
 #include "gguf-write.h"
 #include "kernels.h"
 #include "mor.h"
+#include "quant.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,16 +41,21 @@ static inline const randmodel_shape *randmodel_find(const char *name) {
     return NULL;
 }
 
-// "f32", "f16", "bf16" -> MOR__DT_*; -1 for a type the generator cannot write.
+// "f32", "f16", "bf16", "q8_0", "q4_0" -> MOR__DT_*; -1 for a type the generator cannot write.
+// Quantized types apply to the matrices (llama.cpp's reference rounding, src/quant.h); the
+// norms stay F32.
 static inline int randmodel_type(const char *s) {
     if (!strcmp(s, "f32")) return MOR__DT_F32;
     if (!strcmp(s, "f16")) return MOR__DT_F16;
     if (!strcmp(s, "bf16")) return MOR__DT_BF16;
+    if (!strcmp(s, "q8_0")) return MOR__DT_Q8_0;
+    if (!strcmp(s, "q4_0")) return MOR__DT_Q4_0;
     return -1;
 }
 
 static inline const char *randmodel_type_name(uint32_t type) {
-    return type == MOR__DT_F32 ? "f32" : type == MOR__DT_F16 ? "f16" : type == MOR__DT_BF16 ? "bf16" : "?";
+    return type == MOR__DT_F32 ? "f32" : type == MOR__DT_F16 ? "f16" : type == MOR__DT_BF16 ? "bf16"
+         : type == MOR__DT_Q8_0 ? "q8_0" : type == MOR__DT_Q4_0 ? "q4_0" : "?";
 }
 
 typedef struct {
@@ -68,15 +74,31 @@ static inline float randmodel_randn(randmodel_rng *r) {  // sum of uniforms, sca
 static inline int randmodel_add(mor__gguf_writer *w, randmodel_rng *r, const char *name, uint64_t cols, uint64_t rows,
                          uint32_t type, float mean, float std) {
     uint64_t n = cols * rows, dims[2] = {cols, rows};
-    size_t es = type == MOR__DT_F32 ? 4 : 2;
+    int quant = type == MOR__DT_Q8_0 || type == MOR__DT_Q4_0;
+    size_t es = type == MOR__DT_F32 || quant ? 4 : 2;
     unsigned char *buf = malloc(n * es);
     if (!buf) return MOR_E_NOMEM;
     for (uint64_t i = 0; i < n; i++) {
         float v = mean + std * randmodel_randn(r);
-        if (type == MOR__DT_F32) memcpy(buf + 4 * i, &v, 4);
+        if (type == MOR__DT_F32 || quant) memcpy(buf + 4 * i, &v, 4);
         else {
             uint16_t h = type == MOR__DT_F16 ? mor__f32_to_f16(v) : mor__f32_to_bf16(v);
             memcpy(buf + 2 * i, &h, 2);
+        }
+    }
+    if (quant) {  // in place: a quantized row is shorter than its floats, and rows go in order
+        int kt = mor__kt_of_dtype(type);
+        for (uint64_t row = 0; row < rows; row++) {
+            float tmp[4096];
+            const float *src = (const float *)(void *)buf + row * cols;
+            unsigned char *dst = buf + row * (uint64_t)mor__kt_row_bytes(kt, (int64_t)cols);
+            for (uint64_t c0 = 0; c0 < cols; c0 += 4096) {
+                uint64_t c = cols - c0 < 4096 ? cols - c0 : 4096;
+                memcpy(tmp, src + c0, c * 4);
+                unsigned char *o = dst + (uint64_t)mor__kt_row_bytes(kt, (int64_t)c0);
+                if (type == MOR__DT_Q8_0) mor__quantize_q8_0(tmp, o, (int64_t)c);
+                else mor__quantize_q4_0(tmp, o, (int64_t)c);
+            }
         }
     }
     int st = mor__gguf_w_tensor(w, name, type, rows == 1 ? 1 : 2, dims, buf);

@@ -2,6 +2,7 @@
 // optimized kernel, and the portable fallback. Plain C11, no intrinsics.
 #include "kernels.h"
 
+#include <math.h>
 #include <string.h>
 
 float mor__f16_to_f32(uint16_t h) {
@@ -78,25 +79,46 @@ static void ref_axpy(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+// ---- rows of each weight type as floats -----------------------------------------------------
+
+static uint16_t rd16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return h;
+}
+
 static void f32_row(const void *src, float *dst, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
 
 static void f16_row(const void *src, float *dst, int64_t n) {
     const uint8_t *p = src;
-    for (int64_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * i, 2);
-        dst[i] = mor__f16_to_f32(h);
-    }
+    for (int64_t i = 0; i < n; i++) dst[i] = mor__f16_to_f32(rd16(p + 2 * i));
 }
 
 static void bf16_row(const void *src, float *dst, int64_t n) {
     const uint8_t *p = src;
-    for (int64_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * i, 2);
-        dst[i] = mor__bf16_to_f32(h);
+    for (int64_t i = 0; i < n; i++) dst[i] = mor__bf16_to_f32(rd16(p + 2 * i));
+}
+
+static void q8_0_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < n / MOR__QK; b++, p += MOR__Q8_0_SIZE) {
+        float d = mor__f16_to_f32(rd16(p));
+        for (int j = 0; j < MOR__QK; j++) dst[b * MOR__QK + j] = d * (float)(int8_t)p[2 + j];
     }
 }
+
+static void q4_0_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    for (int64_t b = 0; b < n / MOR__QK; b++, p += MOR__Q4_0_SIZE) {
+        float d = mor__f16_to_f32(rd16(p));
+        for (int j = 0; j < 16; j++) {
+            dst[b * MOR__QK + j] = d * (float)((p[2 + j] & 15) - 8);
+            dst[b * MOR__QK + j + 16] = d * (float)((p[2 + j] >> 4) - 8);
+        }
+    }
+}
+
+// ---- float products -------------------------------------------------------------------------
 
 static void ref_matmul_f32(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x,
                            int64_t T, int64_t ldx, float *y, int64_t ldy, float *row) {
@@ -124,30 +146,220 @@ static void ref_matmul_bf16(const void *W, int64_t cols, int64_t r0, int64_t r1,
     }
 }
 
+// ---- quantized products ---------------------------------------------------------------------
+
+// Round to nearest, ties to even (the default floating-point environment), as the SIMD
+// conversions do.
+static void ref_quant_act(const float *x, int64_t n, int8_t *q, float *d) {
+    for (int64_t b = 0; b < n / MOR__QK; b++) {
+        const float *xb = x + b * MOR__QK;
+        float amax = 0;
+        for (int j = 0; j < MOR__QK; j++) {
+            float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
+        }
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        d[b] = mor__f16_to_f32(mor__f32_to_f16(amax / 127.0f));
+        for (int j = 0; j < MOR__QK; j++) q[b * MOR__QK + j] = (int8_t)nearbyintf(xb[j] * id);
+    }
+}
+
+// The quantized x of one token lives in the row scratch: cols int8, then cols / 32 floats.
+static float ref_dot_q8_0(const uint8_t *w, const int8_t *q, const float *d, int64_t nb) {
+    float acc = 0;
+    for (int64_t b = 0; b < nb; b++, w += MOR__Q8_0_SIZE) {
+        int32_t s = 0;
+        for (int j = 0; j < MOR__QK; j++) s += (int32_t)(int8_t)w[2 + j] * q[b * MOR__QK + j];
+        acc += mor__f16_to_f32(rd16(w)) * d[b] * (float)s;
+    }
+    return acc;
+}
+
+static float ref_dot_q4_0(const uint8_t *w, const int8_t *q, const float *d, int64_t nb) {
+    float acc = 0;
+    for (int64_t b = 0; b < nb; b++, w += MOR__Q4_0_SIZE) {
+        const int8_t *qb = q + b * MOR__QK;
+        int32_t s = 0;
+        for (int j = 0; j < 16; j++) s += ((w[2 + j] & 15) - 8) * qb[j] + ((w[2 + j] >> 4) - 8) * qb[j + 16];
+        acc += mor__f16_to_f32(rd16(w)) * d[b] * (float)s;
+    }
+    return acc;
+}
+
+#define REF_QMATMUL(NAME, DOT, BSIZE)                                                              \
+    static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T, \
+                     int64_t ldx, float *y, int64_t ldy, float *row) {                           \
+        int64_t nb = cols / MOR__QK;                                                             \
+        int8_t *q = (int8_t *)row;                                                               \
+        float *d = row + cols / 4;                                                               \
+        for (int64_t t = 0; t < T; t++) {                                                        \
+            ref_quant_act(x + t * ldx, cols, q, d);                                              \
+            for (int64_t r = r0; r < r1; r++)                                                    \
+                y[t * ldy + r] = DOT((const uint8_t *)W + (size_t)(r * nb) * BSIZE, q, d, nb);   \
+        }                                                                                        \
+    }
+REF_QMATMUL(ref_matmul_q8_0, ref_dot_q8_0, MOR__Q8_0_SIZE)
+REF_QMATMUL(ref_matmul_q4_0, ref_dot_q4_0, MOR__Q4_0_SIZE)
+
+// ---- the other layer operations --------------------------------------------------------------
+
+static void ref_rmsnorm(float *o, const float *x, const float *w, int64_t n, float eps) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (int64_t i = 0; i < n; i++) o[i] = w[i] * (x[i] * scale);
+}
+
+static void ref_swiglu(float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void ref_softmax(float *x, int64_t n) {
+    float mx = x[0], sum = 0;
+    for (int64_t i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    for (int64_t i = 0; i < n; i++) sum += (x[i] = expf(x[i] - mx));
+    float inv = 1.0f / sum;
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+static void ref_rope(float *v, int64_t n_heads, int64_t hd, const float *c, const float *sn, int neox) {
+    int64_t half = hd / 2;
+    for (int64_t h = 0; h < n_heads; h++, v += hd) {
+        if (neox) {
+            for (int64_t i = 0; i < half; i++) {
+                float x0 = v[i], x1 = v[i + half];
+                v[i] = x0 * c[i] - x1 * sn[i];
+                v[i + half] = x1 * c[i] + x0 * sn[i];
+            }
+        } else {
+            for (int64_t i = 0; i < half; i++) {
+                float x0 = v[2 * i], x1 = v[2 * i + 1];
+                v[2 * i] = x0 * c[i] - x1 * sn[i];
+                v[2 * i + 1] = x0 * sn[i] + x1 * c[i];
+            }
+        }
+    }
+}
+
+// The operations of forward.c's attention in its order: scores, max, exp, sum, weighted sum.
+static void ref_attend(const float *q, const float *k, const float *v, int64_t n, int64_t hd, int64_t stride,
+                       float scale, float *att, float *out) {
+    float mx = -INFINITY, sum = 0;
+    for (int64_t e = 0; e < n; e++) {
+        att[e] = ref_dot(q, k + e * stride, hd) * scale;
+        if (att[e] > mx) mx = att[e];
+    }
+    for (int64_t e = 0; e < n; e++) sum += (att[e] = expf(att[e] - mx));
+    float inv = 1.0f / sum;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int64_t e = 0; e < n; e++) ref_axpy(out, att[e] * inv, v + e * stride, hd);
+}
+
+static void ref_attend_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t hd,
+                           int64_t stride, float scale, float *att, float *out) {
+    float mx = -INFINITY, sum = 0;
+    for (int64_t e = 0; e < n; e++) {
+        float acc[8] = {0};
+        const uint16_t *ke = k + e * stride;
+        for (int64_t i = 0; i < hd; i++) acc[i & 7] += q[i] * mor__f16_to_f32(ke[i]);
+        att[e] = (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) * scale;
+        if (att[e] > mx) mx = att[e];
+    }
+    for (int64_t e = 0; e < n; e++) sum += (att[e] = expf(att[e] - mx));
+    float inv = 1.0f / sum;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int64_t e = 0; e < n; e++) {
+        float a = att[e] * inv;
+        const uint16_t *ve = v + e * stride;
+        for (int64_t i = 0; i < hd; i++) out[i] += a * mor__f16_to_f32(ve[i]);
+    }
+}
+
+static int64_t ref_argmax(const float *x, int64_t n) {
+    int64_t b = 0;
+    float bv = -INFINITY;
+    for (int64_t i = 0; i < n; i++)
+        if (x[i] > bv) bv = x[i], b = i;
+    return b;
+}
+
+void mor__matvec_argmax(const mor__kernels *k, int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
+                        const float *x, float *row, int64_t *best, float *best_val) {
+    float buf[256];
+    int64_t rb = mor__kt_row_bytes(kt, cols), b = r0;
+    float bv = -INFINITY;
+    for (int64_t r = r0; r < r1; r += 256) {
+        int64_t c = r1 - r < 256 ? r1 - r : 256;
+        k->matmul[kt]((const uint8_t *)W + (size_t)(r * rb), cols, 0, c, x, 1, cols, buf, c, row);
+        int64_t i = k->argmax(buf, c);
+        if (buf[i] > bv) bv = buf[i], b = r + i;
+    }
+    *best = b;
+    *best_val = bv;
+}
+
 static const mor__kernels ref_table = {
-    "ref",
-    {ref_matmul_f32, ref_matmul_f16, ref_matmul_bf16},
-    ref_dot,
-    ref_axpy,
-    {f32_row, f16_row, bf16_row},
+    .name = "ref",
+    .matmul = {ref_matmul_f32, ref_matmul_f16, ref_matmul_bf16, ref_matmul_q8_0, ref_matmul_q4_0},
+    .dot = ref_dot,
+    .axpy = ref_axpy,
+    .to_f32 = {f32_row, f16_row, bf16_row, q8_0_row, q4_0_row},
+    .quant_act = ref_quant_act,
+    .rmsnorm = ref_rmsnorm,
+    .swiglu = ref_swiglu,
+    .softmax = ref_softmax,
+    .rope = ref_rope,
+    .attend = ref_attend,
+    .attend_f16 = ref_attend_f16,
+    .argmax = ref_argmax,
 };
 
 const mor__kernels *mor__kernels_ref(void) { return &ref_table; }
 
 // ---- dispatch: the reference table, overridden by what this CPU supports -------------------
+//
+// Each ISA's table is the reference table with the ISA's entries installed over it (AVX-512
+// over AVX2 over the reference); the best table is the last one this CPU runs.
 
-#if !defined(MOR_NO_SIMD) && (defined(__x86_64__) || defined(__i386__))
+#if !defined(MOR_NO_SIMD) && defined(__x86_64__)
 void mor__kernels_install_avx2(mor__kernels *k);
+void mor__kernels_install_avx512(mor__kernels *k);
 #define HAVE_X86 1
 #endif
+#if !defined(MOR_NO_SIMD) && defined(__aarch64__)
+void mor__kernels_install_neon(mor__kernels *k);
+#define HAVE_NEON 1
+#endif
 
+enum { ISA_AVX2, ISA_AVX512, ISA_NEON, ISA_COUNT };
+static mor__kernels isa_table[ISA_COUNT];
+static int          isa_ok[ISA_COUNT];
 static mor__kernels best_table;
 
 static void fill_best(void) {
     best_table = ref_table;
 #ifdef HAVE_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) mor__kernels_install_avx2(&best_table);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        isa_table[ISA_AVX2] = ref_table;
+        mor__kernels_install_avx2(&isa_table[ISA_AVX2]);
+        isa_ok[ISA_AVX2] = 1;
+        best_table = isa_table[ISA_AVX2];
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512vnni")) {
+            isa_table[ISA_AVX512] = isa_table[ISA_AVX2];
+            mor__kernels_install_avx512(&isa_table[ISA_AVX512]);
+            isa_ok[ISA_AVX512] = 1;
+            best_table = isa_table[ISA_AVX512];
+        }
+    }
+#endif
+#ifdef HAVE_NEON
+    isa_table[ISA_NEON] = ref_table;
+    mor__kernels_install_neon(&isa_table[ISA_NEON]);
+    isa_ok[ISA_NEON] = 1;
+    best_table = isa_table[ISA_NEON];
 #endif
 }
 
@@ -165,3 +377,12 @@ const mor__kernels *mor__kernels_best(void) {
     return &best_table;
 }
 #endif
+
+const mor__kernels *mor__kernels_isa(const char *name) {
+    static const char *names[ISA_COUNT] = {"avx2", "avx512", "neon"};
+    mor__kernels_best();
+    if (!strcmp(name, "ref")) return &ref_table;
+    for (int i = 0; i < ISA_COUNT; i++)
+        if (!strcmp(name, names[i])) return isa_ok[i] ? &isa_table[i] : NULL;
+    return NULL;
+}

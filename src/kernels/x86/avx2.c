@@ -108,6 +108,74 @@ static void avx2_bf16_row(const void *src, float *dst, int64_t n) {
     for (; i < n; i++) dst[i] = sc_bf16(src, i);
 }
 
+// ---- quantized products: x quantized per token, integer block sums with vpmaddubsw ------------
+
+static inline float rd_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+// One block of 32, exactly as the reference (the conversion rounds to nearest even).
+static inline float quant_block(const float *x, int8_t *q) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8), v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                             _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float amax = _mm_cvtss_f32(h), id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    __m256 vid = _mm256_set1_ps(id);
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // undo the lane interleave
+    _mm256_storeu_si256((__m256i *)q, p);
+    return _cvtsh_ss(_cvtss_sh(amax / 127.0f, 0));
+}
+
+static void avx2_quant_act(const float *x, int64_t n, int8_t *q, float *d) {
+    for (int64_t b = 0; b < n / 32; b++) d[b] = quant_block(x + b * 32, q + b * 32);
+}
+
+static inline __m256 block_dot(__m256i w, __m256i q) {  // w, q signed bytes: 8 lanes of int32 sums, as floats
+    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+#define QMATMUL(NAME, BSIZE, LOADW)                                                                     \
+    static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,  \
+                     int64_t ldx, float *y, int64_t ldy, float *row) {                                \
+        int64_t nb = cols / 32;                                                                       \
+        int8_t *q = (int8_t *)row;                                                                    \
+        float *d = row + cols / 4;                                                                    \
+        for (int64_t t = 0; t < T; t++) {                                                             \
+            avx2_quant_act(x + t * ldx, cols, q, d);                                                  \
+            for (int64_t r = r0; r < r1; r++) {                                                       \
+                const uint8_t *w = (const uint8_t *)W + (size_t)(r * nb) * BSIZE;                     \
+                __m256 acc = _mm256_setzero_ps();                                                     \
+                for (int64_t b = 0; b < nb; b++, w += BSIZE) {                                        \
+                    __m256i wv = LOADW(w);                                                            \
+                    __m256i qv = _mm256_loadu_si256((const __m256i *)(q + b * 32));                   \
+                    acc = _mm256_fmadd_ps(block_dot(wv, qv), _mm256_set1_ps(rd_f16(w) * d[b]), acc);   \
+                }                                                                                     \
+                y[t * ldy + r] = hsum(acc);                                                           \
+            }                                                                                         \
+        }                                                                                             \
+    }
+
+static inline __m256i ld_q8_0(const uint8_t *w) { return _mm256_loadu_si256((const __m256i *)(w + 2)); }
+static inline __m256i ld_q4_0(const uint8_t *w) {  // nibbles - 8 as signed bytes, elements 0..31
+    __m128i v = _mm_loadu_si128((const __m128i *)(w + 2));
+    __m256i u = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1),
+                                 _mm256_set1_epi8(0x0f));
+    return _mm256_sub_epi8(u, _mm256_set1_epi8(8));
+}
+
+QMATMUL(avx2_matmul_q8_0, 34, ld_q8_0)
+QMATMUL(avx2_matmul_q4_0, 18, ld_q4_0)
+
 void mor__kernels_install_avx2(mor__kernels *k);
 void mor__kernels_install_avx2(mor__kernels *k) {
     k->name = "avx2";
@@ -118,4 +186,7 @@ void mor__kernels_install_avx2(mor__kernels *k) {
     k->axpy = avx2_axpy;
     k->to_f32[MOR__KT_F16] = avx2_f16_row;
     k->to_f32[MOR__KT_BF16] = avx2_bf16_row;
+    k->matmul[MOR__KT_Q8_0] = avx2_matmul_q8_0;
+    k->matmul[MOR__KT_Q4_0] = avx2_matmul_q4_0;
+    k->quant_act = avx2_quant_act;
 }
