@@ -21,9 +21,7 @@
 
 #include <math.h>
 
-static int kt_of(uint32_t t) {
-    return t == MOR__DT_F16 ? MOR__KT_F16 : t == MOR__DT_BF16 ? MOR__KT_BF16 : MOR__KT_F32;
-}
+static int kt_of(uint32_t t) { return mor__kt_of_dtype(t); }
 
 static void mm(mor_session *s, const mor__mat *W, const float *x, int64_t T, float *y) { mor__matmul(&s->w, W, x, T, y); }
 #define rmsnorm mor__rmsnorm
@@ -307,7 +305,7 @@ static void load_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     const mor__policy *p = &s->policy;
     for (int32_t t = 0; t < ps->T; t++) {
         const uint8_t *row = (const uint8_t *)m->tok_embd.data +
-                             (size_t)tokens[t] * (size_t)d * (m->tok_embd.type == MOR__DT_F32 ? 4 : 2);
+                             (size_t)tokens[t] * (size_t)mor__kt_row_bytes(kt_of(m->tok_embd.type), d);
         s->kern->to_f32[kt_of(m->tok_embd.type)](row, s->x + (size_t)t * d, d);
         s->tpos[t] = s->n_past + t;
         s->row_start[t] = 0;
@@ -580,21 +578,46 @@ int mor__pass_advance(mor_session *s) {
     return settle(s);
 }
 
+// Rows still in the steps ran them all.
+static void close_steps(mor_session *s) {
+    const mor_model *m = s->model;
+    pass *ps = &s->ps;
+    for (int32_t t = 0; t < ps->R; t++)
+        if (s->alive[t]) {
+            if (m->hp.router == MOR_ROUTER_TOKEN) stop_row(s, ps, t, m->n_steps);
+            s->alive[t] = 0;
+            s->exit_step[t] = m->n_steps;
+        }
+    if (m->steps_interleaved)
+        for (int32_t t = 0; t < ps->T; t++) s->exit_step[t] = s->tok_depth[t];
+}
+
+int mor__pass_head_row(mor_session *s, float *xn) {
+    const mor_model *m = s->model;
+    pass *ps = &s->ps;
+    close_steps(s);
+    int32_t t = ps->T - 1;
+    if (ps->logits_all || ps->T != 1 || s->logit_row0 != 0) return 0;
+    if (!m->has_last && s->exit_step[t] < m->n_steps && s->exit_step[t] > 0 && m->step_exit[s->exit_step[t] - 1] >= 0)
+        return 0;
+    rmsnorm(xn, s->x + (size_t)t * m->hp.n_embd, m->output_norm, m->hp.n_embd, m->hp.rms_eps);
+    return 1;
+}
+
+void mor__pass_finish_with(mor_session *s, const float *logits) {
+    memcpy(s->logits, logits, (size_t)s->model->hp.n_vocab * sizeof(float));
+    s->n_logits = 1;
+    finish_rows(s, &s->ps, s->tokens + s->n_past);
+    s->ps.active = 0;
+}
+
 void mor__pass_finish(mor_session *s) {
     const mor_model *m = s->model;
     const mor__hparams *hp = &m->hp;
     pass *ps = &s->ps;
     const int d = hp->n_embd;
     const int32_t T = ps->T;
-    for (int32_t t = 0; t < ps->R; t++)  // rows still in the steps ran them all
-        if (s->alive[t]) {
-            if (hp->router == MOR_ROUTER_TOKEN) stop_row(s, ps, t, m->n_steps);
-            s->alive[t] = 0;
-            s->exit_step[t] = m->n_steps;
-        }
-    if (m->steps_interleaved)
-        for (int32_t t = 0; t < T; t++) s->exit_step[t] = s->tok_depth[t];
-
+    close_steps(s);
     // Logits: the final head, or for a model without a unique last layer the exit head after
     // the last step a row ran.
     int32_t first = ps->logits_all ? 0 : T - 1;

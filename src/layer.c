@@ -13,9 +13,7 @@
 
 #include <math.h>
 
-static int kt_of(uint32_t t) {
-    return t == MOR__DT_F16 ? MOR__KT_F16 : t == MOR__DT_BF16 ? MOR__KT_BF16 : MOR__KT_F32;
-}
+static int kt_of(uint32_t t) { return mor__kt_of_dtype(t); }
 
 typedef struct {
     mor__work      *w;

@@ -47,6 +47,8 @@ struct mor_sched {
     event            *ev;
     int32_t           ev_head, ev_len, ev_cap;
     mor__part        *parts;
+    int32_t          *head;          // [max_batch] entries whose logits are batched
+    float            *logits;        // [max_batch][n_vocab]
     int64_t           rounds, rows, layers;
 };
 
@@ -120,7 +122,9 @@ int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sch
     int st = mor__pool_create(&sc->pool, p.n_threads);
     if (!st) st = alloc_work(sc, 1);
     sc->parts = calloc((size_t)p.max_batch, sizeof *sc->parts);
-    if (!st && !sc->parts) st = MOR_E_NOMEM;
+    sc->head = calloc((size_t)p.max_batch, sizeof *sc->head);
+    sc->logits = calloc((size_t)p.max_batch * (size_t)m->hp.n_vocab, sizeof(float));
+    if (!st && (!sc->parts || !sc->head || !sc->logits)) st = MOR_E_NOMEM;
     if (st) {
         mor_sched_free(sc);
         return mor__errf(err, err_n, st, "cannot create the scheduler's workspace");
@@ -159,6 +163,8 @@ void mor_sched_free(mor_sched *sc) {
     free(sc->w.row);
     free(sc->ev);
     free(sc->parts);
+    free(sc->head);
+    free(sc->logits);
     mor__pool_free(sc->pool);
     free(sc);
 }
@@ -400,9 +406,10 @@ static int32_t admit(mor_sched *sc, entry *e, int32_t rows_in, int may_start) {
     return R;
 }
 
-static void complete(entry *e) {
+static void complete(entry *e, const float *logits) {
     mor_session *s = e->s;
-    mor__pass_finish(s);
+    if (logits) mor__pass_finish_with(s, logits);
+    else mor__pass_finish(s);
     mor__session_commit(s, e->pass_T, 0);
     e->q_head += e->pass_T;
     if (e->q_head == e->q_len) e->q_head = e->q_len = 0;
@@ -463,9 +470,22 @@ int mor_sched_step(mor_sched *sc) {
             }
         }
     }
+    // Tokens whose layers are done: one output projection for all whose logits come from the
+    // final head, then each finishes (telemetry, stack, sampling next round).
+    const mor__hparams *hp = &sc->model->hp;
+    int32_t nh = 0;
     for (int32_t i = 0; i < sc->n; i++) {
         entry *e = &sc->e[i];
-        if (e->in_pass && mor__pass_next(e->s) < 0) complete(e);
+        if (!e->in_pass || mor__pass_next(e->s) >= 0) continue;
+        if (nh < sc->p.max_batch && mor__pass_head_row(e->s, sc->w.xb + (size_t)nh * hp->n_embd)) {
+            sc->head[nh++] = i;
+        } else {
+            complete(e, NULL);
+        }
+    }
+    if (nh) {
+        mor__matmul(&sc->w, &sc->model->output, sc->w.xb, nh, sc->logits);
+        for (int32_t j = 0; j < nh; j++) complete(&sc->e[sc->head[j]], sc->logits + (size_t)j * hp->n_vocab);
     }
     return MOR_OK;
 }

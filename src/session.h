@@ -186,6 +186,11 @@ int32_t mor__pass_next(const mor_session *s);          // next layer, -1 when th
 void    mor__pass_part(mor_session *s, mor__part *p);   // the rows of that layer
 int     mor__pass_advance(mor_session *s);             // after the layer ran
 void    mor__pass_finish(mor_session *s);              // logits, telemetry, stack
+// For batching the output projection of several sessions: 1 and the normalized state of the
+// session's one output row in xn (d floats) when its logits come from the final head (one new
+// token, no LOGITS_ALL); 0 otherwise. mor__pass_finish_with() then takes those logits.
+int     mor__pass_head_row(mor_session *s, float *xn);
+void    mor__pass_finish_with(mor_session *s, const float *logits);
 
 // A layer on the rows of several parts; parts whose weights are the same memory share every
 // projection (layer.c). The parts' rows must fit w->rows.

@@ -93,14 +93,21 @@ int mor__pool_create(mor__pool **out, int n) {
             mor__pool_free(p);
             return MOR_E_NOMEM;
         }
+        // Prompt-size kernels keep a few tens of KiB of blocks on the stack: ask for 1 MiB rather
+        // than rely on the C library's default (128 KiB on some).
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, 1u << 20);
         for (int i = 1; i < p->n; i++) {
             p->workers[i] = (struct worker){p, i};
-            if (pthread_create(&p->threads[i], NULL, worker_main, &p->workers[i]) != 0) {
+            if (pthread_create(&p->threads[i], &attr, worker_main, &p->workers[i]) != 0) {
+                pthread_attr_destroy(&attr);
                 p->n = i;  // free joins the ones started
                 mor__pool_free(p);
                 return MOR_E_THREAD;
             }
         }
+        pthread_attr_destroy(&attr);
     }
     *out = p;
     return MOR_OK;
