@@ -428,13 +428,24 @@ int mor_sched_step(mor_sched *sc) {
         int32_t r = admit(sc, &sc->e[i], rows_in, may && !(sc->p.mode == MOR_SCHED_SEQUENTIAL && rows_in > 0));
         rows_in += r;
     }
-    // The session that waited longest chooses the weights; every session whose next layer uses
-    // the same stored layer joins, up to max_batch rows.
-    entry *first = NULL;
+    // The next layer to run: the stored layer with the most rows waiting for it (the biggest
+    // batch), unless a session has waited too long, in which case its layer goes first.
+    entry *first = NULL, *oldest = NULL;
+    int32_t best_rows = -1;
     for (int32_t i = 0; i < sc->n; i++) {
         entry *e = &sc->e[i];
-        if (e->in_pass && mor__pass_next(e->s) >= 0 && (!first || e->last_round < first->last_round)) first = e;
+        if (!e->in_pass || mor__pass_next(e->s) < 0) continue;
+        if (!oldest || e->last_round < oldest->last_round) oldest = e;
+        if (sc->p.mode == MOR_SCHED_SEQUENTIAL) continue;
+        int32_t key = sc->model->layers[mor__pass_next(e->s)].stored, rows = 0;
+        for (int32_t j = 0; j < sc->n; j++) {
+            entry *f = &sc->e[j];
+            if (f->in_pass && mor__pass_next(f->s) >= 0 && sc->model->layers[mor__pass_next(f->s)].stored == key)
+                rows += f->s->ps.n_act;
+        }
+        if (rows > best_rows || (rows == best_rows && e->last_round < first->last_round)) best_rows = rows, first = e;
     }
+    if (oldest && (!first || sc->rounds - oldest->last_round > 2 * (int64_t)sc->model->hp.n_layer)) first = oldest;
     if (first) {
         const mor_model *m = sc->model;
         int32_t key = m->layers[mor__pass_next(first->s)].stored, np = 0, rows = 0;
