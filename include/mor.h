@@ -158,6 +158,8 @@ typedef struct mor_model_params {
 /* Session flags. */
 #define MOR_SESSION_LOGITS_ALL  1u /* keep the logits of every token of a step, not only the last */
 #define MOR_SESSION_REF_KERNELS 2u /* use the scalar reference kernels (the test oracle), no SIMD */
+#define MOR_SESSION_KV_F16      4u /* keep K/V in half precision: half the memory, logits move
+                                      by about 1e-3 */
 
 typedef struct mor_session_params {
     uint32_t size;      /* sizeof(mor_session_params) */

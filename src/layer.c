@@ -80,21 +80,28 @@ static int32_t visible(const mor__kv_slot *sl, int32_t p) {
 // Puts the entry of position pos into a slot, keeping it sorted; an entry already at pos is
 // replaced (a deep pass recomputing a stacked token's K/V).
 static void slot_put(mor__kv_slot *sl, int32_t pos, const float *k, const float *v, int kvdim) {
-    size_t row = (size_t)kvdim * sizeof(float);
+    const int half = sl->k16 != NULL;
+    size_t row = (size_t)kvdim * (half ? sizeof(uint16_t) : sizeof(float));
+    char *K = half ? (char *)sl->k16 : (char *)sl->k, *Vv = half ? (char *)sl->v16 : (char *)sl->v;
     int32_t e = sl->len;
     if (e > 0 && sl->pos[e - 1] >= pos) {
         e = visible(sl, pos - 1);
         if (!(e < sl->len && sl->pos[e] == pos)) {
-            memmove(sl->k + (size_t)(e + 1) * kvdim, sl->k + (size_t)e * kvdim, (size_t)(sl->len - e) * row);
-            memmove(sl->v + (size_t)(e + 1) * kvdim, sl->v + (size_t)e * kvdim, (size_t)(sl->len - e) * row);
+            memmove(K + (size_t)(e + 1) * row, K + (size_t)e * row, (size_t)(sl->len - e) * row);
+            memmove(Vv + (size_t)(e + 1) * row, Vv + (size_t)e * row, (size_t)(sl->len - e) * row);
             memmove(sl->pos + e + 1, sl->pos + e, (size_t)(sl->len - e) * sizeof(int32_t));
             sl->len++;
         }
     } else {
         sl->len++;
     }
-    memcpy(sl->k + (size_t)e * kvdim, k, row);
-    memcpy(sl->v + (size_t)e * kvdim, v, row);
+    if (half) {  // round to nearest even
+        uint16_t *kd = sl->k16 + (size_t)e * kvdim, *vd = sl->v16 + (size_t)e * kvdim;
+        for (int i = 0; i < kvdim; i++) kd[i] = mor__f32_to_f16(k[i]), vd[i] = mor__f32_to_f16(v[i]);
+    } else {
+        memcpy(sl->k + (size_t)e * kvdim, k, row);
+        memcpy(sl->v + (size_t)e * kvdim, v, row);
+    }
     sl->pos[e] = pos;
 }
 
@@ -199,6 +206,11 @@ static void att_part(void *c, int ith, int nth) {
         const mor__kv_slot *sl = &s->slots[s->slot_of[p->l]];
         int32_t nv = visible(sl, s->tpos[p->idx[row - t->b->off[pi]]]);
         const float *qh = t->w->q + (size_t)row * qdim + (size_t)h * hd;
+        float *o = t->w->ao + (size_t)row * qdim + (size_t)h * hd;
+        if (sl->k16) {
+            kern->attend_f16(qh, sl->k16 + (size_t)kh * hd, sl->v16 + (size_t)kh * hd, nv, hd, kvdim, scale, att, o);
+            continue;
+        }
         float mx = -INFINITY;
         for (int32_t e = 0; e < nv; e++) {
             att[e] = kern->dot(qh, sl->k + (size_t)e * kvdim + (size_t)kh * hd, hd) * scale;
@@ -209,7 +221,7 @@ static void att_part(void *c, int ith, int nth) {
             att[e] = expf(att[e] - mx);
             sum += att[e];
         }
-        float *o = t->w->ao + (size_t)row * qdim + (size_t)h * hd, inv = 1.0f / sum;
+        float inv = 1.0f / sum;
         memset(o, 0, (size_t)hd * sizeof(float));
         for (int32_t e = 0; e < nv; e++) kern->axpy(o, att[e] * inv, sl->v + (size_t)e * kvdim + (size_t)kh * hd, hd);
     }

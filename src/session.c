@@ -22,6 +22,8 @@ void mor_session_free(mor_session *s) {
         for (int32_t l = 0; l < s->model->hp.n_layer; l++) {
             free(s->slots[l].k);
             free(s->slots[l].v);
+            free(s->slots[l].k16);
+            free(s->slots[l].v16);
             free(s->slots[l].pos);
         }
     free(s->slots);
@@ -95,8 +97,13 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     int fail = 0;
     s->slots = alloc_n((size_t)hp->n_layer, sizeof *s->slots, &fail);
     for (int32_t l = 0; !fail && l < hp->n_layer; l++) {
-        s->slots[l].k = alloc_n((size_t)p.n_ctx * kvdim, sizeof(float), &fail);
-        s->slots[l].v = alloc_n((size_t)p.n_ctx * kvdim, sizeof(float), &fail);
+        if (p.flags & MOR_SESSION_KV_F16) {
+            s->slots[l].k16 = alloc_n((size_t)p.n_ctx * kvdim, sizeof(uint16_t), &fail);
+            s->slots[l].v16 = alloc_n((size_t)p.n_ctx * kvdim, sizeof(uint16_t), &fail);
+        } else {
+            s->slots[l].k = alloc_n((size_t)p.n_ctx * kvdim, sizeof(float), &fail);
+            s->slots[l].v = alloc_n((size_t)p.n_ctx * kvdim, sizeof(float), &fail);
+        }
         s->slots[l].pos = alloc_n((size_t)p.n_ctx, sizeof(int32_t), &fail);
     }
     s->tokens = alloc_n((size_t)p.n_ctx, sizeof(int32_t), &fail);

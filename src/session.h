@@ -18,10 +18,12 @@
 #include "thread.h"
 
 typedef struct {
-    float   *k;     // [n_ctx][kv_dim] (NULL for a layer that writes nothing)
-    float   *v;     // [n_ctx][kv_dim]
-    int32_t *pos;   // [n_ctx] absolute positions, increasing
-    int32_t  len;
+    float    *k;     // [n_ctx][kv_dim] F32 entries (NULL with MOR_SESSION_KV_F16)
+    float    *v;     // [n_ctx][kv_dim]
+    uint16_t *k16;   // [n_ctx][kv_dim] F16 entries (MOR_SESSION_KV_F16), else NULL
+    uint16_t *v16;
+    int32_t  *pos;   // [n_ctx] absolute positions, increasing
+    int32_t   len;
 } mor__kv_slot;
 
 // Scratch for a batched layer: a session's own buffers, or a scheduler's (sized for its batch).

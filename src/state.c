@@ -4,8 +4,9 @@
 
 #include <math.h>
 
-// Layout (little-endian): "MORS", u32 version (2), u32 n_layer, u32 kv_dim, u32 n_vocab,
-// u32 n_past, u32 n_embd, policy (13 x u32: policy, depth, threshold, min_depth, metric,
+// Layout (little-endian): "MORS", u32 version (3), u32 n_layer, u32 kv_dim, u32 n_vocab,
+// u32 n_past, u32 n_embd, u32 kv element (0 F32, 1 F16: entries then packed two per word),
+// policy (13 x u32: policy, depth, threshold, min_depth, metric,
 // decay_tau, decay_len, shallow, adaptive, kv, budget, budget_window, rollback; floats as
 // their bits), sampler (6 x u32 + u64 seed), u64 rng, tokens[n_past] (i32), per position
 // depth (i32), score (f32), kv status (u32), u32 n_stack and per stacked token pos, step, top
@@ -13,7 +14,7 @@
 // (f32), v[len*kv_dim] (f32).
 
 #define STATE_MAGIC   0x53524f4du  // "MORS"
-#define STATE_VERSION 2u
+#define STATE_VERSION 3u
 
 typedef struct {
     uint8_t *p;
@@ -44,6 +45,10 @@ static float u2f(uint32_t u) {
 }
 // Arrays of 32-bit values are written element by element so the format is little-endian on
 // any host.
+static void put_arr16(wbuf *w, const uint16_t *src, size_t n) {
+    for (size_t i = 0; i < n; i += 2) put_u32(w, (uint32_t)src[i] | (i + 1 < n ? (uint32_t)src[i + 1] << 16 : 0));
+}
+
 static void put_arr32(wbuf *w, const void *src, size_t n) {
     const uint8_t *p = src;
     for (size_t i = 0; i < n; i++) {
@@ -64,6 +69,7 @@ static size_t serialize(const mor_session *s, void *buf, size_t cap) {
     put_u32(&w, (uint32_t)hp->n_vocab);
     put_u32(&w, (uint32_t)s->n_past);
     put_u32(&w, (uint32_t)hp->n_embd);
+    put_u32(&w, s->slots[0].k16 != NULL);  // K/V element: 0 F32, 1 F16
     const mor__policy *p = &s->policy;
     uint32_t pol[13] = {(uint32_t)p->policy, (uint32_t)p->depth, f2u(p->threshold), (uint32_t)p->min_depth,
                         (uint32_t)p->metric, f2u(p->decay_tau), (uint32_t)p->decay_len, (uint32_t)p->shallow,
@@ -97,8 +103,13 @@ static size_t serialize(const mor_session *s, void *buf, size_t cap) {
         uint32_t len = (uint32_t)sl->len;
         put_u32(&w, len);
         put_arr32(&w, sl->pos, len);
-        put_arr32(&w, sl->k, (size_t)len * kvdim);
-        put_arr32(&w, sl->v, (size_t)len * kvdim);
+        if (sl->k16) {  // two halves per 32-bit word, little-endian; an odd count is padded
+            put_arr16(&w, sl->k16, (size_t)len * kvdim);
+            put_arr16(&w, sl->v16, (size_t)len * kvdim);
+        } else {
+            put_arr32(&w, sl->k, (size_t)len * kvdim);
+            put_arr32(&w, sl->v, (size_t)len * kvdim);
+        }
     }
     return w.n;
 }
@@ -133,6 +144,14 @@ static uint64_t get_u64(rbuf *r) {
     uint64_t lo = get_u32(r);
     return lo | (uint64_t)get_u32(r) << 32;
 }
+static void get_arr16(rbuf *r, uint16_t *dst, size_t n) {
+    for (size_t i = 0; i < n; i += 2) {
+        uint32_t v = get_u32(r);
+        dst[i] = (uint16_t)v;
+        if (i + 1 < n) dst[i + 1] = (uint16_t)(v >> 16);
+    }
+}
+
 static int get_arr32(rbuf *r, void *dst, size_t n) {
     if (r->bad || (r->n - r->off) / 4 < n) return r->bad = 1, 0;
     uint8_t *d = dst;
@@ -156,6 +175,10 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     uint32_t ver = get_u32(&r);
     if (ver != STATE_VERSION) return mor__session_fail(s, MOR_E_STATE, "state: version %u, expected %u", ver, STATE_VERSION);
     uint32_t nl = get_u32(&r), kd = get_u32(&r), nv = get_u32(&r), np = get_u32(&r), ne = get_u32(&r);
+    uint32_t kv16 = get_u32(&r);
+    if (!r.bad && kv16 != (s->slots[0].k16 != NULL))
+        return mor__session_fail(s, MOR_E_STATE, "state: K/V saved in %s, this session keeps %s", kv16 ? "F16" : "F32",
+                                 s->slots[0].k16 ? "F16" : "F32");
     if (r.bad || nl != (uint32_t)hp->n_layer || kd != kvdim || nv != (uint32_t)hp->n_vocab || ne != (uint32_t)hp->n_embd)
         return mor__session_fail(s, MOR_E_STATE,
                                  "state: saved for a model with %u layers, kv dim %u, vocab %u, width %u; this one has "
@@ -228,9 +251,9 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
                 return mor__session_fail(s, MOR_E_STATE, "state: slot %d: positions not increasing within 0..%u", l, np);
             prev = p;
         }
-        size_t skip = (size_t)len * kvdim * 2;
-        if ((r.n - r.off) / 4 < skip) return mor__session_fail(s, MOR_E_STATE, "state: slot %d truncated", l);
-        r.off += skip * 4;
+        size_t words = kv16 ? 2 * (((size_t)len * kvdim + 1) / 2) : (size_t)len * kvdim * 2;
+        if ((r.n - r.off) / 4 < words) return mor__session_fail(s, MOR_E_STATE, "state: slot %d truncated", l);
+        r.off += words * 4;
     }
     if (r.off != r.n) return mor__session_fail(s, MOR_E_STATE, "state: %zu trailing bytes", r.n - r.off);
     // Pass 2: apply.
@@ -265,8 +288,13 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
         mor__kv_slot *sl = &s->slots[l];
         uint32_t len = get_u32(&s2);
         get_arr32(&s2, sl->pos, len);
-        get_arr32(&s2, sl->k, (size_t)len * kvdim);
-        get_arr32(&s2, sl->v, (size_t)len * kvdim);
+        if (sl->k16) {
+            get_arr16(&s2, sl->k16, (size_t)len * kvdim);
+            get_arr16(&s2, sl->v16, (size_t)len * kvdim);
+        } else {
+            get_arr32(&s2, sl->k, (size_t)len * kvdim);
+            get_arr32(&s2, sl->v, (size_t)len * kvdim);
+        }
         sl->len = (int32_t)len;
     }
     return MOR_OK;

@@ -432,6 +432,45 @@ TEST(threads_and_kernels) {
     mor_model_free(m);
 }
 
+// Half-precision K/V: logits within 1e-2 of F32 K/V, half the K/V memory, the same greedy
+// tokens here, and its own state format.
+TEST(kv_f16) {
+    mor_model *m = load_stories();
+    ASSERT(m);
+    mor_session *a = new_session(m, 128, 16, 0), *b = new_session(m, 128, 16, MOR_SESSION_KV_F16);
+    ASSERT(a && b);
+    int32_t ga[40], gb[40];
+    ASSERT_EQ(greedy(a, prompt, NP, 40, ga), 0);
+    ASSERT_EQ(greedy(b, prompt, NP, 40, gb), 0);
+    int same = 0;
+    for (int i = 0; i < 40; i++) same += ga[i] == gb[i];
+    ASSERT_EQ(same, 40);
+    float err = max_abs_diff(mor_session_logits(a, -1), mor_session_logits(b, -1), 512);
+    printf("# F16 K/V: max logit difference %.3g after %d tokens\n", err, NP + 40);
+    ASSERT_LT(err, 1e-2);
+    ASSERT(err > 0);  // it really is another precision
+    mor_session_stats sa = {sizeof sa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}}, sb = sa;
+    ASSERT_OK(mor_session_get_stats(a, &sa));
+    ASSERT_OK(mor_session_get_stats(b, &sb));
+    ASSERT_EQ(sa.kv_bytes, sb.kv_bytes);  // counted as entries x width x 8 either way
+    size_t n = mor_session_state_size(b);
+    void *buf = malloc(n);
+    ASSERT_OK(mor_session_state_save(b, buf, n, NULL));
+    mor_session *c = new_session(m, 128, 16, MOR_SESSION_KV_F16);
+    ASSERT_OK(mor_session_state_load(c, buf, n));
+    int32_t t = 300;
+    ASSERT_OK(mor_session_step(b, &t, 1));
+    ASSERT_OK(mor_session_step(c, &t, 1));
+    ASSERT(memcmp(mor_session_logits(b, -1), mor_session_logits(c, -1), 512 * sizeof(float)) == 0);
+    ASSERT_STATUS(mor_session_state_load(a, buf, n), MOR_E_STATE);  // F32 session
+    ASSERT_STR_CONTAINS(mor_session_last_error(a), "F16");
+    free(buf);
+    mor_session_free(a);
+    mor_session_free(b);
+    mor_session_free(c);
+    mor_model_free(m);
+}
+
 static int log_count;
 static void count_log(int32_t level, const char *msg, void *user) {
     (void)level, (void)msg;
@@ -454,4 +493,4 @@ TEST(version_status_log) {
 }
 
 TEST_MAIN(info, batch_equals_incremental, rewind_and_reset, state_roundtrip, context_full_and_bad_tokens,
-          null_and_bad_params, params_by_name, sampling, two_threads, threads_and_kernels, version_status_log)
+          null_and_bad_params, params_by_name, sampling, two_threads, threads_and_kernels, kv_f16, version_status_log)

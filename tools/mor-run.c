@@ -38,6 +38,7 @@ static void usage(FILE *f) {
             "  --budget B         cap the mean depth over the last 32 tokens at B steps\n"
             "  --rollback X       kv sync: roll back tokens the deep pass gives a cross-entropy above X\n"
             "  --depth-map FILE   write the generated text as HTML, each token colored by its depth\n"
+            "  --kv-f16           keep the K/V cache in half precision\n"
             "  --ids              print token ids instead of text\n"
             "  --no-stop          do not stop at an end-of-generation token\n"
             "  --stats            print per-token depths at the end\n"
@@ -152,7 +153,7 @@ static int write_depth_map(const char *path, const mor_model *model, const mor_s
 int main(int argc, char **argv) {
     const char *path = NULL, *text = NULL, *ids = NULL;
     long n_gen = 64, n_ctx = 0, n_batch = 64, depth = 0, n_threads = 1;
-    int print_ids = 0, stop = 1, stats = 0, full = 0, policy = -1, kv = 0, adaptive = 0;
+    int print_ids = 0, stop = 1, stats = 0, full = 0, policy = -1, kv = 0, adaptive = 0, kv_f16 = 0;
     float threshold = -1, decay = 0, budget = 0, rollback = 0;
     long min_depth = -1, shallow = 1, metric = 0;
     const char *depth_map = NULL;
@@ -213,6 +214,7 @@ int main(int argc, char **argv) {
             else if (!strcmp(a, "--stats")) stats = 1;
             else if (!strcmp(a, "--full-depth")) full = 1;
             else if (!strcmp(a, "--adaptive")) adaptive = 1;
+            else if (!strcmp(a, "--kv-f16")) kv_f16 = 1;
             else if (!strcmp(a, "-v")) mor_log_set(on_log, NULL, MOR_LOG_DEBUG);
             else if (a[0] != '-' && !path) path = a;
             else {
@@ -285,6 +287,7 @@ int main(int argc, char **argv) {
     p.n_ctx = (int32_t)(n_ctx ? n_ctx : (train < 4096 ? train : 4096));
     p.n_batch = (int32_t)n_batch;
     p.n_threads = (int32_t)n_threads;
+    if (kv_f16) p.flags |= MOR_SESSION_KV_F16;
     mor_session *s = NULL;
     if (mor_session_create(model, &p, &s, err, sizeof err) != MOR_OK) {
         fprintf(stderr, "mor-run: %s\n", err);

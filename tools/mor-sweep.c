@@ -6,7 +6,8 @@
 //   mor-sweep MODEL.gguf TEXT.txt [--tokens N] [--ctx N] [--policies LIST]
 //
 // LIST is comma-separated: full, fixed:K, router:T, confidence:T, saturation:T, free:T,
-// freeadapt:T, budget:B (mean-depth cap, full policy below it); default: a sweep of each family
+// freeadapt:T, budget:B (mean-depth cap, full policy below it), and any of them followed by
+// @B to add a mean-depth cap (e.g. confidence:0.4@2); default: a sweep of each family
 // the model supports. Texts are scored in windows of --ctx tokens (default 256), each window a
 // fresh sequence, every token after the first of a window predicted.
 #include "mor.h"
@@ -18,7 +19,7 @@
 
 typedef struct {
     char   name[32];
-    int    policy, kv, depth;
+    int    policy, kv, depth, metric;
     float  threshold, budget;
     int    adaptive;
 } setting;
@@ -27,6 +28,8 @@ static int parse_setting(const char *s, setting *o) {
     memset(o, 0, sizeof *o);
     snprintf(o->name, sizeof o->name, "%s", s);
     o->threshold = 0.5f;
+    const char *at = strchr(s, '@');  // "policy:value@B": also cap the mean depth at B
+    if (at) o->budget = strtof(at + 1, NULL);
     const char *colon = strchr(s, ':');
     float v = colon ? strtof(colon + 1, NULL) : 0;
     size_t n = colon ? (size_t)(colon - s) : strlen(s);
@@ -39,6 +42,8 @@ static int parse_setting(const char *s, setting *o) {
     else if (IS("free")) o->policy = MOR_EXIT_FREE, o->threshold = v, o->kv = MOR_KV_SYNC;
     else if (IS("freeadapt")) o->policy = MOR_EXIT_FREE, o->threshold = v, o->kv = MOR_KV_SYNC, o->adaptive = 1;
     else if (IS("budget")) o->policy = MOR_EXIT_FULL, o->budget = v;
+    else if (IS("confidence_maxprob")) o->policy = MOR_EXIT_CONFIDENCE, o->threshold = v, o->metric = MOR_CONF_MAX_PROB;
+    else if (IS("confidence_entropy")) o->policy = MOR_EXIT_CONFIDENCE, o->threshold = v, o->metric = MOR_CONF_ENTROPY;
     else return -1;
 #undef IS
     return 0;
@@ -92,6 +97,7 @@ static int run(const mor_model *m, const setting *st, const int32_t *tok, int32_
     ep.kv = st->kv;
     ep.adaptive = st->adaptive;
     ep.budget = st->budget;
+    ep.metric = st->metric;
     ep.min_depth = st->policy == MOR_EXIT_CONFIDENCE || st->policy == MOR_EXIT_SATURATION;
     if (mor_session_set_exit_policy(s, &ep)) {
         fprintf(stderr, "mor-sweep: %s: %s\n", st->name, mor_session_last_error(s));
