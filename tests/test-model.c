@@ -15,16 +15,22 @@
 
 #define TOL_REL 1e-4  // of the logit scale, F32 compute against a float64 reference
 
+// Fixtures of tests/data and of the trained models in tests/data/models ("models/X.fix").
 static int list_fixtures(char names[][128], int max) {
-    DIR *d = opendir(test_data_dir());
-    if (!d) return 0;
     int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < max) {
-        size_t len = strlen(e->d_name);
-        if (len > 4 && len < 120 && strcmp(e->d_name + len - 4, ".fix") == 0) snprintf(names[n++], 128, "%s", e->d_name);
+    for (int sub = 0; sub < 2; sub++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s%s", test_data_dir(), sub ? "/models" : "");
+        DIR *d = opendir(dir);
+        if (!d) continue;
+        struct dirent *e;
+        while ((e = readdir(d)) && n < max) {
+            size_t len = strlen(e->d_name);
+            if (len > 4 && len < 100 && strcmp(e->d_name + len - 4, ".fix") == 0)
+                snprintf(names[n++], 128, "%s%s", sub ? "models/" : "", e->d_name);
+        }
+        closedir(d);
     }
-    closedir(d);
     for (int i = 1; i < n; i++)  // sort for a stable order
         for (int j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
             char t[128];
@@ -35,9 +41,11 @@ static int list_fixtures(char names[][128], int max) {
     return n;
 }
 
-static mor_model *load_for(const fixture *f) {
-    char path[512], err[512];
-    snprintf(path, sizeof path, "%s/%s", test_data_dir(), f->model);
+static mor_model *load_for(const fixture *f, const char *fix_name) {
+    char path[768], err[512];
+    const char *slash = strrchr(fix_name, '/');  // the model is named relative to its fixture
+    snprintf(path, sizeof path, "%s/%.*s%s", test_data_dir(), slash ? (int)(slash - fix_name + 1) : 0, fix_name,
+             f->model);
     mor_model *m = NULL;
     if (mor_model_load(path, NULL, &m, err, sizeof err) != MOR_OK) printf("# %s: %s\n", path, err);
     return m;
@@ -88,7 +96,7 @@ TEST(fixtures_logits) {
         char path[512];
         fixture f;
         ASSERT_EQ(fixture_load(test_path(path, sizeof path, names[k]), &f), 0);
-        mor_model *m = load_for(&f);
+        mor_model *m = load_for(&f, names[k]);
         ASSERT(m);
         ASSERT_EQ(mor_model_get_int(m, MOR_INFO_N_VOCAB), f.n_vocab);
         mor_session *s = session_for(m, &f, 64, MOR_SESSION_LOGITS_ALL);
@@ -117,7 +125,7 @@ TEST(fixtures_greedy) {
         char path[512];
         fixture f;
         ASSERT_EQ(fixture_load(test_path(path, sizeof path, names[k]), &f), 0);
-        mor_model *m = load_for(&f);
+        mor_model *m = load_for(&f, names[k]);
         ASSERT(m);
         mor_session *s = session_for(m, &f, 5, 0);
         ASSERT(s);
@@ -145,7 +153,7 @@ TEST(fixtures_decode_path) {
         char path[512];
         fixture f;
         ASSERT_EQ(fixture_load(test_path(path, sizeof path, names[k]), &f), 0);
-        mor_model *m = load_for(&f);
+        mor_model *m = load_for(&f, names[k]);
         ASSERT(m);
         mor_session *s = session_for(m, &f, 1, 0);
         ASSERT(s);
