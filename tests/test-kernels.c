@@ -137,6 +137,70 @@ TEST(matmul_every_isa_type_and_shape) {
     ASSERT_EQ(fails, 0);
 }
 
+// ---- batch independence ------------------------------------------------------------------------
+//
+// A scheduler batches rows of different sessions into one product and must give exactly what
+// each session would get alone: y[t][r] may not depend on T, on where token t falls among the
+// call's tokens, nor on the row range a thread got. For every table (ref and each ISA) and
+// type: one call with T = 64 over all rows, then each token alone, tokens in groups of 3, 5, 7
+// and 13, and row ranges split at odd places (alone and combined with token groups): every
+// result is compared bit for bit (memcmp).
+
+// y (T tokens, ldy) from calls over token groups of g (the last one shorter) and row cuts.
+static void matmul_pieces(const mor__kernels *k, int kt, const uint8_t *W, int64_t rows, int64_t cols,
+                          const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, float *row, int64_t g,
+                          const int64_t *cuts, int ncuts) {
+    for (int64_t t = 0; t < T; t += g) {
+        int64_t n = T - t < g ? T - t : g;
+        int64_t r = 0;
+        for (int c = 0; c <= ncuts; c++) {
+            int64_t r1 = c < ncuts ? cuts[c] : rows;
+            if (r1 > r) k->matmul[kt](W, cols, r, r1, x + t * ldx, n, ldx, y + t * ldy, ldy, row);
+            r = r1;
+        }
+    }
+}
+
+TEST(matmul_batch_independent_bit_exact) {
+    static const int64_t fcols[] = {100, 576, 1600}, qcols[] = {96, 576, 1600};
+    static const int64_t groups[] = {1, 3, 5, 7, 13, 64};
+    static const int64_t cuts[] = {7, 20, 33, 34, 50};
+    const char *names[N_ISA + 1] = {"ref"};
+    for (int i = 0; i < N_ISA; i++) names[i + 1] = isas[i];
+    const int64_t rows = 61, T = 64;
+    int fails = 0, cases = 0;
+    for (int ii = 0; ii <= N_ISA; ii++) {
+        const mor__kernels *k = mor__kernels_isa(names[ii]);
+        if (!k) continue;
+        for (int kt = 0; kt < MOR__KT_COUNT; kt++)
+            for (int ci = 0; ci < 3; ci++) {
+                int64_t cols = kt_quant(kt) ? qcols[ci] : fcols[ci], ldx = cols + 3, ldy = rows + 5;
+                float *deq = falloc((size_t)(rows * cols));
+                uint8_t *W = make_w(kt, rows, cols, 0, deq);
+                float *x = falloc((size_t)(T * ldx)), *row = falloc((size_t)cols + 16);
+                float *y = falloc((size_t)(T * ldy)), *y2 = falloc((size_t)(T * ldy));
+                fill(x, (size_t)(T * ldx), 1.0f);
+                k->matmul[kt](W, cols, 0, rows, x, T, ldx, y, ldy, row);
+                for (size_t gi = 0; gi < sizeof groups / sizeof *groups; gi++)
+                    for (int split = 0; split < 2; split++) {
+                        memset(y2, 0, (size_t)(T * ldy) * sizeof(float));
+                        matmul_pieces(k, kt, W, rows, cols, x, T, ldx, y2, ldy, row, groups[gi], cuts, split ? 5 : 0);
+                        cases++;
+                        for (int64_t t = 0; t < T; t++)
+                            if (memcmp(y + t * ldy, y2 + t * ldy, (size_t)rows * sizeof(float))) {
+                                fails++;
+                                printf("#   %s %s cols %lld: token %lld differs with groups of %lld%s\n", k->name, kt_name(kt),
+                                       (long long)cols, (long long)t, (long long)groups[gi], split ? " and split rows" : "");
+                                break;
+                            }
+                    }
+                free(deq), free(W), free(x), free(row), free(y), free(y2);
+            }
+    }
+    printf("#   %d batch-independence cases\n", cases);
+    ASSERT_EQ(fails, 0);
+}
+
 // ---- conversions and activation quantization ----------------------------------------------------
 
 TEST(row_conversions_bit_exact) {
@@ -438,7 +502,7 @@ TEST(dispatch_names_and_switches) {
     for (int kt = 0; kt < MOR__KT_COUNT; kt++) ASSERT(b->matmul[kt] && b->to_f32[kt]);
 }
 
-TEST_MAIN(matmul_every_isa_type_and_shape, row_conversions_bit_exact, activation_quantization_bit_exact,
+TEST_MAIN(matmul_every_isa_type_and_shape, matmul_batch_independent_bit_exact, row_conversions_bit_exact, activation_quantization_bit_exact,
           vector_ops_within_tolerance, rope_and_attention_within_tolerance, matvec_argmax_is_argmax_of_matmul,
           weight_quantization_round_trip_bounds, weight_quantization_matches_llama_cpp,
           model_logits_best_vs_reference_kernels, quantized_model_logits_best_vs_reference_kernels,

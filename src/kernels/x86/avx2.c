@@ -44,57 +44,88 @@ static inline __m256 ld_bf16(const void *w, int64_t i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-// One weight row against up to 4 token vectors at a time: each weight is loaded (and
-// converted) once per group of 4 tokens.
-#define MATMUL(NAME, LOAD, ESIZE, SCALAR)                                                                  \
-    static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,     \
-                     int64_t ldx, float *y, int64_t ldy, float *row) {                                   \
-        (void)row;                                                                                       \
-        for (int64_t r = r0; r < r1; r++) {                                                              \
-            const void *w = (const char *)W + (size_t)(r * cols) * ESIZE;                                \
-            int64_t t = 0;                                                                               \
-            for (; t + 4 <= T; t += 4) {                                                                 \
-                const float *x0 = x + t * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;            \
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                               \
-                int64_t i = 0;                                                                           \
-                for (; i + 8 <= cols; i += 8) {                                                          \
-                    __m256 wv = LOAD(w, i);                                                              \
-                    a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + i), a0);                               \
-                    a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + i), a1);                               \
-                    a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x2 + i), a2);                               \
-                    a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x3 + i), a3);                               \
-                }                                                                                        \
-                float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);                        \
-                for (; i < cols; i++) {                                                                  \
-                    float wi = SCALAR(w, i);                                                             \
-                    s0 += wi * x0[i], s1 += wi * x1[i], s2 += wi * x2[i], s3 += wi * x3[i];              \
-                }                                                                                        \
-                y[t * ldy + r] = s0, y[(t + 1) * ldy + r] = s1, y[(t + 2) * ldy + r] = s2;               \
-                y[(t + 3) * ldy + r] = s3;                                                               \
-            }                                                                                            \
-            for (; t < T; t++) {                                                                         \
-                const float *x0 = x + t * ldx;                                                           \
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                                \
-                int64_t i = 0;                                                                           \
-                for (; i + 16 <= cols; i += 16) {                                                        \
-                    a0 = _mm256_fmadd_ps(LOAD(w, i), _mm256_loadu_ps(x0 + i), a0);                       \
-                    a1 = _mm256_fmadd_ps(LOAD(w, i + 8), _mm256_loadu_ps(x0 + i + 8), a1);               \
-                }                                                                                        \
-                for (; i + 8 <= cols; i += 8) a0 = _mm256_fmadd_ps(LOAD(w, i), _mm256_loadu_ps(x0 + i), a0); \
-                float s0 = hsum(_mm256_add_ps(a0, a1));                                                  \
-                for (; i < cols; i++) s0 += SCALAR(w, i) * x0[i];                                        \
-                y[t * ldy + r] = s0;                                                                     \
-            }                                                                                            \
-        }                                                                                                \
-    }
-
 static inline float sc_f32(const void *w, int64_t i) { return ((const float *)w)[i]; }
 static inline float sc_f16(const void *w, int64_t i) { return mor__f16_to_f32(((const uint16_t *)w)[i]); }
 static inline float sc_bf16(const void *w, int64_t i) { return mor__bf16_to_f32(((const uint16_t *)w)[i]); }
 
-MATMUL(avx2_matmul_f32, ld_f32, 4, sc_f32)
-MATMUL(avx2_matmul_f16, ld_f16, 2, sc_f16)
-MATMUL(avx2_matmul_bf16, ld_bf16, 2, sc_bf16)
+// ---- float products -------------------------------------------------------------------------
+//
+// One arithmetic for every output, whatever the batch (as in avx512.c, with 8 lanes): y[t][r] is
+// one 8-lane accumulator, acc = fma(w[i..i+8), x[t][i..i+8), acc) over the row's 8-float slices
+// in order, the last one zero-padded, then hsum(). Tiles of 4 rows x up to 3 tokens only decide
+// which dot products share loads, so T, the token's place and the row range never change a bit.
+
+// 8 weights of type kt at element i as floats; n < 8: the first n, zeros above.
+static inline __attribute__((always_inline)) __m256 ld_w8(int kt, const void *w, int64_t i, int64_t n) {
+    if (n >= 8) return kt == MOR__KT_F32 ? ld_f32(w, i) : kt == MOR__KT_F16 ? ld_f16(w, i) : ld_bf16(w, i);
+    if (kt == MOR__KT_F32) {
+        float tmp[8] = {0};
+        memcpy(tmp, (const float *)w + i, (size_t)n * 4);
+        return _mm256_loadu_ps(tmp);
+    }
+    uint16_t tmp[8] = {0};
+    memcpy(tmp, (const uint16_t *)w + i, (size_t)n * 2);
+    return kt == MOR__KT_F16 ? ld_f16(tmp, 0) : ld_bf16(tmp, 0);
+}
+
+static inline __attribute__((always_inline)) void ftile8(int kt, const uint8_t *w, size_t rb, int64_t cols, const float *x,
+                                                         int64_t ldx, float *y, int64_t ldy, int R, int C) {
+    __m256 acc[4][3];
+    for (int a = 0; a < R; a++)
+        for (int c = 0; c < C; c++) acc[a][c] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= cols; i += 8) {
+        __m256 xv[3];
+        for (int c = 0; c < C; c++) xv[c] = _mm256_loadu_ps(x + c * ldx + i);
+        for (int a = 0; a < R; a++) {
+            __m256 wv = ld_w8(kt, w + a * rb, i, 8);
+            for (int c = 0; c < C; c++) acc[a][c] = _mm256_fmadd_ps(wv, xv[c], acc[a][c]);
+        }
+    }
+    if (i < cols) {
+        __m256 xv[3];
+        for (int c = 0; c < C; c++) {
+            float tmp[8] = {0};
+            memcpy(tmp, x + c * ldx + i, (size_t)(cols - i) * 4);
+            xv[c] = _mm256_loadu_ps(tmp);
+        }
+        for (int a = 0; a < R; a++) {
+            __m256 wv = ld_w8(kt, w + a * rb, i, cols - i);
+            for (int c = 0; c < C; c++) acc[a][c] = _mm256_fmadd_ps(wv, xv[c], acc[a][c]);
+        }
+    }
+    for (int a = 0; a < R; a++)
+        for (int c = 0; c < C; c++) y[c * ldy + a] = hsum(acc[a][c]);
+}
+
+#define FTILE8(KT, NAME, R, C)                                                                                   \
+    static void NAME##_##R##x##C(const uint8_t *w, size_t rb, int64_t cols, const float *x, int64_t ldx, float *y, \
+                                 int64_t ldy) {                                                                  \
+        ftile8(KT, w, rb, cols, x, ldx, y, ldy, R, C);                                                           \
+    }
+#define FMATMUL8(NAME, KT)                                                                                        \
+    FTILE8(KT, NAME, 1, 1) FTILE8(KT, NAME, 1, 2) FTILE8(KT, NAME, 1, 3)                                          \
+    FTILE8(KT, NAME, 4, 1) FTILE8(KT, NAME, 4, 2) FTILE8(KT, NAME, 4, 3)                                          \
+    static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx, \
+                     float *y, int64_t ldy, float *row) {                                                        \
+        (void)row;                                                                                               \
+        typedef void (*fn)(const uint8_t *, size_t, int64_t, const float *, int64_t, float *, int64_t);          \
+        static const fn tab[2][4] = {{NULL, NAME##_1x1, NAME##_1x2, NAME##_1x3},                                  \
+                                     {NULL, NAME##_4x1, NAME##_4x2, NAME##_4x3}};                                 \
+        const size_t rb = (size_t)mor__kt_row_bytes(KT, cols);                                                   \
+        for (int64_t r = r0; r < r1;) {                                                                          \
+            int R4 = r1 - r >= 4;                                                                                \
+            for (int64_t t = 0; t < T; t += 3) {                                                                 \
+                int C = T - t >= 3 ? 3 : (int)(T - t);                                                           \
+                tab[R4][C]((const uint8_t *)W + (size_t)r * rb, rb, cols, x + t * ldx, ldx, y + t * ldy + r, ldy);  \
+            }                                                                                                    \
+            r += R4 ? 4 : 1;                                                                                     \
+        }                                                                                                        \
+    }
+
+FMATMUL8(avx2_matmul_f32, MOR__KT_F32)
+FMATMUL8(avx2_matmul_f16, MOR__KT_F16)
+FMATMUL8(avx2_matmul_bf16, MOR__KT_BF16)
 
 static void avx2_f16_row(const void *src, float *dst, int64_t n) {
     int64_t i = 0;

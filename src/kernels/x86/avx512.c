@@ -3,16 +3,18 @@
 // computes what its reference in kernels/ref.c computes: the integer parts of the quantized
 // products and the activation quantization bit for bit, float sums up to summation order.
 //
-// Two shapes of matrix product:
-// - Few tokens (decode): stream each weight row once, all tokens of the call against it, one
-//   64-byte line per load; the reduction runs along the row.
-// - Many tokens (prompt): vector lanes are 16 tokens. x is packed once per call and k-chunk,
-//   token-major within each k (floats) or each 4-byte group (int8); each weight element is
-//   broadcast against 16 tokens, so a tile of rows x tokens stays in registers and there is
-//   no horizontal sum. Outputs go to y with scatter (gather-add for later k-chunks).
-// Q8_0/Q4_0 products use vpdpbusd (u8 x s8): x + 128 as the unsigned side with the weight
-// bytes signed, corrected by -128 * sum(w) per block; for the single-token path the nibbles are
-// the unsigned side and x the signed one, corrected by -8 * sum(x).
+// Matrix products are batch-independent: the value of y[t][r] is computed by the same
+// sequence of operations whatever T, the token's place among the call's tokens and the row
+// range [r0, r1), so a scheduler may batch rows of different sessions and get, bit for bit,
+// what each session alone would get (tests/test-kernels.c checks it with memcmp).
+// - F32/F16/BF16: one 16-lane accumulator per (r, t) over the row's 16-float slices (masked
+//   last slice), one fixed horizontal-sum tree. Register tiles of 8 rows x up to 3 tokens
+//   share loads; with more than 3 tokens the row is walked in k-chunks whose weights are
+//   widened once into an aligned L1 buffer, and the next chunk is prefetched meanwhile.
+// - Q8_0/Q4_0: a float chain over the blocks, fma((float)isum_b, dw_b * dx_b, acc), isum_b
+//   exact. Fewer than 8 tokens: 16 rows in the lanes (vpdpbusd per row, a transposed integer
+//   reduction); more: 16 tokens in the lanes, weights broadcast, x packed (vpdpbusd with x + 128
+//   as the unsigned side, corrected by -128 * sum(w) per block).
 #include "kernels.h"
 
 #include <immintrin.h>
@@ -94,159 +96,209 @@ static void avx512_bf16_row(const void *src, float *dst, int64_t n) {
     }
 }
 
-// ---- float products, few tokens ------------------------------------------------------------
+// ---- float products ------------------------------------------------------------------------
+//
+// One arithmetic for every output, whatever the batch: y[t][r] is one 16-lane accumulator,
+// acc = fma(w[i..i+16), x[t][i..i+16), acc) over the row's 16-float slices in order (the last
+// slice masked: zeros beyond cols in both operands), then its lanes summed by one fixed tree
+// (hsum_n). Tiles of R rows x C tokens only decide which of these dot products run together
+// (sharing weight and x loads), so T, the position of a token in the tile grid and the caller's
+// row range never change a bit of the result. F16 weights are widened with vcvtph2ps, BF16 with
+// a shift: both exact, so converting a row block once (many tokens) or per slice (few tokens)
+// gives the same floats.
 
-// RR rows x TT tokens, the whole row length in registers.
-static inline __attribute__((always_inline)) void gemv_tile(int kt, const uint8_t *w, size_t rb, int64_t cols,
-                                                            const float *x, int64_t ldx, float *y, int64_t ldy,
-                                                            int RR, int TT) {
-    __m512 acc[4][4];
-    UNROLL for (int a = 0; a < RR; a++) UNROLL for (int b = 0; b < TT; b++) acc[a][b] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= cols; i += 16) {
-        UNROLL for (int a = 0; a < RR; a++) {
-            __m512 wv = ld_w(kt, w + a * rb, i, 0xffff);
-            UNROLL for (int b = 0; b < TT; b++) acc[a][b] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + b * ldx + i), acc[a][b]);
+// out[j] = the lanes of v[j] summed as ((l_i + l_{i+8}) then + (i+4), then + (i+2), then + (i+1))
+// (the tree of _mm512_reduce_add_ps), for j < n <= 16, 16 accumulators at a time: the tree's
+// levels are shuffles between pairs of accumulators, so each costs about 3 instructions
+// instead of 8. Result lane 4k + j holds input 4j + k, so inputs are taken transposed.
+static inline __attribute__((always_inline)) void hsum_n(const __m512 *v, int n, float *out) {
+    __m512 in[16], w[8], q[4], s[2];
+    UNROLL for (int m = 0; m < 16; m++) {
+        int src = (m % 4) * 4 + m / 4;
+        in[m] = src < n ? v[src] : _mm512_setzero_ps();
+    }
+    UNROLL for (int p = 0; p < 8; p++)  // lanes i + i+8: [v_2p (8), v_2p+1 (8)]
+        w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(in[2 * p], in[2 * p + 1], 0x44),
+                             _mm512_shuffle_f32x4(in[2 * p], in[2 * p + 1], 0xee));
+    UNROLL for (int p = 0; p < 4; p++)  // + i+4: four accumulators of 4 lanes
+        q[p] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], 0x88),
+                             _mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], 0xdd));
+    UNROLL for (int p = 0; p < 2; p++)  // + i+2, within 128-bit lanes
+        s[p] = _mm512_add_ps(_mm512_shuffle_ps(q[2 * p], q[2 * p + 1], 0x44), _mm512_shuffle_ps(q[2 * p], q[2 * p + 1], 0xee));
+    __m512 z = _mm512_add_ps(_mm512_shuffle_ps(s[0], s[1], 0x88), _mm512_shuffle_ps(s[0], s[1], 0xdd));  // + i+1
+    _Alignas(64) float tmp[16];
+    _mm512_store_ps(tmp, z);
+    UNROLL for (int j = 0; j < n; j++) out[j] = tmp[j];
+}
+
+// One tile: R rows (row a at w + a * rb bytes, elements of type kt) x C tokens (token c at
+// x + c * ldx), over the 16-float slices of [i0, i1). `last`: the chunk ends the row at `cols`
+// (a masked slice when cols is not a multiple of 16). The accumulators start at zero (`first`)
+// or from accs, and go back to accs (not `last`) or, summed, to y[c * ldy + a]: a row walked in
+// chunks is the same sequence of FMAs on the same lanes as a row walked at once. With `save`,
+// the weights as floats also go to save + a * FKC + (i - i0) (for the tiles that follow).
+typedef struct {  // the arguments of a tile but its shape and weight type
+    const uint8_t *w;
+    size_t         rb;
+    int64_t        i0, i1, cols;
+    const float   *x;
+    int64_t        ldx;
+    __m512        *accs;
+    float         *save;
+    int            first, last;
+    float         *y;
+    int64_t        ldy;
+    // Lines to prefetch while the tile runs (the next chunk's weights): pf_n lines, pf_per per
+    // slice, starting at line pf_line of row pf_row of pf_w (pf_nl lines a row, pf_rb bytes).
+    const char    *pf_w;
+    size_t         pf_rb;
+    int64_t        pf_nl, pf_row, pf_line, pf_n, pf_per;
+} ftile_args;
+
+#define FKC 768  // longest k-chunk (floats) of the many-token path: 8 x 3 KiB of weights + 3 x 3 KiB of x in L1
+
+static inline __attribute__((always_inline)) void ftile(int kt, const uint8_t *w, size_t rb, int64_t i0, int64_t i1,
+                                                        int64_t cols, const float *x, int64_t ldx, __m512 *accs,
+                                                        float *save, int first, int last, float *y, int64_t ldy,
+                                                        const ftile_args *pf, int R, int C) {
+    const char *pw = pf ? pf->pf_w : NULL;
+    int64_t pn = pf ? pf->pf_n : 0, prow = pn ? pf->pf_row : 0, pline = pn ? pf->pf_line : 0;
+    __m512 acc[24];
+    UNROLL for (int n = 0; n < R * C; n++) acc[n] = first ? _mm512_setzero_ps() : accs[n];
+    int64_t i = i0;
+    for (; i + 16 <= i1; i += 16) {
+        __m512 xv[3];
+        for (int64_t q = 0; q < pf->pf_per && pn > 0; q++, pn--) {
+            _mm_prefetch(pw + (size_t)prow * pf->pf_rb + (size_t)pline * 64, _MM_HINT_T1);
+            if (++pline == pf->pf_nl) pline = 0, prow++;
         }
+        UNROLL for (int c = 0; c < C; c++) xv[c] = _mm512_loadu_ps(x + c * ldx + i);
+        UNROLL for (int a = 0; a < R; a++) {
+            __m512 wv = ld_w(kt, w + a * rb, i, 0xffff);
+            if (C > 1) __asm__("" : "+v"(wv));  // one load, not a memory operand of each FMA
+            if (save) _mm512_store_ps(save + a * FKC + (i - i0), wv);
+            UNROLL for (int c = 0; c < C; c++) acc[a * C + c] = _mm512_fmadd_ps(wv, xv[c], acc[a * C + c]);
+        }
+    }
+    if (!last) {
+        UNROLL for (int n = 0; n < R * C; n++) accs[n] = acc[n];
+        return;
     }
     if (i < cols) {
         __mmask16 m = tail16(cols - i);
-        UNROLL for (int a = 0; a < RR; a++) {
+        __m512 xv[3];
+        UNROLL for (int c = 0; c < C; c++) xv[c] = _mm512_maskz_loadu_ps(m, x + c * ldx + i);
+        UNROLL for (int a = 0; a < R; a++) {
             __m512 wv = ld_w(kt, w + a * rb, i, m);
-            UNROLL for (int b = 0; b < TT; b++) acc[a][b] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + b * ldx + i), acc[a][b]);
+            if (save) _mm512_store_ps(save + a * FKC + (i - i0), wv);
+            UNROLL for (int c = 0; c < C; c++) acc[a * C + c] = _mm512_fmadd_ps(wv, xv[c], acc[a * C + c]);
         }
     }
-    UNROLL for (int a = 0; a < RR; a++) UNROLL for (int b = 0; b < TT; b++) y[b * ldy + a] = _mm512_reduce_add_ps(acc[a][b]);
+    float out[24];
+    hsum_n(acc, R * C < 16 ? R * C : 16, out);
+    if (R * C > 16) hsum_n(acc + 16, R * C - 16, out + 16);
+    UNROLL for (int a = 0; a < R; a++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + a] = out[a * C + c];
 }
 
-static inline __attribute__((always_inline)) void gemv(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
-                                                       const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy) {
-    size_t rb = (size_t)mor__kt_row_bytes(kt, cols);
-    const uint8_t *w = W;
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) {
-        int64_t r = r0;
-        for (; r + 2 <= r1; r += 2) gemv_tile(kt, w + r * rb, rb, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, 2, 4);
-        for (; r < r1; r++) gemv_tile(kt, w + r * rb, rb, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, 1, 4);
+typedef void (*ftile_fn)(const ftile_args *p);
+#define FTILE(KT, NAME, R, C)                                                                                       \
+    static void ft_##NAME##_##R##x##C(const ftile_args *p) {                                                        \
+        ftile(KT, p->w, p->rb, p->i0, p->i1, p->cols, p->x, p->ldx, p->accs, p->save, p->first, p->last, p->y, p->ldy, \
+              p, R, C);                                                                                             \
     }
-    for (; t < T; t++) {
-        int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) gemv_tile(kt, w + r * rb, rb, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, 4, 1);
-        for (; r < r1; r++) gemv_tile(kt, w + r * rb, rb, cols, x + t * ldx, ldx, y + t * ldy + r, ldy, 1, 1);
-    }
-}
+#define FTILES_R(KT, NAME, R) FTILE(KT, NAME, R, 1) FTILE(KT, NAME, R, 2) FTILE(KT, NAME, R, 3)
+#define FTILES(KT, NAME) FTILES_R(KT, NAME, 1) FTILES_R(KT, NAME, 2) FTILES_R(KT, NAME, 4) FTILES_R(KT, NAME, 8)
+FTILES(MOR__KT_F32, f32)
+FTILES(MOR__KT_F16, f16)
+FTILES(MOR__KT_BF16, bf16)
+#define FROW(NAME, R) {NULL, ft_##NAME##_##R##x1, ft_##NAME##_##R##x2, ft_##NAME##_##R##x3}
+#define FTAB(NAME) {{NULL}, FROW(NAME, 1), FROW(NAME, 2), {NULL}, FROW(NAME, 4), {NULL}, {NULL}, {NULL}, FROW(NAME, 8)}
+// ft_tab[kt][R][C]: R in {1, 2, 4, 8}, C in 1..3.
+static const ftile_fn ft_tab[3][9][4] = {FTAB(f32), FTAB(f16), FTAB(bf16)};
 
-// ---- float products, many tokens -----------------------------------------------------------
+// Tiles are 8 rows x up to 3 tokens (24 accumulators, 3 x vectors and one weight vector live;
+// row tails 4, 2, 1). Up to 3 tokens (decode) stream 8 weight rows at once over the whole row
+// length. More tokens walk the rows in k-chunks: the first token block's tile also writes the
+// chunk's weights, as floats, to an aligned buffer that stays in L1 while the pass's other
+// token blocks run over it (their accumulators parked in accs between chunks). F16/BF16 are
+// then widened once per chunk, and weight loads are aligned whatever W's alignment (GGUF
+// tensors are 32-byte aligned); F32 weights on 64-byte boundaries are read in place.
+#define FR      8   // rows per tile
+#define FC      3   // tokens per tile, at most
+#define FNB_MAX 32  // token blocks per pass (T up to 96 per pass: 48 KiB of accumulators)
 
-#define KC 512   // k-chunk of the packed x (floats): 512 x 32 tokens = 64 KiB
-#define TL 32    // tokens per tile of the float products
-#define TLQ 64   // tokens per tile of the quantized products
-
-// Writes (first k-chunk) or adds the 16 token lanes of acc (row r) to y, lanes under m.
-static inline void put_lanes(float *y, __m512i idx, __m512 acc, __mmask16 m, int first) {
-    if (!first) acc = _mm512_add_ps(acc, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, y, 4));
-    _mm512_mask_i32scatter_ps(y, m, idx, acc, 4);
-}
-
-// RR rows x NT token vectors over kc packed k values; wr[a] points at row a's kc floats.
-static inline __attribute__((always_inline)) void lane_tile(const float *const *wr, const float *xt, int64_t kc,
-                                                            float *y, int64_t ldy, __m512i idx, int64_t nt,
-                                                            int first, int RR, int NT) {
-    __m512 acc[12][2];
-    UNROLL for (int a = 0; a < RR; a++) UNROLL for (int b = 0; b < NT; b++) acc[a][b] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < kc; k++) {
-        __m512 xv[4];
-        UNROLL for (int b = 0; b < NT; b++) xv[b] = _mm512_load_ps(xt + k * TL + 16 * b);
-        UNROLL for (int a = 0; a < RR; a++) {
-            __m512 wv = _mm512_set1_ps(wr[a][k]);
-            UNROLL for (int b = 0; b < NT; b++) acc[a][b] = _mm512_fmadd_ps(wv, xv[b], acc[a][b]);
+static void fmatmul(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
+                    int64_t ldx, float *y, int64_t ldy) {
+    const size_t rb = (size_t)mor__kt_row_bytes(kt, cols);
+    if (T <= FC) {  // few tokens: stream 8 rows at a time, the whole row length
+        for (int64_t r = r0; r < r1;) {
+            int R = r1 - r >= FR ? FR : r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
+            ftile_args p = {(const uint8_t *)W + (size_t)r * rb, rb, 0, cols, cols, x, ldx, NULL, NULL, 1, 1, y + r, ldy,
+                            NULL, 0, 1, 0, 0, 0, 0};
+            ft_tab[kt][R][T](&p);
+            r += R;
         }
+        return;
     }
-    UNROLL for (int b = 0; b < NT; b++) {
-        int64_t left = nt - 16 * b;
-        __mmask16 m = left >= 16 ? 0xffff : tail16(left);
-        UNROLL for (int a = 0; a < RR; a++) put_lanes(y + 16 * b * ldy + a, idx, acc[a][b], m, first);
-    }
-}
-
-static inline __attribute__((always_inline)) void lane_rows(int kt, const uint8_t *w, size_t rb, int64_t k0,
-                                                            int64_t kc, int64_t r0, int64_t r1, const float *xt,
-                                                            float *y, int64_t ldy, __m512i idx, int64_t nt,
-                                                            int first, float *wbuf, int RR, int NT) {
-    int64_t r = r0;
-    for (; r + RR <= r1; r += RR) {
-        const float *wr[12];
-        UNROLL for (int a = 0; a < RR; a++) {
-            const uint8_t *src = w + (size_t)(r + a) * rb;  // copied (converted) to L1-resident rows
-            float *dst = wbuf + a * KC;
-            for (int64_t i = 0; i < kc; i += 16) {
-                __mmask16 m = kc - i >= 16 ? 0xffff : tail16(kc - i);
-                _mm512_mask_storeu_ps(dst + i, m, ld_w(kt, src, k0 + i, m));
-            }
-            wr[a] = dst;
-        }
-        lane_tile(wr, xt, kc, y + r, ldy, idx, nt, first, RR, NT);
-    }
-    for (; r < r1; r++) {
-        const float *wr[1];
-        const uint8_t *src = w + (size_t)r * rb;
-        if (kt == MOR__KT_F32) {
-            wr[0] = (const float *)src + k0;
-        } else {
-            for (int64_t i = 0; i < kc; i += 16) {
-                __mmask16 m = kc - i >= 16 ? 0xffff : tail16(kc - i);
-                _mm512_mask_storeu_ps(wbuf + i, m, ld_w(kt, src, k0 + i, m));
-            }
-            wr[0] = wbuf;
-        }
-        lane_tile(wr, xt, kc, y + r, ldy, idx, nt, first, 1, NT);
-    }
-}
-
-static inline __attribute__((always_inline)) void gemm_lanes(int kt, const void *W, int64_t cols, int64_t r0,
-                                                             int64_t r1, const float *x, int64_t T, int64_t ldx,
-                                                             float *y, int64_t ldy) {
-    _Alignas(64) float xt[KC * TL];
-    _Alignas(64) float wbuf[12 * KC];
-    size_t rb = (size_t)mor__kt_row_bytes(kt, cols);
-    __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                     _mm512_set1_epi32((int)ldy));
-    for (int64_t t0 = 0; t0 < T; t0 += TL) {
-        int64_t nt = T - t0 < TL ? T - t0 : TL, NT = (nt + 15) / 16;
-        for (int64_t k0 = 0; k0 < cols; k0 += KC) {
-            int64_t kc = cols - k0 < KC ? cols - k0 : KC;
-            // pack: xt[k][t] = x[t0 + t][k0 + k], zero beyond nt
-            for (int64_t t = 0; t < NT * 16; t++) {
-                if (t < nt) {
-                    const float *src = x + (t0 + t) * ldx + k0;
-                    for (int64_t k = 0; k < kc; k++) xt[k * TL + t] = src[k];
-                } else {
-                    for (int64_t k = 0; k < kc; k++) xt[k * TL + t] = 0;
+    _Alignas(64) float wbuf[FR * FKC];
+    _Alignas(64) __m512 accs[FNB_MAX][FR * FC];
+    const int copy = kt != MOR__KT_F32 || ((uintptr_t)W | rb) % 64;
+    const int64_t nch = (cols + FKC - 1) / FKC, kc = nch > 1 ? ((cols + nch - 1) / nch + 15) & ~(int64_t)15 : FKC;
+    for (int64_t tp = 0; tp < T; tp += FNB_MAX * FC) {
+        const int64_t Tp = T - tp < FNB_MAX * FC ? T - tp : FNB_MAX * FC;
+        const int64_t nblk = (Tp + FC - 1) / FC;  // token blocks of nearly equal size
+        for (int64_t r = r0; r < r1;) {
+            int R = r1 - r >= FR ? FR : r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
+            for (int64_t k0 = 0; k0 < cols || k0 == 0; k0 += kc) {
+                int64_t k1 = cols - k0 > kc ? k0 + kc : cols;
+                ftile_args p = {(const uint8_t *)W + (size_t)r * rb, rb, k0, k1, cols, NULL, ldx, NULL,
+                                copy ? wbuf : NULL, k0 == 0, k1 == cols, NULL, ldy, NULL, rb, 1, 0, 0, 0, 0};
+                // The next chunk's weights (this row block's next k-chunk, or the next row block's
+                // first), prefetched over this chunk's tiles.
+                int64_t nk0 = k1 < cols ? k1 : 0, nr = k1 < cols ? r : r + R;
+                int64_t nR = k1 < cols ? R : (r1 - nr >= FR ? FR : r1 - nr);
+                int64_t nk1 = cols - nk0 > kc ? nk0 + kc : cols;
+                if (nR > 0 && cols > 0) {
+                    const char *b0 = (const char *)W + (size_t)nr * rb + (size_t)mor__kt_row_bytes(kt, nk0);
+                    const char *b1 = (const char *)W + (size_t)nr * rb + (size_t)mor__kt_row_bytes(kt, nk1) - 1;
+                    p.pf_w = (const char *)((uintptr_t)b0 & ~(uintptr_t)63);
+                    p.pf_nl = ((uintptr_t)b1 >> 6) - ((uintptr_t)b0 >> 6) + 1;
+                    int64_t lines = nR * p.pf_nl, slices = (k1 - k0) / 16 + 1;
+                    p.pf_per = (lines + nblk * slices - 1) / (nblk * slices);
+                    p.pf_n = (lines + nblk - 1) / nblk;
+                }
+                int64_t pf_left = nR > 0 ? nR * p.pf_nl : 0;
+                int64_t xoff = 0;
+                for (int64_t b = 0, t = tp; b < nblk; b++) {
+                    int C = (int)(Tp / nblk + (b < Tp % nblk));
+                    p.x = x + t * ldx + xoff, p.y = y + t * ldy + r, p.accs = accs[b];
+                    if (p.pf_n > pf_left) p.pf_n = pf_left;
+                    ft_tab[b > 0 && copy ? MOR__KT_F32 : kt][R][C](&p);
+                    pf_left -= p.pf_n;  // where the next tile's share starts
+                    p.pf_row += (p.pf_line + p.pf_n) / p.pf_nl, p.pf_line = (p.pf_line + p.pf_n) % p.pf_nl;
+                    if (b == 0 && copy) {  // the others read the buffer: elements k0.. from 0
+                        p.w = (const uint8_t *)wbuf, p.rb = FKC * 4, p.i0 = 0, p.i1 = k1 - k0, p.cols = cols - k0;
+                        p.save = NULL, xoff = k0;
+                    }
+                    t += C;
                 }
             }
-            float *yt = y + t0 * ldy;
-            int first = k0 == 0;
-            switch (NT) {
-            case 1: lane_rows(kt, W, rb, k0, kc, r0, r1, xt, yt, ldy, idx, nt, first, wbuf, 12, 1); break;
-            default: lane_rows(kt, W, rb, k0, kc, r0, r1, xt, yt, ldy, idx, nt, first, wbuf, 12, 2); break;
-            }
+            r += R;
         }
     }
 }
 
-// Lanes pay off once the 16 lanes are mostly full; the scatter index needs ldy * 16 in int32.
-#define LANE_MIN_T 12
-
-#define FMATMUL(NAME, KT)                                                                                    \
-    static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,       \
-                     int64_t ldx, float *y, int64_t ldy, float *row) {                                     \
-        (void)row;                                                                                         \
-        if (T >= LANE_MIN_T && cols > 0 && ldy < (1 << 24)) gemm_lanes(KT, W, cols, r0, r1, x, T, ldx, y, ldy);       \
-        else gemv(KT, W, cols, r0, r1, x, T, ldx, y, ldy);                                                 \
+#define FMATMUL(NAME, KT)                                                                              \
+    static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T, \
+                     int64_t ldx, float *y, int64_t ldy, float *row) {                               \
+        (void)row;                                                                                   \
+        fmatmul(KT, W, cols, r0, r1, x, T, ldx, y, ldy);                                             \
     }
 FMATMUL(avx512_matmul_f32, MOR__KT_F32)
 FMATMUL(avx512_matmul_f16, MOR__KT_F16)
 FMATMUL(avx512_matmul_bf16, MOR__KT_BF16)
+
+#define TLQ 64   // tokens per tile of the quantized products
 
 // ---- activation quantization ---------------------------------------------------------------
 
@@ -266,122 +318,141 @@ static void avx512_quant_act(const float *x, int64_t n, int8_t *q, float *d) {
     for (int64_t b = 0; b < n / MOR__QK; b++) d[b] = quant_block(x + b * MOR__QK, q + b * MOR__QK);
 }
 
-// ---- quantized products, few tokens --------------------------------------------------------
+// ---- quantized products ---------------------------------------------------------------------
+//
+// One arithmetic for every output, whatever the batch: y[t][r] = a float chain over the row's
+// blocks in order, acc = fma((float)isum_b, dw_b * dx_b, acc), isum_b the exact integer dot
+// product of block b (any summation order gives the same integer). Few tokens put 16 rows in
+// the lanes, many tokens put 16 tokens in the lanes; both run this chain per lane.
 
-// Scratch of one token (in the caller's row scratch, 3 * cols bytes):
-//   q[cols] int8; xu[cols] = q + 128 (Q8_0) or the -8 * sum(q) block corrections, one int32 in
-//   the first lane of each 8-lane half (Q4_0); dxe[cols / 4] floats: each block's scale 8 times.
-typedef struct {
-    int8_t  *q;
-    uint8_t *xu;
-    int32_t *corr;
-    float   *dxe;
-} qx;
-
-static qx qx_prepare(int kt, const float *x, int64_t cols, float *row) {
-    qx s;
-    int64_t nb = cols / MOR__QK;
-    s.q = (int8_t *)row;
-    s.dxe = row + cols / 4;              // cols / 4 floats
-    s.xu = (uint8_t *)(row + cols / 2);  // cols bytes
-    s.corr = (int32_t *)(row + cols / 2);
-    for (int64_t b = 0; b < nb; b++) {
-        float d = quant_block(x + b * MOR__QK, s.q + b * MOR__QK);
-        _mm256_storeu_ps(s.dxe + b * 8, _mm256_set1_ps(d));
-        __m256i v = _mm256_loadu_si256((const __m256i *)(s.q + b * MOR__QK));
-        if (kt == MOR__KT_Q8_0) {
-            _mm256_storeu_si256((__m256i *)(s.xu + b * MOR__QK), _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)));
-        } else {
-            __m256i sum = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)), _mm256_setzero_si256());
-            __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-            int32_t tot = (int32_t)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;
-            _mm256_storeu_si256((__m256i *)(s.corr + b * 8), _mm256_setr_epi32(-8 * tot, 0, 0, 0, 0, 0, 0, 0));
-        }
-    }
-    return s;
-}
-
-// Two blocks' f16 scales at byte offsets 0 and BS of p, each spread over 8 lanes.
-static inline __m512 two_scales(const uint8_t *p, int bs) {
-    __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)(p[0] | p[1] << 8))),
-                                        _mm_set1_epi16((short)(p[bs] | p[bs + 1] << 8)), 1);
-    return _mm512_cvtph_ps(h);
-}
-
-static inline __m512i q4_two(const uint8_t *p) {  // nibbles of two Q4_0 blocks at p, p + 18
-    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + 2))),
-                                        _mm_loadu_si128((const __m128i *)(p + 20)), 1);
-    __m512i z = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), _mm512_castsi256_si512(v));
-    z = _mm512_srlv_epi16(z, _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
-                                               0x0004000400040004LL, 0x0004000400040004LL));
-    return _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
-}
-
+// The nibbles of a Q4_0 block at p (elements 0..15 in the low half, 16..31 in the high half).
 static inline __m256i q4_one(const uint8_t *p) {
     __m128i v = _mm_loadu_si128((const __m128i *)(p + 2));
     return _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1),
                             _mm256_set1_epi8(0x0f));
 }
 
-// RR rows at once (shared x loads, RR independent streams in flight), prefetching ahead.
-static inline __attribute__((always_inline)) void qdot_rows(int kt, const uint8_t *w, size_t rb, const qx *s,
-                                                            int64_t nb, float *y, int RR) {
-    __m512 acc[4];
-    const __m512i c128 = _mm512_set1_epi8((char)0x80);
-    const int bs = kt == MOR__KT_Q8_0 ? MOR__Q8_0_SIZE : MOR__Q4_0_SIZE;
-    UNROLL for (int a = 0; a < RR; a++) acc[a] = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        __m512 dx = _mm512_loadu_ps(s->dxe + b * 8);
-        __m512i xv = kt == MOR__KT_Q8_0 ? _mm512_loadu_si512(s->xu + b * MOR__QK) : _mm512_loadu_si512(s->q + b * MOR__QK);
-        UNROLL for (int a = 0; a < RR; a++) {
-            const uint8_t *p = w + a * rb + b * bs;
-            _mm_prefetch((const char *)(p + 4 * rb), _MM_HINT_T0);
-            __m512i i;
-            if (kt == MOR__KT_Q8_0) {
-                __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))),
-                                                _mm256_loadu_si256((const __m256i *)(p + 36)), 1);
-                i = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xv, wv),
-                                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, wv));
-            } else {
-                i = _mm512_dpbusd_epi32(_mm512_loadu_si512(s->corr + b * 8), q4_two(p), xv);
-            }
-            acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(two_scales(p, bs), dx), acc[a]);
-        }
-    }
-    UNROLL for (int a = 0; a < RR; a++) {
-        float r = _mm512_reduce_add_ps(acc[a]);
-        if (b < nb) {  // an odd last block
-            const uint8_t *p = w + a * rb + b * bs;
-            __m256i i;
-            if (kt == MOR__KT_Q8_0) {
-                __m256i wv = _mm256_loadu_si256((const __m256i *)(p + 2));
-                i = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *)(s->xu + b * MOR__QK)), wv),
-                                     _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), wv));
-            } else {
-                i = _mm256_dpbusd_epi32(_mm256_loadu_si256((const __m256i *)(s->corr + b * 8)), q4_one(p),
-                                        _mm256_loadu_si256((const __m256i *)(s->q + b * MOR__QK)));
-            }
-            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(rd_f16(p) * s->dxe[b * 8]));
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            r += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-        }
-        y[a] = r;
-    }
+// Sum of 32 bytes read as int8.
+static inline int32_t sum_s8(__m256i v) {
+    __m256i s = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)), _mm256_setzero_si256());
+    __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    return (int32_t)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;
 }
 
-static inline __attribute__((always_inline)) void qgemv(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
-                                                        const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                                                        float *row) {
+// ---- few tokens: 16 rows in the lanes ------------------------------------------------------
+//
+// vpdpbusd takes the weights as the unsigned side (Q8_0: w + 128; Q4_0: the nibbles) and the
+// quantized x as the signed side; the offsets come back as one correction per block and token
+// (-128 * sum(q), -8 * sum(q)). Each row's two blocks (64 bytes) give 16 lanes of partial sums;
+// 16 rows' partials are reduced together (a transposed tree of shuffles) to one vector of 16
+// rows' isum per block. The scales of 16 rows come with one gather per block.
+
+// A token's quantized x in the caller's row scratch (cols floats = 4 cols bytes; 1.25 cols a
+// token): q[cols] int8, d[cols / 32] scales, c[cols / 32] the block corrections.
+typedef struct {
+    const int8_t  *q;
+    const float   *d;
+    const int32_t *c;
+} qtok;
+
+static qtok qtok_prepare(int kt, const float *x, int64_t cols, uint8_t *buf) {
     int64_t nb = cols / MOR__QK;
-    size_t rb = (size_t)mor__kt_row_bytes(kt, cols);
-    for (int64_t t = 0; t < T; t++) {
-        qx s = qx_prepare(kt, x + t * ldx, cols, row);
-        const uint8_t *w = (const uint8_t *)W;
-        int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) qdot_rows(kt, w + r * rb, rb, &s, nb, y + t * ldy + r, 4);
-        for (; r < r1; r++) qdot_rows(kt, w + r * rb, rb, &s, nb, y + t * ldy + r, 1);
+    int8_t *q = (int8_t *)buf;
+    float *d = (float *)(buf + cols);  // cols is a multiple of 32: aligned as the scratch
+    int32_t *c = (int32_t *)(d + nb);
+    for (int64_t b = 0; b < nb; b++) {
+        d[b] = quant_block(x + b * MOR__QK, q + b * MOR__QK);
+        c[b] = (kt == MOR__KT_Q8_0 ? -128 : -8) * sum_s8(_mm256_loadu_si256((const __m256i *)(q + b * MOR__QK)));
+    }
+    return (qtok){q, d, c};
+}
+
+// The unsigned side of two blocks of a row at p (block b at p, b + 1 at p + bs; `two` = 0:
+// block b only, zeros above).
+static inline __m512i qw_two(int kt, const uint8_t *p, int two) {
+    if (kt == MOR__KT_Q8_0) {
+        __m256i lo = _mm256_loadu_si256((const __m256i *)(p + 2));
+        __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(p + MOR__Q8_0_SIZE + 2)) : _mm256_set1_epi8((char)0x80);
+        return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), _mm512_set1_epi8((char)0x80));
+    }
+    __m256i lo = q4_one(p), hi = two ? q4_one(p + MOR__Q4_0_SIZE) : _mm256_setzero_si256();
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+// v[a]: row a's 16 lanes of partial sums (lanes 0..7 block b, 8..15 block b + 1). Returns the
+// 16 rows' sums of block b in *s0 and of block b + 1 in *s1, row a in lane a.
+static inline __attribute__((always_inline)) void qreduce16(const __m512i *v, __m512i *s0, __m512i *s1) {
+    __m512i u[8], w[4], z[2];
+    UNROLL for (int p = 0; p < 8; p++)  // [row 2p: b, b+1; row 2p+1: b, b+1], 4 partials each
+        u[p] = _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0x88), _mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0xdd));
+    UNROLL for (int p = 0; p < 4; p++)  // 2 partials each
+        w[p] = _mm512_add_epi32(_mm512_unpacklo_epi64(u[2 * p], u[2 * p + 1]), _mm512_unpackhi_epi64(u[2 * p], u[2 * p + 1]));
+    UNROLL for (int p = 0; p < 2; p++)  // lane 4k + j of z[p]: row 2 (4p + j) + k / 2, block b + k % 2
+        z[p] = _mm512_add_epi32(
+            _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(w[2 * p]), _mm512_castsi512_ps(w[2 * p + 1]), 0x88)),
+            _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(w[2 * p]), _mm512_castsi512_ps(w[2 * p + 1]), 0xdd)));
+    const __m512i i0 = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 16, 24, 17, 25, 18, 26, 19, 27);
+    *s0 = _mm512_permutex2var_epi32(z[0], i0, z[1]);
+    *s1 = _mm512_permutex2var_epi32(z[0], _mm512_add_epi32(i0, _mm512_set1_epi32(4)), z[1]);
+}
+
+// 16 rows (n < 16: rows from n on repeat row n - 1 and are not stored) x C tokens.
+static inline __attribute__((always_inline)) void qrows16(int kt, const uint8_t *w, size_t rb, int n, int64_t nb,
+                                                          const qtok *xt, float *y, int64_t ldy, int C) {
+    const int bs = kt == MOR__KT_Q8_0 ? MOR__Q8_0_SIZE : MOR__Q4_0_SIZE;
+    const uint8_t *wr[16];
+    UNROLL for (int a = 0; a < 16; a++) wr[a] = w + (size_t)(a < n ? a : n - 1) * rb;
+    __m512i ridx = _mm512_mullo_epi32(_mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                       _mm512_set1_epi32(n - 1)),
+                                      _mm512_set1_epi32((int)rb));
+    __m512 acc[3];
+    UNROLL for (int c = 0; c < C; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb;
+        const size_t off = (size_t)b * bs;
+        __m512 dw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off, 1)));
+        __m512 dw1 = two ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off + bs, 1))) : dw0;
+        UNROLL for (int c = 0; c < C; c++) {
+            __m512i xv = two ? _mm512_loadu_si512(xt[c].q + b * MOR__QK)
+                             : _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(xt[c].q + b * MOR__QK)));
+            if (!two) xv = _mm512_inserti64x4(xv, _mm256_setzero_si256(), 1);
+            __m512i v[16], s0, s1;
+            UNROLL for (int a = 0; a < 16; a++) {
+                if (c == 0) _mm_prefetch((const char *)wr[a] + 16 * rb + off, _MM_HINT_T0);
+                v[a] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qw_two(kt, wr[a] + off, two), xv);
+            }
+            qreduce16(v, &s0, &s1);
+            s0 = _mm512_add_epi32(s0, _mm512_set1_epi32(xt[c].c[b]));
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(dw0, _mm512_set1_ps(xt[c].d[b])), acc[c]);
+            if (two) {
+                s1 = _mm512_add_epi32(s1, _mm512_set1_epi32(xt[c].c[b + 1]));
+                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(dw1, _mm512_set1_ps(xt[c].d[b + 1])), acc[c]);
+            }
+        }
+    }
+    __mmask16 m = n >= 16 ? 0xffff : tail16(n);
+    UNROLL for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + c * ldy, m, acc[c]);
+}
+
+static inline __attribute__((always_inline)) void qfew(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
+                                                       const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                                                       float *row) {
+    const int64_t nb = cols / MOR__QK, per = cols + cols / 4;  // scratch bytes a token
+    const size_t rb = (size_t)mor__kt_row_bytes(kt, cols);
+    const int64_t ng = (T + 2) / 3;  // groups of nearly equal size, up to 3 tokens (the scratch holds 3)
+    for (int64_t g = 0, t0 = 0; g < ng; g++) {
+        int64_t C = T / ng + (g < T % ng);
+        qtok xt[3];
+        for (int64_t t = 0; t < C; t++) xt[t] = qtok_prepare(kt, x + (t0 + t) * ldx, cols, (uint8_t *)row + t * per);
+        for (int64_t r = r0; r < r1; r += 16) {
+            int n = r1 - r >= 16 ? 16 : (int)(r1 - r);
+            const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
+            float *yt = y + t0 * ldy + r;
+            if (C == 1) qrows16(kt, w, rb, n, nb, xt, yt, ldy, 1);
+            else if (C == 2) qrows16(kt, w, rb, n, nb, xt, yt, ldy, 2);
+            else qrows16(kt, w, rb, n, nb, xt, yt, ldy, 3);
+        }
+        t0 += C;
     }
 }
 
@@ -398,18 +469,16 @@ typedef struct {
     int32_t xc[KCQ / MOR__QK * TLQ];
 } qpack;
 
-// Sum of 32 bytes read as int8.
-static inline int32_t sum_s8(__m256i v) {
-    __m256i s = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)), _mm256_setzero_si256());
-    __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    return (int32_t)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;
-}
 
 static inline __attribute__((always_inline)) void qlane_tile(int kt, const uint8_t *w, size_t rb, int64_t b0,
                                                              int64_t nbc, const qpack *pk, float *y, int64_t ldy,
                                                              __m512i idx, int64_t nt, int first, int RR, int NT) {
-    __m512 facc[12][4];
-    UNROLL for (int a = 0; a < RR; a++) UNROLL for (int j = 0; j < NT; j++) facc[a][j] = _mm512_setzero_ps();
+    __m512 facc[12][4];  // a later k-chunk continues the chain from y
+    UNROLL for (int a = 0; a < RR; a++) UNROLL for (int j = 0; j < NT; j++) {
+        int64_t left = nt - 16 * j;
+        __mmask16 m = left >= 16 ? 0xffff : tail16(left);
+        facc[a][j] = first ? _mm512_setzero_ps() : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, y + 16 * j * ldy + a, 4);
+    }
     const int bs = kt == MOR__KT_Q8_0 ? MOR__Q8_0_SIZE : MOR__Q4_0_SIZE;
     for (int64_t b = 0; b < nbc; b++) {
         const uint8_t *wq[12];
@@ -451,7 +520,7 @@ static inline __attribute__((always_inline)) void qlane_tile(int kt, const uint8
     UNROLL for (int j = 0; j < NT; j++) {
         int64_t left = nt - 16 * j;
         __mmask16 m = left >= 16 ? 0xffff : tail16(left);
-        UNROLL for (int a = 0; a < RR; a++) put_lanes(y + 16 * j * ldy + a, idx, facc[a][j], m, first);
+        UNROLL for (int a = 0; a < RR; a++) _mm512_mask_i32scatter_ps(y + 16 * j * ldy + a, m, idx, facc[a][j], 4);
     }
 }
 
@@ -503,18 +572,18 @@ static void qgemm_lanes(int kt, const void *W, int64_t cols, int64_t r0, int64_t
     }
 }
 
-#define QLANE_MIN_T 4
+#define QLANE_MIN_T 8  // fewer tokens: 16 rows in the lanes, in groups of up to 3 tokens
 
 static void avx512_matmul_q8_0(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
                                int64_t ldx, float *y, int64_t ldy, float *row) {
     if (T >= QLANE_MIN_T && ldy < (1 << 24)) qgemm_lanes(MOR__KT_Q8_0, W, cols, r0, r1, x, T, ldx, y, ldy);
-    else qgemv(MOR__KT_Q8_0, W, cols, r0, r1, x, T, ldx, y, ldy, row);
+    else qfew(MOR__KT_Q8_0, W, cols, r0, r1, x, T, ldx, y, ldy, row);
 }
 
 static void avx512_matmul_q4_0(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
                                int64_t ldx, float *y, int64_t ldy, float *row) {
     if (T >= QLANE_MIN_T && ldy < (1 << 24)) qgemm_lanes(MOR__KT_Q4_0, W, cols, r0, r1, x, T, ldx, y, ldy);
-    else qgemv(MOR__KT_Q4_0, W, cols, r0, r1, x, T, ldx, y, ldy, row);
+    else qfew(MOR__KT_Q4_0, W, cols, r0, r1, x, T, ldx, y, ldy, row);
 }
 
 static void avx512_q8_0_row(const void *src, float *dst, int64_t n) {
