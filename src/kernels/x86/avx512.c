@@ -135,9 +135,12 @@ static inline __attribute__((always_inline)) void hsum_n(const __m512 *v, int n,
 // x + c * ldx), over the 16-float slices of [i0, i1). `last`: the chunk ends the row at `cols`
 // (a masked slice when cols is not a multiple of 16). The accumulators start at zero (`first`)
 // or from accs, and go back to accs (not `last`) or, summed, to y[c * ldy + a]: a row walked in
-// chunks is the same sequence of FMAs on the same lanes as a row walked at once. With `save`,
-// the weights as floats also go to save + a * FKC + (i - i0) (for the tiles that follow).
-typedef struct {  // the arguments of a tile but its shape and weight type
+// chunks is the same sequence of FMAs on the same lanes as a row walked at once.
+// Modes (compile time): FT_DIRECT reads W; FT_SAVE also writes the weights, as floats, to
+// save + a * FKC + (i - i0) for the tiles that follow; FT_BUF reads that buffer (kt F32,
+// rb = FKC * 4, a constant). While the tile runs it prefetches pf_n lines from pf on, pf_per
+// a slice (the next row block's weights).
+typedef struct {
     const uint8_t *w;
     size_t         rb;
     int64_t        i0, i1, cols;
@@ -148,73 +151,73 @@ typedef struct {  // the arguments of a tile but its shape and weight type
     int            first, last;
     float         *y;
     int64_t        ldy;
-    // Lines to prefetch while the tile runs (the next chunk's weights): pf_n lines, pf_per per
-    // slice, starting at line pf_line of row pf_row of pf_w (pf_nl lines a row, pf_rb bytes).
-    const char    *pf_w;
-    size_t         pf_rb;
-    int64_t        pf_nl, pf_row, pf_line, pf_n, pf_per;
+    const char    *pf;
+    int64_t        pf_n, pf_per;
 } ftile_args;
 
+enum { FT_DIRECT, FT_SAVE, FT_BUF };
 #define FKC 768  // longest k-chunk (floats) of the many-token path: 8 x 3 KiB of weights + 3 x 3 KiB of x in L1
 
-static inline __attribute__((always_inline)) void ftile(int kt, const uint8_t *w, size_t rb, int64_t i0, int64_t i1,
-                                                        int64_t cols, const float *x, int64_t ldx, __m512 *accs,
-                                                        float *save, int first, int last, float *y, int64_t ldy,
-                                                        const ftile_args *pf, int R, int C) {
-    const char *pw = pf ? pf->pf_w : NULL;
-    int64_t pn = pf ? pf->pf_n : 0, prow = pn ? pf->pf_row : 0, pline = pn ? pf->pf_line : 0;
+static inline __attribute__((always_inline)) void ftile(const ftile_args *p, int kt, int mode, int R, int C) {
+    const uint8_t *w = p->w;
+    const size_t rb = mode == FT_BUF ? FKC * 4 : p->rb;
+    const int64_t i0 = p->i0, i1 = p->i1, ldx = p->ldx, per = p->pf_per;
+    const float *x = p->x;
+    float *save = p->save;
+    const char *pf = p->pf;
+    int64_t pn = p->pf_n;
     __m512 acc[24];
-    UNROLL for (int n = 0; n < R * C; n++) acc[n] = first ? _mm512_setzero_ps() : accs[n];
+    UNROLL for (int n = 0; n < R * C; n++) acc[n] = p->first ? _mm512_setzero_ps() : p->accs[n];
     int64_t i = i0;
     for (; i + 16 <= i1; i += 16) {
+        for (int64_t q = 0; q < per && pn > 0; q++, pn--, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
         __m512 xv[3];
-        for (int64_t q = 0; q < pf->pf_per && pn > 0; q++, pn--) {
-            _mm_prefetch(pw + (size_t)prow * pf->pf_rb + (size_t)pline * 64, _MM_HINT_T1);
-            if (++pline == pf->pf_nl) pline = 0, prow++;
-        }
         UNROLL for (int c = 0; c < C; c++) xv[c] = _mm512_loadu_ps(x + c * ldx + i);
         UNROLL for (int a = 0; a < R; a++) {
-            __m512 wv = ld_w(kt, w + a * rb, i, 0xffff);
+            __m512 wv = mode == FT_BUF ? _mm512_load_ps((const float *)(w + a * rb) + (i - i0)) : ld_w(kt, w + a * rb, i, 0xffff);
             if (C > 1) __asm__("" : "+v"(wv));  // one load, not a memory operand of each FMA
-            if (save) _mm512_store_ps(save + a * FKC + (i - i0), wv);
+            if (mode == FT_SAVE) _mm512_store_ps(save + a * FKC + (i - i0), wv);
             UNROLL for (int c = 0; c < C; c++) acc[a * C + c] = _mm512_fmadd_ps(wv, xv[c], acc[a * C + c]);
         }
     }
-    if (!last) {
-        UNROLL for (int n = 0; n < R * C; n++) accs[n] = acc[n];
+    if (!p->last) {
+        UNROLL for (int n = 0; n < R * C; n++) p->accs[n] = acc[n];
         return;
     }
-    if (i < cols) {
-        __mmask16 m = tail16(cols - i);
+    if (i < p->cols) {
+        __mmask16 m = tail16(p->cols - i);
         __m512 xv[3];
         UNROLL for (int c = 0; c < C; c++) xv[c] = _mm512_maskz_loadu_ps(m, x + c * ldx + i);
         UNROLL for (int a = 0; a < R; a++) {
-            __m512 wv = ld_w(kt, w + a * rb, i, m);
-            if (save) _mm512_store_ps(save + a * FKC + (i - i0), wv);
+            __m512 wv = mode == FT_BUF ? _mm512_maskz_load_ps(m, (const float *)(w + a * rb) + (i - i0)) : ld_w(kt, w + a * rb, i, m);
+            if (mode == FT_SAVE) _mm512_store_ps(save + a * FKC + (i - i0), wv);
             UNROLL for (int c = 0; c < C; c++) acc[a * C + c] = _mm512_fmadd_ps(wv, xv[c], acc[a * C + c]);
         }
     }
     float out[24];
     hsum_n(acc, R * C < 16 ? R * C : 16, out);
     if (R * C > 16) hsum_n(acc + 16, R * C - 16, out + 16);
-    UNROLL for (int a = 0; a < R; a++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + a] = out[a * C + c];
+    UNROLL for (int a = 0; a < R; a++) UNROLL for (int c = 0; c < C; c++) p->y[c * p->ldy + a] = out[a * C + c];
 }
 
 typedef void (*ftile_fn)(const ftile_args *p);
-#define FTILE(KT, NAME, R, C)                                                                                       \
-    static void ft_##NAME##_##R##x##C(const ftile_args *p) {                                                        \
-        ftile(KT, p->w, p->rb, p->i0, p->i1, p->cols, p->x, p->ldx, p->accs, p->save, p->first, p->last, p->y, p->ldy, \
-              p, R, C);                                                                                             \
-    }
-#define FTILES_R(KT, NAME, R) FTILE(KT, NAME, R, 1) FTILE(KT, NAME, R, 2) FTILE(KT, NAME, R, 3)
-#define FTILES(KT, NAME) FTILES_R(KT, NAME, 1) FTILES_R(KT, NAME, 2) FTILES_R(KT, NAME, 4) FTILES_R(KT, NAME, 8)
-FTILES(MOR__KT_F32, f32)
-FTILES(MOR__KT_F16, f16)
-FTILES(MOR__KT_BF16, bf16)
+#define FTILE(KT, MODE, NAME, R, C) \
+    static void ft_##NAME##_##R##x##C(const ftile_args *p) { ftile(p, KT, MODE, R, C); }
+#define FTILES_R(KT, MODE, NAME, R) FTILE(KT, MODE, NAME, R, 1) FTILE(KT, MODE, NAME, R, 2) FTILE(KT, MODE, NAME, R, 3)
+#define FTILES(KT, MODE, NAME) \
+    FTILES_R(KT, MODE, NAME, 1) FTILES_R(KT, MODE, NAME, 2) FTILES_R(KT, MODE, NAME, 4) FTILES_R(KT, MODE, NAME, 8)
+FTILES(MOR__KT_F32, FT_DIRECT, f32)
+FTILES(MOR__KT_F16, FT_DIRECT, f16)
+FTILES(MOR__KT_BF16, FT_DIRECT, bf16)
+FTILES(MOR__KT_F32, FT_SAVE, f32s)
+FTILES(MOR__KT_F16, FT_SAVE, f16s)
+FTILES(MOR__KT_BF16, FT_SAVE, bf16s)
+FTILES(MOR__KT_F32, FT_BUF, buf)
 #define FROW(NAME, R) {NULL, ft_##NAME##_##R##x1, ft_##NAME##_##R##x2, ft_##NAME##_##R##x3}
 #define FTAB(NAME) {{NULL}, FROW(NAME, 1), FROW(NAME, 2), {NULL}, FROW(NAME, 4), {NULL}, {NULL}, {NULL}, FROW(NAME, 8)}
-// ft_tab[kt][R][C]: R in {1, 2, 4, 8}, C in 1..3.
-static const ftile_fn ft_tab[3][9][4] = {FTAB(f32), FTAB(f16), FTAB(bf16)};
+// ft_tab[mode][kt][R][C]: R in {1, 2, 4, 8}, C in 1..3 (FT_BUF: kt F32 only).
+static const ftile_fn ft_tab[3][3][9][4] = {
+    {FTAB(f32), FTAB(f16), FTAB(bf16)}, {FTAB(f32s), FTAB(f16s), FTAB(bf16s)}, {FTAB(buf)}};
 
 // Tiles are 8 rows x up to 3 tokens (24 accumulators, 3 x vectors and one weight vector live;
 // row tails 4, 2, 1). Up to 3 tokens (decode) stream 8 weight rows at once over the whole row
@@ -222,7 +225,8 @@ static const ftile_fn ft_tab[3][9][4] = {FTAB(f32), FTAB(f16), FTAB(bf16)};
 // chunk's weights, as floats, to an aligned buffer that stays in L1 while the pass's other
 // token blocks run over it (their accumulators parked in accs between chunks). F16/BF16 are
 // then widened once per chunk, and weight loads are aligned whatever W's alignment (GGUF
-// tensors are 32-byte aligned); F32 weights on 64-byte boundaries are read in place.
+// tensors are 32-byte aligned); F32 weights on 64-byte boundaries are read in place. The next
+// row block's weights (contiguous) are prefetched over the tiles of the current one.
 #define FR      8   // rows per tile
 #define FC      3   // tokens per tile, at most
 #define FNB_MAX 32  // token blocks per pass (T up to 96 per pass: 48 KiB of accumulators)
@@ -234,8 +238,8 @@ static void fmatmul(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
         for (int64_t r = r0; r < r1;) {
             int R = r1 - r >= FR ? FR : r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
             ftile_args p = {(const uint8_t *)W + (size_t)r * rb, rb, 0, cols, cols, x, ldx, NULL, NULL, 1, 1, y + r, ldy,
-                            NULL, 0, 1, 0, 0, 0, 0};
-            ft_tab[kt][R][T](&p);
+                            NULL, 0, 0};
+            ft_tab[FT_DIRECT][kt][R][T](&p);
             r += R;
         }
         return;
@@ -249,36 +253,28 @@ static void fmatmul(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
         const int64_t nblk = (Tp + FC - 1) / FC;  // token blocks of nearly equal size
         for (int64_t r = r0; r < r1;) {
             int R = r1 - r >= FR ? FR : r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
+            // The next row block's weights, prefetched over this one's tiles (slots: one per
+            // slice of each tile).
+            int64_t nR = r1 - (r + R) >= FR ? FR : r1 - (r + R);
+            const char *pfb = (const char *)W + (size_t)(r + R) * rb;
+            int64_t pf_lines = nR > 0 && rb > 0 ? (int64_t)(((uintptr_t)(pfb + nR * rb - 1) >> 6) - ((uintptr_t)pfb >> 6) + 1) : 0;
+            int64_t slots = nblk * (cols / 16 + nch) + 1;
+            int64_t per = (pf_lines + slots - 1) / slots;
+            const char *pf = (const char *)((uintptr_t)pfb & ~(uintptr_t)63);
             for (int64_t k0 = 0; k0 < cols || k0 == 0; k0 += kc) {
                 int64_t k1 = cols - k0 > kc ? k0 + kc : cols;
                 ftile_args p = {(const uint8_t *)W + (size_t)r * rb, rb, k0, k1, cols, NULL, ldx, NULL,
-                                copy ? wbuf : NULL, k0 == 0, k1 == cols, NULL, ldy, NULL, rb, 1, 0, 0, 0, 0};
-                // The next chunk's weights (this row block's next k-chunk, or the next row block's
-                // first), prefetched over this chunk's tiles.
-                int64_t nk0 = k1 < cols ? k1 : 0, nr = k1 < cols ? r : r + R;
-                int64_t nR = k1 < cols ? R : (r1 - nr >= FR ? FR : r1 - nr);
-                int64_t nk1 = cols - nk0 > kc ? nk0 + kc : cols;
-                if (nR > 0 && cols > 0) {
-                    const char *b0 = (const char *)W + (size_t)nr * rb + (size_t)mor__kt_row_bytes(kt, nk0);
-                    const char *b1 = (const char *)W + (size_t)nr * rb + (size_t)mor__kt_row_bytes(kt, nk1) - 1;
-                    p.pf_w = (const char *)((uintptr_t)b0 & ~(uintptr_t)63);
-                    p.pf_nl = ((uintptr_t)b1 >> 6) - ((uintptr_t)b0 >> 6) + 1;
-                    int64_t lines = nR * p.pf_nl, slices = (k1 - k0) / 16 + 1;
-                    p.pf_per = (lines + nblk * slices - 1) / (nblk * slices);
-                    p.pf_n = (lines + nblk - 1) / nblk;
-                }
-                int64_t pf_left = nR > 0 ? nR * p.pf_nl : 0;
-                int64_t xoff = 0;
+                                wbuf, k0 == 0, k1 == cols, NULL, ldy, pf, 0, per};
+                int64_t xoff = 0, mode = copy ? FT_SAVE : FT_DIRECT;
                 for (int64_t b = 0, t = tp; b < nblk; b++) {
                     int C = (int)(Tp / nblk + (b < Tp % nblk));
                     p.x = x + t * ldx + xoff, p.y = y + t * ldy + r, p.accs = accs[b];
-                    if (p.pf_n > pf_left) p.pf_n = pf_left;
-                    ft_tab[b > 0 && copy ? MOR__KT_F32 : kt][R][C](&p);
-                    pf_left -= p.pf_n;  // where the next tile's share starts
-                    p.pf_row += (p.pf_line + p.pf_n) / p.pf_nl, p.pf_line = (p.pf_line + p.pf_n) % p.pf_nl;
-                    if (b == 0 && copy) {  // the others read the buffer: elements k0.. from 0
-                        p.w = (const uint8_t *)wbuf, p.rb = FKC * 4, p.i0 = 0, p.i1 = k1 - k0, p.cols = cols - k0;
-                        p.save = NULL, xoff = k0;
+                    p.pf = pf, p.pf_n = per * ((k1 - k0) / 16) < pf_lines ? per * ((k1 - k0) / 16) : pf_lines;
+                    ft_tab[mode][mode == FT_BUF ? 0 : kt][R][C](&p);
+                    pf += 64 * p.pf_n, pf_lines -= p.pf_n;
+                    if (mode == FT_SAVE) {  // the others read the buffer: elements k0.. from 0
+                        p.w = (const uint8_t *)wbuf, p.i0 = 0, p.i1 = k1 - k0, p.cols = cols - k0;
+                        mode = FT_BUF, xoff = k0;
                     }
                     t += C;
                 }
