@@ -7,7 +7,7 @@
 //                                                         temporary folder and deleted afterwards
 //   options: -p 128 -n 64 -r 5 -t 1,2 --policy full|fixed:K|router[:T]|capacity|confidence:T|
 //            saturation:T|free:T (each may end in /skip, /share, /propagate or /sync for the KV
-//            strategy; repeatable) -o md|json --no-mmap --tg-prompt 4 --layers N --keep DIR
+//            strategy; repeatable) -o md|json --no-mmap --kv-f16 --tg-prompt 4 --layers N --keep DIR
 //            --gen-only
 //
 // pp: one mor_session_step of p tokens on an empty session (n_batch = p: one pass).
@@ -67,7 +67,7 @@ typedef struct {
 } rec;
 
 typedef struct {
-    int p, n, reps, tg_prompt, no_mmap;
+    int p, n, reps, tg_prompt, no_mmap, kv_f16;
     int threads[MAX_THREADS], n_threads;
     policy_spec pol[MAX_POLICIES];
     int n_pol;
@@ -187,7 +187,7 @@ static void file_type(const mor_model *m, char *buf, size_t n) {
         return;
     }
     double bpp = (double)mor_model_get_int(m, MOR_INFO_WEIGHT_BYTES) / (double)mor_model_get_int(m, MOR_INFO_N_PARAMS);
-    snprintf(buf, n, "%s", bpp > 3.5 ? "f32" : bpp > 1.9 ? "f16/bf16" : bpp > 1.0 ? "q8_0?" : "q4?");
+    snprintf(buf, n, "%s", bpp > 3.5 ? "f32" : bpp > 1.9 ? "f16/bf16" : bpp > 1.0 ? "q8_0" : bpp > 0.5 ? "q4_0" : "?");
 }
 
 // ---- child: benchmark one model, send rows through fd -----------------------------------------
@@ -247,6 +247,7 @@ static int run_model(const model_spec *m, const bench_cfg *c, int fd) {
         sp.n_ctx = n_ctx;
         sp.n_batch = c->p > 0 ? c->p : 1;
         sp.n_threads = c->threads[ti];
+        if (c->kv_f16) sp.flags |= MOR_SESSION_KV_F16;
         mor_session *s = NULL;
         int cst = mor_session_create(model, &sp, &s, err, sizeof err);
         for (int pi = 0; pi < c->n_pol; pi++) {
@@ -500,8 +501,9 @@ static void print_md(const model_result *res, int n_res, const bench_cfg *c) {
         }
     }
     printf("\np = %d, n = %d (after a %d-token prompt), %d repetitions after one warm-up; depth = mean steps "
-           "per token; KV = bytes held at the end of the test; peak RSS per model process (mmap %s).\n",
-           c->p, c->n, c->tg_prompt, c->reps, c->no_mmap ? "off" : "on");
+           "per token; KV = bytes held at the end of the test; peak RSS per model process (mmap %s, "
+           "K/V %s).\n",
+           c->p, c->n, c->tg_prompt, c->reps, c->no_mmap ? "off" : "on", c->kv_f16 ? "F16" : "F32");
 }
 
 static void json_str(const char *s) {
@@ -516,8 +518,8 @@ static void json_str(const char *s) {
 
 static void print_json(const model_result *res, int n_res, const bench_cfg *c) {
     printf("{\n  \"mor_version\": \"%s\", \"p\": %d, \"n\": %d, \"tg_prompt\": %d, \"repetitions\": %d, "
-           "\"mmap\": %s,\n  \"models\": [\n",
-           mor_version(), c->p, c->n, c->tg_prompt, c->reps, c->no_mmap ? "false" : "true");
+           "\"mmap\": %s, \"kv_f16\": %s,\n  \"models\": [\n",
+           mor_version(), c->p, c->n, c->tg_prompt, c->reps, c->no_mmap ? "false" : "true", c->kv_f16 ? "true" : "false");
     for (int i = 0; i < n_res; i++) {
         const model_result *mr = &res[i];
         printf("    {\"model\": ");
@@ -567,7 +569,7 @@ static void print_json(const model_result *res, int n_res, const bench_cfg *c) {
 static void usage(void) {
     fprintf(stderr,
             "usage: mor-bench [-m FILE]... [--shape NAME [--type f32,f16,bf16] [--recursions 0,3] [--layers N]]\n"
-            "                 [-p 128] [-n 64] [-r 5] [-t 1,2] [--policy P]... [-o md|json] [--no-mmap]\n"
+            "                 [-p 128] [-n 64] [-r 5] [-t 1,2] [--policy P]... [-o md|json] [--no-mmap] [--kv-f16]\n"
             "                 [--tg-prompt 4] [--keep DIR] [--gen-only]\n"
             "  -m FILE          a GGUF model (repeatable)\n"
             "  --shape NAME     generate a random-weight model: smollm-135m, smollm-360m, stories15m, tiny\n"
@@ -582,6 +584,7 @@ static void usage(void) {
             "                   free:T, optionally /skip|/share|/propagate|/sync (repeatable; default: default)\n"
             "  -o md|json       output format (default md)\n"
             "  --no-mmap        read the model into memory instead of mapping it\n"
+            "  --kv-f16         keep K/V in half precision (llama.cpp's default cache type)\n"
             "  --tg-prompt N    untimed prompt before the tg steps (default 4)\n"
             "  --keep DIR       write generated models to DIR and keep them\n"
             "  --gen-only       only generate (with --keep) and print the paths\n"
@@ -644,6 +647,7 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--keep") && v) keep = v;
         else if (!strcmp(a, "--bw") && v) bad = parse_list(v, &bw_mib, 1, 1, 1 << 16) != 1;
         else if (!strcmp(a, "--no-mmap")) c.no_mmap = 1, used = 0;
+        else if (!strcmp(a, "--kv-f16")) c.kv_f16 = 1, used = 0;
         else if (!strcmp(a, "--gen-only")) gen_only = 1, used = 0;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
