@@ -6,6 +6,8 @@
 #include <immintrin.h>
 #include <string.h>
 
+#define UNROLL _Pragma("GCC unroll 16")
+
 static inline float hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
     lo = _mm_add_ps(lo, hi);
@@ -71,31 +73,30 @@ static inline __attribute__((always_inline)) __m256 ld_w8(int kt, const void *w,
 static inline __attribute__((always_inline)) void ftile8(int kt, const uint8_t *w, size_t rb, int64_t cols, const float *x,
                                                          int64_t ldx, float *y, int64_t ldy, int R, int C) {
     __m256 acc[4][3];
-    for (int a = 0; a < R; a++)
-        for (int c = 0; c < C; c++) acc[a][c] = _mm256_setzero_ps();
+    UNROLL for (int a = 0; a < R; a++) UNROLL for (int c = 0; c < C; c++) acc[a][c] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 8 <= cols; i += 8) {
         __m256 xv[3];
-        for (int c = 0; c < C; c++) xv[c] = _mm256_loadu_ps(x + c * ldx + i);
-        for (int a = 0; a < R; a++) {
+        UNROLL for (int c = 0; c < C; c++) xv[c] = _mm256_loadu_ps(x + c * ldx + i);
+        UNROLL for (int a = 0; a < R; a++) {
             __m256 wv = ld_w8(kt, w + a * rb, i, 8);
-            for (int c = 0; c < C; c++) acc[a][c] = _mm256_fmadd_ps(wv, xv[c], acc[a][c]);
+            if (C > 1) __asm__("" : "+x"(wv));  // one load, not a memory operand of each FMA
+            UNROLL for (int c = 0; c < C; c++) acc[a][c] = _mm256_fmadd_ps(wv, xv[c], acc[a][c]);
         }
     }
     if (i < cols) {
         __m256 xv[3];
-        for (int c = 0; c < C; c++) {
+        UNROLL for (int c = 0; c < C; c++) {
             float tmp[8] = {0};
             memcpy(tmp, x + c * ldx + i, (size_t)(cols - i) * 4);
             xv[c] = _mm256_loadu_ps(tmp);
         }
-        for (int a = 0; a < R; a++) {
+        UNROLL for (int a = 0; a < R; a++) {
             __m256 wv = ld_w8(kt, w + a * rb, i, cols - i);
-            for (int c = 0; c < C; c++) acc[a][c] = _mm256_fmadd_ps(wv, xv[c], acc[a][c]);
+            UNROLL for (int c = 0; c < C; c++) acc[a][c] = _mm256_fmadd_ps(wv, xv[c], acc[a][c]);
         }
     }
-    for (int a = 0; a < R; a++)
-        for (int c = 0; c < C; c++) y[c * ldy + a] = hsum(acc[a][c]);
+    UNROLL for (int a = 0; a < R; a++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + a] = hsum(acc[a][c]);
 }
 
 #define FTILE8(KT, NAME, R, C)                                                                                   \
