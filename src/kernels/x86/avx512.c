@@ -366,23 +366,39 @@ static qtok qtok_prepare(int kt, const float *x, int64_t cols, uint8_t *buf) {
 }
 
 // The unsigned side of two blocks of a row at p (block b at p, b + 1 at p + bs; `two` = 0:
-// block b only, zeros above).
+// block b only, zeros for b + 1). Q8_0: [w_b + 128 | w_b+1 + 128]. Q4_0, in 16-byte quarters:
+// [low nibbles of b, low of b + 1, high of b, high of b + 1] (elements 0..15 of b, of b + 1,
+// 16..31 of b, of b + 1; one cross-lane instruction), x is arranged to match (qx_two).
 static inline __m512i qw_two(int kt, const uint8_t *p, int two) {
     if (kt == MOR__KT_Q8_0) {
         __m256i lo = _mm256_loadu_si256((const __m256i *)(p + 2));
         __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(p + MOR__Q8_0_SIZE + 2)) : _mm256_set1_epi8((char)0x80);
         return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), _mm512_set1_epi8((char)0x80));
     }
-    __m256i lo = q4_one(p), hi = two ? q4_one(p + MOR__Q4_0_SIZE) : _mm256_setzero_si256();
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    __m128i b1 = two ? _mm_loadu_si128((const __m128i *)(p + MOR__Q4_0_SIZE + 2)) : _mm_set1_epi8(0);
+    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + 2))), b1, 1);
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m), 1);
 }
 
-// v[a]: row a's 16 lanes of partial sums (lanes 0..7 block b, 8..15 block b + 1). Returns the
-// 16 rows' sums of block b in *s0 and of block b + 1 in *s1, row a in lane a.
-static inline __attribute__((always_inline)) void qreduce16(const __m512i *v, __m512i *s0, __m512i *s1) {
+// The signed side: the quantized x of blocks b, b + 1 (zeros for b + 1 when not `two`), in
+// qw_two's order.
+static inline __m512i qx_two(int kt, const int8_t *q, int two) {
+    __m512i xv = two ? _mm512_loadu_si512(q) : _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q));
+    if (!two) xv = _mm512_inserti64x4(xv, _mm256_setzero_si256(), 1);
+    if (kt == MOR__KT_Q4_0) xv = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), xv);
+    return xv;
+}
+
+// v[a]: row a's 16 lanes of partial sums (Q8_0: lanes 0..7 block b, 8..15 block b + 1; Q4_0:
+// lanes 0..3 and 8..11 block b, 4..7 and 12..15 block b + 1). Returns the 16 rows' sums of block
+// b in *s0 and of block b + 1 in *s1, row a in lane a.
+static inline __attribute__((always_inline)) void qreduce16(int kt, const __m512i *v, __m512i *s0, __m512i *s1) {
     __m512i u[8], w[4], z[2];
     UNROLL for (int p = 0; p < 8; p++)  // [row 2p: b, b+1; row 2p+1: b, b+1], 4 partials each
-        u[p] = _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0x88), _mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0xdd));
+        u[p] = kt == MOR__KT_Q8_0
+                   ? _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0x88), _mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0xdd))
+                   : _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0x44), _mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0xee));
     UNROLL for (int p = 0; p < 4; p++)  // 2 partials each
         w[p] = _mm512_add_epi32(_mm512_unpacklo_epi64(u[2 * p], u[2 * p + 1]), _mm512_unpackhi_epi64(u[2 * p], u[2 * p + 1]));
     UNROLL for (int p = 0; p < 2; p++)  // lane 4k + j of z[p]: row 2 (4p + j) + k / 2, block b + k % 2
@@ -411,15 +427,13 @@ static inline __attribute__((always_inline)) void qrows16(int kt, const uint8_t 
         __m512 dw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off, 1)));
         __m512 dw1 = two ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off + bs, 1))) : dw0;
         UNROLL for (int c = 0; c < C; c++) {
-            __m512i xv = two ? _mm512_loadu_si512(xt[c].q + b * MOR__QK)
-                             : _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(xt[c].q + b * MOR__QK)));
-            if (!two) xv = _mm512_inserti64x4(xv, _mm256_setzero_si256(), 1);
+            __m512i xv = qx_two(kt, xt[c].q + b * MOR__QK, two);
             __m512i v[16], s0, s1;
             UNROLL for (int a = 0; a < 16; a++) {
                 if (c == 0) _mm_prefetch((const char *)wr[a] + 16 * rb + off, _MM_HINT_T0);
                 v[a] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qw_two(kt, wr[a] + off, two), xv);
             }
-            qreduce16(v, &s0, &s1);
+            qreduce16(kt, v, &s0, &s1);
             s0 = _mm512_add_epi32(s0, _mm512_set1_epi32(xt[c].c[b]));
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(dw0, _mm512_set1_ps(xt[c].d[b])), acc[c]);
             if (two) {
