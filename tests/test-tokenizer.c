@@ -148,6 +148,16 @@ static void vectors(const char *vocab) {
     ASSERT_EQ(n, 46);
 }
 
+// The shipped model's own vocabulary (trained for it; byte-level BPE, GPT-2 pre-tokenizer):
+// 408 strings with ids from the Hugging Face tokenizer it was trained with.
+TEST(vectors_shipped_model) {
+    tvocab t;
+    ASSERT_EQ(tv_load(&t, "models/default.gguf"), 0);
+    int n = check_vectors(t.v, "models/default.gguf.inp", "models/default.gguf.out");
+    tv_free(&t);
+    ASSERT_EQ(n, 408);
+}
+
 TEST(vectors_gpt2) { vectors("gpt-2"); }
 TEST(vectors_llama_spm) { vectors("llama-spm"); }
 TEST(vectors_mpt) { vectors("mpt"); }
@@ -959,6 +969,6 @@ static const test_entry tests_[] = {
               pretok_all_pretokenizers, pretok_names, llama2c_tokenizer_tests, llama2c_tok512,
               round_trip_test_strings, round_trip_random_utf8, invalid_utf8_and_nul, buffer_contracts, special_tokens,
               public_api_and_streaming)
-    TEST_LIST(llama2c_converter, bad_metadata, concurrent_tokenize, utf8_helpers)
+    TEST_LIST(llama2c_converter, bad_metadata, concurrent_tokenize, utf8_helpers, vectors_shipped_model)
 };
 TEST_MAIN_LIST(tests_)
