@@ -10,12 +10,15 @@ are joined in order of mean depth. Standard library only.
 import csv
 import sys
 
-COLORS = {"full": "#000000", "fixed": "#7f7f7f", "router": "#9467bd", "confidence": "#1f77b4",
+COLORS = {"confidence@2": "#17becf", "confidence_maxprob@2": "#bcbd22", "saturation@2": "#e377c2",
+          "full": "#000000", "fixed": "#7f7f7f", "router": "#9467bd", "confidence": "#1f77b4",
           "saturation": "#2ca02c", "free": "#d62728", "freeadapt": "#ff7f0e", "budget": "#8c564b"}
 
 
 def family(policy):
-    return policy.split(":")[0]
+    """confidence:0.4@2 -> 'confidence@2' (a capped variant is its own curve)."""
+    fam = policy.split(":")[0]
+    return fam + "@" + policy.split("@")[1] if "@" in policy else fam
 
 
 def main(argv):
