@@ -215,6 +215,11 @@ BENCH_ARGS ?= --shape smollm-135m --type f32,f16 --recursions 0,3 -t 1,2 -p 128 
 bench: tools
 	./$(B)/mor-bench $(BENCH_ARGS)
 
+## models: train the four models of docs/MODELS.md (PyTorch and a GPU; about 8 minutes)
+CORPUS ?= ../shared/data/corpus
+models: tools
+	python3 tools/train.py all --corpus $(CORPUS)
+
 ## install: header, libraries and mor.pc under $(DESTDIR)$(PREFIX)
 install: lib
 	install -d $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PCDIR) $(DESTDIR)$(BINDIR)
@@ -247,5 +252,5 @@ list:
 	@grep -E '^## ' Makefile | sed 's/^## /  /'
 
 .PHONY: all lib tools examples test check-exports check-header asan ubsan valgrind install uninstall \
-    test-install clean list abi-check abi-baseline run test-python
+    test-install clean list abi-check abi-baseline run test-python models
 .SECONDARY:
