@@ -246,12 +246,12 @@ static void fmatmul(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
     }
     _Alignas(64) float wbuf[FR * FKC];
     _Alignas(64) __m512 accs[FNB_MAX][FR * FC];
-    // F32 rows off 64-byte boundaries are copied too, once there are enough token blocks to pay
-    // for it (split-line loads otherwise).
     const int64_t nch = (cols + FKC - 1) / FKC, kc = nch > 1 ? ((cols + nch - 1) / nch + 15) & ~(int64_t)15 : FKC;
     for (int64_t tp = 0; tp < T; tp += FNB_MAX * FC) {
         const int64_t Tp = T - tp < FNB_MAX * FC ? T - tp : FNB_MAX * FC;
         const int64_t nblk = (Tp + FC - 1) / FC;  // token blocks of nearly equal size
+        // F16/BF16 are always widened into the buffer; F32 rows off 64-byte boundaries are copied
+        // once there are 3 token blocks or more to pay for it (split-line loads otherwise).
         const int copy = kt != MOR__KT_F32 || (((uintptr_t)W | rb) % 64 && nblk >= 3);
         for (int64_t r = r0; r < r1;) {
             int R = r1 - r >= FR ? FR : r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
