@@ -9,6 +9,7 @@
 //   greedy <n> <id>...
 //   depths <n> <d>...        (optional)
 //   policy fixed <k>         (optional: the reference ran with every token capped at k steps)
+//   policy kv share          (optional: the reference forced recursive KV sharing)
 //   end
 #ifndef MOR_TEST_FIXTURE_H
 #define MOR_TEST_FIXTURE_H
@@ -21,6 +22,7 @@ typedef struct {
     char     model[256];
     int      n_prompt, n_pos, n_vocab, n_greedy, n_depths;
     int      fixed_depth;  // `policy fixed K` line: run with MOR_EXIT_FIXED depth K (0: default)
+    int      kv_share;     // `policy kv share` line: run with MOR_KV_SHARE
     int32_t *prompt, *greedy, *depths;
     float   *logits;  // [n_pos][n_vocab]
 } fixture;
@@ -64,8 +66,11 @@ static int fixture_load(const char *path, fixture *f) {
         } else if (!strcmp(word, "greedy")) {
             if (fixture_ids(fp, &f->n_greedy, &f->greedy)) goto done;
         } else if (!strcmp(word, "policy")) {
-            char kind[32];
-            if (fscanf(fp, "%31s %d", kind, &f->fixed_depth) != 2 || strcmp(kind, "fixed")) goto done;
+            char kind[32], arg[32];
+            if (fscanf(fp, "%31s %31s", kind, arg) != 2) goto done;
+            if (!strcmp(kind, "fixed")) f->fixed_depth = atoi(arg);
+            else if (!strcmp(kind, "kv") && !strcmp(arg, "share")) f->kv_share = 1;
+            else goto done;
         } else if (!strcmp(word, "depths")) {
             if (fixture_ids(fp, &f->n_depths, &f->depths)) goto done;
         } else if (!strcmp(word, "logits")) {

@@ -60,11 +60,11 @@ static mor_session *session_for(const mor_model *m, const fixture *f, int n_batc
     mor_session *s = NULL;
     char err[256];
     if (mor_session_create(m, &p, &s, err, sizeof err) != MOR_OK) printf("# session: %s\n", err);
-    if (s && f->fixed_depth) {
+    if (s && (f->fixed_depth || f->kv_share)) {
         mor_exit_policy ep;
         mor_exit_policy_init(&ep);
-        ep.policy = MOR_EXIT_FIXED;
-        ep.depth = f->fixed_depth;
+        if (f->fixed_depth) ep.policy = MOR_EXIT_FIXED, ep.depth = f->fixed_depth;
+        if (f->kv_share) ep.kv = MOR_KV_SHARE;
         if (mor_session_set_exit_policy(s, &ep) != MOR_OK) printf("# policy: %s\n", mor_session_last_error(s));
     }
     return s;

@@ -24,6 +24,11 @@ spec.loader.exec_module(mkfix)
 CASES = [("middle_cycle", 1), ("middle_cycle", 2), ("cycle", 1), ("middle_cycle-kvshare", 2),
          ("expert", 2), ("token", 1), ("middle_sequence", 2)]
 
+# Recursive KV sharing forced on models trained without it (the engine's MOR_KV_SHARE policy):
+# (file under the data folder, its fixture for the prompt, output fixture).
+KV_SHARE_CASES = [("middle_cycle.gguf", "middle_cycle.fix", "middle_cycle-kvforced.fix"),
+                  ("models/mor-expert.gguf", "models/mor-expert.fix", "models/mor-expert-kvshare.fix")]
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
@@ -46,6 +51,23 @@ def main(argv=None):
         with open(out, "w") as f:
             f.write(body)
         print("%s: depth %d, greedy %s... min margin %.3g" % (out, k, ids[:8], min(margins)))
+    for gguf, src_fix, out_fix in KV_SHARE_CASES:
+        path = os.path.join(a.data, gguf)
+        if not os.path.exists(path):
+            continue
+        model = ref.Model.load(path)
+        model.cfg.kv_sharing = True
+        prompt = mkfix.read_fixture(os.path.join(a.data, src_fix))["prompt"]
+        res0, ids, depths, margins, _ = ref.greedy(model, prompt, a.steps)
+        logits = [[float(x) for x in row] for row in res0.logits]
+        out = os.path.join(a.data, out_fix)
+        mkfix.write_fixture(out, os.path.basename(gguf), prompt, logits, ids,
+                            depths if model.cfg.router_type != "none" else None)
+        with open(out) as f:
+            body = f.read()
+        with open(out, "w") as f:
+            f.write(body.replace("\nend\n", "\npolicy kv share\nend\n"))
+        print("%s: KV sharing forced, greedy %s... min margin %.3g" % (out, ids[:8], min(margins)))
     del torch
 
 
