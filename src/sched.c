@@ -78,9 +78,9 @@ static int alloc_work(mor_sched *sc, size_t att_stride) {
     size_t sizes[9] = {nb * d, nb * q, nb * kv, nb * kv, nb * q, nb * wide, nb * wide, nb * wide,
                        nb * (size_t)MOR__MAX(hp->lora_rank, 1)};
     float *nbufs[9] = {0};
-    float *att = calloc(att_stride * nt + 1, sizeof(float)), *row = calloc(row_stride * nt, sizeof(float));
+    float *att = mor__alloc_zero(att_stride * nt + 1, sizeof(float)), *row = mor__alloc_zero(row_stride * nt, sizeof(float));
     int fail = !att || !row;
-    for (int i = 0; i < 9 && !fail; i++) fail = !(nbufs[i] = calloc(sizes[i], sizeof(float)));
+    for (int i = 0; i < 9 && !fail; i++) fail = !(nbufs[i] = mor__alloc_zero(sizes[i], sizeof(float)));
     if (fail) {
         free(att);
         free(row);
@@ -123,7 +123,7 @@ int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sch
     if (!st) st = alloc_work(sc, 1);
     sc->parts = calloc((size_t)p.max_batch, sizeof *sc->parts);
     sc->head = calloc((size_t)p.max_batch, sizeof *sc->head);
-    sc->logits = calloc((size_t)p.max_batch * (size_t)m->hp.n_vocab, sizeof(float));
+    sc->logits = mor__alloc_zero((size_t)p.max_batch * (size_t)m->hp.n_vocab, sizeof(float));
     if (!st && (!sc->parts || !sc->head || !sc->logits)) st = MOR_E_NOMEM;
     if (st) {
         mor_sched_free(sc);

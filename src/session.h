@@ -213,6 +213,9 @@ void    mor__session_prepare(mor_session *s, const int32_t *tokens, int32_t T, i
 int     mor__session_abort(mor_session *s, int st);
 int     mor__session_commit(mor_session *s, int32_t T, int32_t off);
 
+// Zeroed, 64-byte aligned memory for work buffers (free with free()); NULL on overflow or OOM.
+void *mor__alloc_zero(size_t n, size_t elem);
+
 // KV slot maintenance (session.c): drop entries at positions >= n_keep.
 void mor__truncate_slots(mor_session *s, int32_t n_keep);
 // Refit the FREE threshold from the collected pairs (policy.c).
