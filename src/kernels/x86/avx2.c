@@ -46,7 +46,6 @@ static inline __m256 ld_bf16(const void *w, int64_t i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-static inline float sc_f32(const void *w, int64_t i) { return ((const float *)w)[i]; }
 static inline float sc_f16(const void *w, int64_t i) { return mor__f16_to_f32(((const uint16_t *)w)[i]); }
 static inline float sc_bf16(const void *w, int64_t i) { return mor__bf16_to_f32(((const uint16_t *)w)[i]); }
 
