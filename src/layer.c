@@ -23,20 +23,20 @@ typedef struct {
     float          *y;
 } mm_task;
 
-static void mm_part(void *c, int ith, int nth) {
+static void mm_part(void *c, int part, int n_parts, int tid) {
     const mm_task *t = c;
     long r0, r1;
-    mor__split((long)t->W->rows, ith, nth, &r0, &r1);
+    mor__split((long)t->W->rows, part, n_parts, &r0, &r1);
     if (r0 < r1)
         t->w->kern->matmul[kt_of(t->W->type)](t->W->data, t->W->cols, r0, r1, t->x, t->T, t->W->cols, t->y,
-                                              t->W->rows, t->w->row + (size_t)ith * t->w->row_stride);
+                                              t->W->rows, t->w->row + (size_t)tid * t->w->row_stride);
 }
 
 // Rows split among the workspace's threads; small products run on the caller's thread alone
 // (waking workers costs more than they save).
 void mor__matmul(mor__work *w, const mor__mat *W, const float *x, int64_t T, float *y) {
     mm_task t = {w, W, x, T, y};
-    if (W->rows * W->cols * T < 32768 || mor__pool_size(w->pool) == 1) mm_part(&t, 0, 1);
+    if (W->rows * W->cols * T < 32768 || mor__pool_size(w->pool) == 1) mm_part(&t, 0, 1, 0);
     else mor__pool_run(w->pool, mm_part, &t);
 }
 
@@ -186,16 +186,16 @@ typedef struct {
 
 // (row, head) pairs split among threads: each row sees its slot's entries at positions up to
 // its own.
-static void att_part(void *c, int ith, int nth) {
+static void att_part(void *c, int part, int n_parts, int tid) {
     const att_task *t = c;
     const mor__hparams *hp = &t->b->parts[0].s->model->hp;
     const int hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
     const int qdim = nh * hd, kvdim = nkv * hd, rep = nh / nkv;
     const float scale = 1.0f / sqrtf((float)hd);
     const mor__kernels *kern = t->w->kern;
-    float *att = t->w->att + (size_t)ith * t->w->att_stride;
+    float *att = t->w->att + (size_t)tid * t->w->att_stride;
     long lo, hi;
-    mor__split((long)t->total * nh, ith, nth, &lo, &hi);
+    mor__split((long)t->total * nh, part, n_parts, &lo, &hi);
     int pi = 0;
     for (long w = lo; w < hi; w++) {
         int32_t row = (int32_t)(w / nh);
@@ -260,7 +260,7 @@ static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
         work += (long)p->n * s->slots[s->slot_of[p->l]].len;
     }
     att_task at = {w, b, N};
-    if (work * nh < 4096 || mor__pool_size(w->pool) == 1) att_part(&at, 0, 1);
+    if (work * nh < 4096 || mor__pool_size(w->pool) == 1) att_part(&at, 0, 1, 0);
     else mor__pool_run(w->pool, att_part, &at);
     proj(w, b, MOR__ROLE_O, w->ao, qdim, w->hb2, d, 0);
     for (int i = 0; i < b->n_parts; i++) {

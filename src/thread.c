@@ -1,10 +1,15 @@
 // thread.c: a small pthread pool for the compute loops, owned by a session.
 //
 // Synchronisation invariants:
-// - `gen` counts tasks. mor__pool_run() publishes fn/ctx, sets `pending` to the number of
-//   workers, then increments `gen` (sequentially consistent). A worker that sees a new `gen`
-//   runs its part and decrements `pending`; the caller runs part 0 and spins until `pending` is
-//   0. Only the thread that owns the session calls mor__pool_run(), so tasks never overlap.
+// - A task is split into `n_parts` parts. mor__pool_run() writes fn/ctx/n_parts, sets `done`
+//   and then `next` to 0 (sequentially consistent, after fn/ctx), then increments `gen`. Every
+//   thread takes parts with fetch_add(next) until it gets an index >= n_parts, runs them and
+//   adds them to `done`; the caller takes parts too, then spins until done == n_parts. A worker
+//   that is late only finds no part left, so a descheduled thread never stalls the task. A
+//   stale worker (one that saw an older gen) can only take parts after `next` was reset for
+//   the current task, and then reads this task's fn/ctx (stored before the reset), so it does
+//   useful work; the caller does not return before every taken part is done, so ctx outlives
+//   its use. Only the thread that owns the session calls mor__pool_run(): tasks never overlap.
 // - A worker spins on `gen` for a while, then sleeps on `cv`. Before sleeping it increments
 //   `sleepers` and re-reads `gen`, both under `mu`; the caller, after incrementing `gen`, reads
 //   `sleepers` and broadcasts under `mu` only when someone sleeps. With sequentially consistent
@@ -38,7 +43,9 @@ struct mor__pool {
     pthread_t        *threads;
     struct worker    *workers;
     _Atomic uint64_t  gen;
-    _Atomic int       pending;
+    _Atomic int       next;
+    _Atomic int       done;
+    int               n_parts;
     _Atomic int       sleepers;
     _Atomic int       stop;
     mor__task_fn      fn;
@@ -73,8 +80,10 @@ static void *worker_main(void *arg) {
         }
         if (atomic_load(&p->stop)) return NULL;
         seen = g;
-        p->fn(p->ctx, w->ith, p->n);
-        atomic_fetch_sub(&p->pending, 1);
+        for (int k; (k = atomic_fetch_add(&p->next, 1)) < p->n_parts;) {
+            p->fn(p->ctx, k, p->n_parts, w->ith);
+            atomic_fetch_add(&p->done, 1);
+        }
     }
 }
 
@@ -131,21 +140,27 @@ int mor__pool_size(const mor__pool *p) { return p ? p->n : 1; }
 
 void mor__pool_run(mor__pool *p, mor__task_fn fn, void *ctx) {
     if (!p || p->n == 1) {
-        fn(ctx, 0, 1);
+        fn(ctx, 0, 1, 0);
         return;
     }
+    const int parts = 4 * p->n;  // a few parts per thread: a slow thread costs little
     p->fn = fn;
     p->ctx = ctx;
-    atomic_store(&p->pending, p->n - 1);
+    p->n_parts = parts;
+    atomic_store(&p->done, 0);
+    atomic_store(&p->next, 0);
     atomic_fetch_add(&p->gen, 1);
     if (atomic_load(&p->sleepers)) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
     }
-    fn(ctx, 0, p->n);
-    // Spin briefly, then yield: on an oversubscribed machine the worker may need our core.
-    for (int spins = 0; atomic_load(&p->pending); spins++) {
+    for (int k; (k = atomic_fetch_add(&p->next, 1)) < parts;) {
+        fn(ctx, k, parts, 0);
+        atomic_fetch_add(&p->done, 1);
+    }
+    // Parts still running on workers: spin briefly, then yield the core to them.
+    for (int spins = 0; atomic_load(&p->done) < parts; spins++) {
         if (spins < 4096) cpu_relax();
         else sched_yield();
     }
@@ -177,13 +192,14 @@ int  mor__pool_size(const mor__pool *p) { return p ? p->n : 1; }
 void mor__pool_run(mor__pool *p, mor__task_fn fn, void *ctx) {
 #if defined(MOR_OPENMP)
     if (p && p->n > 1) {
-#pragma omp parallel num_threads(p->n)
-        fn(ctx, omp_get_thread_num(), omp_get_num_threads());
+        const int parts = 4 * p->n;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(p->n)
+        for (int k = 0; k < parts; k++) fn(ctx, k, parts, omp_get_thread_num());
         return;
     }
 #endif
     (void)p;
-    fn(ctx, 0, 1);
+    fn(ctx, 0, 1, 0);
 }
 
 #endif

@@ -1,15 +1,17 @@
 // thread.h: the compute thread pool owned by a session (never global).
 //
-// mor__pool_run(pool, fn, ctx) calls fn(ctx, ith, nth) once on each of the pool's nth threads,
-// the caller's thread being ith = 0, and returns when all have finished. Work is split by
-// output rows inside fn, so results do not depend on the thread count. Built with
-// MOR_NO_THREADS the pool is the caller alone; with MOR_OPENMP the same function runs under an
-// OpenMP parallel region instead of the pthread workers.
+// mor__pool_run(pool, fn, ctx) splits a task into parts and calls fn(ctx, part, n_parts, tid)
+// once for every part, on whichever of the pool's threads grabs it first (tid < pool size
+// identifies the thread, for per-thread scratch), and returns when every part is done. Work is
+// split by output rows inside fn, so results do not depend on the thread count or on who ran
+// which part. A thread that is not scheduled (a busy machine) simply takes no part: the caller
+// does the rest instead of waiting for it. Built with MOR_NO_THREADS the pool is the caller
+// alone; with MOR_OPENMP the parts run under an OpenMP parallel region.
 #ifndef MOR_THREAD_H
 #define MOR_THREAD_H
 
 typedef struct mor__pool mor__pool;
-typedef void (*mor__task_fn)(void *ctx, int ith, int nth);
+typedef void (*mor__task_fn)(void *ctx, int part, int n_parts, int tid);
 
 // n_threads >= 1 (1: no workers). Returns MOR_OK, MOR_E_NOMEM or MOR_E_THREAD.
 int  mor__pool_create(mor__pool **out, int n_threads);
