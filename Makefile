@@ -215,6 +215,13 @@ BENCH_ARGS ?= --shape smollm-135m --type f32,f16 --recursions 0,3 -t 1,2 -p 128 
 bench: tools
 	./$(B)/mor-bench $(BENCH_ARGS)
 
+## test-aarch64: cross-build the kernel and model tests for AArch64 (NEON) and run them under qemu-user
+test-aarch64:
+	$(MAKE) --no-print-directory CC=aarch64-linux-gnu-gcc B=build-arm L=build-arm/lib LDFLAGS=-static \
+	    build-arm/test-kernels build-arm/test-model
+	qemu-aarch64 ./build-arm/test-kernels
+	qemu-aarch64 ./build-arm/test-model
+
 ## models: train the four models of docs/MODELS.md (PyTorch and a GPU; about 8 minutes)
 CORPUS ?= ../shared/data/corpus
 models: tools
@@ -252,5 +259,5 @@ list:
 	@grep -E '^## ' Makefile | sed 's/^## /  /'
 
 .PHONY: all lib tools examples test check-exports check-header asan ubsan valgrind install uninstall \
-    test-install clean list abi-check abi-baseline run test-python models
+    test-install clean list abi-check abi-baseline run test-python models test-aarch64
 .SECONDARY:
