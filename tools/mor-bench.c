@@ -17,6 +17,7 @@
 // peak RSS (VmHWM, else ru_maxrss) is that model's alone; the parent stays small (generation
 // also happens in a child). Figures: tokens/s per repetition -> mean ± sample sd, and median.
 #include "randmodel.h"
+#include "schedbench.h"
 
 #include <errno.h>
 #include <math.h>
@@ -589,6 +590,9 @@ static void usage(void) {
             "  --keep DIR       write generated models to DIR and keep them\n"
             "  --gen-only       only generate (with --keep) and print the paths\n"
             "  --bw MIB         also measure read bandwidth (streaming sum over MIB MiB, per thread count)\n"
+            "  --sessions LIST  many sessions (e.g. 1,4,16,64): the scheduler (continuous depth-wise batching)\n"
+            "                   against static batching and sequential stepping; -p/-n per session\n"
+            "  --depths D       with --sessions: full, random (a router drawing depths 1..N), model, confidence\n"
             "                   and print the decode floor of each model: stream bytes per token / bandwidth\n");
 }
 
@@ -606,7 +610,54 @@ static int parse_list(const char *s, int *out, int max, int lo, int hi) {
     return n;
 }
 
+// Aggregate generated tokens/s of n sessions (prompt c->p tokens each, then c->n generated) under
+// the scheduler (continuous depth-wise batching), static batching and sequential stepping, with
+// the mean rows per batched layer; median of c->reps runs. Markdown rows on stdout.
+static int bench_sessions(const char *path, const char *label, const int *sessions, int n_sessions,
+                          const bench_cfg *c, int depth_mode) {
+    char err[512];
+    mor_model *m;
+    if (mor_model_load(path, NULL, &m, err, sizeof err)) {
+        fprintf(stderr, "mor-bench: %s\n", err);
+        return 1;
+    }
+    static const char *depth_names[] = {"full depth", "random depth 1..N (router)", "the model's policy",
+                                        "confidence exit 0.3"};
+    static int header;
+    if (!header++)
+        printf("| model | depths | sessions | threads | continuous t/s | static t/s | sequential t/s | vs sequential | "
+               "vs static | rows per layer (cont. / static) | mean depth |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+    for (int si = 0; si < n_sessions; si++)
+        for (int ti = 0; ti < c->n_threads; ti++) {
+            double t[3][MAX_REPS], occ[3] = {0}, depth = 0;
+            for (int r = 0; r < c->reps; r++)
+                for (int mode = 0; mode < 3; mode++) {  // interleaved, so noise hits all three alike
+                    sb_result sr;
+                    if (sb_run(m, sessions[si], c->threads[ti], mode, depth_mode, c->p > 0 ? c->p : 16,
+                               c->n > 0 ? c->n : 32, &sr)) {
+                        mor_model_free(m);
+                        return 1;
+                    }
+                    t[mode][r] = sr.tok_s;
+                    occ[mode] = sr.occupancy;
+                    depth = sr.mean_depth;
+                }
+            double med[3];
+            for (int mode = 0; mode < 3; mode++) {
+                qsort(t[mode], (size_t)c->reps, sizeof(double), cmp_d);
+                med[mode] = c->reps % 2 ? t[mode][c->reps / 2] : 0.5 * (t[mode][c->reps / 2 - 1] + t[mode][c->reps / 2]);
+            }
+            printf("| %s | %s | %d | %d | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.1f / %.1f | %.2f |\n", label,
+                   depth_names[depth_mode], sessions[si], c->threads[ti], med[0], med[1], med[2], med[0] / med[2],
+                   med[0] / med[1], occ[0], occ[1], depth);
+            fflush(stdout);
+        }
+    mor_model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    int sessions[8] = {0}, n_sessions = 0, depth_mode = 2;
     bench_cfg c;
     memset(&c, 0, sizeof c);
     c.p = 128, c.n = 64, c.reps = 5, c.tg_prompt = 4;
@@ -649,6 +700,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-mmap")) c.no_mmap = 1, used = 0;
         else if (!strcmp(a, "--kv-f16")) c.kv_f16 = 1, used = 0;
         else if (!strcmp(a, "--gen-only")) gen_only = 1, used = 0;
+        else if (!strcmp(a, "--sessions") && v) bad = (n_sessions = parse_list(v, sessions, 8, 1, 1024)) < 1;
+        else if (!strcmp(a, "--depths") && v) {
+            bad = strcmp(v, "full") && strcmp(v, "random") && strcmp(v, "model") && strcmp(v, "confidence");
+            depth_mode = !strcmp(v, "full") ? 0 : !strcmp(v, "random") ? 1 : !strcmp(v, "model") ? 2 : 3;
+        }
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             return 0;
@@ -665,6 +721,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (c.n_pol == 0) parse_policy("default", &c.pol[c.n_pol++]);
+    if (n_sessions && json) {
+        fprintf(stderr, "mor-bench: --sessions prints Markdown only\n");
+        return 2;
+    }
 
     static model_spec specs[MAX_MODELS];
     int n_specs = 0;
@@ -731,11 +791,16 @@ int main(int argc, char **argv) {
         struct stat stt;
         res[i].file_size = stat(m->path, &stt) == 0 ? (int64_t)stt.st_size : -1;
         fprintf(stderr, "mor-bench: running %s\n", m->path);
+        if (n_sessions) {  // many sessions: the scheduler against its two baselines
+            fails += bench_sessions(m->path, m->label, sessions, n_sessions, &c, depth_mode);
+            if (m->generated && !keep) unlink(m->path);
+            continue;
+        }
         if (bench_model(m, &c, &res[i]) || res[i].fail[0]) fails++;
         if (m->generated && !keep) unlink(m->path);
     }
     if (n_shapes && !keep) rmdir(tmpdir);
-    if (gen_only) return fails ? 1 : 0;
+    if (gen_only || n_sessions) return fails ? 1 : 0;
     double bw[MAX_THREADS] = {0};
     if (bw_mib)
         for (int t = 0; t < c.n_threads; t++) bw[t] = measure_bw((size_t)bw_mib, c.threads[t]);
