@@ -98,19 +98,23 @@ $(B)/obj/%.o: src/%.c $(HDRS) Makefile
 # ISA-specific kernel files get their own flags; nothing else in the library does.
 $(B)/obj/kernels/x86/avx2.o: src/kernels/x86/avx2.c $(HDRS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(LIB_CFLAGS) -mavx2 -mfma -mf16c -c $< -o $@
+	@$(if $(Q),echo "  CC      $< (AVX2)")
+	$(Q)$(CC) $(LIB_CFLAGS) -mavx2 -mfma -mf16c -c $< -o $@
 $(B)/obj/kernels/x86/avx512.o: src/kernels/x86/avx512.c $(HDRS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(LIB_CFLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -c $< -o $@
+	@$(if $(Q),echo "  CC      $< (AVX-512)")
+	$(Q)$(CC) $(LIB_CFLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -c $< -o $@
 
 $(STATIC): $(LIB_OBJ)
 	@mkdir -p $(L)
-	rm -f $@
-	ar rcs $@ $^
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@
+	$(Q)ar rcs $@ $^
 
 $(SHARED): $(LIB_OBJ) src/mor.map
 	@mkdir -p $(L)
-	$(CC) -shared -o $@ $(LIB_OBJ) -Wl,-soname,$(SONAME) -Wl,--version-script=src/mor.map \
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) -shared -o $@ $(LIB_OBJ) -Wl,-soname,$(SONAME) -Wl,--version-script=src/mor.map \
 	    -Wl,--no-undefined $(LDFLAGS) $(LIBS)
 $(L)/$(SONAME): $(SHARED)
 	ln -sf libmor.so.$(VERSION) $@
