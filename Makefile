@@ -239,7 +239,8 @@ install: lib
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
 	ln -sf libmor.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf libmor.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libmor.so
-	install -m 644 $(L)/pkgconfig/mor.pc $(DESTDIR)$(PCDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS@|$(LIBS)|' pkgconfig/mor.pc.in > $(DESTDIR)$(PCDIR)/mor.pc
 	@for t in $(TOOL_BIN); do [ -f $$t ] && install -m 755 $$t $(DESTDIR)$(BINDIR)/ || true; done
 
 ## uninstall: remove what install put in place
