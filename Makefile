@@ -157,7 +157,9 @@ test: all $(TEST_BIN)
 PYTHON ?= python3
 PY_TESTS := $(wildcard tests/test_*.py)
 test-python: $(SHARED) tools
-	@command -v $(PYTHON) >/dev/null || { echo "python3 is needed for the Python tests: apt-get install python3"; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    echo "installing python3 for the Python tests" && apt-get update -qq && apt-get install -y -qq python3 >/dev/null; } || \
+	    { echo "python3 is needed for the Python tests: apt-get install python3"; exit 1; }
 	@fail=0; for t in $(PY_TESTS); do echo "# $$t"; MOR_LIB=$(CURDIR)/$(SHARED) MOR_BUILD_DIR=$(CURDIR)/$(B) MOR_RUN=$(CURDIR)/$(B)/mor-run \
 	    $(TEST_WRAP_PY) $(PYTHON) $$t || fail=1; done; exit $$fail
 
