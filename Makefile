@@ -228,6 +228,11 @@ test-aarch64:
 	qemu-aarch64 ./build-arm/test-kernels
 	qemu-aarch64 ./build-arm/test-model
 
+## fixtures: regenerate the golden fixtures with the PyTorch reference (PyTorch needed)
+fixtures:
+	python3 tools/make-fixtures.py --out tests/data --stories-src tests/data
+	python3 tools/make-policy-fixtures.py --data tests/data
+
 ## models: train the four models of docs/MODELS.md (PyTorch and a GPU; about 8 minutes)
 CORPUS ?= ../shared/data/corpus
 models: tools
@@ -266,5 +271,5 @@ list:
 	@grep -E '^## ' Makefile | sed 's/^## /  /'
 
 .PHONY: all lib tools examples test check-exports check-header asan ubsan valgrind install uninstall \
-    test-install clean list abi-check abi-baseline run test-python models test-aarch64
+    test-install clean list abi-check abi-baseline run test-python models test-aarch64 fixtures
 .SECONDARY:
