@@ -47,25 +47,6 @@ void mor__rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
     for (int i = 0; i < n; i++) o[i] = w[i] * (x[i] * scale);
 }
 
-static void rope(float *v, int n_heads, int hd, const float *c, const float *sn, int neox) {
-    int half = hd / 2;
-    for (int h = 0; h < n_heads; h++, v += hd) {
-        if (neox) {
-            for (int i = 0; i < half; i++) {
-                float x0 = v[i], x1 = v[i + half];
-                v[i] = x0 * c[i] - x1 * sn[i];
-                v[i + half] = x1 * c[i] + x0 * sn[i];
-            }
-        } else {
-            for (int i = 0; i < half; i++) {
-                float x0 = v[2 * i], x1 = v[2 * i + 1];
-                v[2 * i] = x0 * c[i] - x1 * sn[i];
-                v[2 * i + 1] = x0 * sn[i] + x1 * c[i];
-            }
-        }
-    }
-}
-
 // Number of slot entries at positions <= p (entries are sorted by position).
 static int32_t visible(const mor__kv_slot *sl, int32_t p) {
     int32_t lo = 0, hi = sl->len;
@@ -128,7 +109,7 @@ void mor__propagate_kv(mor_session *s, int32_t l, const float *h, int32_t row) {
         mor__matmul(w, &ly->lora_b[role], w->lora, 1, w->tmp);
         for (int i = 0; i < kvdim; i++) y[i] += hp->lora_scale * w->tmp[i];
     }
-    rope(w->k, hp->n_head_kv, hp->head_dim, rope_c(s, row), rope_s(s, row), hp->rope_neox);
+    w->kern->rope(w->k, hp->n_head_kv, hp->head_dim, rope_c(s, row), rope_s(s, row), hp->rope_neox);
     slot_put(&s->slots[l], s->tpos[row], w->k, w->v, kvdim);
 }
 
@@ -251,10 +232,10 @@ static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
         mor_session *s = p->s;
         for (int32_t r = 0; r < p->n; r++) {
             int32_t row = b->off[i] + r, pr = p->idx[r];
-            rope(w->q + (size_t)row * qdim, nh, hd, rope_c(s, pr), rope_s(s, pr), hp->rope_neox);
+            w->kern->rope(w->q + (size_t)row * qdim, nh, hd, rope_c(s, pr), rope_s(s, pr), hp->rope_neox);
             if (!s->slot_write[p->l]) continue;
             float *kr = w->k + (size_t)row * kvdim;
-            rope(kr, nkv, hd, rope_c(s, pr), rope_s(s, pr), hp->rope_neox);
+            w->kern->rope(kr, nkv, hd, rope_c(s, pr), rope_s(s, pr), hp->rope_neox);
             slot_put(&s->slots[p->l], s->tpos[pr], kr, w->v + (size_t)row * kvdim, kvdim);
         }
         work += (long)p->n * s->slots[s->slot_of[p->l]].len;
