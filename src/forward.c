@@ -21,10 +21,7 @@
 
 #include <math.h>
 
-static int kt_of(uint32_t t) { return mor__kt_of_dtype(t); }
-
 static void mm(mor_session *s, const mor__mat *W, const float *x, int64_t T, float *y) { mor__matmul(&s->w, W, x, T, y); }
-#define rmsnorm mor__rmsnorm
 
 // ---- routers and exit heads ----------------------------------------------------------------
 
@@ -49,7 +46,7 @@ static void head_logits(mor_session *s, int32_t head, const float *h, float *out
     const mor_model *m = s->model;
     const float *norm = head >= 0 ? m->exits[head].norm : m->output_norm;
     const mor__mat *w = head >= 0 ? &m->exits[head].out : &m->output;
-    rmsnorm(s->xb, h, norm, m->hp.n_embd, m->hp.rms_eps);
+    mor__rmsnorm(s->xb, h, norm, m->hp.n_embd, m->hp.rms_eps);
     mm(s, w, s->xb, 1, out);
 }
 
@@ -305,8 +302,8 @@ static void load_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     const mor__policy *p = &s->policy;
     for (int32_t t = 0; t < ps->T; t++) {
         const uint8_t *row = (const uint8_t *)m->tok_embd.data +
-                             (size_t)tokens[t] * (size_t)mor__kt_row_bytes(kt_of(m->tok_embd.type), d);
-        s->kern->to_f32[kt_of(m->tok_embd.type)](row, s->x + (size_t)t * d, d);
+                             (size_t)tokens[t] * (size_t)mor__kt_row_bytes(mor__kt_of_dtype(m->tok_embd.type), d);
+        s->kern->to_f32[mor__kt_of_dtype(m->tok_embd.type)](row, s->x + (size_t)t * d, d);
         s->tpos[t] = s->n_past + t;
         s->row_start[t] = 0;
         s->joined[t] = 1;
@@ -352,16 +349,36 @@ static void load_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     for (int32_t t = 0; t < ps->R; t++) {
         double pp = (double)s->tpos[t];
         for (int i = 0; i < half; i++) {
-            double ang = pp * pow((double)hp->rope_theta, -2.0 * i / hp->head_dim);
+            double ang = pp * m->rope_inv_freq[i];
             s->rope_cos[(size_t)t * half + i] = (float)cos(ang);
             s->rope_sin[(size_t)t * half + i] = (float)sin(ang);
         }
     }
 }
 
+// Scratch for the rebuilt KV_SYNC stack, in buffers the pass no longer needs: hb holds
+// n_batch * wide floats, cap 2 * n_batch ints.
+typedef struct {
+    float   *h, *conf;
+    int32_t *pos, *step, *top;
+} stack_tmp;
+
+static stack_tmp stack_scratch(mor_session *s) {
+    return (stack_tmp){s->hb, s->tmp, s->cap, s->cap + s->n_batch, s->tok_choice};
+}
+
+// Entry n of the rebuilt stack: row t, with hidden state hs.
+static void keep_row(const mor_session *s, stack_tmp *k, int32_t n, int32_t t, const float *hs) {
+    const int d = s->model->hp.n_embd;
+    memcpy(k->h + (size_t)n * d, hs, (size_t)d * sizeof(float));
+    k->pos[n] = s->tpos[t];
+    k->step[n] = s->exit_step[t];
+    k->conf[n] = s->conf[t];
+    k->top[n] = s->shallow_top[t];
+}
+
 // After the pass: telemetry, the KV_SYNC stack and its calibration and rollback.
 static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
-    (void)tokens;
     const mor_model *m = s->model;
     const mor__hparams *hp = &m->hp;
     const mor__policy *p = &s->policy;
@@ -390,10 +407,10 @@ static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     for (int32_t t = 0; t < ps->T; t++) deep |= s->exit_step[t] >= m->n_steps;
     if (deep) s->st_deep++;
     int32_t keep_n = 0;
-    float *tmp_h = s->hb;  // scratch for the rebuilt stack: hb holds n_batch * wide floats
-    int32_t *tmp_pos = s->cap, *tmp_step = s->cap + s->n_batch;
-    float *tmp_conf = s->tmp;
-    int32_t *tmp_top = s->tok_choice;
+    stack_tmp k = stack_scratch(s);
+    float *tmp_h = k.h;
+    int32_t *tmp_pos = k.pos, *tmp_step = k.step, *tmp_top = k.top;
+    float *tmp_conf = k.conf;
     s->rollback_to = -1;
     for (int32_t t = ps->T; t < ps->R; t++) {
         int32_t pos = s->tpos[t];
@@ -424,23 +441,10 @@ static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
         }
         // still waiting (not joined): its saved state; joined but the pass stopped early: the
         // state where it stopped
-        const float *hs = s->joined[t] ? s->h_exit + (size_t)t * d : s->x + (size_t)t * d;
-        memcpy(tmp_h + (size_t)keep_n * d, hs, (size_t)d * sizeof(float));
-        tmp_pos[keep_n] = pos;
-        tmp_step[keep_n] = s->exit_step[t];
-        tmp_conf[keep_n] = s->conf[t];
-        tmp_top[keep_n] = s->shallow_top[t];
-        keep_n++;
+        keep_row(s, &k, keep_n++, t, s->joined[t] ? s->h_exit + (size_t)t * d : s->x + (size_t)t * d);
     }
-    for (int32_t t = 0; t < ps->T; t++) {
-        if (s->exit_step[t] >= m->n_steps) continue;
-        memcpy(tmp_h + (size_t)keep_n * d, s->h_exit + (size_t)t * d, (size_t)d * sizeof(float));
-        tmp_pos[keep_n] = s->tpos[t];
-        tmp_step[keep_n] = s->exit_step[t];
-        tmp_conf[keep_n] = s->conf[t];
-        tmp_top[keep_n] = s->shallow_top[t];
-        keep_n++;
-    }
+    for (int32_t t = 0; t < ps->T; t++)
+        if (s->exit_step[t] < m->n_steps) keep_row(s, &k, keep_n++, t, s->h_exit + (size_t)t * d);
     // Positions must stay increasing: sort the (small) stack by position.
     for (int32_t i = 1; i < keep_n; i++)
         for (int32_t j = i; j > 0 && tmp_pos[j - 1] > tmp_pos[j]; j--) {
@@ -600,7 +604,7 @@ int mor__pass_head_row(mor_session *s, float *xn) {
     if (ps->logits_all || ps->T != 1 || s->logit_row0 != 0) return 0;
     if (!m->has_last && s->exit_step[t] < m->n_steps && s->exit_step[t] > 0 && m->step_exit[s->exit_step[t] - 1] >= 0)
         return 0;
-    rmsnorm(xn, s->x + (size_t)t * m->hp.n_embd, m->output_norm, m->hp.n_embd, m->hp.rms_eps);
+    mor__rmsnorm(xn, s->x + (size_t)t * m->hp.n_embd, m->output_norm, m->hp.n_embd, m->hp.rms_eps);
     return 1;
 }
 
@@ -631,7 +635,7 @@ void mor__pass_finish(mor_session *s) {
     float *lout = s->logits + (size_t)s->logit_row0 * hp->n_vocab;
     if (same) {
         for (int32_t t = first; t < T; t++)
-            rmsnorm(s->xb + (size_t)(t - first) * d, s->x + (size_t)t * d, m->output_norm, d, hp->rms_eps);
+            mor__rmsnorm(s->xb + (size_t)(t - first) * d, s->x + (size_t)t * d, m->output_norm, d, hp->rms_eps);
         mm(s, &m->output, s->xb, T - first, lout);
     } else {
         for (int32_t t = first; t < T; t++)

@@ -13,7 +13,6 @@
 
 #include <math.h>
 
-static int kt_of(uint32_t t) { return mor__kt_of_dtype(t); }
 
 typedef struct {
     mor__work      *w;
@@ -28,7 +27,7 @@ static void mm_part(void *c, int part, int n_parts, int tid) {
     long r0, r1;
     mor__split((long)t->W->rows, part, n_parts, &r0, &r1);
     if (r0 < r1)
-        t->w->kern->matmul[kt_of(t->W->type)](t->W->data, t->W->cols, r0, r1, t->x, t->T, t->W->cols, t->y,
+        t->w->kern->matmul[mor__kt_of_dtype(t->W->type)](t->W->data, t->W->cols, r0, r1, t->x, t->T, t->W->cols, t->y,
                                               t->W->rows, t->w->row + (size_t)tid * t->w->row_stride);
 }
 

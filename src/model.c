@@ -411,21 +411,6 @@ static int bind_layers(loader *ld) {
         if ((s = bind_vec(ld, name, d, 0, &nv))) return s;
         if (nv) ly->ffn_norm = nv;
     }
-    // KV slots: with KV sharing, a layer at recursion r >= 1 reads the slot of the recursion-0
-    // layer with the same stored layer, and writes nothing.
-    for (int32_t l = 0; l < hp->n_layer; l++) {
-        mor__layer *ly = &m->layers[l];
-        ly->kv_slot = l;
-        ly->kv_write = 1;
-        if (hp->kv_sharing && ly->in_middle && ly->rec > 0) {
-            for (int32_t j = 0; j < l; j++)
-                if (m->layers[j].stored == ly->stored && m->layers[j].rec == 0 && m->layers[j].in_middle) {
-                    ly->kv_slot = j;
-                    ly->kv_write = 0;
-                    break;
-                }
-        }
-    }
     return MOR_OK;
 }
 
@@ -598,6 +583,10 @@ static int bind_all(loader *ld) {
     if ((s = bind_routers(ld))) return s;
     if ((s = bind_exits(ld))) return s;
     if ((s = build_steps(ld))) return s;
+    m->rope_inv_freq = malloc((size_t)(hp->head_dim / 2 + 1) * sizeof(double));
+    if (!m->rope_inv_freq) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
+    for (int i = 0; i < hp->head_dim / 2; i++)
+        m->rope_inv_freq[i] = pow((double)hp->rope_theta, -2.0 * i / hp->head_dim);
 
     for (uint64_t i = 0; i < m->gguf.n_tensors; i++) {
         const mor__gguf_tensor *t = &m->gguf.tensors[i];
@@ -645,6 +634,7 @@ void mor_model_free(mor_model *m) {
     free(m->step_end);
     free(m->step_exit);
     free(m->f32_copies);
+    free(m->rope_inv_freq);
     free(m->name);
     if (m->map) munmap(m->map, m->map_size);
     free(m->heap);

@@ -34,8 +34,6 @@ typedef struct {
     int32_t      stored;                // s(l)
     int32_t      rec;                   // r(l): recursion index (0 outside the shared middle)
     int32_t      in_middle;             // 1 if the layer belongs to a recursion block
-    int32_t      kv_slot;               // KV slot it reads (its own, or recursion-0's with KV sharing)
-    int32_t      kv_write;              // 1 if it appends K/V to its slot
 } mor__layer;
 
 typedef struct {
@@ -101,6 +99,7 @@ struct mor_model {
     int32_t            steps_interleaved;
     int32_t            has_last;      // a unique last layer runs after the steps (middle sharing)
     float             *f32_copies;    // backing store for the 1-D tensors above (owned)
+    double            *rope_inv_freq; // [head_dim / 2]: theta^(-2i / head_dim)
     uint64_t           n_params, n_params_unrolled, weight_bytes;
     struct mor__vocab *vocab;         // NULL when the file has no tokenizer
 };

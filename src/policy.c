@@ -215,8 +215,7 @@ int mor_session_get_stats(const mor_session *s, mor_session_stats *out) {
     st.steps_run = s->st_steps;
     st.layer_evals = s->st_evals;
     st.layer_evals_full = s->st_evals_full;
-    const int64_t kvdim = (int64_t)s->model->hp.n_head_kv * s->model->hp.head_dim;
-    for (int32_t l = 0; l < s->model->hp.n_layer; l++) st.kv_bytes += (int64_t)s->slots[l].len * kvdim * 2 * 4;
+    st.kv_bytes = mor__session_kv_bytes(s);
     st.deep_passes = s->st_deep;
     st.rollbacks = s->st_rollbacks;
     st.mean_depth = s->st_tokens ? (float)((double)s->st_steps / (double)s->st_tokens) : 0.0f;

@@ -196,21 +196,6 @@ int mor_sched_add(mor_sched *sc, mor_session *s) {
     return MOR_OK;
 }
 
-static int push_event(mor_sched *sc, mor_session *s, int32_t token, int32_t status) {
-    if (sc->ev_len == sc->ev_cap) {  // grows rarely: submit reserves room for its events
-        int32_t nc = sc->ev_cap ? 2 * sc->ev_cap : 64;
-        event *ne = malloc((size_t)nc * sizeof *ne);
-        if (!ne) return MOR_E_NOMEM;
-        for (int32_t i = 0; i < sc->ev_len; i++) ne[i] = sc->ev[(sc->ev_head + i) % sc->ev_cap];
-        free(sc->ev);
-        sc->ev = ne;
-        sc->ev_cap = nc;
-        sc->ev_head = 0;
-    }
-    sc->ev[(sc->ev_head + sc->ev_len++) % sc->ev_cap] = (event){s, token, status};
-    return MOR_OK;
-}
-
 static int reserve_events(mor_sched *sc, int64_t more) {
     int64_t need = sc->ev_len + more;
     if (need <= sc->ev_cap) return MOR_OK;
@@ -223,6 +208,12 @@ static int reserve_events(mor_sched *sc, int64_t more) {
     sc->ev = ne;
     sc->ev_cap = nc;
     sc->ev_head = 0;
+    return MOR_OK;
+}
+
+static int push_event(mor_sched *sc, mor_session *s, int32_t token, int32_t status) {
+    if (reserve_events(sc, 1)) return MOR_E_NOMEM;  // grows rarely: submit reserves room for its events
+    sc->ev[(sc->ev_head + sc->ev_len++) % sc->ev_cap] = (event){s, token, status};
     return MOR_OK;
 }
 
@@ -332,10 +323,7 @@ int mor_sched_stats(const mor_sched *sc, int64_t *rounds, int64_t *rows, double 
 
 static int64_t kv_held(const mor_sched *sc) {
     int64_t b = 0;
-    const mor__hparams *hp = &sc->model->hp;
-    int64_t per = (int64_t)hp->n_head_kv * hp->head_dim * 8;
-    for (int32_t i = 0; i < sc->n; i++)
-        for (int32_t l = 0; l < hp->n_layer; l++) b += (int64_t)sc->e[i].s->slots[l].len * per;
+    for (int32_t i = 0; i < sc->n; i++) b += mor__session_kv_bytes(sc->e[i].s);
     return b;
 }
 

@@ -310,6 +310,14 @@ int32_t mor_session_n_past(const mor_session *s) { return s ? s->n_past : -1; }
 int32_t mor_session_n_ctx(const mor_session *s) { return s ? s->n_ctx : -1; }
 int32_t mor_session_n_last(const mor_session *s) { return s ? s->n_last : -1; }
 
+int64_t mor__session_kv_bytes(const mor_session *s) {
+    const mor__hparams *hp = &s->model->hp;
+    const int64_t per = (int64_t)hp->n_head_kv * hp->head_dim * 2 * (int64_t)sizeof(float);
+    int64_t b = 0;
+    for (int32_t l = 0; l < hp->n_layer; l++) b += (int64_t)s->slots[l].len * per;
+    return b;
+}
+
 void mor__truncate_slots(mor_session *s, int32_t n_keep) {
     for (int32_t l = 0; l < s->model->hp.n_layer; l++) {
         mor__kv_slot *sl = &s->slots[l];

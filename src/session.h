@@ -218,6 +218,8 @@ void *mor__alloc_zero(size_t n, size_t elem);
 
 // KV slot maintenance (session.c): drop entries at positions >= n_keep.
 void mor__truncate_slots(mor_session *s, int32_t n_keep);
+// Bytes of K/V the session's slots hold (F32 keys and values).
+int64_t mor__session_kv_bytes(const mor_session *s);
 // Refit the FREE threshold from the collected pairs (policy.c).
 void mor__bmm_refit(mor_session *s);
 // The model's default policy, and the slot map of the session's KV strategy (policy.c).
