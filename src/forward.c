@@ -601,7 +601,7 @@ int mor__pass_head_row(mor_session *s, float *xn) {
     pass *ps = &s->ps;
     close_steps(s);
     int32_t t = ps->T - 1;
-    if (ps->logits_all || ps->T != 1 || s->logit_row0 != 0) return 0;
+    if (ps->logits_all || s->logit_row0 != 0) return 0;  // one row of logits: the last
     if (!m->has_last && s->exit_step[t] < m->n_steps && s->exit_step[t] > 0 && m->step_exit[s->exit_step[t] - 1] >= 0)
         return 0;
     mor__rmsnorm(xn, s->x + (size_t)t * m->hp.n_embd, m->output_norm, m->hp.n_embd, m->hp.rms_eps);

@@ -15,6 +15,7 @@
 #include "session.h"
 #include "thread.h"
 
+#include <stdint.h>
 #include <stdio.h>
 
 typedef struct {
@@ -49,6 +50,8 @@ struct mor_sched {
     mor__part        *parts;
     int32_t          *head;          // [max_batch] entries whose logits are batched
     float            *logits;        // [max_batch][n_vocab]
+    int32_t          *first_use;     // [n_stored] first unrolled layer of each stored layer
+    int32_t           sweep;         // first_use of the stored layer run last
     int64_t           rounds, rows, layers;
 };
 
@@ -124,7 +127,12 @@ int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sch
     sc->parts = calloc((size_t)p.max_batch, sizeof *sc->parts);
     sc->head = calloc((size_t)p.max_batch, sizeof *sc->head);
     sc->logits = mor__alloc_zero((size_t)p.max_batch * (size_t)m->hp.n_vocab, sizeof(float));
-    if (!st && (!sc->parts || !sc->head || !sc->logits)) st = MOR_E_NOMEM;
+    sc->first_use = malloc((size_t)m->hp.n_stored * sizeof *sc->first_use);
+    if (!st && (!sc->parts || !sc->head || !sc->logits || !sc->first_use)) st = MOR_E_NOMEM;
+    if (!st) {
+        for (int32_t l = m->hp.n_layer - 1; l >= 0; l--) sc->first_use[m->layers[l].stored] = l;
+        sc->sweep = m->hp.n_layer - 1;  // the first sweep starts at the first layer
+    }
     if (st) {
         mor_sched_free(sc);
         return mor__errf(err, err_n, st, "cannot create the scheduler's workspace");
@@ -165,6 +173,7 @@ void mor_sched_free(mor_sched *sc) {
     free(sc->parts);
     free(sc->head);
     free(sc->logits);
+    free(sc->first_use);
     mor__pool_free(sc->pool);
     free(sc);
 }
@@ -416,24 +425,32 @@ int mor_sched_step(mor_sched *sc) {
         int32_t r = admit(sc, &sc->e[i], rows_in, may && !(sc->p.mode == MOR_SCHED_SEQUENTIAL && rows_in > 0));
         rows_in += r;
     }
-    // The next layer to run: the stored layer with the most rows waiting for it (the biggest
-    // batch), unless a session has waited too long, in which case its layer goes first.
-    entry *first = NULL, *oldest = NULL;
-    int32_t best_rows = -1;
+    // The next layer to run. The stored layers are swept in the order they first occur in the
+    // unrolled stack (first unique layers, the shared block, the last ones), from the layer run
+    // last: the next stored layer in that cyclic order that has rows waiting runs for all of
+    // them. Tokens that exit early reach the last layers, the head and the first layers while
+    // the deeper ones wait one pass of the sweep, then start the block with them: the shared
+    // block runs with nearly every session in it (docs/PERFORMANCE.md compares this with
+    // taking the biggest batch each round). Each stored layer with work comes up within one
+    // sweep, so nobody starves (admission keeps the rows in flight within max_batch).
+    // Static batching runs its batch down the unrolled stack: the lowest next layer first, so
+    // tokens that exit wait at the last layers for the deepest one. Sequential: the session
+    // that waited longest.
+    entry *first = NULL;
+    int32_t best = INT32_MAX;
     for (int32_t i = 0; i < sc->n; i++) {
         entry *e = &sc->e[i];
         if (!e->in_pass || mor__pass_next(e->s) < 0) continue;
-        if (!oldest || e->last_round < oldest->last_round) oldest = e;
-        if (sc->p.mode == MOR_SCHED_SEQUENTIAL) continue;
-        int32_t key = sc->model->layers[mor__pass_next(e->s)].stored, rows = 0;
-        for (int32_t j = 0; j < sc->n; j++) {
-            entry *f = &sc->e[j];
-            if (f->in_pass && mor__pass_next(f->s) >= 0 && sc->model->layers[mor__pass_next(f->s)].stored == key)
-                rows += f->s->ps.n_act;
+        int32_t dist = 0;
+        if (sc->p.mode == MOR_SCHED_STATIC) {  // one pass of the batch down the unrolled stack
+            dist = mor__pass_next(e->s);
+        } else if (sc->p.mode == MOR_SCHED_CONTINUOUS) {
+            int32_t pos = sc->first_use[sc->model->layers[mor__pass_next(e->s)].stored];
+            dist = (pos - sc->sweep + sc->model->hp.n_layer) % sc->model->hp.n_layer;
         }
-        if (rows > best_rows || (rows == best_rows && e->last_round < first->last_round)) best_rows = rows, first = e;
+        if (dist < best || (dist == best && e->last_round < first->last_round)) best = dist, first = e;
     }
-    if (oldest && (!first || sc->rounds - oldest->last_round > 2 * (int64_t)sc->model->hp.n_layer)) first = oldest;
+    if (first) sc->sweep = sc->first_use[sc->model->layers[mor__pass_next(first->s)].stored];
     if (first) {
         const mor_model *m = sc->model;
         int32_t key = m->layers[mor__pass_next(first->s)].stored, np = 0, rows = 0;

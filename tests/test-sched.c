@@ -4,7 +4,11 @@
 // session whose router fails or whose context is full gets its error while the others go on;
 // the baselines (static, sequential) give the same results; the batch really is shared.
 #include "harness.h"
+
+#include "../tools/randmodel.h"
 #include "mor.h"
+
+#include <unistd.h>
 
 #define NS 8
 #define GEN 20
@@ -280,4 +284,96 @@ TEST(faults_stay_local) {
     mor_model_free(m);
 }
 
-TEST_MAIN(equals_alone_continuous, equals_alone_baselines, faults_stay_local)
+// Depth of a token from (session, position): varies across sessions and steps.
+static int32_t hashed_depth(void *user, const mor_route_batch *b, uint8_t *keep) {
+    for (int32_t i = 0; i < b->n_tokens; i++) {
+        uint32_t h = ((uint32_t)b->positions[i] + 1) * 2654435761u ^ (uint32_t)(uintptr_t)user * 40503u;
+        h ^= h >> 13;
+        keep[i] = b->step < (int32_t)(1 + (h * 2246822519u >> 28) % (uint32_t)b->n_steps);
+    }
+    return 0;
+}
+
+// How rounds are chosen, counted exactly: NSESS sessions of one prompt token and ngen generated
+// tokens each, depths from a router. Every mode runs each token's layers once (rows = the sum
+// over tokens of their unrolled layers); static batching runs each step of the batch down to
+// its deepest token (layer runs = the sum over steps of the deepest token's layers);
+// sequential runs every layer for one row. layers[mode] receives the layer runs.
+enum { NSESS = 12 };
+static int count_rounds(const mor_model *m, int32_t ngen, int64_t layers[3]) {
+    const int32_t L = (int32_t)mor_model_get_int(m, MOR_INFO_N_LAYER), B = (int32_t)mor_model_get_int(m, MOR_INFO_BLOCK_SIZE),
+                  N = (int32_t)mor_model_get_int(m, MOR_INFO_N_STEPS), npos = ngen + 1;
+    int bad = 0;
+    for (int mode = MOR_SCHED_CONTINUOUS; mode <= MOR_SCHED_SEQUENTIAL; mode++) {
+        mor_sched_params sp;
+        mor_sched_params_init(&sp);
+        sp.mode = mode;
+        mor_sched *sc;
+        char err[256];
+        if (mor_sched_create(m, &sp, &sc, err, sizeof err)) return printf("# %s\n", err), 1;
+        mor_session *ss[NSESS];
+        setup u = {MOR_EXIT_FULL, MOR_KV_AUTO, 0, 0.5f, 0.0f, 1};
+        for (int i = 0; i < NSESS; i++) {
+            ss[i] = make(m, &u, 0);
+            int32_t t = 1 + i;
+            bad += !ss[i] || mor_session_set_router_fn(ss[i], hashed_depth, (void *)(uintptr_t)(i + 1), 0) ||
+                   mor_sched_add(sc, ss[i]) || mor_sched_submit(sc, ss[i], &t, 1, ngen);
+        }
+        for (int r = 0; r < 100000 && mor_sched_pending(sc); r++) {
+            bad += mor_sched_step(sc) != MOR_OK;
+            while (mor_sched_poll(sc, NULL, NULL, NULL) == MOR_OK) {}
+        }
+        int64_t rows = 0, want_rows = 0, want_static = 0;
+        double mean = 0;
+        bad += mor_sched_pending(sc) != 0 || mor_sched_stats(sc, NULL, &rows, &mean) != MOR_OK;
+        layers[mode] = mean > 0 ? llround((double)rows / mean) : 0;
+        int seen[4] = {0};
+        for (int32_t p = 0; p < npos; p++) {
+            int32_t deepest = 0;
+            for (int i = 0; i < NSESS; i++) {
+                int32_t d = 0;
+                bad += mor_session_token_info(ss[i], p, &d, NULL, NULL) != MOR_OK || d < 1 || d > N;
+                seen[d >= 1 && d <= 3 ? d : 0] = 1;
+                want_rows += L - B * (N - d);
+                if (d > deepest) deepest = d;
+            }
+            want_static += L - B * (N - deepest);
+        }
+        if (!seen[1] || !seen[2] || seen[0]) printf("# the depths do not vary as the router says\n"), bad++;
+        if (rows != want_rows) printf("# mode %d: %lld rows, want %lld\n", mode, (long long)rows, (long long)want_rows), bad++;
+        if (mode == MOR_SCHED_STATIC && layers[mode] != want_static)
+            printf("# static: %lld layer runs, want %lld\n", (long long)layers[mode], (long long)want_static), bad++;
+        if (mode == MOR_SCHED_SEQUENTIAL && layers[mode] != rows)
+            printf("# sequential: %lld layer runs for %lld rows\n", (long long)layers[mode], (long long)rows), bad++;
+        for (int i = 0; i < NSESS; i++) mor_session_free(ss[i]);
+        mor_sched_free(sc);
+    }
+    printf("# %s: layer runs continuous %lld, static %lld, sequential %lld\n", mor_model_get_str(m, MOR_INFO_SHARING_NAME),
+           (long long)layers[0], (long long)layers[1], (long long)layers[2]);
+    return bad;
+}
+
+// The rules on the small fixture (2 layers per recursion), then on a deeper random model (6
+// layers per recursion, like the 7-14 of real recursive models): there continuous batching,
+// which refills the shared block as tokens exit, needs fewer layer runs than static batching.
+// (With 2 layers per block the first and last layers, run once per sweep, cost as much as
+// the refill saves.)
+TEST(rounds_follow_the_rule) {
+    int64_t layers[3];
+    mor_model *m = load("middle_cycle.gguf");
+    ASSERT(m);
+    ASSERT_EQ(count_rounds(m, 6, layers), 0);
+    mor_model_free(m);
+    static const randmodel_shape deep = {"tiny-deep", 64, 160, 20, 4, 2, 256};
+    char path[256], err[256];
+    snprintf(path, sizeof path, "/tmp/mor-test-sched-%d.gguf", (int)getpid());
+    ASSERT_OK(randmodel_write(&deep, MOR__DT_F32, 3, NULL, path, err, sizeof err));
+    ASSERT_OK(mor_model_load(path, NULL, &m, err, sizeof err));
+    unlink(path);
+    ASSERT_EQ(mor_model_get_int(m, MOR_INFO_BLOCK_SIZE), 6);
+    ASSERT_EQ(count_rounds(m, 24, layers), 0);
+    ASSERT(layers[MOR_SCHED_CONTINUOUS] < layers[MOR_SCHED_STATIC]);
+    mor_model_free(m);
+}
+
+TEST_MAIN(equals_alone_continuous, equals_alone_baselines, faults_stay_local, rounds_follow_the_rule)
