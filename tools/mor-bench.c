@@ -69,6 +69,7 @@ typedef struct {
 
 typedef struct {
     int p, n, reps, tg_prompt, no_mmap, kv_f16;
+    int no_sequential;  // --sessions: skip the (slow) sequential baseline
     int threads[MAX_THREADS], n_threads;
     policy_spec pol[MAX_POLICIES];
     int n_pol;
@@ -593,6 +594,7 @@ static void usage(void) {
             "  --sessions LIST  many sessions (e.g. 1,4,16,64): the scheduler (continuous depth-wise batching)\n"
             "                   against static batching and sequential stepping; -p/-n per session\n"
             "  --depths D       with --sessions: full, random (a router drawing depths 1..N), model, confidence\n"
+            "  --no-sequential  with --sessions: leave out the sequential baseline (slow at many sessions)\n"
             "                   and print the decode floor of each model: stream bytes per token / bandwidth\n");
 }
 
@@ -631,7 +633,7 @@ static int bench_sessions(const char *path, const char *label, const int *sessio
         for (int ti = 0; ti < c->n_threads; ti++) {
             double t[3][MAX_REPS], occ[3] = {0}, depth = 0;
             for (int r = 0; r < c->reps; r++)
-                for (int mode = 0; mode < 3; mode++) {  // interleaved, so noise hits all three alike
+                for (int mode = 0; mode < 3 - c->no_sequential; mode++) {  // interleaved: noise hits all alike
                     sb_result sr;
                     if (sb_run(m, sessions[si], c->threads[ti], mode, depth_mode, c->p > 0 ? c->p : 16,
                                c->n > 0 ? c->n : 32, &sr)) {
@@ -642,14 +644,19 @@ static int bench_sessions(const char *path, const char *label, const int *sessio
                     occ[mode] = sr.occupancy;
                     depth = sr.mean_depth;
                 }
-            double med[3];
-            for (int mode = 0; mode < 3; mode++) {
+            double med[3] = {0};
+            for (int mode = 0; mode < 3 - c->no_sequential; mode++) {
                 qsort(t[mode], (size_t)c->reps, sizeof(double), cmp_d);
                 med[mode] = c->reps % 2 ? t[mode][c->reps / 2] : 0.5 * (t[mode][c->reps / 2 - 1] + t[mode][c->reps / 2]);
             }
-            printf("| %s | %s | %d | %d | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.1f / %.1f | %.2f |\n", label,
-                   depth_names[depth_mode], sessions[si], c->threads[ti], med[0], med[1], med[2], med[0] / med[2],
-                   med[0] / med[1], occ[0], occ[1], depth);
+            char seq[32] = "-", vs_seq[32] = "-";
+            if (!c->no_sequential) {
+                snprintf(seq, sizeof seq, "%.1f", med[2]);
+                snprintf(vs_seq, sizeof vs_seq, "%.2fx", med[0] / med[2]);
+            }
+            printf("| %s | %s | %d | %d | %.1f | %.1f | %s | %s | %.2fx | %.1f / %.1f | %.2f |\n", label,
+                   depth_names[depth_mode], sessions[si], c->threads[ti], med[0], med[1], seq, vs_seq, med[0] / med[1],
+                   occ[0], occ[1], depth);
             fflush(stdout);
         }
     mor_model_free(m);
@@ -700,6 +707,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-mmap")) c.no_mmap = 1, used = 0;
         else if (!strcmp(a, "--kv-f16")) c.kv_f16 = 1, used = 0;
         else if (!strcmp(a, "--gen-only")) gen_only = 1, used = 0;
+        else if (!strcmp(a, "--no-sequential")) c.no_sequential = 1, used = 0;
         else if (!strcmp(a, "--sessions") && v) bad = (n_sessions = parse_list(v, sessions, 8, 1, 1024)) < 1;
         else if (!strcmp(a, "--depths") && v) {
             bad = strcmp(v, "full") && strcmp(v, "random") && strcmp(v, "model") && strcmp(v, "confidence");
