@@ -13,7 +13,7 @@ extern "C" {
  *  Version
  **************************************************************************************************/
 #define MOR_VERSION_MAJOR 0
-#define MOR_VERSION_MINOR 1
+#define MOR_VERSION_MINOR 2
 #define MOR_VERSION_PATCH 0
 #define MOR_VERSION_NUMBER (MOR_VERSION_MAJOR * 10000 + MOR_VERSION_MINOR * 100 + MOR_VERSION_PATCH)
 
@@ -239,7 +239,8 @@ MOR_API void mor_exit_policy_init(mor_exit_policy *p);
 
 /* Generic access for bindings. mor_params_size(kind): bytes to allocate (0: unknown kind).
  * mor_params_init(p, kind): defaults. mor_params_set(p, "field", value) and mor_params_get():
- * set / read a field by its name in the struct above (integers must be exact in a double).
+ * set / read a field by its name in the struct of that kind (MOR_PARAMS_MODEL .. EXIT above,
+ * MOR_PARAMS_SCHED below; integers must be exact in a double).
  * @return MOR_OK, MOR_E_NOT_FOUND (no such field) or MOR_E_INVALID (NULL, bad kind, value out
  * of range for the field's type). Thread-safe on distinct structs. */
 MOR_API size_t mor_params_size(uint32_t kind);
@@ -517,9 +518,13 @@ MOR_API int32_t mor_session_rollback(const mor_session *session);
  * A scheduler steps many sessions of one model together. Each round it runs one layer for
  * every session whose next layer uses the same weights, as one batch: the shared block of a
  * recursive model is one weight set at every recursion, so tokens of different sessions at
- * different depths share a pass, and a session whose token exits early starts its next token
- * at once (its slot in the batch is refilled). Every session keeps its own policy, KV
- * strategy, sampler and RNG; its tokens, logits and depths are those of stepping it alone.
+ * different depths share a pass. The stored layers are swept in stack order; a session whose
+ * token exits early goes through the last layers and the output head and starts its next
+ * token while deeper ones finish (its slot in the batch is refilled), when that streams fewer
+ * weight bytes than holding it for the batch's deepest token, as judged from the weights and
+ * the recent depths (a head much larger than the block makes exits wait for one batched head
+ * product). Every session keeps its own policy, KV strategy, sampler and RNG; its tokens,
+ * logits and depths are those of stepping it alone, whatever the schedule.
  *
  *     mor_sched *sc;
  *     mor_sched_create(model, NULL, &sc, err, sizeof err);
@@ -596,6 +601,22 @@ MOR_API int  mor_sched_poll(mor_sched *sched, mor_session **session, int32_t *to
 /* Counters since creation: rounds run, token rows processed by batched layers, and the mean
  * number of rows per batched layer (batch occupancy). */
 MOR_API int  mor_sched_stats(const mor_sched *sched, int64_t *rounds, int64_t *layer_rows, double *mean_rows);
+
+/* All counters since creation (a struct that may grow: set size). */
+typedef struct mor_sched_counters {
+    uint32_t size;          /* set by the caller to sizeof(mor_sched_counters) */
+    uint32_t kind;          /* unused, 0 */
+    int64_t  rounds;        /* mor_sched_step() calls */
+    int64_t  layer_runs;    /* batched layer runs */
+    int64_t  layer_rows;    /* token rows over those runs */
+    int64_t  head_runs;     /* batched output-head products */
+    int64_t  head_rows;     /* rows over those products */
+    int64_t  tokens;        /* generated tokens reported */
+    int32_t  refill;        /* 1: exits refill the batch now; 0: they wait for the deepest token */
+} mor_sched_counters;
+
+/* mor_sched_get_counters(): fill *c (up to c->size bytes). @return MOR_OK or MOR_E_INVALID. */
+MOR_API int  mor_sched_get_counters(const mor_sched *sched, mor_sched_counters *c);
 
 /* ---- BEGIN TOKENIZER API ---- */
 /*-************************************************************************************************

@@ -32,7 +32,8 @@ def _load():
 
 lib = _load()
 
-PARAMS_MODEL, PARAMS_SESSION, PARAMS_SAMPLER, PARAMS_EXIT = 1, 2, 3, 4
+PARAMS_MODEL, PARAMS_SESSION, PARAMS_SAMPLER, PARAMS_EXIT, PARAMS_SCHED = 1, 2, 3, 4, 5
+SCHED = {"continuous": 0, "static": 1, "sequential": 2}
 EXIT = {"full": 0, "fixed": 1, "router": 2, "capacity": 3, "confidence": 4, "saturation": 5,
         "free": 6, "custom": 7}
 KV = {"auto": 0, "skip": 1, "share": 2, "propagate": 3, "sync": 4}
@@ -79,6 +80,16 @@ _sig("mor_session_set_exit_policy", C.c_int, C.c_void_p, C.c_void_p)
 _sig("mor_session_set_router_fn", C.c_int, C.c_void_p, ROUTE_FN, C.c_void_p, C.c_int32)
 _sig("mor_session_token_info", C.c_int, C.c_void_p, C.c_int32, C.POINTER(C.c_int32), C.POINTER(C.c_float),
      C.POINTER(C.c_int32))
+_sig("mor_sched_create", C.c_int, C.c_void_p, C.c_void_p, C.POINTER(C.c_void_p), C.c_char_p, C.c_size_t)
+_sig("mor_sched_free", None, C.c_void_p)
+_sig("mor_sched_add", C.c_int, C.c_void_p, C.c_void_p)
+_sig("mor_sched_remove", C.c_int, C.c_void_p, C.c_void_p)
+_sig("mor_sched_submit", C.c_int, C.c_void_p, C.c_void_p, C.POINTER(C.c_int32), C.c_int32, C.c_int32)
+_sig("mor_sched_cancel", C.c_int, C.c_void_p, C.c_void_p)
+_sig("mor_sched_step", C.c_int, C.c_void_p)
+_sig("mor_sched_pending", C.c_int32, C.c_void_p)
+_sig("mor_sched_poll", C.c_int, C.c_void_p, C.POINTER(C.c_void_p), C.POINTER(C.c_int32), C.POINTER(C.c_int32))
+_sig("mor_sched_get_counters", C.c_int, C.c_void_p, C.c_void_p)
 _sig("mor_tokenize", C.c_int, C.c_void_p, C.c_char_p, C.c_size_t, C.POINTER(C.c_int32), C.c_size_t, C.c_uint32,
      C.POINTER(C.c_size_t))
 _sig("mor_detokenize", C.c_int, C.c_void_p, C.POINTER(C.c_int32), C.c_size_t, C.c_char_p, C.c_size_t, C.c_uint32,
@@ -221,6 +232,9 @@ class Session:
         self._router = ROUTE_FN(trampoline)  # kept alive as long as the session uses it
         self._check(lib.mor_session_set_router_fn(self.h, self._router, None, 1 if wants_confidence else 0))
 
+    def last_error(self):
+        return lib.mor_session_last_error(self.h).decode(errors="replace")
+
     def token_info(self, pos):
         d, s, k = C.c_int32(), C.c_float(), C.c_int32()
         self._check(lib.mor_session_token_info(self.h, pos, C.byref(d), C.byref(s), C.byref(k)))
@@ -240,5 +254,97 @@ class Session:
         if getattr(self, "h", None):
             self._free(self.h)
             self.h = None
+
+    __del__ = close
+
+
+class Scheduler:
+    """Many sessions of one model stepped together (continuous depth-wise batching).
+
+        sched = mor.Scheduler(model, max_batch=32)
+        for s in npcs:
+            sched.submit(s, model.tokenize(line), 24)
+        for sess, token, status in sched.run():
+            ...   # token >= 0: a generated token; token == -1: the request ended (status 0)
+                  # or failed (status < 0, the message in sess.last_error())
+
+    Parameters by name: max_batch, n_threads, kv_budget, mode ("continuous", "static",
+    "sequential" or the number), prompt_chunk. A session is added by its first submit and
+    stays until remove(); the scheduler keeps it (and the model) alive meanwhile."""
+
+    def __init__(self, model, **params):
+        self._free = lib.mor_sched_free
+        self.model = model
+        if isinstance(params.get("mode"), str):
+            params["mode"] = SCHED[params["mode"]]
+        err = C.create_string_buffer(512)
+        h = C.c_void_p()
+        st = lib.mor_sched_create(model.h, _params(PARAMS_SCHED, **params), C.byref(h), err, len(err))
+        if st:
+            raise Error(st, err.value.decode(errors="replace"))
+        self.h = h
+        self._sessions = {}  # handle -> Session
+
+    def add(self, session):
+        session._check(lib.mor_sched_add(self.h, session.h))
+        self._sessions[session.h.value] = session
+
+    def remove(self, session):
+        session._check(lib.mor_sched_remove(self.h, session.h))
+        self._sessions.pop(session.h.value, None)
+
+    def submit(self, session, tokens, n_generate=0):
+        """Queue a prompt (token ids) and n_generate tokens to sample after it."""
+        if session.h.value not in self._sessions:
+            self.add(session)
+        arr = (C.c_int32 * max(len(tokens), 1))(*tokens)
+        session._check(lib.mor_sched_submit(self.h, session.h, arr, len(tokens), n_generate))
+
+    def cancel(self, session):
+        session._check(lib.mor_sched_cancel(self.h, session.h))
+
+    def pending(self):
+        return lib.mor_sched_pending(self.h)
+
+    def step(self):
+        """One round; returns the events it produced as (session, token, status) tuples."""
+        st = lib.mor_sched_step(self.h)
+        if st:
+            raise Error(st, "mor_sched_step")
+        return self.poll()
+
+    def poll(self):
+        out = []
+        who, tok, st = C.c_void_p(), C.c_int32(), C.c_int32()
+        while lib.mor_sched_poll(self.h, C.byref(who), C.byref(tok), C.byref(st)) == 0:
+            out.append((self._sessions.get(who.value), tok.value, st.value))
+        return out
+
+    def run(self):
+        """Rounds until no work is left, yielding every event."""
+        while self.pending() > 0:
+            for ev in self.step():
+                yield ev
+        for ev in self.poll():
+            yield ev
+
+    def stats(self):
+        """Counters since creation: rounds, layer_runs, layer_rows, head_runs, head_rows,
+        tokens, refill (see mor_sched_counters)."""
+        names = ["rounds", "layer_runs", "layer_rows", "head_runs", "head_rows", "tokens"]
+        buf = (C.c_int64 * 16)()  # room for fields a newer library may append
+        C.cast(buf, C.POINTER(C.c_uint32))[0] = C.sizeof(buf)
+        st = lib.mor_sched_get_counters(self.h, buf)
+        if st:
+            raise Error(st, "mor_sched_get_counters")
+        out = {k: buf[1 + i] for i, k in enumerate(names)}  # after the size/kind header
+        out["refill"] = C.cast(buf, C.POINTER(C.c_int32))[2 * (1 + len(names))]
+        return out
+
+    def close(self):
+        if getattr(self, "h", None):
+            self._free(self.h)
+            self.h = None
+        self._sessions = {}
 
     __del__ = close

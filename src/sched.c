@@ -15,6 +15,7 @@
 #include "session.h"
 #include "thread.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -52,7 +53,13 @@ struct mor_sched {
     float            *logits;        // [max_batch][n_vocab]
     int32_t          *first_use;     // [n_stored] first unrolled layer of each stored layer
     int32_t           sweep;         // first_use of the stored layer run last
-    int64_t           rounds, rows, layers;
+    int32_t           tail_begin;    // first unrolled layer after the last depth step
+    double            tail_share;    // the tail's (last layers + head) share of the weight bytes
+    double            bytes[3];      // weight bytes streamed by the first layers, one step, the tail
+    double           *depths;        // [n_steps + 1] recent decoded tokens by depth (decaying counts)
+    double            n_depths;
+    int64_t           rounds, rows, layers, head_runs, head_rows, tokens;
+    int32_t           refill;
 };
 
 void mor_sched_params_init(mor_sched_params *p) {
@@ -100,6 +107,16 @@ static int alloc_work(mor_sched *sc, size_t att_stride) {
     return MOR_OK;
 }
 
+static double mat_bytes(const mor__mat *w) {
+    return w->data ? (double)w->rows * (double)mor__kt_row_bytes(mor__kt_of_dtype(w->type), w->cols) : 0.0;
+}
+
+static double layer_bytes(const mor__layer *ly) {
+    double b = 0;
+    for (int r = 0; r < MOR__N_PROJ; r++) b += mat_bytes(&ly->w[r]) + mat_bytes(&ly->lora_a[r]) + mat_bytes(&ly->lora_b[r]);
+    return b;
+}
+
 int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sched **out, char *err, size_t err_n) {
     if (err && err_n) err[0] = 0;
     if (!out) return mor__errf(err, err_n, MOR_E_INVALID, "out is NULL");
@@ -128,10 +145,24 @@ int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sch
     sc->head = calloc((size_t)p.max_batch, sizeof *sc->head);
     sc->logits = mor__alloc_zero((size_t)p.max_batch * (size_t)m->hp.n_vocab, sizeof(float));
     sc->first_use = malloc((size_t)m->hp.n_stored * sizeof *sc->first_use);
-    if (!st && (!sc->parts || !sc->head || !sc->logits || !sc->first_use)) st = MOR_E_NOMEM;
+    sc->depths = calloc((size_t)m->n_steps + 1, sizeof *sc->depths);
+    if (!st && (!sc->parts || !sc->head || !sc->logits || !sc->first_use || !sc->depths)) st = MOR_E_NOMEM;
     if (!st) {
         for (int32_t l = m->hp.n_layer - 1; l >= 0; l--) sc->first_use[m->layers[l].stored] = l;
         sc->sweep = m->hp.n_layer - 1;  // the first sweep starts at the first layer
+        sc->tail_begin = 0;
+        for (int32_t l = 0; l < m->hp.n_layer; l++)
+            if (m->layer_step[l] >= 0) sc->tail_begin = l + 1;
+        double all = mat_bytes(&m->output);
+        for (int32_t k = 0; k < m->hp.n_stored; k++) all += layer_bytes(&m->layers[sc->first_use[k]]);
+        sc->bytes[2] = mat_bytes(&m->output);
+        for (int32_t l = 0; l < m->hp.n_layer; l++) {
+            double b = layer_bytes(&m->layers[l]);
+            sc->bytes[m->layer_step[l] >= 0 ? 1 : l < sc->tail_begin ? 0 : 2] += b;
+        }
+        sc->bytes[1] /= MOR__MAX(m->n_steps, 1);
+        sc->tail_share = sc->bytes[2] / all;
+        sc->refill = 1;
     }
     if (st) {
         mor_sched_free(sc);
@@ -174,6 +205,7 @@ void mor_sched_free(mor_sched *sc) {
     free(sc->head);
     free(sc->logits);
     free(sc->first_use);
+    free(sc->depths);
     mor__pool_free(sc->pool);
     free(sc);
 }
@@ -320,6 +352,16 @@ int mor_sched_poll(mor_sched *sc, mor_session **s, int32_t *token, int32_t *stat
     return MOR_E_NOT_FOUND;
 }
 
+int mor_sched_get_counters(const mor_sched *sc, mor_sched_counters *c) {
+    if (!sc || !c || c->size < 8) return MOR_E_INVALID;
+    mor_sched_counters v = {sizeof v, 0, sc->rounds, sc->layers, sc->rows, sc->head_runs, sc->head_rows, sc->tokens,
+                            sc->refill};
+    uint32_t n = MOR__MIN(c->size, (uint32_t)sizeof v);
+    v.size = c->size;
+    memcpy(c, &v, n);
+    return MOR_OK;
+}
+
 int mor_sched_stats(const mor_sched *sc, int64_t *rounds, int64_t *rows, double *mean) {
     if (!sc) return MOR_E_INVALID;
     if (rounds) *rounds = sc->rounds;
@@ -356,6 +398,7 @@ static int32_t admit(mor_sched *sc, entry *e, int32_t rows_in, int may_start) {
         }
         e->fresh_logits = 0;
         e->gen--;
+        sc->tokens++;
         push_event(sc, s, tok, MOR_OK);
         e->queue[e->q_len] = tok;  // appended to the sequence, as a sample-then-step loop does
         e->given[e->q_len] = 0;
@@ -403,11 +446,63 @@ static int32_t admit(mor_sched *sc, entry *e, int32_t rows_in, int may_start) {
     return R;
 }
 
-static void complete(entry *e, const float *logits) {
+// Whether refilling pays, from the weight bytes a round streams and the recent depths of
+// decoded tokens (D: a token's depth, M: the deepest of n tokens). With every session in flight,
+// refilling sweeps the first layers, one step of the block and the tail once per step a token
+// runs: E[D] x (first + step + tail) bytes per n tokens. Running the batch to its deepest token
+// streams first + E[M] x step + tail. Refill when it streams less.
+static int refill_pays(const mor_sched *sc, int32_t n) {
+    const int32_t N = sc->model->n_steps;
+    if (sc->n_depths < 8 || n < 2) return 1;
+    double mean = 0, deepest = 0, cdf_prev = 0, cum = 0;
+    for (int32_t k = 1; k <= N; k++) {
+        cum += sc->depths[k] / sc->n_depths;
+        double cdf = k == N ? 1.0 : MOR__MIN(cum, 1.0);
+        mean += k * sc->depths[k] / sc->n_depths;
+        deepest += k * (pow(cdf, n) - pow(cdf_prev, n));
+        cdf_prev = cdf;
+    }
+    const double *b = sc->bytes;
+    return mean * (b[0] + b[1] + b[2]) < b[0] + deepest * b[1] + b[2];
+}
+
+// Whether the tail (the last layers and the head) may run now: in continuous mode, once its
+// rows are at least tail_share of the rows in flight when refilling pays, else (and always
+// once nothing else is in flight) when all rows in flight are in it.
+static int tail_ready(mor_sched *sc) {
+    if (sc->p.mode != MOR_SCHED_CONTINUOUS) return 1;
+    int64_t all = 0, tail = 0;
+    int32_t n = 0;
+    for (int32_t i = 0; i < sc->n; i++) {
+        const entry *e = &sc->e[i];
+        if (!e->in_pass) continue;
+        int32_t next = mor__pass_next(e->s);
+        all += e->s->ps.R;
+        n++;
+        if (next < 0 || next >= sc->tail_begin) tail += e->s->ps.R;
+    }
+    if (n > 1) sc->refill = refill_pays(sc, n);
+    return tail == all || ((double)tail >= sc->tail_share * (double)all && sc->refill);
+}
+
+// Counts the depth of a decoded token (recent tokens weigh more: counts halve past 4096).
+static void count_depth(mor_sched *sc, const mor_session *s) {
+    int32_t d = mor_session_depth(s, -1);
+    if (d < 1 || d > sc->model->n_steps) return;
+    if (sc->n_depths >= 4096) {
+        for (int32_t k = 0; k <= sc->model->n_steps; k++) sc->depths[k] *= 0.5;
+        sc->n_depths *= 0.5;
+    }
+    sc->depths[d] += 1;
+    sc->n_depths += 1;
+}
+
+static void complete(mor_sched *sc, entry *e, const float *logits) {
     mor_session *s = e->s;
     if (logits) mor__pass_finish_with(s, logits);
     else mor__pass_finish(s);
     mor__session_commit(s, e->pass_T, 0);
+    if (e->pass_T == 1) count_depth(sc, s);
     e->q_head += e->pass_T;
     if (e->q_head == e->q_len) e->q_head = e->q_len = 0;
     e->in_pass = 0;
@@ -430,22 +525,27 @@ int mor_sched_step(mor_sched *sc) {
     // last: the next stored layer in that cyclic order that has rows waiting runs for all of
     // them. Tokens that exit early reach the last layers, the head and the first layers while
     // the deeper ones wait one pass of the sweep, then start the block with them: the shared
-    // block runs with nearly every session in it (docs/PERFORMANCE.md compares this with
-    // taking the biggest batch each round). Each stored layer with work comes up within one
-    // sweep, so nobody starves (admission keeps the rows in flight within max_batch).
+    // block runs with nearly every session in it. The tail (last layers and output head) waits
+    // until it holds at least its share of the weight bytes, times the rows in flight (or all
+    // of them): a large head (a 49152-token vocabulary is 8 layers' worth) costs about the
+    // same for 2 rows as for 8, so running it for every trickle of exits would cost more than
+    // the refill gains (docs/PERFORMANCE.md). Each stored layer with work comes up within a
+    // sweep or two, so nobody starves (admission keeps the rows in flight within max_batch).
     // Static batching runs its batch down the unrolled stack: the lowest next layer first, so
     // tokens that exit wait at the last layers for the deepest one. Sequential: the session
     // that waited longest.
+    int tail_ok = tail_ready(sc);
     entry *first = NULL;
     int32_t best = INT32_MAX;
     for (int32_t i = 0; i < sc->n; i++) {
         entry *e = &sc->e[i];
-        if (!e->in_pass || mor__pass_next(e->s) < 0) continue;
+        int32_t next = e->in_pass ? mor__pass_next(e->s) : -1;
+        if (next < 0 || (!tail_ok && next >= sc->tail_begin)) continue;
         int32_t dist = 0;
         if (sc->p.mode == MOR_SCHED_STATIC) {  // one pass of the batch down the unrolled stack
-            dist = mor__pass_next(e->s);
+            dist = next;
         } else if (sc->p.mode == MOR_SCHED_CONTINUOUS) {
-            int32_t pos = sc->first_use[sc->model->layers[mor__pass_next(e->s)].stored];
+            int32_t pos = sc->first_use[sc->model->layers[next].stored];
             dist = (pos - sc->sweep + sc->model->hp.n_layer) % sc->model->hp.n_layer;
         }
         if (dist < best || (dist == best && e->last_round < first->last_round)) best = dist, first = e;
@@ -490,18 +590,21 @@ int mor_sched_step(mor_sched *sc) {
     // final head, then each finishes (telemetry, stack, sampling next round).
     const mor__hparams *hp = &sc->model->hp;
     int32_t nh = 0;
-    for (int32_t i = 0; i < sc->n; i++) {
+    tail_ok = tail_ready(sc);
+    for (int32_t i = 0; i < sc->n && tail_ok; i++) {
         entry *e = &sc->e[i];
         if (!e->in_pass || mor__pass_next(e->s) >= 0) continue;
         if (nh < sc->p.max_batch && mor__pass_head_row(e->s, sc->w.xb + (size_t)nh * hp->n_embd)) {
             sc->head[nh++] = i;
         } else {
-            complete(e, NULL);
+            complete(sc, e, NULL);
         }
     }
     if (nh) {
         mor__matmul(&sc->w, &sc->model->output, sc->w.xb, nh, sc->logits);
-        for (int32_t j = 0; j < nh; j++) complete(&sc->e[sc->head[j]], sc->logits + (size_t)j * hp->n_vocab);
+        sc->head_runs++;
+        sc->head_rows += nh;
+        for (int32_t j = 0; j < nh; j++) complete(sc, &sc->e[sc->head[j]], sc->logits + (size_t)j * hp->n_vocab);
     }
     return MOR_OK;
 }

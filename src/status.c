@@ -122,7 +122,7 @@ void mor_exit_policy_init(mor_exit_policy *p) {
     p->budget_window = 32;
 }
 
-enum { F_U32, F_I32, F_F32, F_U64 };
+enum { F_U32, F_I32, F_F32, F_U64, F_I64 };
 typedef struct {
     uint32_t    kind;
     const char *name;
@@ -157,6 +157,11 @@ static const field_desc fields[] = {
     FD(MOR_PARAMS_EXIT, mor_exit_policy, budget, F_F32),
     FD(MOR_PARAMS_EXIT, mor_exit_policy, budget_window, F_I32),
     FD(MOR_PARAMS_EXIT, mor_exit_policy, rollback, F_F32),
+    FD(MOR_PARAMS_SCHED, mor_sched_params, max_batch, F_I32),
+    FD(MOR_PARAMS_SCHED, mor_sched_params, n_threads, F_I32),
+    FD(MOR_PARAMS_SCHED, mor_sched_params, kv_budget, F_I64),
+    FD(MOR_PARAMS_SCHED, mor_sched_params, mode, F_I32),
+    FD(MOR_PARAMS_SCHED, mor_sched_params, prompt_chunk, F_I32),
 };
 #undef FD
 
@@ -166,6 +171,7 @@ size_t mor_params_size(uint32_t kind) {
     case MOR_PARAMS_SESSION: return sizeof(mor_session_params);
     case MOR_PARAMS_SAMPLER: return sizeof(mor_sampler_params);
     case MOR_PARAMS_EXIT: return sizeof(mor_exit_policy);
+    case MOR_PARAMS_SCHED: return sizeof(mor_sched_params);
     default: return 0;
     }
 }
@@ -177,6 +183,7 @@ int mor_params_init(void *p, uint32_t kind) {
     case MOR_PARAMS_SESSION: mor_session_params_init(p); return MOR_OK;
     case MOR_PARAMS_SAMPLER: mor_sampler_params_init(p); return MOR_OK;
     case MOR_PARAMS_EXIT: mor_exit_policy_init(p); return MOR_OK;
+    case MOR_PARAMS_SCHED: mor_sched_params_init(p); return MOR_OK;
     default: return MOR_E_INVALID;
     }
 }
@@ -186,7 +193,7 @@ static const field_desc *find_field(const void *p, const char *name) {
     memcpy(hdr, p, sizeof hdr);
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         if (fields[i].kind == hdr[1] && strcmp(fields[i].name, name) == 0 &&
-            fields[i].offset + 4 <= hdr[0])
+            fields[i].offset + (fields[i].type >= F_U64 ? 8 : 4) <= hdr[0])
             return &fields[i];
     return NULL;
 }
@@ -221,6 +228,12 @@ int mor_params_set(void *p, const char *field, double v) {
         memcpy(at, &x, 8);
         return MOR_OK;
     }
+    case F_I64: {
+        if (v < -9223372036854775808.0 || v >= 9223372036854775808.0 || v != floor(v)) return MOR_E_INVALID;
+        int64_t x = (int64_t)v;
+        memcpy(at, &x, 8);
+        return MOR_OK;
+    }
     }
     return MOR_E_INTERNAL;
 }
@@ -236,6 +249,7 @@ int mor_params_get(const void *p, const char *field, double *v) {
     case F_I32: { int32_t x; memcpy(&x, at, 4); *v = x; return MOR_OK; }
     case F_F32: { float x; memcpy(&x, at, 4); *v = x; return MOR_OK; }
     case F_U64: { uint64_t x; memcpy(&x, at, 8); *v = (double)x; return MOR_OK; }
+    case F_I64: { int64_t x; memcpy(&x, at, 8); *v = (double)x; return MOR_OK; }
     }
     return MOR_E_INTERNAL;
 }

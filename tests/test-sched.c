@@ -8,6 +8,7 @@
 #include "../tools/randmodel.h"
 #include "mor.h"
 
+#include <stddef.h>
 #include <unistd.h>
 
 #define NS 8
@@ -300,7 +301,7 @@ static int32_t hashed_depth(void *user, const mor_route_batch *b, uint8_t *keep)
 // its deepest token (layer runs = the sum over steps of the deepest token's layers);
 // sequential runs every layer for one row. layers[mode] receives the layer runs.
 enum { NSESS = 12 };
-static int count_rounds(const mor_model *m, int32_t ngen, int64_t layers[3]) {
+static int count_rounds(const mor_model *m, int32_t ngen, mor_sched_counters c[3]) {
     const int32_t L = (int32_t)mor_model_get_int(m, MOR_INFO_N_LAYER), B = (int32_t)mor_model_get_int(m, MOR_INFO_BLOCK_SIZE),
                   N = (int32_t)mor_model_get_int(m, MOR_INFO_N_STEPS), npos = ngen + 1;
     int bad = 0;
@@ -323,10 +324,14 @@ static int count_rounds(const mor_model *m, int32_t ngen, int64_t layers[3]) {
             bad += mor_sched_step(sc) != MOR_OK;
             while (mor_sched_poll(sc, NULL, NULL, NULL) == MOR_OK) {}
         }
-        int64_t rows = 0, want_rows = 0, want_static = 0;
+        int64_t rows = 0, want_rows = 0, want_static = 0, rounds = 0;
         double mean = 0;
-        bad += mor_sched_pending(sc) != 0 || mor_sched_stats(sc, NULL, &rows, &mean) != MOR_OK;
-        layers[mode] = mean > 0 ? llround((double)rows / mean) : 0;
+        c[mode].size = sizeof c[mode];
+        bad += mor_sched_pending(sc) != 0 || mor_sched_stats(sc, &rounds, &rows, &mean) != MOR_OK ||
+               mor_sched_get_counters(sc, &c[mode]) != MOR_OK;
+        bad += c[mode].rounds != rounds || c[mode].layer_rows != rows || llround((double)rows / mean) != c[mode].layer_runs;
+        if (c[mode].tokens != NSESS * ngen) printf("# mode %d: %lld tokens\n", mode, (long long)c[mode].tokens), bad++;
+        if (c[mode].head_rows != NSESS * npos) printf("# mode %d: %lld head rows\n", mode, (long long)c[mode].head_rows), bad++;
         int seen[4] = {0};
         for (int32_t p = 0; p < npos; p++) {
             int32_t deepest = 0;
@@ -341,15 +346,17 @@ static int count_rounds(const mor_model *m, int32_t ngen, int64_t layers[3]) {
         }
         if (!seen[1] || !seen[2] || seen[0]) printf("# the depths do not vary as the router says\n"), bad++;
         if (rows != want_rows) printf("# mode %d: %lld rows, want %lld\n", mode, (long long)rows, (long long)want_rows), bad++;
-        if (mode == MOR_SCHED_STATIC && layers[mode] != want_static)
-            printf("# static: %lld layer runs, want %lld\n", (long long)layers[mode], (long long)want_static), bad++;
-        if (mode == MOR_SCHED_SEQUENTIAL && layers[mode] != rows)
-            printf("# sequential: %lld layer runs for %lld rows\n", (long long)layers[mode], (long long)rows), bad++;
+        if (mode == MOR_SCHED_STATIC && (c[mode].layer_runs != want_static || c[mode].head_runs != npos))
+            printf("# static: %lld layer runs, %lld head runs; want %lld, %d\n", (long long)c[mode].layer_runs,
+                   (long long)c[mode].head_runs, (long long)want_static, npos), bad++;
+        if (mode == MOR_SCHED_SEQUENTIAL && (c[mode].layer_runs != rows || c[mode].head_runs != NSESS * npos))
+            printf("# sequential: %lld layer runs for %lld rows\n", (long long)c[mode].layer_runs, (long long)rows), bad++;
         for (int i = 0; i < NSESS; i++) mor_session_free(ss[i]);
         mor_sched_free(sc);
     }
-    printf("# %s: layer runs continuous %lld, static %lld, sequential %lld\n", mor_model_get_str(m, MOR_INFO_SHARING_NAME),
-           (long long)layers[0], (long long)layers[1], (long long)layers[2]);
+    printf("# layer runs / head runs: continuous %lld / %lld (refill %d), static %lld / %lld, sequential %lld / %lld\n",
+           (long long)c[0].layer_runs, (long long)c[0].head_runs, c[0].refill, (long long)c[1].layer_runs,
+           (long long)c[1].head_runs, (long long)c[2].layer_runs, (long long)c[2].head_runs);
     return bad;
 }
 
@@ -359,10 +366,10 @@ static int count_rounds(const mor_model *m, int32_t ngen, int64_t layers[3]) {
 // (With 2 layers per block the first and last layers, run once per sweep, cost as much as
 // the refill saves.)
 TEST(rounds_follow_the_rule) {
-    int64_t layers[3];
+    mor_sched_counters c[3];
     mor_model *m = load("middle_cycle.gguf");
     ASSERT(m);
-    ASSERT_EQ(count_rounds(m, 6, layers), 0);
+    ASSERT_EQ(count_rounds(m, 6, c), 0);
     mor_model_free(m);
     static const randmodel_shape deep = {"tiny-deep", 64, 160, 20, 4, 2, 256};
     char path[256], err[256];
@@ -371,9 +378,57 @@ TEST(rounds_follow_the_rule) {
     ASSERT_OK(mor_model_load(path, NULL, &m, err, sizeof err));
     unlink(path);
     ASSERT_EQ(mor_model_get_int(m, MOR_INFO_BLOCK_SIZE), 6);
-    ASSERT_EQ(count_rounds(m, 24, layers), 0);
-    ASSERT(layers[MOR_SCHED_CONTINUOUS] < layers[MOR_SCHED_STATIC]);
+    ASSERT_EQ(count_rounds(m, 24, c), 0);
+    ASSERT_EQ(c[MOR_SCHED_CONTINUOUS].refill, 1);
+    ASSERT(c[MOR_SCHED_CONTINUOUS].layer_runs < c[MOR_SCHED_STATIC].layer_runs);
+    mor_model_free(m);
+    // A head far larger than the block (a big vocabulary over one layer per recursion):
+    // refilling would run the head for every few exits, so exits wait for the batch and the
+    // head runs as often as in static batching.
+    static const randmodel_shape big_head = {"tiny-vocab", 64, 160, 5, 4, 2, 32768};
+    ASSERT_OK(randmodel_write(&big_head, MOR__DT_F32, 3, NULL, path, err, sizeof err));
+    ASSERT_OK(mor_model_load(path, NULL, &m, err, sizeof err));
+    unlink(path);
+    ASSERT_EQ(count_rounds(m, 24, c), 0);
+    ASSERT_EQ(c[MOR_SCHED_CONTINUOUS].refill, 0);
+    ASSERT(c[MOR_SCHED_CONTINUOUS].head_runs <= c[MOR_SCHED_STATIC].head_runs);
+    ASSERT(c[MOR_SCHED_CONTINUOUS].layer_runs <= c[MOR_SCHED_STATIC].layer_runs);
     mor_model_free(m);
 }
 
-TEST_MAIN(equals_alone_continuous, equals_alone_baselines, faults_stay_local, rounds_follow_the_rule)
+// Scheduler parameters by name (what bindings use), 64-bit fields included.
+TEST(params_by_name) {
+    ASSERT_EQ(mor_params_size(MOR_PARAMS_SCHED), sizeof(mor_sched_params));
+    mor_sched_params p;
+    ASSERT_OK(mor_params_init(&p, MOR_PARAMS_SCHED));
+    ASSERT_EQ(p.max_batch, 64);
+    ASSERT_OK(mor_params_set(&p, "max_batch", 8));
+    ASSERT_OK(mor_params_set(&p, "kv_budget", 1099511627776.0 * 3));
+    ASSERT_OK(mor_params_set(&p, "mode", MOR_SCHED_STATIC));
+    ASSERT_STATUS(mor_params_set(&p, "kv_budget", 1e30), MOR_E_INVALID);
+    ASSERT_STATUS(mor_params_set(&p, "kv_budget", 0.5), MOR_E_INVALID);
+    ASSERT_STATUS(mor_params_set(&p, "temperature", 1), MOR_E_NOT_FOUND);
+    double v = 0;
+    ASSERT_OK(mor_params_get(&p, "kv_budget", &v));
+    ASSERT_EQ((long long)v, 1099511627776LL * 3);
+    ASSERT_EQ(p.kv_budget, 1099511627776LL * 3);
+    ASSERT_EQ(p.max_batch, 8);
+    ASSERT_EQ(p.mode, MOR_SCHED_STATIC);
+    mor_sched_params old = p;  // a caller built against a header that ends before kv_budget
+    old.size = (uint32_t)offsetof(mor_sched_params, kv_budget) + 4;
+    ASSERT_STATUS(mor_params_set(&old, "kv_budget", 1), MOR_E_NOT_FOUND);
+    mor_model *m = load("middle_cycle.gguf");
+    ASSERT(m);
+    mor_sched *sc = NULL;
+    char err[256];
+    ASSERT_OK(mor_sched_create(m, &p, &sc, err, sizeof err));
+    ASSERT_OK(mor_params_set(&p, "prompt_chunk", 0));
+    mor_sched *bad = NULL;
+    ASSERT_STATUS(mor_sched_create(m, &p, &bad, err, sizeof err), MOR_E_INVALID);
+    ASSERT_STR_CONTAINS(err, "prompt_chunk");
+    ASSERT(bad == NULL);
+    mor_sched_free(sc);
+    mor_model_free(m);
+}
+
+TEST_MAIN(equals_alone_continuous, equals_alone_baselines, faults_stay_local, rounds_follow_the_rule, params_by_name)

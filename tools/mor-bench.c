@@ -628,10 +628,11 @@ static int bench_sessions(const char *path, const char *label, const int *sessio
     static int header;
     if (!header++)
         printf("| model | depths | sessions | threads | continuous t/s | static t/s | sequential t/s | vs sequential | "
-               "vs static | rows per layer (cont. / static) | mean depth |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+               "vs static | rows per layer (cont. / static) | rows per head (cont. / static) | mean depth |\n"
+               "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n");
     for (int si = 0; si < n_sessions; si++)
         for (int ti = 0; ti < c->n_threads; ti++) {
-            double t[3][MAX_REPS], occ[3] = {0}, depth = 0;
+            double t[3][MAX_REPS], occ[3] = {0}, hocc[3] = {0}, depth = 0;
             for (int r = 0; r < c->reps; r++)
                 for (int mode = 0; mode < 3 - c->no_sequential; mode++) {  // interleaved: noise hits all alike
                     sb_result sr;
@@ -642,6 +643,7 @@ static int bench_sessions(const char *path, const char *label, const int *sessio
                     }
                     t[mode][r] = sr.tok_s;
                     occ[mode] = sr.occupancy;
+                    hocc[mode] = sr.head_occ;
                     depth = sr.mean_depth;
                 }
             double med[3] = {0};
@@ -654,9 +656,9 @@ static int bench_sessions(const char *path, const char *label, const int *sessio
                 snprintf(seq, sizeof seq, "%.1f", med[2]);
                 snprintf(vs_seq, sizeof vs_seq, "%.2fx", med[0] / med[2]);
             }
-            printf("| %s | %s | %d | %d | %.1f | %.1f | %s | %s | %.2fx | %.1f / %.1f | %.2f |\n", label,
+            printf("| %s | %s | %d | %d | %.1f | %.1f | %s | %s | %.2fx | %.1f / %.1f | %.1f / %.1f | %.2f |\n", label,
                    depth_names[depth_mode], sessions[si], c->threads[ti], med[0], med[1], seq, vs_seq, med[0] / med[1],
-                   occ[0], occ[1], depth);
+                   occ[0], occ[1], hocc[0], hocc[1], depth);
             fflush(stdout);
         }
     mor_model_free(m);

@@ -17,7 +17,7 @@ def rows(path):
     out = []
     for line in open(path):
         c = [x.strip() for x in line.strip().strip("|").split("|")]
-        if len(c) == 11 and c[2].isdigit() and c[3].isdigit():
+        if len(c) in (11, 12) and c[2].isdigit() and c[3].isdigit():
             try:
                 out.append((c[0], int(c[3]), int(c[2]), float(c[4]), float(c[5]), float(c[6])))
             except ValueError:

@@ -36,6 +36,7 @@ static int32_t sb_random_depth(void *user, const mor_route_batch *b, uint8_t *ke
 typedef struct {
     double tok_s;       // generated tokens per second, all sessions together
     double occupancy;   // mean token rows per batched layer
+    double head_occ;    // mean rows per batched output-head product
     double mean_depth;
     double seconds;
 } sb_result;
@@ -106,7 +107,11 @@ static int sb_run(const mor_model *m, int n_sessions, int n_threads, int mode, i
     out->tok_s = (double)n_gen / dt;
     out->seconds = dt;
     out->mean_depth = depth / n_sessions;
-    mor_sched_stats(sc, NULL, NULL, &out->occupancy);
+    mor_sched_counters k;
+    k.size = sizeof k;
+    mor_sched_get_counters(sc, &k);
+    out->occupancy = k.layer_runs ? (double)k.layer_rows / (double)k.layer_runs : 0;
+    out->head_occ = k.head_runs ? (double)k.head_rows / (double)k.head_runs : 0;
     for (int i = 0; i < n_sessions; i++) mor_session_free(ss[i]);
     free(ss);
     free(pr);
