@@ -609,7 +609,8 @@ typedef struct mor_sched_counters {
     int64_t  rounds;        /* mor_sched_step() calls */
     int64_t  layer_runs;    /* batched layer runs */
     int64_t  layer_rows;    /* token rows over those runs */
-    int64_t  head_runs;     /* batched output-head products */
+    int64_t  head_runs;     /* batched head products: the output head, and exit heads read by
+                               confidence policies at the end of a step */
     int64_t  head_rows;     /* rows over those products */
     int64_t  tokens;        /* generated tokens reported */
     int32_t  refill;        /* 1: exits refill the batch now; 0: they wait for the deepest token */

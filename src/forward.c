@@ -257,40 +257,81 @@ static int32_t begin_step(mor_session *s, pass *ps, int32_t k) {
 }
 
 // Writes the step's output back and measures what the next decision needs.
+// The state row t (active row i) leaves a step with, into out: the step's output, gated by
+// the expert-choice router's weight when there is one.
+static void step_out(const mor_session *s, int32_t i, int32_t t, float *out) {
+    const mor__hparams *hp = &s->model->hp;
+    const int d = hp->n_embd;
+    const float *ya = s->xa + (size_t)i * d, *hin = s->h_step + (size_t)t * d;
+    if (hp->router == MOR_ROUTER_EXPERT) {
+        float g = hp->router_additive ? 1.0f : s->gate[t];
+        for (int j = 0; j < d; j++) out[j] = hin[j] + g * ya[j];
+    } else {
+        memcpy(out, ya, (size_t)d * sizeof(float));
+    }
+}
+
+// Whether the policy reads an exit head's confidence after step k.
+static int needs_conf(const mor_session *s, int32_t k) {
+    const mor__policy *p = &s->policy;
+    return k + 1 < s->model->n_steps &&
+           (p->policy == MOR_EXIT_CONFIDENCE || (p->policy == MOR_EXIT_FREE && k + 1 == p->shallow) ||
+            (p->policy == MOR_EXIT_CUSTOM && s->router.wants_confidence));
+}
+
 static void end_step(mor_session *s, pass *ps, int32_t k, int32_t n) {
     const mor_model *m = s->model;
     const mor__hparams *hp = &m->hp;
     const mor__policy *p = &s->policy;
     const int d = hp->n_embd;
-    for (int32_t i = 0; i < n; i++) {
-        int32_t t = s->act[i];
-        float *xt = s->x + (size_t)t * d, *ya = s->xa + (size_t)i * d, *hin = s->h_step + (size_t)t * d;
-        if (hp->router == MOR_ROUTER_EXPERT) {
-            float g = hp->router_additive ? 1.0f : s->gate[t];
-            for (int j = 0; j < d; j++) xt[j] = hin[j] + g * ya[j];
-        } else {
-            memcpy(xt, ya, (size_t)d * sizeof(float));
-        }
-    }
+    const float *given = s->conf_logits;
+    s->conf_logits = NULL;
+    for (int32_t i = 0; i < n; i++) step_out(s, i, s->act[i], s->x + (size_t)s->act[i] * d);
     if (k + 1 >= m->n_steps) return;
-    int need_conf = p->policy == MOR_EXIT_CONFIDENCE || (p->policy == MOR_EXIT_FREE && k + 1 == p->shallow) ||
-                    (p->policy == MOR_EXIT_CUSTOM && s->router.wants_confidence);
-    for (int32_t i = 0; i < n; i++) {
+    int need_conf = needs_conf(s, k);
+    for (int32_t i = 0, j = 0; i < n; i++) {
         int32_t t = s->act[i];
         if (t >= ps->T) continue;
         const float *xt = s->x + (size_t)t * d;
         if (need_conf) {
-            head_logits(s, m->step_exit[k], xt, s->vocab_buf);
-            s->conf[t] = confidence(s->vocab_buf, hp->n_vocab, p->metric, &s->shallow_top[t]);
+            const float *lg = s->vocab_buf;
+            if (given) lg = given + (size_t)j++ * hp->n_vocab;
+            else head_logits(s, m->step_exit[k], xt, s->vocab_buf);
+            s->conf[t] = confidence(lg, hp->n_vocab, p->metric, &s->shallow_top[t]);
         }
         if (p->policy == MOR_EXIT_SATURATION) {
             const float *h0 = s->h_step + (size_t)t * d;
             double ab = 0, aa = 0, bb = 0;
-            for (int j = 0; j < d; j++) ab += (double)xt[j] * h0[j], aa += (double)xt[j] * xt[j], bb += (double)h0[j] * h0[j];
+            for (int q = 0; q < d; q++) ab += (double)xt[q] * h0[q], aa += (double)xt[q] * xt[q], bb += (double)h0[q] * h0[q];
             s->cosv[t] = (float)(ab / (sqrt(aa * bb) + 1e-30));
         }
     }
 }
+
+int32_t mor__pass_conf_rows(mor_session *s, float *xn, int32_t *head) {
+    const mor_model *m = s->model;
+    const pass *ps = &s->ps;
+    const int d = m->hp.n_embd;
+    if (!ps->active || ps->l >= m->hp.n_layer || m->steps_interleaved) return 0;
+    int32_t k = m->layer_step[ps->l];
+    if (k < 0 || ps->l != m->step_end[k] - 1 || !needs_conf(s, k)) return 0;
+    int32_t h = m->step_exit[k], n = 0;
+    const float *norm = h >= 0 ? m->exits[h].norm : m->output_norm;
+    for (int32_t i = 0; i < ps->n_act; i++) {
+        int32_t t = s->act[i];
+        if (t >= ps->T) continue;
+        if (xn) {
+            float *o = xn + (size_t)n * d;
+            step_out(s, i, t, o);
+            mor__rmsnorm(o, o, norm, d, m->hp.rms_eps);
+        }
+        n++;
+    }
+    *head = h;
+    return n;
+}
+
+void mor__pass_conf_logits(mor_session *s, const float *logits) { s->conf_logits = logits; }
 
 // ---- the pass ------------------------------------------------------------------------------
 
@@ -578,6 +619,7 @@ int mor__pass_advance(mor_session *s) {
             for (int32_t t = 0; t < ps->R; t++)
                 if (s->joined[t] && lk + 1 > s->tok_depth[t]) s->tok_depth[t] = lk + 1;
     }
+    s->conf_logits = NULL;  // used by this step's end, or not at all
     ps->l++;
     return settle(s);
 }

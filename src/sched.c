@@ -51,6 +51,7 @@ struct mor_sched {
     mor__part        *parts;
     int32_t          *head;          // [max_batch] entries whose logits are batched
     float            *logits;        // [max_batch][n_vocab]
+    int32_t          *conf_tmp;      // [3][max_batch] scratch of conf_heads()
     int32_t          *first_use;     // [n_stored] first unrolled layer of each stored layer
     int32_t           sweep;         // first_use of the stored layer run last
     int32_t           tail_begin;    // first unrolled layer after the last depth step
@@ -145,8 +146,9 @@ int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sch
     sc->head = calloc((size_t)p.max_batch, sizeof *sc->head);
     sc->logits = mor__alloc_zero((size_t)p.max_batch * (size_t)m->hp.n_vocab, sizeof(float));
     sc->first_use = malloc((size_t)m->hp.n_stored * sizeof *sc->first_use);
+    sc->conf_tmp = malloc(3 * (size_t)p.max_batch * sizeof *sc->conf_tmp);
     sc->depths = calloc((size_t)m->n_steps + 1, sizeof *sc->depths);
-    if (!st && (!sc->parts || !sc->head || !sc->logits || !sc->first_use || !sc->depths)) st = MOR_E_NOMEM;
+    if (!st && (!sc->parts || !sc->head || !sc->logits || !sc->first_use || !sc->depths || !sc->conf_tmp)) st = MOR_E_NOMEM;
     if (!st) {
         for (int32_t l = m->hp.n_layer - 1; l >= 0; l--) sc->first_use[m->layers[l].stored] = l;
         sc->sweep = m->hp.n_layer - 1;  // the first sweep starts at the first layer
@@ -206,6 +208,7 @@ void mor_sched_free(mor_sched *sc) {
     free(sc->logits);
     free(sc->first_use);
     free(sc->depths);
+    free(sc->conf_tmp);
     mor__pool_free(sc->pool);
     free(sc);
 }
@@ -509,6 +512,57 @@ static void complete(mor_sched *sc, entry *e, const float *logits) {
     e->fresh_logits = 1;
 }
 
+static void advance(mor_sched *sc, mor_session *s) {
+    entry *e = find(sc, s);
+    int st = mor__pass_advance(s);
+    if (st) {
+        mor__session_abort(s, st);
+        e->in_pass = 0;
+        fail_entry(sc, e, st);
+    }
+}
+
+// Exit-head products the policies read at the end of a step (confidence exits), batched over
+// the np parts just run like the final head: one product per head for all their rows; those
+// sessions then advance (their parts are cleared).
+static void conf_heads(mor_sched *sc, int32_t np) {
+    const mor_model *m = sc->model;
+    const int d = m->hp.n_embd;
+    int32_t *cnt = sc->conf_tmp, *hd = cnt + sc->p.max_batch, *off = hd + sc->p.max_batch;
+    int any = 0;
+    for (int32_t i = 0; i < np; i++) {
+        cnt[i] = mor__pass_conf_rows(sc->parts[i].s, NULL, &hd[i]);
+        if (cnt[i] > sc->p.max_batch) cnt[i] = 0;  // (cannot happen) computed by the session
+        any |= cnt[i] > 0;
+    }
+    while (any) {
+        int32_t h = 0, rows = 0;
+        any = 0;
+        for (int32_t i = 0; i < np; i++) {
+            if (cnt[i] <= 0) continue;
+            if (rows == 0) h = hd[i];
+            if (hd[i] != h || rows + cnt[i] > sc->p.max_batch) {
+                any = 1;  // another head, or no room: a later product
+                continue;
+            }
+            off[i] = rows;
+            mor__pass_conf_rows(sc->parts[i].s, sc->w.xb + (size_t)rows * d, &h);
+            rows += cnt[i];
+            cnt[i] = -1;  // in this product
+        }
+        mor__matmul(&sc->w, h >= 0 ? &m->exits[h].out : &m->output, sc->w.xb, rows, sc->logits);
+        sc->head_runs++;
+        sc->head_rows += rows;
+        for (int32_t i = 0; i < np; i++) {
+            if (cnt[i] != -1) continue;
+            mor__pass_conf_logits(sc->parts[i].s, sc->logits + (size_t)off[i] * m->hp.n_vocab);
+            advance(sc, sc->parts[i].s);
+            sc->parts[i].s = NULL;
+            cnt[i] = 0;
+        }
+    }
+}
+
 int mor_sched_step(mor_sched *sc) {
     if (!sc) return MOR_E_INVALID;
     sc->rounds++;
@@ -523,14 +577,13 @@ int mor_sched_step(mor_sched *sc) {
     // The next layer to run. The stored layers are swept in the order they first occur in the
     // unrolled stack (first unique layers, the shared block, the last ones), from the layer run
     // last: the next stored layer in that cyclic order that has rows waiting runs for all of
-    // them. Tokens that exit early reach the last layers, the head and the first layers while
-    // the deeper ones wait one pass of the sweep, then start the block with them: the shared
-    // block runs with nearly every session in it. The tail (last layers and output head) waits
-    // until it holds at least its share of the weight bytes, times the rows in flight (or all
-    // of them): a large head (a 49152-token vocabulary is 8 layers' worth) costs about the
-    // same for 2 rows as for 8, so running it for every trickle of exits would cost more than
-    // the refill gains (docs/PERFORMANCE.md). Each stored layer with work comes up within a
-    // sweep or two, so nobody starves (admission keeps the rows in flight within max_batch).
+    // them. A token that exits early goes through the tail (last layers and output head) and
+    // the first layers while the deeper ones wait one pass of the sweep, then starts the block
+    // with them: the shared block runs with nearly every session in it. Whether exits may run
+    // the tail before the batch's deepest token is done is tail_ready()'s call: a large head
+    // (a 49152-token vocabulary is 8 layers' worth) costs about as much for 2 rows as for 8.
+    // Each stored layer with work comes up within a sweep, or once every row in flight waits
+    // for the tail, so nobody starves (admission keeps the rows in flight within max_batch).
     // Static batching runs its batch down the unrolled stack: the lowest next layer first, so
     // tokens that exit wait at the last layers for the deepest one. Sequential: the session
     // that waited longest.
@@ -575,16 +628,9 @@ int mor_sched_step(mor_sched *sc) {
         mor__run_layers(&sc->w, m, sc->parts, np);
         sc->rows += rows;
         sc->layers++;
-        for (int32_t i = 0; i < np; i++) {
-            mor_session *s = sc->parts[i].s;
-            entry *e = find(sc, s);
-            int st = mor__pass_advance(s);
-            if (st) {
-                mor__session_abort(s, st);
-                e->in_pass = 0;
-                fail_entry(sc, e, st);
-            }
-        }
+        conf_heads(sc, np);
+        for (int32_t i = 0; i < np; i++)
+            if (sc->parts[i].s) advance(sc, sc->parts[i].s);
     }
     // Tokens whose layers are done: one output projection for all whose logits come from the
     // final head, then each finishes (telemetry, stack, sampling next round).

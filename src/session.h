@@ -139,6 +139,8 @@ struct mor_session {
     float   *h_step;                 // [n_batch][d] state entering the current step
     float   *h_exit;                 // [n_batch][d] state of a row when it left the steps (KV_SYNC)
     float   *vocab_buf;              // [n_threads? 1][n_vocab] exit-head logits scratch
+    const float *conf_logits;        // exit-head logits of the rows ending a step, computed by a
+                                     // scheduler for many sessions at once (NULL: compute here)
     int32_t *shallow_top;            // [n_batch] argmax of the exit head when a row stopped
     // KV strategy state
     int32_t *slot_of;                // [n_layer] slot a layer reads (per strategy)
@@ -193,6 +195,13 @@ void    mor__pass_finish(mor_session *s);              // logits, telemetry, sta
 // token, no LOGITS_ALL); 0 otherwise. mor__pass_finish_with() then takes those logits.
 int     mor__pass_head_row(mor_session *s, float *xn);
 void    mor__pass_finish_with(mor_session *s, const float *logits);
+// Rows whose exit-head logits the next mor__pass_advance() reads (the layer just run ends a
+// step and the policy measures confidence): their count, the head in *head (-1: the final
+// head), and, when xn is not NULL, their states normalized for that head, one row each.
+// mor__pass_conf_logits() hands over the logits of exactly those rows, in that order, for the
+// next advance (which would otherwise compute them one row at a time).
+int32_t mor__pass_conf_rows(mor_session *s, float *xn, int32_t *head);
+void    mor__pass_conf_logits(mor_session *s, const float *logits);
 
 // A layer on the rows of several parts; parts whose weights are the same memory share every
 // projection (layer.c). The parts' rows must fit w->rows.

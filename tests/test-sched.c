@@ -93,6 +93,8 @@ static void run_alone(const mor_model *m, const setup *u, int i, int router_mode
     mor_session_free(s);
 }
 
+static mor_sched_counters last_counters;  // of the last run_sched()
+
 // The scheduler with sessions joining at random rounds; returns the number of mismatches.
 static int run_sched(const char *file, int router_model, int mode, uint64_t seed, double *occupancy) {
     mor_model *m = load(file);
@@ -151,6 +153,8 @@ static int run_sched(const char *file, int router_model, int mode, uint64_t seed
         if (all) break;
     }
     mor_sched_stats(sc, NULL, NULL, occupancy);
+    last_counters.size = sizeof last_counters;
+    mor_sched_get_counters(sc, &last_counters);
     for (int i = 0; i < NS; i++) {
         if (!done[i] || ngot[i] != GEN) {
             printf("# %s session %d: %d of %d tokens, done %d\n", file, i, ngot[i], GEN, done[i]);
@@ -190,8 +194,13 @@ static int run_sched(const char *file, int router_model, int mode, uint64_t seed
 TEST(equals_alone_continuous) {
     double occ = 0;
     ASSERT_EQ(run_sched("middle_cycle.gguf", 0, MOR_SCHED_CONTINUOUS, test_seed(), &occ), 0);
-    printf("# middle_cycle: mean rows per batched layer %.2f\n", occ);
+    printf("# middle_cycle: mean rows per batched layer %.2f, %lld head products for %lld rows\n", occ,
+           (long long)last_counters.head_runs, (long long)last_counters.head_rows);
     ASSERT(occ > 1.5);  // sessions really share layers
+    // The confidence policies' exit-head products are batched too: more head rows than the
+    // tokens' own logits (one per pass), in fewer products than rows.
+    ASSERT(last_counters.head_rows > last_counters.tokens + NS);
+    ASSERT(2 * last_counters.head_runs < last_counters.head_rows);
     ASSERT_EQ(run_sched("expert.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 1, &occ), 0);
     ASSERT_EQ(run_sched("token.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 2, &occ), 0);
     ASSERT_EQ(run_sched("stories260K.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 3, &occ), 0);

@@ -593,7 +593,8 @@ static void usage(void) {
             "  --bw MIB         also measure read bandwidth (streaming sum over MIB MiB, per thread count)\n"
             "  --sessions LIST  many sessions (e.g. 1,4,16,64): the scheduler (continuous depth-wise batching)\n"
             "                   against static batching and sequential stepping; -p/-n per session\n"
-            "  --depths D       with --sessions: full, random (a router drawing depths 1..N), model, confidence\n"
+            "  --depths D       with --sessions: full, random (a router drawing depths 1..N), model, confidence,\n"
+            "                   skewed (a router continuing each step with probability 0.3)\n"
             "  --no-sequential  with --sessions: leave out the sequential baseline (slow at many sessions)\n"
             "                   and print the decode floor of each model: stream bytes per token / bandwidth\n");
 }
@@ -624,7 +625,7 @@ static int bench_sessions(const char *path, const char *label, const int *sessio
         return 1;
     }
     static const char *depth_names[] = {"full depth", "random depth 1..N (router)", "the model's policy",
-                                        "confidence exit 0.3"};
+                                        "confidence exit 0.3", "skewed: each further step p = 0.3 (router)"};
     static int header;
     if (!header++)
         printf("| model | depths | sessions | threads | continuous t/s | static t/s | sequential t/s | vs sequential | "
@@ -712,8 +713,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-sequential")) c.no_sequential = 1, used = 0;
         else if (!strcmp(a, "--sessions") && v) bad = (n_sessions = parse_list(v, sessions, 8, 1, 1024)) < 1;
         else if (!strcmp(a, "--depths") && v) {
-            bad = strcmp(v, "full") && strcmp(v, "random") && strcmp(v, "model") && strcmp(v, "confidence");
-            depth_mode = !strcmp(v, "full") ? 0 : !strcmp(v, "random") ? 1 : !strcmp(v, "model") ? 2 : 3;
+            static const char *modes[] = {"full", "random", "model", "confidence", "skewed"};
+            bad = 1;
+            for (int k = 0; k < 5; k++)
+                if (!strcmp(v, modes[k])) depth_mode = k, bad = 0;
         }
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
