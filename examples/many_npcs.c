@@ -69,16 +69,18 @@ int main(int argc, char **argv) {
                 len[i] += got;
         }
     }
-    int64_t rounds;
-    double rows;
-    mor_sched_stats(sched, &rounds, NULL, &rows);
+    mor_sched_counters cn;
+    cn.size = sizeof cn;
+    mor_sched_get_counters(sched, &cn);
     for (int i = 0; i < n; i++) {
         text[i][len[i]] = 0;
         for (char *c = text[i]; *c; c++)
             if (*c == '\n') *c = ' ';
         printf("[%d] %s\n", i, text[i]);
     }
-    fprintf(stderr, "%lld rounds, %.1f token rows per batched layer on average\n", (long long)rounds, rows);
+    fprintf(stderr, "%lld rounds, %lld tokens; %.1f token rows per batched layer, %.1f per head product on average\n",
+            (long long)cn.rounds, (long long)cn.tokens, cn.layer_runs ? (double)cn.layer_rows / (double)cn.layer_runs : 0.0,
+            cn.head_runs ? (double)cn.head_rows / (double)cn.head_runs : 0.0);
     for (int i = 0; i < n; i++) {
         mor_detok_free(detok[i]);
         mor_session_free(npc[i]);

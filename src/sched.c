@@ -453,7 +453,10 @@ static int32_t admit(mor_sched *sc, entry *e, int32_t rows_in, int may_start) {
 // decoded tokens (D: a token's depth, M: the deepest of n tokens). With every session in flight,
 // refilling sweeps the first layers, one step of the block and the tail once per step a token
 // runs: E[D] x (first + step + tail) bytes per n tokens. Running the batch to its deepest token
-// streams first + E[M] x step + tail. Refill when it streams less.
+// streams first + E[M] x step + tail. Refill when it streams at least a fifth less: the bytes
+// leave out that a round's cost also grows with its rows once its products are bound by
+// arithmetic (from about 6 rows for F16 on one core), which favours the fewer, fuller rounds
+// of refilling less than the bytes say (docs/PERFORMANCE.md has the measurements).
 static int refill_pays(const mor_sched *sc, int32_t n) {
     const int32_t N = sc->model->n_steps;
     if (sc->n_depths < 8 || n < 2) return 1;
@@ -466,7 +469,7 @@ static int refill_pays(const mor_sched *sc, int32_t n) {
         cdf_prev = cdf;
     }
     const double *b = sc->bytes;
-    return mean * (b[0] + b[1] + b[2]) < b[0] + deepest * b[1] + b[2];
+    return 1.25 * mean * (b[0] + b[1] + b[2]) < b[0] + deepest * b[1] + b[2];
 }
 
 // Whether the tail (the last layers and the head) may run now: in continuous mode, once its
