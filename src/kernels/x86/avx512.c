@@ -470,15 +470,18 @@ static inline __attribute__((always_inline)) void qfew(int kt, const void *W, in
 
 // ---- quantized products, many tokens -------------------------------------------------------
 
-#define KCQ 512  // k-chunk of the packed x (int8): 512 x 64 tokens = 32 KiB
+#define QPACK 32768  // bytes of packed x per k-chunk: 512 elements x 64 tokens, 2048 x 16
+#define KCQ_MAX 2048
 
-// Packed x for a tile of up to 64 tokens and a k-chunk: xq[(g * NT + j) * 64 + 4 * l + m] is
-// x + 128 of token 16 j + l, element 4 g + m; xd[b * 64 + t] the block scales; xc[b * 64 + t]
-// the Q4_0 corrections -8 * sum(q).
+// Packed x for a tile of up to 64 tokens (NT groups of 16) and a k-chunk of at most
+// QPACK / (16 NT) elements: xq[(g * NT + j) * 64 + 4 * l + m] is x + 128 of token 16 j + l,
+// element 4 g + m; xd[b * 64 + t] the block scales; xc[b * 64 + t] the Q4_0 corrections
+// -8 * sum(q). Fewer tokens take longer chunks: a row is walked in one chunk up to 2048
+// elements with 16 tokens, so no partial sums go back to y between chunks.
 typedef struct {
-    uint8_t xq[KCQ * TLQ];
-    float   xd[KCQ / MOR__QK * TLQ];
-    int32_t xc[KCQ / MOR__QK * TLQ];
+    uint8_t xq[QPACK];
+    float   xd[KCQ_MAX / MOR__QK * TLQ];
+    int32_t xc[KCQ_MAX / MOR__QK * TLQ];
 } qpack;
 
 
@@ -553,8 +556,11 @@ static void qgemm_lanes(int kt, const void *W, int64_t cols, int64_t r0, int64_t
                                      _mm512_set1_epi32((int)ldy));
     for (int64_t t0 = 0; t0 < T; t0 += TLQ) {
         int64_t nt = T - t0 < TLQ ? T - t0 : TLQ, NT = (nt + 15) / 16;
-        for (int64_t k0 = 0; k0 < cols; k0 += KCQ) {
-            int64_t kc = cols - k0 < KCQ ? cols - k0 : KCQ, nbc = kc / MOR__QK;
+        // Chunks of nearly equal length (whole blocks) within the pack.
+        int64_t kmax = QPACK / (16 * NT) / MOR__QK * MOR__QK, nch = (cols + kmax - 1) / kmax;
+        int64_t kstep = ((cols + nch - 1) / nch + MOR__QK - 1) / MOR__QK * MOR__QK;
+        for (int64_t k0 = 0; k0 < cols; k0 += kstep) {
+            int64_t kc = cols - k0 < kstep ? cols - k0 : kstep, nbc = kc / MOR__QK;
             for (int64_t t = 0; t < NT * 16; t++) {
                 int64_t j = t / 16, l = t % 16;
                 for (int64_t b = 0; b < nbc; b++) {
