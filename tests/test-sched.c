@@ -405,6 +405,161 @@ TEST(rounds_follow_the_rule) {
     mor_model_free(m);
 }
 
+// A router that fails now and then (user: a seeded RNG state).
+static int32_t flaky(void *user, const mor_route_batch *b, uint8_t *keep) {
+    uint64_t *rs = user;
+    for (int32_t i = 0; i < b->n_tokens; i++) keep[i] = (uint8_t)(test_rand(rs) % 3 != 0);
+    return test_rand(rs) % 40 == 0 ? 3 : 0;
+}
+
+// Random sequences of every scheduler call, with bad input mixed in (seeded; run under the
+// sanitizers and valgrind by CI): every call answers with its documented status, every request
+// ends with exactly one end event (done, cancelled or its error), a request that ends well got
+// every token it asked for, and the sessions stay usable on their own afterwards.
+TEST(random_operations) {
+    enum { SLOTS = 6, OPS = 12000 };
+    mor_model *m = load("middle_cycle.gguf");
+    ASSERT(m);
+    const int32_t V = (int32_t)mor_model_get_int(m, MOR_INFO_N_VOCAB);
+    mor_sched_params sp;
+    mor_sched_params_init(&sp);
+    sp.max_batch = 12;
+    sp.prompt_chunk = 5;
+    mor_sched *sc;
+    char err[256];
+    ASSERT_OK(mor_sched_create(m, &sp, &sc, err, sizeof err));
+    struct {
+        mor_session *s;
+        int          in, active;
+        int32_t      want, got;  // tokens asked for / reported in the open request
+        uint64_t     rng;
+    } sl[SLOTS];
+    memset(sl, 0, sizeof sl);
+    uint64_t rs = test_seed() * 7 + 11;
+    int64_t ends = 0, tokens = 0, errors = 0;
+    for (int op = 0; op < OPS; op++) {
+        int i = (int)(test_rand(&rs) % SLOTS), what = (int)(test_rand(&rs) % 16);
+        if (!sl[i].s) {  // a new session, with one of the test setups, sometimes a flaky router
+            mor_session_params p;
+            mor_session_params_init(&p);
+            p.n_ctx = 40;
+            p.n_batch = 6;
+            ASSERT_OK(mor_session_create(m, &p, &sl[i].s, err, sizeof err));
+            const setup *u = &setups[test_rand(&rs) % NS];
+            mor_exit_policy ep;
+            mor_exit_policy_init(&ep);
+            ep.policy = u->policy;
+            ep.kv = u->kv;
+            ep.depth = u->depth;
+            ep.threshold = u->threshold;
+            ASSERT_OK(mor_session_set_exit_policy(sl[i].s, &ep));
+            sl[i].rng = test_rand(&rs);
+            if (test_rand(&rs) % 4 == 0) ASSERT_OK(mor_session_set_router_fn(sl[i].s, flaky, &sl[i].rng, 0));
+            sl[i].in = sl[i].active = 0;
+            sl[i].want = sl[i].got = 0;
+            continue;
+        }
+        mor_session *s = sl[i].s;
+        if (what == 0) {  // add (twice is refused)
+            ASSERT_STATUS(mor_sched_add(sc, s), sl[i].in ? MOR_E_INVALID : MOR_OK);
+            sl[i].in = 1;
+        } else if (what <= 3) {  // submit, now and then with a bad token
+            int32_t prompt[10], n = (int32_t)(test_rand(&rs) % 8), gen = (int32_t)(test_rand(&rs) % 7);
+            int bad = test_rand(&rs) % 10 == 0 && n > 0;
+            for (int32_t k = 0; k < n; k++) prompt[k] = (int32_t)(test_rand(&rs) % (uint64_t)V);
+            if (bad) prompt[n - 1] = V + 3;
+            int st = mor_sched_submit(sc, s, prompt, n, gen);
+            if (!sl[i].in) {
+                ASSERT_STATUS(st, MOR_E_INVALID);
+            } else if (bad) {
+                ASSERT_STATUS(st, MOR_E_TOKEN);
+            } else if (st == MOR_OK) {
+                if (n + gen > 0) {
+                    if (!sl[i].active) sl[i].want = sl[i].got = 0;
+                    sl[i].active = 1;
+                    sl[i].want += gen;
+                }
+            } else {  // the context is full, or nothing to generate from: nothing was queued
+                ASSERT(st == MOR_E_CONTEXT_FULL || st == MOR_E_INVALID);
+                ASSERT(mor_session_last_error(s)[0] != 0);
+                if (st == MOR_E_CONTEXT_FULL && !sl[i].active) {  // start over
+                    if (mor_sched_remove(sc, s) == MOR_OK) sl[i].in = 0;
+                    mor_session_reset(s);
+                }
+            }
+        } else if (what == 4) {  // cancel: its request ends with MOR_E_CANCELLED
+            ASSERT_STATUS(mor_sched_cancel(sc, s), sl[i].in ? MOR_OK : MOR_E_INVALID);
+        } else if (what == 5) {  // remove: its request and its events go
+            ASSERT_STATUS(mor_sched_remove(sc, s), sl[i].in ? MOR_OK : MOR_E_INVALID);
+            sl[i].in = sl[i].active = 0;
+        } else if (what == 6 && test_rand(&rs) % 4 == 0) {  // free it (it leaves the scheduler)
+            mor_session_free(s);
+            sl[i].s = NULL;
+            continue;
+        } else if (what == 7) {  // stepping it directly is refused while it is scheduled
+            int32_t t = 1;
+            int st = mor_session_step(s, &t, 1);
+            if (sl[i].in) ASSERT_STATUS(st, MOR_E_INVALID);
+        } else {
+            ASSERT_OK(mor_sched_step(sc));
+        }
+        mor_session *who;
+        int32_t tok, st;
+        while (mor_sched_poll(sc, &who, &tok, &st) == MOR_OK) {
+            int j = 0;
+            while (j < SLOTS && sl[j].s != who) j++;
+            ASSERT(j < SLOTS && sl[j].in && sl[j].active);
+            if (tok >= 0) {
+                ASSERT(tok < V);
+                ASSERT_LT(sl[j].got, sl[j].want);
+                sl[j].got++, tokens++;
+                continue;
+            }
+            ends++;
+            if (st == MOR_OK) {
+                ASSERT_EQ(sl[j].got, sl[j].want);
+            } else {
+                errors++;
+                ASSERT(st == MOR_E_CANCELLED || mor_session_last_error(who)[0] != 0);
+            }
+            sl[j].active = 0;
+        }
+        ASSERT_LE(mor_sched_pending(sc), SLOTS);
+    }
+    for (int r = 0; r < 100000 && mor_sched_pending(sc) > 0; r++) {  // drain
+        ASSERT_OK(mor_sched_step(sc));
+        mor_session *who;
+        int32_t tok, st;
+        while (mor_sched_poll(sc, &who, &tok, &st) == MOR_OK) {
+            int j = 0;
+            while (j < SLOTS && sl[j].s != who) j++;
+            ASSERT(j < SLOTS && sl[j].active);
+            if (tok >= 0) {
+                sl[j].got++, tokens++;
+                continue;
+            }
+            ends++;
+            sl[j].active = 0;
+            ASSERT(st != MOR_OK || sl[j].got == sl[j].want);
+        }
+    }
+    ASSERT_EQ(mor_sched_pending(sc), 0);
+    for (int i = 0; i < SLOTS; i++) ASSERT(!sl[i].s || !sl[i].active);
+    printf("# %lld tokens, %lld requests ended (%lld by errors or cancels)\n", (long long)tokens, (long long)ends,
+           (long long)errors);
+    ASSERT(tokens > 100 && ends > 20 && errors > 0);
+    mor_sched_free(sc);
+    for (int i = 0; i < SLOTS; i++) {  // usable alone
+        if (!sl[i].s) continue;
+        ASSERT_OK(mor_session_set_router(sl[i].s, NULL, NULL));
+        mor_session_reset(sl[i].s);
+        int32_t t[2] = {1, 2};
+        ASSERT_OK(mor_session_step(sl[i].s, t, 2));
+        mor_session_free(sl[i].s);
+    }
+    mor_model_free(m);
+}
+
 // Scheduler parameters by name (what bindings use), 64-bit fields included.
 TEST(params_by_name) {
     ASSERT_EQ(mor_params_size(MOR_PARAMS_SCHED), sizeof(mor_sched_params));
@@ -440,4 +595,5 @@ TEST(params_by_name) {
     mor_model_free(m);
 }
 
-TEST_MAIN(equals_alone_continuous, equals_alone_baselines, faults_stay_local, rounds_follow_the_rule, params_by_name)
+TEST_MAIN(equals_alone_continuous, equals_alone_baselines, faults_stay_local, rounds_follow_the_rule, random_operations,
+          params_by_name)
