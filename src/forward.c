@@ -288,17 +288,36 @@ static void end_step(mor_session *s, pass *ps, int32_t k, int32_t n) {
     s->conf_logits = NULL;
     for (int32_t i = 0; i < n; i++) step_out(s, i, s->act[i], s->x + (size_t)s->act[i] * d);
     if (k + 1 >= m->n_steps) return;
-    int need_conf = needs_conf(s, k);
-    for (int32_t i = 0, j = 0; i < n; i++) {
+    if (needs_conf(s, k)) {
+        // Logits of the exit head for the rows that go on: handed over by a scheduler, or
+        // computed here, up to MOR__CONF_GROUP rows per product.
+        const int32_t head = m->step_exit[k], G = MOR__MIN(s->n_batch, MOR__CONF_GROUP);
+        const float *norm = head >= 0 ? m->exits[head].norm : m->output_norm;
+        int32_t rows[MOR__CONF_GROUP], g = 0, j = 0;
+        for (int32_t i = 0; i <= n; i++) {
+            int32_t t = i < n ? s->act[i] : -1;
+            if (i < n && t >= ps->T) continue;
+            if (given && t >= 0) {
+                s->conf[t] = confidence(given + (size_t)j++ * hp->n_vocab, hp->n_vocab, p->metric, &s->shallow_top[t]);
+                continue;
+            }
+            if (t >= 0) {
+                mor__rmsnorm(s->xb + (size_t)g * d, s->x + (size_t)t * d, norm, d, hp->rms_eps);
+                rows[g++] = t;
+            }
+            if (g == G || (t < 0 && g > 0)) {
+                mm(s, head >= 0 ? &m->exits[head].out : &m->output, s->xb, g, s->vocab_buf);
+                for (int32_t q = 0; q < g; q++)
+                    s->conf[rows[q]] = confidence(s->vocab_buf + (size_t)q * hp->n_vocab, hp->n_vocab, p->metric,
+                                                  &s->shallow_top[rows[q]]);
+                g = 0;
+            }
+        }
+    }
+    for (int32_t i = 0; i < n; i++) {
         int32_t t = s->act[i];
         if (t >= ps->T) continue;
         const float *xt = s->x + (size_t)t * d;
-        if (need_conf) {
-            const float *lg = s->vocab_buf;
-            if (given) lg = given + (size_t)j++ * hp->n_vocab;
-            else head_logits(s, m->step_exit[k], xt, s->vocab_buf);
-            s->conf[t] = confidence(lg, hp->n_vocab, p->metric, &s->shallow_top[t]);
-        }
         if (p->policy == MOR_EXIT_SATURATION) {
             const float *h0 = s->h_step + (size_t)t * d;
             double ab = 0, aa = 0, bb = 0;

@@ -17,6 +17,10 @@
 #include "model.h"
 #include "thread.h"
 
+// Rows whose exit-head logits a session computes in one product (confidence policies reading
+// the head of many prompt rows): the head is read once for them.
+#define MOR__CONF_GROUP 8
+
 typedef struct {
     float    *k;     // [n_ctx][kv_dim] F32 entries (NULL with MOR_SESSION_KV_F16)
     float    *v;     // [n_ctx][kv_dim]
@@ -138,7 +142,7 @@ struct mor_session {
     int32_t *cap;                    // [n_batch] budget cap on steps
     float   *h_step;                 // [n_batch][d] state entering the current step
     float   *h_exit;                 // [n_batch][d] state of a row when it left the steps (KV_SYNC)
-    float   *vocab_buf;              // [n_threads? 1][n_vocab] exit-head logits scratch
+    float   *vocab_buf;              // [min(n_batch, MOR__CONF_GROUP)][n_vocab] exit-head logits scratch
     const float *conf_logits;        // exit-head logits of the rows ending a step, computed by a
                                      // scheduler for many sessions at once (NULL: compute here)
     int32_t *shallow_top;            // [n_batch] argmax of the exit head when a row stopped

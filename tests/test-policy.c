@@ -7,11 +7,15 @@
 //   exactly the entries SEED.md §5's formulas count;
 // - a custom router written in C drives the depths; a failing router leaves the session usable;
 // - the compute budget caps the mean depth; capacity selects top-k per step;
+// - confidence exits read the same exit-head logits for a prompt stepped at once (a group of
+//   rows per product) as one token at a time;
 // - bad parameters give clear errors.
 #include "harness.h"
 #include "mor.h"
 
 #include "session.h"
+
+#include <math.h>
 
 static mor_model *load(const char *file) {
     char path[512], err[256];
@@ -55,6 +59,44 @@ static int run_greedy(mor_session *s, int n, int32_t *out) {
         if (out) out[i] = t;
     }
     return 0;
+}
+
+// A prompt stepped at once (its rows' exit-head logits computed a group at a time) and one
+// token at a time: the same confidences, depths and logits, on the trained recursive model
+// (whose confidences really vary) with a prompt longer than a group.
+TEST(confidence_groups_equal_one_row) {
+    mor_model *m = load("models/default.gguf");
+    ASSERT(m);
+    int32_t V = (int32_t)mor_model_get_int(m, MOR_INFO_N_VOCAB), toks[37];
+    for (int i = 0; i < 37; i++) toks[i] = (int32_t)((i * 2654435761u) % (uint32_t)V);
+    mor_session *a = open_session(m, 64), *b = open_session(m, 1);
+    ASSERT(a && b);
+    for (int k = 0; k < 2; k++) {
+        mor_exit_policy ep;
+        mor_exit_policy_init(&ep);
+        ep.policy = MOR_EXIT_CONFIDENCE;
+        ep.threshold = 0.3f;
+        ep.min_depth = 1;
+        ASSERT_OK(mor_session_set_exit_policy(k ? b : a, &ep));
+    }
+    ASSERT_OK(mor_session_step(a, toks, 37));
+    for (int i = 0; i < 37; i++) ASSERT_OK(mor_session_step(b, &toks[i], 1));
+    int depths[4] = {0};
+    for (int32_t p = 0; p < 37; p++) {
+        int32_t da, db;
+        float ca, cb;
+        ASSERT_OK(mor_session_token_info(a, p, &da, &ca, NULL));
+        ASSERT_OK(mor_session_token_info(b, p, &db, &cb, NULL));
+        ASSERT_EQ(da, db);
+        ASSERT(ca == cb || (isnan(ca) && isnan(cb)));
+        depths[da < 4 ? da : 3]++;
+    }
+    ASSERT(depths[1] > 0 && depths[2] + depths[3] > 0);  // the exits vary
+    const float *la = mor_session_logits(a, -1), *lb = mor_session_logits(b, -1);
+    for (int32_t v = 0; v < V; v++) ASSERT(la[v] == lb[v]);
+    mor_session_free(a);
+    mor_session_free(b);
+    mor_model_free(m);
 }
 
 TEST(threshold_never_met_equals_full) {
@@ -524,5 +566,5 @@ static const test_entry tests_[] = {TEST_LIST(threshold_never_met_equals_full, s
                                               rollback_recovers_full_depth_output, cache_sizes_follow_the_formulas,
                                               propagation_fills_skipped_layers, custom_router_in_c)
                                         TEST_LIST(budget_caps_mean_depth, capacity_top_k, bad_policies,
-                                                  state_keeps_policy_and_stack)};
+                                                  state_keeps_policy_and_stack, confidence_groups_equal_one_row)};
 TEST_MAIN_LIST(tests_)
