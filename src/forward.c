@@ -291,7 +291,7 @@ static void end_step(mor_session *s, pass *ps, int32_t k, int32_t n) {
     if (needs_conf(s, k)) {
         // Logits of the exit head for the rows that go on: handed over by a scheduler, or
         // computed here, up to MOR__CONF_GROUP rows per product.
-        const int32_t head = m->step_exit[k], G = MOR__MIN(s->n_batch, MOR__CONF_GROUP);
+        const int32_t head = m->step_exit[k], G = s->conf_group;
         const float *norm = head >= 0 ? m->exits[head].norm : m->output_norm;
         int32_t rows[MOR__CONF_GROUP], g = 0, j = 0;
         for (int32_t i = 0; i <= n; i++) {

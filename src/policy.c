@@ -3,6 +3,8 @@
 // FREE. The per-token decisions themselves run inside the forward pass (forward.c).
 #include "session.h"
 
+#include <stdlib.h>
+
 #include <math.h>
 
 void mor__policy_default(const mor_model *m, mor__policy *p) {
@@ -141,6 +143,15 @@ static void install(mor_session *s, const mor__policy *np) {
     }
     s->budget_n = s->budget_next = 0;
     mor__apply_kv(s);
+    // Policies that read exit-head confidences get room for a group of rows' logits (one head
+    // product for the group); others keep one row. Not getting the room only costs speed.
+    int conf = np->policy == MOR_EXIT_CONFIDENCE || np->policy == MOR_EXIT_FREE ||
+               (np->policy == MOR_EXIT_CUSTOM && s->router.wants_confidence);
+    int32_t g = conf ? MOR__MIN(s->n_batch, MOR__CONF_GROUP) : 1;
+    if (g != s->conf_group) {
+        float *nb = mor__alloc_zero((size_t)g * (size_t)s->model->hp.n_vocab, sizeof(float));
+        if (nb) free(s->vocab_buf), s->vocab_buf = nb, s->conf_group = g;
+    }
 }
 
 int mor_session_set_exit_policy(mor_session *s, const mor_exit_policy *pol) {

@@ -154,7 +154,8 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     s->cap = alloc_n(2 * nb, sizeof(int32_t), &fail);
     s->h_step = alloc_n(nb * d, sizeof(float), &fail);
     s->h_exit = alloc_n(nb * d, sizeof(float), &fail);
-    s->vocab_buf = alloc_n((size_t)MOR__MIN(nb, MOR__CONF_GROUP) * V, sizeof(float), &fail);
+    s->vocab_buf = alloc_n(V, sizeof(float), &fail);
+    s->conf_group = 1;
     s->shallow_top = alloc_n(nb, sizeof(int32_t), &fail);
     s->row_head = alloc_n(nb, sizeof(int32_t), &fail);
     s->slot_of = alloc_n((size_t)hp->n_layer, sizeof(int32_t), &fail);

@@ -142,7 +142,8 @@ struct mor_session {
     int32_t *cap;                    // [n_batch] budget cap on steps
     float   *h_step;                 // [n_batch][d] state entering the current step
     float   *h_exit;                 // [n_batch][d] state of a row when it left the steps (KV_SYNC)
-    float   *vocab_buf;              // [min(n_batch, MOR__CONF_GROUP)][n_vocab] exit-head logits scratch
+    float   *vocab_buf;              // [conf_group][n_vocab] exit-head logits scratch
+    int32_t  conf_group;             // 1, or up to MOR__CONF_GROUP rows for confidence policies
     const float *conf_logits;        // exit-head logits of the rows ending a step, computed by a
                                      // scheduler for many sessions at once (NULL: compute here)
     int32_t *shallow_top;            // [n_batch] argmax of the exit head when a row stopped
