@@ -470,18 +470,17 @@ static inline __attribute__((always_inline)) void qfew(int kt, const void *W, in
 
 // ---- quantized products, many tokens -------------------------------------------------------
 
-#define QPACK 32768  // bytes of packed x per k-chunk: 512 elements x 64 tokens, 2048 x 16
-#define KCQ_MAX 2048
+#define QPACK 40960  // bytes of packed x per k-chunk: 640 elements x 64 tokens, 2560 x 16
 
 // Packed x for a tile of up to 64 tokens (NT groups of 16) and a k-chunk of at most
 // QPACK / (16 NT) elements: xq[(g * NT + j) * 64 + 4 * l + m] is x + 128 of token 16 j + l,
-// element 4 g + m; xd[b * 64 + t] the block scales; xc[b * 64 + t] the Q4_0 corrections
-// -8 * sum(q). Fewer tokens take longer chunks: a row is walked in one chunk up to 2048
-// elements with 16 tokens, so no partial sums go back to y between chunks.
+// element 4 g + m; xd[b * 16 NT + t] the block scales; xc[b * 16 NT + t] the Q4_0 corrections
+// -8 * sum(q). Fewer tokens take longer chunks: a row is walked in one chunk up to 640
+// elements with 64 tokens, 2560 with 16, so no partial sums go back to y between chunks.
 typedef struct {
     uint8_t xq[QPACK];
-    float   xd[KCQ_MAX / MOR__QK * TLQ];
-    int32_t xc[KCQ_MAX / MOR__QK * TLQ];
+    float   xd[QPACK / MOR__QK];
+    int32_t xc[QPACK / MOR__QK];
 } qpack;
 
 
@@ -514,7 +513,7 @@ static inline __attribute__((always_inline)) void qlane_tile(int kt, const uint8
             }
             __m512i c = _mm512_set1_epi32(-128 * sum_s8(v));
             UNROLL for (int j = 0; j < NT; j++)
-                iacc[a][j] = kt == MOR__KT_Q8_0 ? c : _mm512_add_epi32(c, _mm512_load_si512(pk->xc + b * TLQ + 16 * j));
+                iacc[a][j] = kt == MOR__KT_Q8_0 ? c : _mm512_add_epi32(c, _mm512_load_si512(pk->xc + b * 16 * NT + 16 * j));
         }
         UNROLL for (int g = 0; g < 8; g++) {
             __m512i xv[4];
@@ -527,7 +526,7 @@ static inline __attribute__((always_inline)) void qlane_tile(int kt, const uint8
             }
         }
         UNROLL for (int j = 0; j < NT; j++) {
-            __m512 dx = _mm512_load_ps(pk->xd + b * TLQ + 16 * j);
+            __m512 dx = _mm512_load_ps(pk->xd + b * 16 * NT + 16 * j);
             UNROLL for (int a = 0; a < RR; a++)
                 facc[a][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[a][j]), _mm512_mul_ps(_mm512_set1_ps(dw[a]), dx), facc[a][j]);
         }
@@ -569,8 +568,8 @@ static void qgemm_lanes(int kt, const void *W, int64_t cols, int64_t r0, int64_t
                     if (t < nt) d = quant_block(x + (t0 + t) * ldx + k0 + b * MOR__QK, q);
                     else memset(q, 0, sizeof q);
                     __m256i v = _mm256_load_si256((const __m256i *)q);
-                    pk.xd[b * TLQ + t] = d;
-                    pk.xc[b * TLQ + t] = -8 * sum_s8(v);
+                    pk.xd[b * 16 * NT + t] = d;
+                    pk.xc[b * 16 * NT + t] = -8 * sum_s8(v);
                     v = _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
                     _Alignas(32) uint32_t g[8];
                     _mm256_store_si256((__m256i *)g, v);
