@@ -209,6 +209,25 @@ static void att_part(void *c, int part, int n_parts, int tid) {
 
 // ---- the layer -----------------------------------------------------------------------------
 
+// g = SiLU(g) * u over n elements, split among threads (the same float operations per element
+// whatever the split).
+typedef struct {
+    float       *g;
+    const float *u;
+    long         n;
+} swiglu_task;
+
+static void swiglu_part(void *c, int part, int n_parts, int tid) {
+    const swiglu_task *t = c;
+    (void)tid;
+    long lo, hi;
+    mor__split(t->n, part, n_parts, &lo, &hi);
+    for (long e = lo; e < hi; e++) {
+        float g = t->g[e];
+        t->g[e] = g / (1.0f + expf(-g)) * t->u[e];
+    }
+}
+
 static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
     const mor__hparams *hp = &m->hp;
     const int d = hp->n_embd, hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
@@ -253,10 +272,9 @@ static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
     }
     proj(w, b, MOR__ROLE_GATE, w->xb, d, w->hb, ff, 0);
     proj(w, b, MOR__ROLE_UP, w->xb, d, w->hb2, ff, 0);
-    for (int64_t e = 0; e < (int64_t)N * ff; e++) {
-        float g = w->hb[e];
-        w->hb[e] = g / (1.0f + expf(-g)) * w->hb2[e];
-    }
+    swiglu_task sg = {w->hb, w->hb2, (long)N * ff};
+    if (sg.n < 16384 || mor__pool_size(w->pool) == 1) swiglu_part(&sg, 0, 1, 0);
+    else mor__pool_run(w->pool, swiglu_part, &sg);
     proj(w, b, MOR__ROLE_DOWN, w->hb, ff, w->hb2, d, 0);
     for (int i = 0; i < b->n_parts; i++) {
         const mor__part *p = &b->parts[i];
