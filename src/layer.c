@@ -209,8 +209,9 @@ static void att_part(void *c, int part, int n_parts, int tid) {
 
 // ---- the layer -----------------------------------------------------------------------------
 
-// g = SiLU(g) * u over n elements, split among threads (the same float operations per element
-// whatever the split).
+// g = SiLU(g) * u over n elements, split among threads: the reference kernel's arithmetic
+// (expf), the same per element whatever the split. (The table's SIMD swiglu, a polynomial exp
+// within 4e-6, would change the logits' last bits; the forward pass keeps the scalar form.)
 typedef struct {
     float       *g;
     const float *u;
@@ -222,10 +223,7 @@ static void swiglu_part(void *c, int part, int n_parts, int tid) {
     (void)tid;
     long lo, hi;
     mor__split(t->n, part, n_parts, &lo, &hi);
-    for (long e = lo; e < hi; e++) {
-        float g = t->g[e];
-        t->g[e] = g / (1.0f + expf(-g)) * t->u[e];
-    }
+    if (lo < hi) mor__kernels_ref()->swiglu(t->g + lo, t->u + lo, hi - lo);
 }
 
 static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
