@@ -406,7 +406,8 @@ MOR_API int mor_session_set_sampler(mor_session *session, const mor_sampler_para
 
 /* mor_session_sample(): pick the next token from the logits of the last token of the last step,
  * applying repetition penalty, temperature, top-k, top-p and min-p in that order, and drawing
- * from the session's RNG. Greedy when temperature <= 0. Does not append the token: pass it to
+ * from the session's RNG. Greedy when temperature <= 0 (the first of equal maxima; a NaN logit
+ * is never picked). Does not append the token: pass it to
  * mor_session_step(). @return MOR_OK, or MOR_E_INVALID (no logits: step first). */
 MOR_API int mor_session_sample(mor_session *session, int32_t *token);
 

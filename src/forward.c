@@ -46,7 +46,7 @@ static void head_logits(mor_session *s, int32_t head, const float *h, float *out
     const mor_model *m = s->model;
     const float *norm = head >= 0 ? m->exits[head].norm : m->output_norm;
     const mor__mat *w = head >= 0 ? &m->exits[head].out : &m->output;
-    mor__rmsnorm(s->xb, h, norm, m->hp.n_embd, m->hp.rms_eps);
+    s->kern->rmsnorm(s->xb, h, norm, m->hp.n_embd, m->hp.rms_eps);
     mm(s, w, s->xb, 1, out);
 }
 
@@ -302,7 +302,7 @@ static void end_step(mor_session *s, pass *ps, int32_t k, int32_t n) {
                 continue;
             }
             if (t >= 0) {
-                mor__rmsnorm(s->xb + (size_t)g * d, s->x + (size_t)t * d, norm, d, hp->rms_eps);
+                s->kern->rmsnorm(s->xb + (size_t)g * d, s->x + (size_t)t * d, norm, d, hp->rms_eps);
                 rows[g++] = t;
             }
             if (g == G || (t < 0 && g > 0)) {
@@ -342,7 +342,7 @@ int32_t mor__pass_conf_rows(mor_session *s, float *xn, int32_t *head) {
         if (xn) {
             float *o = xn + (size_t)n * d;
             step_out(s, i, t, o);
-            mor__rmsnorm(o, o, norm, d, m->hp.rms_eps);
+            s->kern->rmsnorm(o, o, norm, d, m->hp.rms_eps);
         }
         n++;
     }
@@ -665,7 +665,7 @@ int mor__pass_head_row(mor_session *s, float *xn) {
     if (ps->logits_all || s->logit_row0 != 0) return 0;  // one row of logits: the last
     if (!m->has_last && s->exit_step[t] < m->n_steps && s->exit_step[t] > 0 && m->step_exit[s->exit_step[t] - 1] >= 0)
         return 0;
-    mor__rmsnorm(xn, s->x + (size_t)t * m->hp.n_embd, m->output_norm, m->hp.n_embd, m->hp.rms_eps);
+    s->kern->rmsnorm(xn, s->x + (size_t)t * m->hp.n_embd, m->output_norm, m->hp.n_embd, m->hp.rms_eps);
     return 1;
 }
 
@@ -696,7 +696,7 @@ void mor__pass_finish(mor_session *s) {
     float *lout = s->logits + (size_t)s->logit_row0 * hp->n_vocab;
     if (same) {
         for (int32_t t = first; t < T; t++)
-            mor__rmsnorm(s->xb + (size_t)(t - first) * d, s->x + (size_t)t * d, m->output_norm, d, hp->rms_eps);
+            s->kern->rmsnorm(s->xb + (size_t)(t - first) * d, s->x + (size_t)t * d, m->output_norm, d, hp->rms_eps);
         mm(s, &m->output, s->xb, T - first, lout);
     } else {
         for (int32_t t = first; t < T; t++)

@@ -39,13 +39,6 @@ void mor__matmul(mor__work *w, const mor__mat *W, const float *x, int64_t T, flo
     else mor__pool_run(w->pool, mm_part, &t);
 }
 
-void mor__rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float scale = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++) o[i] = w[i] * (x[i] * scale);
-}
-
 // Number of slot entries at positions <= p (entries are sorted by position).
 static int32_t visible(const mor__kv_slot *sl, int32_t p) {
     int32_t lo = 0, hi = sl->len;
@@ -98,7 +91,7 @@ void mor__propagate_kv(mor_session *s, int32_t l, const float *h, int32_t row) {
     const int kvdim = hp->n_head_kv * hp->head_dim;
     if (!s->slot_write[l]) return;
     mor__work *w = &s->w;
-    mor__rmsnorm(w->xb, h, ly->attn_norm, hp->n_embd, hp->rms_eps);
+    w->kern->rmsnorm(w->xb, h, ly->attn_norm, hp->n_embd, hp->rms_eps);
     mor__matmul(w, &ly->w[MOR__ROLE_K], w->xb, 1, w->k);
     mor__matmul(w, &ly->w[MOR__ROLE_V], w->xb, 1, w->v);
     for (int role = MOR__ROLE_K; role <= MOR__ROLE_V; role++) {
@@ -191,31 +184,19 @@ static void att_part(void *c, int part, int n_parts, int tid) {
             kern->attend_f16(qh, sl->k16 + (size_t)kh * hd, sl->v16 + (size_t)kh * hd, nv, hd, kvdim, scale, att, o);
             continue;
         }
-        float mx = -INFINITY;
-        for (int32_t e = 0; e < nv; e++) {
-            att[e] = kern->dot(qh, sl->k + (size_t)e * kvdim + (size_t)kh * hd, hd) * scale;
-            if (att[e] > mx) mx = att[e];
-        }
-        float sum = 0;
-        for (int32_t e = 0; e < nv; e++) {
-            att[e] = expf(att[e] - mx);
-            sum += att[e];
-        }
-        float inv = 1.0f / sum;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int32_t e = 0; e < nv; e++) kern->axpy(o, att[e] * inv, sl->v + (size_t)e * kvdim + (size_t)kh * hd, hd);
+        kern->attend(qh, sl->k + (size_t)kh * hd, sl->v + (size_t)kh * hd, nv, hd, kvdim, scale, att, o);
     }
 }
 
 // ---- the layer -----------------------------------------------------------------------------
 
-// g = SiLU(g) * u over n elements, split among threads: the reference kernel's arithmetic
-// (expf), the same per element whatever the split. (The table's SIMD swiglu, a polynomial exp
-// within 4e-6, would change the logits' last bits; the forward pass keeps the scalar form.)
+// g = SiLU(g) * u over n elements, split among threads: the kernel is elementwise, so each
+// element comes out the same whatever the split.
 typedef struct {
-    float       *g;
-    const float *u;
-    long         n;
+    const mor__kernels *kern;
+    float              *g;
+    const float        *u;
+    long                n;
 } swiglu_task;
 
 static void swiglu_part(void *c, int part, int n_parts, int tid) {
@@ -223,7 +204,7 @@ static void swiglu_part(void *c, int part, int n_parts, int tid) {
     (void)tid;
     long lo, hi;
     mor__split(t->n, part, n_parts, &lo, &hi);
-    if (lo < hi) mor__kernels_ref()->swiglu(t->g + lo, t->u + lo, hi - lo);
+    if (lo < hi) t->kern->swiglu(t->g + lo, t->u + lo, hi - lo);
 }
 
 static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
@@ -236,7 +217,7 @@ static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
         const mor__part *p = &b->parts[i];
         p->s->st_evals += p->n;
         for (int32_t r = 0; r < p->n; r++)
-            mor__rmsnorm(w->xb + (size_t)(b->off[i] + r) * d, p->xr + (size_t)r * d, layer_of(b, i)->attn_norm, d,
+            w->kern->rmsnorm(w->xb + (size_t)(b->off[i] + r) * d, p->xr + (size_t)r * d, layer_of(b, i)->attn_norm, d,
                          hp->rms_eps);
     }
     proj(w, b, MOR__ROLE_Q, w->xb, d, w->q, qdim, 0);
@@ -265,12 +246,12 @@ static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
         const float *o = w->hb2 + (size_t)b->off[i] * d;
         for (int64_t e = 0; e < (int64_t)p->n * d; e++) p->xr[e] += o[e];
         for (int32_t r = 0; r < p->n; r++)
-            mor__rmsnorm(w->xb + (size_t)(b->off[i] + r) * d, p->xr + (size_t)r * d, layer_of(b, i)->ffn_norm, d,
+            w->kern->rmsnorm(w->xb + (size_t)(b->off[i] + r) * d, p->xr + (size_t)r * d, layer_of(b, i)->ffn_norm, d,
                          hp->rms_eps);
     }
     proj(w, b, MOR__ROLE_GATE, w->xb, d, w->hb, ff, 0);
     proj(w, b, MOR__ROLE_UP, w->xb, d, w->hb2, ff, 0);
-    swiglu_task sg = {w->hb, w->hb2, (long)N * ff};
+    swiglu_task sg = {w->kern, w->hb, w->hb2, (long)N * ff};
     if (sg.n < 16384 || mor__pool_size(w->pool) == 1) swiglu_part(&sg, 0, 1, 0);
     else mor__pool_run(w->pool, swiglu_part, &sg);
     proj(w, b, MOR__ROLE_DOWN, w->hb, ff, w->hb2, d, 0);

@@ -62,11 +62,17 @@ static void sift_down(int32_t *h, int32_t n, int32_t i, const float *l) {
 static void top_k_sorted(const float *l, int32_t n, int32_t k, int32_t *cand) {
     for (int32_t i = 0; i < k; i++) cand[i] = i;
     for (int32_t i = k / 2 - 1; i >= 0; i--) sift_down(cand, k, i, l);
-    for (int32_t i = k; i < n; i++)
-        if (before(l, i, cand[0])) {
-            cand[0] = i;
-            sift_down(cand, k, 0, l);
-        }
+    for (int32_t i0 = k; i0 < n; i0 += 64) {
+        int32_t i1 = n - i0 < 64 ? n : i0 + 64, any = 0;
+        float worst = l[cand[0]];
+        for (int32_t i = i0; i < i1; i++) any |= l[i] >= worst;  // most chunks hold no candidate
+        if (!any) continue;
+        for (int32_t i = i0; i < i1; i++)
+            if (before(l, i, cand[0])) {
+                cand[0] = i;
+                sift_down(cand, k, 0, l);
+            }
+    }
     for (int32_t m = k - 1; m > 0; m--) {  // heap sort: worst goes to the end
         int32_t t = cand[0];
         cand[0] = cand[m], cand[m] = t;
@@ -82,9 +88,14 @@ int mor_session_sample(mor_session *s, int32_t *token) {
     if (!logits) return mor__session_fail(s, MOR_E_INVALID, "no logits: call mor_session_step first");
     const int32_t V = s->model->hp.n_vocab;
     const mor__sampler *sp = &s->sampler;
+    const int penalty = sp->repeat_penalty != 1.0f && sp->repeat_last_n > 0;
+    if (sp->temperature <= 0.0f && !penalty) {  // greedy on the logits as they are
+        *token = (int32_t)s->kern->argmax(logits, V);
+        return MOR_OK;
+    }
     float *l = s->probs;
     memcpy(l, logits, (size_t)V * sizeof(float));
-    if (sp->repeat_penalty != 1.0f && sp->repeat_last_n > 0) {
+    if (penalty) {
         int32_t from = MOR__MAX(0, s->n_past - sp->repeat_last_n);
         uint8_t *seen = (uint8_t *)s->cand;  // V bytes of scratch; cand is V int32
         memset(seen, 0, (size_t)V);
@@ -96,10 +107,7 @@ int mor_session_sample(mor_session *s, int32_t *token) {
         }
     }
     if (sp->temperature <= 0.0f) {
-        int32_t best = 0;
-        for (int32_t i = 1; i < V; i++)
-            if (l[i] > l[best]) best = i;
-        *token = best;
+        *token = (int32_t)s->kern->argmax(l, V);
         return MOR_OK;
     }
     for (int32_t i = 0; i < V; i++) l[i] /= sp->temperature;

@@ -216,7 +216,6 @@ void mor__matmul(mor__work *w, const mor__mat *W, const float *x, int64_t T, flo
 // Pre-norm of one row and the K/V of layer l from it, inserted into the session's slot (CALM
 // propagation).
 void mor__propagate_kv(mor_session *s, int32_t l, const float *h, int32_t row);
-void mor__rmsnorm(float *o, const float *x, const float *w, int n, float eps);
 
 // Stepping in pieces (session.c), shared by mor_session_step and the scheduler: validate a
 // request of n tokens (queued: tokens already waiting), the size of the next pass, copy its

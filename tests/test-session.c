@@ -358,6 +358,32 @@ TEST(sampling) {
     ASSERT_OK(mor_session_step(s, prompt, NP));
     ASSERT_OK(mor_session_sample(s, &tok));
     ASSERT_EQ(tok, argmax(mor_session_logits(s, -1), 512));
+    // top_k = K at a high temperature draws every one of the K best logits (brute force, ties
+    // to the lower id) and nothing else.
+    for (int K = 2; K <= 40; K += 19) {
+        mor_sampler_params_init(&sp);
+        sp.temperature = 50.0f;
+        sp.top_k = K;
+        sp.top_p = 1.0f;
+        sp.min_p = 0.0f;
+        mor_session_reset(s);
+        ASSERT_OK(mor_session_set_sampler(s, &sp));
+        ASSERT_OK(mor_session_step(s, prompt, NP));
+        const float *l = mor_session_logits(s, -1);
+        int rank_of[512], hits[512] = {0};
+        for (int i = 0; i < 512; i++) {
+            int r = 0;
+            for (int j = 0; j < 512; j++) r += l[j] > l[i] || (l[j] == l[i] && j < i);
+            rank_of[i] = r;
+        }
+        for (int d = 0; d < 40 * K; d++) {
+            ASSERT_OK(mor_session_sample(s, &tok));
+            ASSERT(tok >= 0 && tok < 512);
+            ASSERT(rank_of[tok] < K);
+            hits[tok]++;
+        }
+        for (int i = 0; i < 512; i++) ASSERT(rank_of[i] >= K || hits[i] > 0);
+    }
     mor_session_free(s);
     mor_model_free(m);
 }
