@@ -51,22 +51,24 @@ static void head_logits(mor_session *s, int32_t head, const float *h, float *out
 }
 
 // Confidence in [0, 1] of a logit vector by the policy's metric; *top receives the argmax.
-static float confidence(const float *l, int32_t V, int metric, int32_t *top) {
-    int32_t b = 0;
-    for (int32_t i = 1; i < V; i++)
-        if (l[i] > l[b]) b = i;
+// One exp per logit, no log per logit: with e_i = exp(l_i - max) and S = sum e_i, p_i = e_i / S,
+// the second probability is exp(l_2nd - max) / S, and the entropy -sum p_i log p_i is
+// log S - sum e_i (l_i - max) / S.
+float mor__confidence(const mor__kernels *k, const float *l, int32_t V, int metric, int32_t *top) {
+    const int32_t b = (int32_t)k->argmax(l, V);
     *top = b;
-    double sum = 0, p1 = 0, p2 = 0, ent = 0;
-    float mx = l[b];
-    for (int32_t i = 0; i < V; i++) sum += exp((double)(l[i] - mx));
-    for (int32_t i = 0; i < V; i++) {
-        double p = exp((double)(l[i] - mx)) / sum;
-        if (i != b && p > p2) p2 = p;
-        if (p > 0) ent -= p * log(p);
-    }
-    p1 = 1.0 / sum;
+    const float mx = l[b];
+    double lsum = 0, sum = k->expsum(l, V, mx, metric == MOR_CONF_ENTROPY ? &lsum : NULL);
+    double p1 = 1.0 / sum;
     if (metric == MOR_CONF_MAX_PROB) return (float)p1;
-    if (metric == MOR_CONF_ENTROPY) return (float)(1.0 - ent / log((double)V));
+    if (metric == MOR_CONF_ENTROPY) return (float)(1.0 - (log(sum) - lsum / sum) / log((double)V));
+    float second = -INFINITY;  // the largest logit but the top one's
+    if (b > 0) second = l[k->argmax(l, b)];
+    if (b + 1 < V) {
+        float r = l[b + 1 + k->argmax(l + b + 1, V - b - 1)];
+        second = r > second ? r : second;
+    }
+    double p2 = second > -INFINITY ? exp((double)(second - mx)) / sum : 0.0;
     return (float)(p1 - p2);
 }
 
@@ -298,7 +300,7 @@ static void end_step(mor_session *s, pass *ps, int32_t k, int32_t n) {
             int32_t t = i < n ? s->act[i] : -1;
             if (i < n && t >= ps->T) continue;
             if (given && t >= 0) {
-                s->conf[t] = confidence(given + (size_t)j++ * hp->n_vocab, hp->n_vocab, p->metric, &s->shallow_top[t]);
+                s->conf[t] = mor__confidence(s->kern, given + (size_t)j++ * hp->n_vocab, hp->n_vocab, p->metric, &s->shallow_top[t]);
                 continue;
             }
             if (t >= 0) {
@@ -308,7 +310,7 @@ static void end_step(mor_session *s, pass *ps, int32_t k, int32_t n) {
             if (g == G || (t < 0 && g > 0)) {
                 mm(s, head >= 0 ? &m->exits[head].out : &m->output, s->xb, g, s->vocab_buf);
                 for (int32_t q = 0; q < g; q++)
-                    s->conf[rows[q]] = confidence(s->vocab_buf + (size_t)q * hp->n_vocab, hp->n_vocab, p->metric,
+                    s->conf[rows[q]] = mor__confidence(s->kern, s->vocab_buf + (size_t)q * hp->n_vocab, hp->n_vocab, p->metric,
                                                   &s->shallow_top[rows[q]]);
                 g = 0;
             }
@@ -479,7 +481,7 @@ static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
             if (p->adaptive || p->rollback > 0) {
                 head_logits(s, -1, s->x + (size_t)t * d, s->vocab_buf);
                 int32_t top;
-                confidence(s->vocab_buf, hp->n_vocab, MOR_CONF_TOP2_GAP, &top);
+                mor__confidence(s->kern, s->vocab_buf, hp->n_vocab, MOR_CONF_TOP2_GAP, &top);
                 if (p->adaptive && s->bmm && s->shallow_top[t] >= 0 && !isnan(s->conf[t])) {
                     mor__bmm *b = s->bmm;
                     b->conf[b->next] = s->conf[t];

@@ -89,6 +89,9 @@ typedef struct mor__kernels {
                        int64_t stride, float scale, float *att, float *out);
     // Index of the largest of x[0..n) (the first on ties; NaN never wins), n >= 1.
     int64_t (*argmax)(const float *x, int64_t n);
+    // sum_i exp(x_i - m), summed in double; with zsum, also *zsum = sum_i exp(x_i - m) (x_i - m)
+    // over the terms whose exp is not 0 (the entropy's numerator). m >= every x_i, n >= 0.
+    double (*expsum)(const float *x, int64_t n, float m, double *zsum);
 } mor__kernels;
 
 // The reference table (always available) and the best table for this CPU (filled once).

@@ -216,6 +216,8 @@ void mor__matmul(mor__work *w, const mor__mat *W, const float *x, int64_t T, flo
 // Pre-norm of one row and the K/V of layer l from it, inserted into the session's slot (CALM
 // propagation).
 void mor__propagate_kv(mor_session *s, int32_t l, const float *h, int32_t row);
+// Confidence in [0, 1] of V logits by metric MOR_CONF_*; *top receives the argmax.
+float mor__confidence(const mor__kernels *k, const float *l, int32_t V, int metric, int32_t *top);
 
 // Stepping in pieces (session.c), shared by mor_session_step and the scheduler: validate a
 // request of n tokens (queued: tokens already waiting), the size of the next pass, copy its

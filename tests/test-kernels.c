@@ -295,6 +295,14 @@ TEST(vector_ops_within_tolerance) {
             for (int64_t i = 0; i < n; i++) o1[i] = floorf(4.0f * a[i + 1]);
             if (n > 3) o1[0] = NAN;
             if (k->argmax(o1, n) != ref->argmax(o1, n)) fails++, printf("#   %s argmax n %lld\n", k->name, (long long)n);
+            // expsum (and its entropy numerator): relative to the sums, over a wide range and -inf
+            for (int64_t i = 0; i < n; i++) o1[i] = 60.0f * a[i + 1] - 30.0f;
+            if (n > 5) o1[3] = -INFINITY;
+            float mx = o1[ref->argmax(o1, n)];
+            double z1 = 0, z2 = 0, e1 = k->expsum(o1, n, mx, &z1), e2 = ref->expsum(o1, n, mx, &z2);
+            if (!(fabs(e1 - e2) <= TOL_EXP * e2) || !(fabs(z1 - z2) <= TOL_EXP * (fabs(z2) + e2)) ||
+                k->expsum(o1, n, mx, NULL) != e1)
+                fails++, printf("#   %s expsum n %lld: %.9g %.9g, %.9g %.9g\n", k->name, (long long)n, e1, e2, z1, z2);
             free(a), free(b), free(w), free(o1), free(o2);
         }
     }

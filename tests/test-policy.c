@@ -64,6 +64,43 @@ static int run_greedy(mor_session *s, int n, int32_t *out) {
 // A prompt stepped at once (its rows' exit-head logits computed a group at a time) and one
 // token at a time: the same confidences, depths and logits, on the trained recursive model
 // (whose confidences really vary) with a prompt longer than a group.
+// The three confidence metrics against their definitions, computed the long way in double
+// (p_i, then the top two, then -sum p log p), on logits with ties, -inf and a wide range.
+TEST(confidence_metrics_by_definition) {
+    enum { V = 777 };
+    static float l[V];
+    uint64_t r = 12345;
+    for (int trial = 0; trial < 40; trial++) {
+        float spread = trial < 20 ? 2.0f : 40.0f;
+        for (int i = 0; i < V; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            l[i] = spread * ((float)(r >> 40) / (float)(1ull << 24) - 0.5f);
+        }
+        if (trial % 3 == 0) l[trial] = -INFINITY;
+        if (trial % 4 == 1) l[5] = l[400] = 50.0f;  // a tie at the top: p1 - p2 = 0, top = 5
+        double mx = -INFINITY, sum = 0, ent = 0, p1 = 0, p2 = 0;
+        int b = 0;
+        for (int i = 0; i < V; i++)
+            if (l[i] > mx) mx = l[i], b = i;
+        for (int i = 0; i < V; i++) sum += exp((double)l[i] - mx);
+        for (int i = 0; i < V; i++) {
+            double p = exp((double)l[i] - mx) / sum;
+            if (i == b) p1 = p;
+            else if (p > p2) p2 = p;
+            if (p > 0) ent -= p * log(p);
+        }
+        const double want[3] = {p1 - p2, p1, 1.0 - ent / log((double)V)};
+        const int metric[3] = {MOR_CONF_TOP2_GAP, MOR_CONF_MAX_PROB, MOR_CONF_ENTROPY};
+        for (int k = 0; k < 3; k++)
+            for (int best = 0; best < 2; best++) {  // the reference kernels, then this CPU's (SIMD exp)
+                int32_t top = -1;
+                float c = mor__confidence(best ? mor__kernels_best() : mor__kernels_ref(), l, V, metric[k], &top);
+                ASSERT_EQ(top, b);
+                ASSERT_NEAR(c, want[k], best ? 1e-5 : 1e-6);
+            }
+    }
+}
+
 TEST(confidence_groups_equal_one_row) {
     mor_model *m = load("models/default.gguf");
     ASSERT(m);
@@ -566,5 +603,6 @@ static const test_entry tests_[] = {TEST_LIST(threshold_never_met_equals_full, s
                                               rollback_recovers_full_depth_output, cache_sizes_follow_the_formulas,
                                               propagation_fills_skipped_layers, custom_router_in_c)
                                         TEST_LIST(budget_caps_mean_depth, capacity_top_k, bad_policies,
-                                                  state_keeps_policy_and_stack, confidence_groups_equal_one_row)};
+                                                  state_keeps_policy_and_stack, confidence_groups_equal_one_row,
+                                                  confidence_metrics_by_definition)};
 TEST_MAIN_LIST(tests_)

@@ -283,6 +283,17 @@ static int64_t ref_argmax(const float *x, int64_t n) {
     return b;
 }
 
+static double ref_expsum(const float *x, int64_t n, float m, double *zsum) {
+    double s = 0, zs = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double z = (double)(x[i] - m), e = exp(z);
+        s += e;
+        if (e > 0) zs += e * z;
+    }
+    if (zsum) *zsum = zs;
+    return s;
+}
+
 void mor__matvec_argmax(const mor__kernels *k, int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
                         const float *x, float *row, int64_t *best, float *best_val) {
     float buf[256];
@@ -312,6 +323,7 @@ static const mor__kernels ref_table = {
     .attend = ref_attend,
     .attend_f16 = ref_attend_f16,
     .argmax = ref_argmax,
+    .expsum = ref_expsum,
 };
 
 const mor__kernels *mor__kernels_ref(void) { return &ref_table; }
