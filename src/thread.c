@@ -138,12 +138,14 @@ void mor__pool_free(mor__pool *p) {
 
 int mor__pool_size(const mor__pool *p) { return p ? p->n : 1; }
 
-void mor__pool_run(mor__pool *p, mor__task_fn fn, void *ctx) {
+void mor__pool_run(mor__pool *p, mor__task_fn fn, void *ctx) { mor__pool_run_parts(p, fn, ctx, 4); }
+
+void mor__pool_run_parts(mor__pool *p, mor__task_fn fn, void *ctx, int per_thread) {
     if (!p || p->n == 1) {
         fn(ctx, 0, 1, 0);
         return;
     }
-    const int parts = 4 * p->n;  // a few parts per thread: a slow thread costs little
+    const int parts = (per_thread < 1 ? 1 : per_thread) * p->n;
     p->fn = fn;
     p->ctx = ctx;
     p->n_parts = parts;
@@ -189,16 +191,18 @@ int mor__pool_create(mor__pool **out, int n) {
 void mor__pool_free(mor__pool *p) { free(p); }
 int  mor__pool_size(const mor__pool *p) { return p ? p->n : 1; }
 
-void mor__pool_run(mor__pool *p, mor__task_fn fn, void *ctx) {
+void mor__pool_run(mor__pool *p, mor__task_fn fn, void *ctx) { mor__pool_run_parts(p, fn, ctx, 4); }
+
+void mor__pool_run_parts(mor__pool *p, mor__task_fn fn, void *ctx, int per_thread) {
 #if defined(MOR_OPENMP)
     if (p && p->n > 1) {
-        const int parts = 4 * p->n;
+        const int parts = (per_thread < 1 ? 1 : per_thread) * p->n;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(p->n)
         for (int k = 0; k < parts; k++) fn(ctx, k, parts, omp_get_thread_num());
         return;
     }
 #endif
-    (void)p;
+    (void)p, (void)per_thread;
     fn(ctx, 0, 1, 0);
 }
 
