@@ -37,7 +37,7 @@ void mor__matmul(mor__work *w, const mor__mat *W, const float *x, int64_t T, flo
     mm_task t = {w, W, x, T, y};
     const int kt = mor__kt_of_dtype(W->type), quant = kt == MOR__KT_Q8_0 || kt == MOR__KT_Q4_0;
     if (W->rows * W->cols * T < 32768 || mor__pool_size(w->pool) == 1) mm_part(&t, 0, 1, 0);
-    else mor__pool_run_parts(w->pool, mm_part, &t, quant && T >= 8 ? 1 : 4);  // each part quantizes all of x
+    else mor__pool_run_parts(w->pool, mm_part, &t, quant ? 1 : 4);  // each part quantizes all of x
 }
 
 // Number of slot entries at positions <= p (entries are sorted by position).
