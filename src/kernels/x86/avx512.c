@@ -674,31 +674,56 @@ static void avx512_softmax(float *x, int64_t n) {
     }
 }
 
+// One head over n cache entries of type kt (F32 or F16). Scores 16 entries at a time: one
+// accumulator per entry over the head's 16-float slices, the 16 summed together by hsum_n's
+// transposed tree (no reduction per entry). Values: the head's slices in groups of up to 4
+// accumulators (independent chains) over the entries.
+static inline __attribute__((always_inline)) void attend_kt(int kt, const float *q, const void *k, const void *v,
+                                                            int64_t n, int64_t hd, int64_t stride, float scale,
+                                                            float *att, float *out) {
+    const size_t es = kt == MOR__KT_F32 ? 4 : 2;  // bytes per cache element
+    const char *kb = k, *vb = v;
+    for (int64_t e0 = 0; e0 < n; e0 += 16) {
+        const int ne = n - e0 >= 16 ? 16 : (int)(n - e0);
+        __m512 acc[16];
+        UNROLL for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < hd; i += 16) {
+            __mmask16 m = hd - i >= 16 ? 0xffff : tail16(hd - i);
+            __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
+            UNROLL for (int j = 0; j < 16; j++)
+                if (j < ne) acc[j] = _mm512_fmadd_ps(qv, ld_w(kt, kb + (size_t)(e0 + j) * stride * es, i, m), acc[j]);
+        }
+        hsum_n(acc, ne, att + e0);
+        for (int j = 0; j < ne; j++) att[e0 + j] *= scale;
+    }
+    avx512_softmax(att, n);
+    for (int64_t i0 = 0; i0 < hd; i0 += 64) {
+        __m512 o[4];
+        __mmask16 m[4];
+        UNROLL for (int c = 0; c < 4; c++) {
+            int64_t left = hd - i0 - 16 * c;
+            m[c] = left >= 16 ? 0xffff : left > 0 ? tail16(left) : 0;
+            o[c] = _mm512_setzero_ps();
+        }
+        for (int64_t e = 0; e < n; e++) {
+            __m512 a = _mm512_set1_ps(att[e]);
+            const char *ve = vb + (size_t)e * stride * es;
+            UNROLL for (int c = 0; c < 4; c++)
+                if (m[c]) o[c] = _mm512_fmadd_ps(a, ld_w(kt, ve, i0 + 16 * c, m[c]), o[c]);
+        }
+        UNROLL for (int c = 0; c < 4; c++)
+            if (m[c]) _mm512_mask_storeu_ps(out + i0 + 16 * c, m[c], o[c]);
+    }
+}
+
 static void avx512_attend(const float *q, const float *k, const float *v, int64_t n, int64_t hd, int64_t stride,
                           float scale, float *att, float *out) {
-    for (int64_t e = 0; e < n; e++) att[e] = avx512_dot(q, k + e * stride, hd) * scale;
-    avx512_softmax(att, n);
-    memset(out, 0, (size_t)hd * sizeof(float));
-    for (int64_t e = 0; e < n; e++) avx512_axpy(out, att[e], v + e * stride, hd);
+    attend_kt(MOR__KT_F32, q, k, v, n, hd, stride, scale, att, out);
 }
 
 static void avx512_attend_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t hd,
                               int64_t stride, float scale, float *att, float *out) {
-    for (int64_t e = 0; e < n; e++) {
-        __m512 s = _mm512_setzero_ps();
-        for (int64_t i = 0; i < hd; i += 16) {
-            __mmask16 m = hd - i >= 16 ? 0xffff : tail16(hd - i);
-            s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), ld_w(MOR__KT_F16, k + e * stride, i, m), s);
-        }
-        att[e] = _mm512_reduce_add_ps(s) * scale;
-    }
-    avx512_softmax(att, n);
-    for (int64_t i = 0; i < hd; i += 16) {
-        __mmask16 m = hd - i >= 16 ? 0xffff : tail16(hd - i);
-        __m512 o = _mm512_setzero_ps();
-        for (int64_t e = 0; e < n; e++) o = _mm512_fmadd_ps(_mm512_set1_ps(att[e]), ld_w(MOR__KT_F16, v + e * stride, i, m), o);
-        _mm512_mask_storeu_ps(out + i, m, o);
-    }
+    attend_kt(MOR__KT_F16, q, k, v, n, hd, stride, scale, att, out);
 }
 
 static int64_t avx512_argmax(const float *x, int64_t n) {
