@@ -43,13 +43,16 @@ extern "C" {
     XX(E_CALLBACK,     -11, "a callback reported an error")                                        \
     XX(E_CANCELLED,    -12, "operation cancelled")                                                 \
     XX(E_THREAD,       -13, "thread creation failed")                                              \
-    XX(E_INTERNAL,     -14, "internal error")
+    XX(E_INTERNAL,     -14, "internal error")                                                    \
+    XX(E_BUSY,         -15, "object is busy: call not allowed from its own callback")             \
+    XX(E_ENCODING,     -16, "text holds a byte the vocabulary cannot encode")                     \
+    XX(E_LIMIT,        -17, "a resource limit was exceeded")
 
 typedef enum mor_status {
 #define MOR__STATUS_ENUM(name, value, msg) MOR_##name = value,
     MOR_STATUS_MAP(MOR__STATUS_ENUM)
 #undef MOR__STATUS_ENUM
-    MOR_STATUS_MIN = -14
+    MOR_STATUS_MIN = -17
 } mor_status;
 
 /*-************************************************************************************************
