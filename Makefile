@@ -151,6 +151,7 @@ test: all $(TEST_BIN)
 	$(MAKE) --no-print-directory test-python B=$(B) L=$(L) || fail=1; \
 	$(MAKE) --no-print-directory check-exports B=$(B) L=$(L) || fail=1; \
 	$(MAKE) --no-print-directory check-header B=$(B) || fail=1; \
+	$(MAKE) --no-print-directory fuzz-replay B=$(B) L=$(L) || fail=1; \
 	if [ $$fail = 0 ]; then echo "all test programs passed"; else echo "SOME TESTS FAILED"; exit 1; fi
 
 ## test-python: the Python tests (ctypes bindings, converter); needs python3 (stdlib only)
@@ -188,6 +189,15 @@ ubsan:
 	$(MAKE) test B=build-ubsan L=build-ubsan/lib CFLAGS="-fsanitize=undefined -fno-sanitize-recover=all" \
 	    LDFLAGS="-fsanitize=undefined" PY_TESTS=
 
+## tsan: build with ThreadSanitizer into build-tsan/ and run the C tests (the pool, sessions and the
+## scheduler on several threads, concurrent tokenization); any report fails
+# setarch -R turns address randomization off for the tests: gcc's TSan runtime aborts with
+# "unexpected memory mapping" on kernels with high mmap randomization (vm.mmap_rnd_bits 32).
+TSAN_WRAP ?= $(shell setarch $$(uname -m) -R true 2>/dev/null && echo setarch $$(uname -m) -R)
+tsan:
+	$(MAKE) test B=build-tsan L=build-tsan/lib CFLAGS="-fsanitize=thread" LDFLAGS="-fsanitize=thread" \
+	    TEST_WRAP="env TSAN_OPTIONS='halt_on_error=1 second_deadlock_stack=1 $(TSAN_OPTIONS)' $(TSAN_WRAP)" PY_TESTS=
+
 ## valgrind: run the tests under valgrind memcheck (errors and leaks fail)
 valgrind: all $(TEST_BIN)
 	$(MAKE) test PY_TESTS= TEST_WRAP="valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect"
@@ -209,6 +219,58 @@ abi-check: $(SHARED)
 abi-baseline: $(SHARED)
 	@mkdir -p tests/abi
 	abidw --no-corpus-path --headers-dir include $(SHARED) > tests/abi/libmor.abi
+
+## fuzz: build the fuzz targets (tests/fuzz/) with clang + libFuzzer + ASan + UBSan into build-fuzz/
+## and run each for FUZZ_TIME seconds (default 60) on a copy of its corpus; any crash fails
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz-%.c,%,$(wildcard tests/fuzz/fuzz-*.c))
+FUZZ_CC      ?= clang
+FUZZ_TIME    ?= 60
+FUZZ_ARGS    ?=
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_MAX_LEN_gguf := 262144
+FUZZ_MAX_LEN_llama2c := 16384
+fuzz:
+	$(MAKE) --no-print-directory fuzz-build
+	@fail=0; for t in $(FUZZ_NAMES); do \
+	    c=build-fuzz/corpus/$$t; mkdir -p $$c build-fuzz/crash/$$t; \
+	    for d in tests/fuzz/corpus/$$t tests/fuzz/regress/$$t; do [ -d $$d ] && cp -n $$d/* $$c/ 2>/dev/null; done; \
+	    if [ $$t = gguf ]; then for f in tests/data/*.gguf; do [ $$(wc -c < $$f) -le 262144 ] && cp -n $$f $$c/; done; fi; \
+	    if [ $$t = state ]; then MOR_FUZZ_STATE_SEEDS=$$c ./build-fuzz/fuzz-state >/dev/null || fail=1; fi; \
+	    echo "# fuzz-$$t: $(FUZZ_TIME) s"; \
+	    len=$$(case $$t in gguf) echo $(FUZZ_MAX_LEN_gguf);; llama2c) echo $(FUZZ_MAX_LEN_llama2c);; *) echo 4096;; esac); \
+	    ./build-fuzz/fuzz-$$t -max_total_time=$(FUZZ_TIME) -max_len=$$len -timeout=30 -rss_limit_mb=2048 \
+	        -print_final_stats=1 -artifact_prefix=build-fuzz/crash/$$t/ $(FUZZ_ARGS) $$c \
+	        > build-fuzz/fuzz-$$t.log 2>&1; rc=$$?; \
+	    grep -E '^stat::number_of_executed_units|^stat::new_units_added|^stat::peak_rss_mb' build-fuzz/fuzz-$$t.log | tr '\n' ' '; echo; \
+	    if [ $$rc != 0 ]; then fail=1; echo "fuzz-$$t FAILED (exit $$rc): build-fuzz/fuzz-$$t.log, inputs in build-fuzz/crash/$$t/"; \
+	        grep -E 'ERROR|check failed|SUMMARY|^    #[0-9] ' build-fuzz/fuzz-$$t.log | head -20; fi; \
+	done; [ $$fail = 0 ] && echo "fuzz: no crash" || { echo "fuzz: FAILED"; exit 1; }
+
+## fuzz-build: only build the libFuzzer targets (build-fuzz/fuzz-NAME)
+fuzz-build:
+	@command -v $(FUZZ_CC) >/dev/null || { echo "fuzzing needs clang and libFuzzer (apt-get install clang libclang-rt-dev)"; exit 1; }
+	$(MAKE) --no-print-directory CC=$(FUZZ_CC) B=build-fuzz L=build-fuzz/lib \
+	    CFLAGS="$(FUZZ_SAN) -fsanitize=fuzzer-no-link" LDFLAGS="$(FUZZ_SAN)" \
+	    $(patsubst %,build-fuzz/fuzz-%,$(FUZZ_NAMES))
+
+## fuzz-replay: replay the fuzz corpus and regression inputs with the normal build (part of `make test`)
+fuzz-replay: $(patsubst %,$(B)/fuzz-%-replay,$(FUZZ_NAMES))
+	@fail=0; mkdir -p $(B)/fuzz-state-seeds; \
+	MOR_FUZZ_STATE_SEEDS=$(B)/fuzz-state-seeds $(TEST_WRAP) ./$(B)/fuzz-state-replay >/dev/null || fail=1; \
+	for t in $(FUZZ_NAMES); do \
+	    dirs=$$(for d in tests/fuzz/corpus/$$t tests/fuzz/regress/$$t; do [ -d $$d ] && echo $$d; done); \
+	    [ $$t = state ] && dirs="$$dirs $(B)/fuzz-state-seeds"; \
+	    $(TEST_WRAP) ./$(B)/fuzz-$$t-replay $$dirs || { fail=1; echo "fuzz-$$t: replay FAILED (rerun with -v to see the input)"; }; \
+	done; exit $$fail
+
+# Fuzz targets: with libFuzzer (build-fuzz/) or with the replay main() (any compiler and build).
+$(B)/fuzz-%-replay: tests/fuzz/fuzz-%.c tests/fuzz/replay.c tests/fuzz/fuzz.h $(STATIC) $(HDRS)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $< tests/fuzz/replay.c -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+$(B)/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzz.h $(STATIC) $(HDRS)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+.PHONY: fuzz fuzz-build fuzz-replay
 
 ## run: generate a continuation from the default model
 DEFAULT_MODEL := $(firstword $(wildcard tests/data/models/default.gguf) tests/data/stories260K.gguf)
@@ -270,6 +332,6 @@ clean:
 list:
 	@grep -E '^## ' Makefile | sed 's/^## /  /'
 
-.PHONY: all lib tools examples test check-exports check-header asan ubsan valgrind install uninstall \
+.PHONY: all lib tools examples test check-exports check-header asan ubsan tsan valgrind install uninstall \
     test-install clean list abi-check abi-baseline run test-python models test-aarch64 fixtures
 .SECONDARY:
