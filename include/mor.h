@@ -13,7 +13,7 @@ extern "C" {
  *  Version
  **************************************************************************************************/
 #define MOR_VERSION_MAJOR 0
-#define MOR_VERSION_MINOR 2
+#define MOR_VERSION_MINOR 3
 #define MOR_VERSION_PATCH 0
 #define MOR_VERSION_NUMBER (MOR_VERSION_MAJOR * 10000 + MOR_VERSION_MINOR * 100 + MOR_VERSION_PATCH)
 
@@ -164,13 +164,23 @@ typedef struct mor_model_params {
 #define MOR_SESSION_KV_F16      4u /* keep K/V in half precision: half the memory, logits move
                                       by about 1e-3 */
 
+/* Session memory: what n_ctx = 0 means, and the cap on what one session may reserve unless
+ * mor_session_params.max_bytes says otherwise (see mor_session_memory_size()). */
+#define MOR_SESSION_DEFAULT_CTX       4096
+#define MOR_SESSION_DEFAULT_MAX_BYTES (1ll << 30)
+
 typedef struct mor_session_params {
     uint32_t size;      /* sizeof(mor_session_params) */
     uint32_t kind;      /* MOR_PARAMS_SESSION */
-    int32_t  n_ctx;     /* context length in tokens; 0 = the model's trained context. Default 0 */
+    int32_t  n_ctx;     /* context length in tokens, 1 .. 2^20; 0 = the smaller of the model's
+                           trained context and MOR_SESSION_DEFAULT_CTX (4096). Default 0 */
     int32_t  n_batch;   /* most tokens computed in one pass of a prompt; default 64 */
     int32_t  n_threads; /* worker threads for this session (1 = caller's thread only); default 1 */
     uint32_t flags;     /* MOR_SESSION_* flags; default 0 */
+    /* appended in 0.3: */
+    int64_t  max_bytes; /* most bytes the session may allocate (mor_session_memory_size());
+                           0 = the default cap: the larger of MOR_SESSION_DEFAULT_MAX_BYTES (1 GiB)
+                           and the model's weight bytes; -1 = no cap. Default 0 */
 } mor_session_params;
 
 typedef struct mor_sampler_params {
@@ -339,11 +349,23 @@ MOR_API int mor_model_meta_str(const mor_model *model, const char *key, char *bu
 typedef struct mor_session mor_session;
 
 /* mor_session_create(): a session with its own KV cache (n_ctx tokens, one slot per unrolled
- * layer) and work buffers, allocated once here. params may be NULL. @return MOR_OK and *out
- * (caller owns; mor_session_free), or MOR_E_INVALID (NULL, vocab-only model, bad parameter:
- * named in err), MOR_E_NOMEM. Thread-safe with respect to the model. */
+ * layer) and work buffers, allocated once here. params may be NULL: a context of at most 4096
+ * tokens and a cap of 1 GiB (or the model's weight bytes if larger) on its memory. @return
+ * MOR_OK and *out (caller owns; mor_session_free), or MOR_E_INVALID (NULL, vocab-only model, bad
+ * parameter: named in err), MOR_E_LIMIT (the session would need more than its cap: the message
+ * gives both figures; nothing was allocated), MOR_E_NOMEM. Thread-safe with respect to the
+ * model. */
 MOR_API int  mor_session_create(const mor_model *model, const mor_session_params *params,
                                 mor_session **out, char *err, size_t err_size);
+/* mor_session_memory_size(): the bytes a session created with these params (NULL: defaults)
+ * would allocate, without creating it: KV cache, work buffers, logits and telemetry, each
+ * rounded up to whole 64-byte lines, plus the session object (compute threads' stacks are not
+ * counted). mor_session_create() refuses a session whose size exceeds its cap (max_bytes).
+ * K/V memory is reserved, not touched: pages of a context never filled are never made resident
+ * on systems that commit memory lazily. @return MOR_OK and *bytes; MOR_E_INVALID (a parameter,
+ * named in err); MOR_E_LIMIT (the size overflows). Thread-safe. */
+MOR_API int  mor_session_memory_size(const mor_model *model, const mor_session_params *params,
+                                     uint64_t *bytes, char *err, size_t err_size);
 /* mor_session_free(): NULL is a no-op. */
 MOR_API void mor_session_free(mor_session *session);
 

@@ -96,12 +96,34 @@ _sig("mor_detokenize", C.c_int, C.c_void_p, C.POINTER(C.c_int32), C.c_size_t, C.
      C.POINTER(C.c_size_t))
 
 E_BUFFER_SMALL = -9
+E_CANCELLED = -12
+E_ENCODING = -16
+_I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
 class Error(RuntimeError):
     def __init__(self, status, message):
         super().__init__("%s: %s" % (lib.mor_status_name(status).decode(), message))
         self.status = status
+
+
+def _token_array(tokens):
+    """A C int32 array of token ids; ValueError for anything that is not an int32 (ctypes would
+    wrap 2**40 to 0 and step a token nobody asked for)."""
+    tokens = list(tokens)
+    for i, t in enumerate(tokens):
+        if not isinstance(t, int) or isinstance(t, bool):
+            raise TypeError("token %d is %r, not an int" % (i, t))
+        if t < _I32_MIN or t > _I32_MAX:
+            raise ValueError("token %d = %d does not fit a 32-bit id" % (i, t))
+    return (C.c_int32 * max(len(tokens), 1))(*tokens), len(tokens)
+
+
+def _path(path):
+    b = os.fsencode(path)
+    if b"\0" in b:
+        raise ValueError("path %r holds a NUL byte" % (path,))
+    return b
 
 
 def _params(kind, **fields):
@@ -115,37 +137,72 @@ def _params(kind, **fields):
 
 
 class Model:
+    """A loaded model. Sessions and schedulers keep their model alive: close() on a model that
+    still has open ones only marks it closed (no new sessions, no tokenizer calls) and the
+    library's model is freed when the last of them closes."""
+
     def __init__(self, path, **params):
         self._free = lib.mor_model_free  # bound now: safe at interpreter shutdown
+        self.h = None
+        self._users = 0  # open sessions and schedulers of this model
+        self._closed = False
         err = C.create_string_buffer(512)
         h = C.c_void_p()
-        st = lib.mor_model_load(path.encode(), _params(PARAMS_MODEL, **params) if params else None,
+        st = lib.mor_model_load(_path(path), _params(PARAMS_MODEL, **params) if params else None,
                                 C.byref(h), err, len(err))
         if st:
             raise Error(st, err.value.decode(errors="replace"))
         self.h = h
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _handle(self):
+        if self._closed or not self.h:
+            raise ValueError("the model is closed")
+        return self.h
+
+    def _use(self):
+        h = self._handle()
+        self._users += 1
+        return h
+
+    def _release(self):
+        self._users -= 1
+        if self._closed and self._users == 0:
+            self._really_free()
+
     def info(self, key):
-        return lib.mor_model_get_int(self.h, key)
+        return lib.mor_model_get_int(self._handle(), key)
 
     def tokenize(self, text, add_special=True):
-        b = text.encode()
+        h = self._handle()
+        b = text.encode() if isinstance(text, str) else bytes(text)
         n = C.c_size_t(0)
-        st = lib.mor_tokenize(self.h, b, len(b), None, 0, 1 if add_special else 0, C.byref(n))
+        st = lib.mor_tokenize(h, b, len(b), None, 0, 1 if add_special else 0, C.byref(n))
+        if st == E_ENCODING:
+            raise Error(st, "byte 0x%02x at offset %d has no token in this vocabulary" % (b[n.value], n.value)
+                        if n.value < len(b) else "tokenize")
         if st not in (0, E_BUFFER_SMALL):
             raise Error(st, "tokenize")
         out = (C.c_int32 * max(n.value, 1))()
-        st = lib.mor_tokenize(self.h, b, len(b), out, n.value, 1 if add_special else 0, C.byref(n))
+        st = lib.mor_tokenize(h, b, len(b), out, n.value, 1 if add_special else 0, C.byref(n))
         if st:
             raise Error(st, "tokenize")
         return list(out[:n.value])
 
     def detokenize(self, ids):
-        arr = (C.c_int32 * max(len(ids), 1))(*ids)
+        h = self._handle()
+        arr, count = _token_array(ids)
         n = C.c_size_t(0)
-        lib.mor_detokenize(self.h, arr, len(ids), None, 0, 0, C.byref(n))
+        st = lib.mor_detokenize(h, arr, count, None, 0, 0, C.byref(n))
+        if st not in (0, E_BUFFER_SMALL):
+            raise Error(st, "detokenize")
         buf = C.create_string_buffer(n.value + 1)
-        st = lib.mor_detokenize(self.h, arr, len(ids), buf, len(buf), 0, C.byref(n))
+        st = lib.mor_detokenize(h, arr, count, buf, len(buf), 0, C.byref(n))
         if st:
             raise Error(st, "detokenize")
         return buf.raw[:n.value].decode(errors="replace")
@@ -154,66 +211,103 @@ class Model:
         return Session(self, **params)
 
     def close(self):
-        if getattr(self, "h", None):
+        """Free the model now, or when its last session or scheduler closes."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        if self._users == 0:
+            self._really_free()
+
+    def _really_free(self):
+        if self.h:
             self._free(self.h)
             self.h = None
 
-    __del__ = close
+    def __del__(self):
+        if getattr(self, "h", None) and getattr(self, "_users", 0) == 0:
+            self._really_free()
 
 
 class Session:
+    """One sequence of a model. A session keeps its model alive. Calls made from inside its own
+    router callback that would change it raise Error (MOR_E_BUSY); close() from there ends the
+    running step (it raises Error with MOR_E_CANCELLED) and frees the session as it returns."""
+
     def __init__(self, model, **params):
         self._free = lib.mor_session_free
+        self.h = None
         self.model = model  # keeps the model alive while the session lives
+        self._sched = None
+        self._router = None
+        self._router_exc = None
         err = C.create_string_buffer(512)
         h = C.c_void_p()
-        st = lib.mor_session_create(model.h, _params(PARAMS_SESSION, **params), C.byref(h), err, len(err))
+        st = lib.mor_session_create(model._use(), _params(PARAMS_SESSION, **params), C.byref(h), err, len(err))
         if st:
+            model._release()
             raise Error(st, err.value.decode(errors="replace"))
         self.h = h
-        self._router = None
+        self._n_vocab = lib.mor_model_get_int(model.h, INFO_N_VOCAB)
 
-    def _check(self, st):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _handle(self):
+        if not self.h:
+            raise ValueError("the session is closed")
+        return self.h
+
+    def _check(self, st, h=None):
         if st:
-            raise Error(st, lib.mor_session_last_error(self.h).decode(errors="replace"))
+            if not self.h:  # closed meanwhile (by its own callback)
+                raise Error(st, "the session was closed during the call")
+            err = Error(st, lib.mor_session_last_error(self.h).decode(errors="replace"))
+            cause, self._router_exc = self._router_exc, None
+            raise err from cause
 
     def step(self, tokens):
-        arr = (C.c_int32 * len(tokens))(*tokens)
-        self._check(lib.mor_session_step(self.h, arr, len(tokens)))
+        arr, n = _token_array(tokens)
+        h = self._handle()
+        self._router_exc = None
+        self._check(lib.mor_session_step(h, arr, n))
 
     def logits(self, i=-1):
-        p = lib.mor_session_logits(self.h, i)
+        p = lib.mor_session_logits(self._handle(), i)
         if not p:
             return None
-        return p[:self.model.info(INFO_N_VOCAB)]
+        return p[:self._n_vocab]
 
     def depth(self, i=-1):
-        return lib.mor_session_depth(self.h, i)
+        return lib.mor_session_depth(self._handle(), i)
 
     def n_past(self):
-        return lib.mor_session_n_past(self.h)
+        return lib.mor_session_n_past(self._handle())
 
     def sample(self):
         t = C.c_int32()
-        self._check(lib.mor_session_sample(self.h, C.byref(t)))
+        self._check(lib.mor_session_sample(self._handle(), C.byref(t)))
         return t.value
 
     def reset(self):
-        lib.mor_session_reset(self.h)
+        lib.mor_session_reset(self._handle())
 
     def set_sampler(self, **fields):
-        self._check(lib.mor_session_set_sampler(self.h, _params(PARAMS_SAMPLER, **fields)))
+        self._check(lib.mor_session_set_sampler(self._handle(), _params(PARAMS_SAMPLER, **fields)))
 
     def set_exit_policy(self, policy="full", kv="auto", **fields):
         fields["policy"] = EXIT[policy] if isinstance(policy, str) else policy
         fields["kv"] = KV[kv] if isinstance(kv, str) else kv
-        self._check(lib.mor_session_set_exit_policy(self.h, _params(PARAMS_EXIT, **fields)))
+        self._check(lib.mor_session_set_exit_policy(self._handle(), _params(PARAMS_EXIT, **fields)))
 
     def set_router(self, fn, wants_confidence=False):
         """fn(step, positions, router_scores) -> list of bools (continue?) per token; None
         restores the default policy. An exception in fn fails the step (MOR_E_CALLBACK)."""
+        h = self._handle()
         if fn is None:
-            self._check(lib.mor_session_set_router_fn(self.h, ROUTE_FN(), None, 0))
+            self._check(lib.mor_session_set_router_fn(h, ROUTE_FN(), None, 0))
             self._router = None
             return
 
@@ -226,18 +320,20 @@ class Session:
                 for i in range(b.n_tokens):
                     keep[i] = 1 if out[i] else 0
                 return 0
-            except Exception:  # reported to the library as a failed callback
+            except BaseException as e:  # reported to the library as a failed callback; the
+                self._router_exc = e    # exception becomes the cause of the step's Error
                 return 1
 
-        self._router = ROUTE_FN(trampoline)  # kept alive as long as the session uses it
-        self._check(lib.mor_session_set_router_fn(self.h, self._router, None, 1 if wants_confidence else 0))
+        router = ROUTE_FN(trampoline)
+        self._check(lib.mor_session_set_router_fn(h, router, None, 1 if wants_confidence else 0))
+        self._router = router  # kept alive as long as the session uses it
 
     def last_error(self):
-        return lib.mor_session_last_error(self.h).decode(errors="replace")
+        return lib.mor_session_last_error(self._handle()).decode(errors="replace")
 
     def token_info(self, pos):
         d, s, k = C.c_int32(), C.c_float(), C.c_int32()
-        self._check(lib.mor_session_token_info(self.h, pos, C.byref(d), C.byref(s), C.byref(k)))
+        self._check(lib.mor_session_token_info(self._handle(), pos, C.byref(d), C.byref(s), C.byref(k)))
         return d.value, s.value, k.value
 
     def generate(self, prompt, n):
@@ -251,9 +347,16 @@ class Session:
         return self.model.detokenize(out)
 
     def close(self):
-        if getattr(self, "h", None):
-            self._free(self.h)
-            self.h = None
+        """Free the session (inside its own router callback: when the running step returns)."""
+        h = getattr(self, "h", None)
+        if not h:
+            return
+        self.h = None
+        if self._sched is not None:
+            self._sched._forget(h)
+            self._sched = None
+        self._free(h)  # the library defers it while a callback of the session runs
+        self.model._release()
 
     __del__ = close
 
@@ -274,49 +377,72 @@ class Scheduler:
 
     def __init__(self, model, **params):
         self._free = lib.mor_sched_free
+        self.h = None
         self.model = model
+        self._sessions = {}  # handle -> Session
         if isinstance(params.get("mode"), str):
             params["mode"] = SCHED[params["mode"]]
         err = C.create_string_buffer(512)
         h = C.c_void_p()
-        st = lib.mor_sched_create(model.h, _params(PARAMS_SCHED, **params), C.byref(h), err, len(err))
+        st = lib.mor_sched_create(model._use(), _params(PARAMS_SCHED, **params), C.byref(h), err, len(err))
         if st:
+            model._release()
             raise Error(st, err.value.decode(errors="replace"))
         self.h = h
-        self._sessions = {}  # handle -> Session
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _handle(self):
+        if not self.h:
+            raise ValueError("the scheduler is closed")
+        return self.h
+
+    def _forget(self, h):
+        self._sessions.pop(h.value, None)
 
     def add(self, session):
-        session._check(lib.mor_sched_add(self.h, session.h))
+        session._check(lib.mor_sched_add(self._handle(), session._handle()))
         self._sessions[session.h.value] = session
+        session._sched = self
 
     def remove(self, session):
-        session._check(lib.mor_sched_remove(self.h, session.h))
+        session._check(lib.mor_sched_remove(self._handle(), session._handle()))
         self._sessions.pop(session.h.value, None)
+        session._sched = None
 
     def submit(self, session, tokens, n_generate=0):
         """Queue a prompt (token ids) and n_generate tokens to sample after it."""
-        if session.h.value not in self._sessions:
+        arr, n = _token_array(tokens)
+        if not isinstance(n_generate, int) or not 0 <= n_generate <= _I32_MAX:
+            raise ValueError("n_generate = %r: must be an int in 0 .. 2**31-1" % (n_generate,))
+        if session._handle().value not in self._sessions:
             self.add(session)
-        arr = (C.c_int32 * max(len(tokens), 1))(*tokens)
-        session._check(lib.mor_sched_submit(self.h, session.h, arr, len(tokens), n_generate))
+        session._check(lib.mor_sched_submit(self._handle(), session.h, arr, n, n_generate))
 
     def cancel(self, session):
-        session._check(lib.mor_sched_cancel(self.h, session.h))
+        session._check(lib.mor_sched_cancel(self._handle(), session._handle()))
 
     def pending(self):
-        return lib.mor_sched_pending(self.h)
+        return lib.mor_sched_pending(self._handle())
 
     def step(self):
         """One round; returns the events it produced as (session, token, status) tuples."""
-        st = lib.mor_sched_step(self.h)
+        st = lib.mor_sched_step(self._handle())
+        if not self.h:  # closed by a callback during the round (freed as the round returned)
+            return []
         if st:
             raise Error(st, "mor_sched_step")
         return self.poll()
 
     def poll(self):
         out = []
+        h = self._handle()
         who, tok, st = C.c_void_p(), C.c_int32(), C.c_int32()
-        while lib.mor_sched_poll(self.h, C.byref(who), C.byref(tok), C.byref(st)) == 0:
+        while lib.mor_sched_poll(h, C.byref(who), C.byref(tok), C.byref(st)) == 0:
             out.append((self._sessions.get(who.value), tok.value, st.value))
         return out
 
@@ -334,7 +460,7 @@ class Scheduler:
         names = ["rounds", "layer_runs", "layer_rows", "head_runs", "head_rows", "tokens"]
         buf = (C.c_int64 * 16)()  # room for fields a newer library may append
         C.cast(buf, C.POINTER(C.c_uint32))[0] = C.sizeof(buf)
-        st = lib.mor_sched_get_counters(self.h, buf)
+        st = lib.mor_sched_get_counters(self._handle(), buf)
         if st:
             raise Error(st, "mor_sched_get_counters")
         out = {k: buf[1 + i] for i, k in enumerate(names)}  # after the size/kind header
@@ -342,9 +468,16 @@ class Scheduler:
         return out
 
     def close(self):
-        if getattr(self, "h", None):
-            self._free(self.h)
-            self.h = None
+        """Free the scheduler (its sessions stay open); inside a callback of its round: when
+        the round returns."""
+        h = getattr(self, "h", None)
+        if not h:
+            return
+        self.h = None
+        for sess in self._sessions.values():
+            sess._sched = None
         self._sessions = {}
+        self._free(h)
+        self.model._release()
 
     __del__ = close

@@ -138,7 +138,10 @@ static int call_router(mor_session *s, int32_t k, int32_t nc, uint8_t *keep, int
     mor_route_batch b = {sizeof b, k, s->model->n_steps, nc, d, pos, hid,
                          hp->router != MOR_ROUTER_NONE ? rs : NULL, have_conf && k > 0 ? cf : NULL};
     memset(keep, 1, (size_t)nc);
+    s->busy++;
     int32_t rc = s->router.route(s->router_user, &b, keep);
+    s->busy--;
+    if (s->free_pending) return mor__session_fail(s, MOR_E_CANCELLED, "the router callback freed its session");
     if (rc != 0) return mor__session_fail(s, MOR_E_CALLBACK, "the router callback returned %d at step %d", rc, k);
     return MOR_OK;
 }

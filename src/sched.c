@@ -61,7 +61,20 @@ struct mor_sched {
     double            n_depths;
     int64_t           rounds, rows, layers, head_runs, head_rows, tokens;
     int32_t           refill;
+    int               busy;          // mor_sched_step() is running (callbacks may call back in)
+    int               free_pending;  // mor_sched_free() came from a callback: freed on return
 };
+
+int mor__sched_busy(const mor_sched *sc) { return sc->busy; }
+
+// Calls that change the scheduler are refused while its round runs a session's callback.
+#define REFUSE_BUSY(sc, s)                                                                        \
+    do {                                                                                          \
+        if ((sc)->busy)                                                                           \
+            return (s) ? mor__session_fail((s), MOR_E_BUSY, "%s() called from a callback during the scheduler's round", \
+                                           __func__)                                              \
+                       : MOR_E_BUSY;                                                              \
+    } while (0)
 
 void mor_sched_params_init(mor_sched_params *p) {
     if (!p) return;
@@ -192,6 +205,10 @@ static void drop_pass(entry *e) {
 
 void mor_sched_free(mor_sched *sc) {
     if (!sc) return;
+    if (sc->busy) {  // from a callback of its own round: mor_sched_step() frees it on return
+        sc->free_pending = 1;
+        return;
+    }
     for (int32_t i = 0; i < sc->n; i++) {
         drop_pass(&sc->e[i]);
         sc->e[i].s->sched = NULL;
@@ -215,6 +232,7 @@ void mor_sched_free(mor_sched *sc) {
 
 int mor_sched_add(mor_sched *sc, mor_session *s) {
     if (!sc || !s) return MOR_E_INVALID;
+    REFUSE_BUSY(sc, s);
     s->err[0] = 0;
     if (s->model != sc->model) return mor__session_fail(s, MOR_E_INVALID, "the session is of another model");
     if (s->sched) return mor__session_fail(s, MOR_E_INVALID, "the session already belongs to a scheduler");
@@ -268,6 +286,7 @@ static void clear_request(entry *e) {
 
 int mor_sched_remove(mor_sched *sc, mor_session *s) {
     if (!sc || !s) return MOR_E_INVALID;
+    REFUSE_BUSY(sc, s);
     entry *e = find(sc, s);
     if (!e) return mor__session_fail(s, MOR_E_INVALID, "the session is not in this scheduler");
     drop_pass(e);
@@ -284,6 +303,7 @@ int mor_sched_remove(mor_sched *sc, mor_session *s) {
 
 int mor_sched_submit(mor_sched *sc, mor_session *s, const int32_t *tokens, int32_t n, int32_t n_generate) {
     if (!sc || !s) return MOR_E_INVALID;
+    REFUSE_BUSY(sc, s);
     s->err[0] = 0;
     entry *e = find(sc, s);
     if (!e) return mor__session_fail(s, MOR_E_INVALID, "the session is not in this scheduler");
@@ -324,6 +344,7 @@ int mor_sched_submit(mor_sched *sc, mor_session *s, const int32_t *tokens, int32
 
 int mor_sched_cancel(mor_sched *sc, mor_session *s) {
     if (!sc || !s) return MOR_E_INVALID;
+    REFUSE_BUSY(sc, s);
     entry *e = find(sc, s);
     if (!e) return mor__session_fail(s, MOR_E_INVALID, "the session is not in this scheduler");
     drop_pass(e);
@@ -342,6 +363,7 @@ int32_t mor_sched_pending(const mor_sched *sc) {
 
 int mor_sched_poll(mor_sched *sc, mor_session **s, int32_t *token, int32_t *status) {
     if (!sc) return MOR_E_INVALID;
+    REFUSE_BUSY(sc, NULL);
     while (sc->ev_len) {
         event v = sc->ev[sc->ev_head];
         sc->ev_head = (sc->ev_head + 1) % sc->ev_cap;
@@ -566,8 +588,33 @@ static void conf_heads(mor_sched *sc, int32_t np) {
     }
 }
 
+static void round_run(mor_sched *sc);
+
 int mor_sched_step(mor_sched *sc) {
     if (!sc) return MOR_E_INVALID;
+    REFUSE_BUSY(sc, NULL);
+    sc->busy = 1;
+    round_run(sc);
+    sc->busy = 0;
+    // Frees that callbacks asked for during the round happen now, when nothing uses the memory.
+    for (int32_t i = 0; i < sc->n;) {
+        mor_session *s = sc->e[i].s;
+        if (!s->free_pending) {
+            i++;
+            continue;
+        }
+        s->free_pending = 0;
+        mor_session_free(s);  // removes it from sc->e (the last entry moves to i) and its events
+    }
+    if (sc->free_pending) {
+        sc->free_pending = 0;
+        mor_sched_free(sc);
+    }
+    return MOR_OK;
+}
+
+// One round: admit work, run one batched layer, finish the tokens that are done.
+static void round_run(mor_sched *sc) {
     sc->rounds++;
     int32_t rows_in = 0, in_flight = 0;
     for (int32_t i = 0; i < sc->n; i++)
@@ -655,5 +702,4 @@ int mor_sched_step(mor_sched *sc) {
         sc->head_rows += nh;
         for (int32_t j = 0; j < nh; j++) complete(sc, &sc->e[sc->head[j]], sc->logits + (size_t)j * hp->n_vocab);
     }
-    return MOR_OK;
 }

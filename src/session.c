@@ -15,8 +15,18 @@ int mor__session_fail(mor_session *s, int status, const char *fmt, ...) {
 
 void mor_session_free(mor_session *s) {
     if (!s) return;
+    // From inside a callback of the session (or of its scheduler's round) the memory is still
+    // in use: the call that runs the callback frees it on its way out.
+    if (s->busy || (s->sched && mor__sched_busy(s->sched))) {
+        s->free_pending = 1;
+        return;
+    }
     if (s->sched) mor_sched_remove(s->sched, s);
-    if (s->has_router && s->router.free) s->router.free(s->router_user);
+    if (s->has_router && s->router.free) {
+        s->busy++;
+        s->router.free(s->router_user);
+        s->busy--;
+    }
     mor__pool_free(s->pool);
     if (s->slots)
         for (int32_t l = 0; l < s->model->hp.n_layer; l++) {
@@ -39,22 +49,18 @@ void mor_session_free(mor_session *s) {
     free(s);
 }
 
-// Zeroed and 64-byte aligned (whole cache lines: the SIMD kernels load rows at full speed).
-void *mor__alloc_zero(size_t n, size_t elem) {
+// 64-byte aligned (whole cache lines: the SIMD kernels load rows at full speed); zeroed unless
+// the caller writes every byte before reading it.
+static void *alloc_aligned(size_t n, size_t elem, int zero) {
     size_t bytes;
     if (__builtin_mul_overflow(n ? n : 1, elem, &bytes) || bytes > SIZE_MAX - 64) return NULL;
     bytes = (bytes + 63) & ~(size_t)63;
     void *p = aligned_alloc(64, bytes);
-    if (p) memset(p, 0, bytes);
+    if (p && zero) memset(p, 0, bytes);
     return p;
 }
 
-static void *alloc_n(size_t n, size_t elem, int *fail) {
-    void *p = mor__alloc_zero(n, elem);
-    if (!p) *fail = 1;
-    return p;
-}
-
+void *mor__alloc_zero(size_t n, size_t elem) { return alloc_aligned(n, elem, 1); }
 
 static void sampler_from(mor__sampler *d, const mor_sampler_params *p) {
     mor_sampler_params q;
@@ -69,28 +75,178 @@ static void sampler_from(mor__sampler *d, const mor_sampler_params *p) {
     d->seed = q.seed;
 }
 
+// The session's memory plan. session_plan() walks every buffer a session owns once, with the
+// same sizes whether it only counts (mor_session_memory_size, the cap check) or allocates
+// (mor_session_create), so the estimate is exact by construction.
+typedef struct {
+    mor_session *s;      // NULL: count only
+    uint64_t     bytes;  // bytes counted so far (each buffer rounded up to whole cache lines)
+    int          fail;   // overflow or out of memory
+} plan;
+
+static void *take(plan *c, uint64_t n, size_t elem, int zero) {
+    uint64_t b;
+    if (c->fail || mor__mul_u64(n ? n : 1, elem, &b) || b > SIZE_MAX - 64) {
+        c->fail = 1;
+        return NULL;
+    }
+    c->bytes += (b + 63) & ~(uint64_t)63;
+    if (!c->s) return NULL;
+    void *p = alloc_aligned((size_t)n, elem, zero);
+    if (!p) c->fail = 1;
+    return p;
+}
+
+// p: validated parameters. Writes the buffers into c->s when it is not NULL.
+static void session_plan(plan *c, const mor_model *m, const mor_session_params *p) {
+    mor_session dummy, *s = c->s ? c->s : &dummy;
+    const mor__hparams *hp = &m->hp;
+    const uint64_t nb = (uint64_t)p->n_batch, d = (uint64_t)hp->n_embd, kvdim = (uint64_t)hp->n_head_kv * hp->head_dim,
+                   qdim = (uint64_t)hp->n_head * hp->head_dim, V = (uint64_t)hp->n_vocab, ctx = (uint64_t)p->n_ctx;
+    const uint64_t wide = MOR__MAX(MOR__MAX((uint64_t)hp->n_ff, 2 * d), MOR__MAX(qdim, kvdim));
+    const uint64_t maxcols = MOR__MAX(MOR__MAX((uint64_t)hp->n_ff, 2 * d), qdim);
+    const uint64_t rank = (uint64_t)MOR__MAX(hp->lora_rank, 1);
+    c->bytes += sizeof(mor_session);
+    s->slots = take(c, (uint64_t)hp->n_layer, sizeof *s->slots, 1);
+    // K/V entries are written before they are read (a slot's length bounds every read), so
+    // they are not zeroed: a context that is never filled costs address space, not memory.
+    const int f16 = (p->flags & MOR_SESSION_KV_F16) != 0;
+    for (int32_t l = 0; l < hp->n_layer && !c->fail; l++) {
+        void *k = take(c, ctx * kvdim, f16 ? sizeof(uint16_t) : sizeof(float), 0);
+        void *v = take(c, ctx * kvdim, f16 ? sizeof(uint16_t) : sizeof(float), 0);
+        void *pos = take(c, ctx, sizeof(int32_t), 0);
+        if (!c->s) continue;
+        s->slots[l].pos = pos;
+        if (f16) s->slots[l].k16 = k, s->slots[l].v16 = v;
+        else s->slots[l].k = k, s->slots[l].v = v;
+    }
+    s->tokens = take(c, ctx, sizeof(int32_t), 1);
+    s->logits = take(c, (p->flags & MOR_SESSION_LOGITS_ALL ? nb : 1) * V, sizeof(float), 1);
+    s->depths = take(c, nb, sizeof(int32_t), 1);
+    s->depth_all = take(c, nb, sizeof(int32_t), 1);
+    s->x = take(c, nb * d, sizeof(float), 1);
+    s->xb = take(c, nb * d, sizeof(float), 1);
+    s->q = take(c, nb * qdim, sizeof(float), 1);
+    s->k = take(c, nb * kvdim, sizeof(float), 1);
+    s->v = take(c, nb * kvdim, sizeof(float), 1);
+    s->ao = take(c, nb * qdim, sizeof(float), 1);
+    s->hb = take(c, nb * wide, sizeof(float), 1);
+    s->hb2 = take(c, nb * wide, sizeof(float), 1);
+    s->tmp = take(c, nb * wide, sizeof(float), 1);
+    s->lora = take(c, nb * rank, sizeof(float), 1);
+    s->att = take(c, ctx * (uint64_t)p->n_threads, sizeof(float), 1);
+    s->row_stride = (size_t)((MOR__MAX(maxcols, rank) + 15) & ~(uint64_t)15);
+    s->row = take(c, (uint64_t)s->row_stride * (uint64_t)p->n_threads, sizeof(float), 1);
+    s->rope_cos = take(c, nb * (uint64_t)(hp->head_dim / 2), sizeof(float), 1);
+    s->rope_sin = take(c, nb * (uint64_t)(hp->head_dim / 2), sizeof(float), 1);
+    s->h_in = take(c, nb * d, sizeof(float), 1);
+    s->xa = take(c, nb * d, sizeof(float), 1);
+    s->gate = take(c, nb, sizeof(float), 1);
+    s->router_h = take(c, nb * (uint64_t)MOR__MAX(hp->n_rec, 2), sizeof(float), 1);
+    s->act = take(c, nb, sizeof(int32_t), 1);
+    s->act_pos = take(c, nb, sizeof(int32_t), 1);
+    s->tok_depth = take(c, nb, sizeof(int32_t), 1);
+    s->tok_choice = take(c, nb, sizeof(int32_t), 1);
+    s->alive = take(c, 2 * nb, 1, 1);
+    s->tpos = take(c, nb, sizeof(int32_t), 1);
+    s->row_start = take(c, nb, sizeof(int32_t), 1);
+    s->joined = take(c, nb, 1, 1);
+    s->exit_step = take(c, nb, sizeof(int32_t), 1);
+    s->conf = take(c, nb, sizeof(float), 1);
+    s->cosv = take(c, nb, sizeof(float), 1);
+    s->rscore = take(c, nb, sizeof(float), 1);
+    s->cap = take(c, 2 * nb, sizeof(int32_t), 1);
+    s->h_step = take(c, nb * d, sizeof(float), 1);
+    s->h_exit = take(c, nb * d, sizeof(float), 1);
+    s->vocab_buf = take(c, V, sizeof(float), 1);
+    s->shallow_top = take(c, nb, sizeof(int32_t), 1);
+    s->row_head = take(c, nb, sizeof(int32_t), 1);
+    s->slot_of = take(c, (uint64_t)hp->n_layer, sizeof(int32_t), 1);
+    s->slot_write = take(c, (uint64_t)hp->n_layer, 1, 1);
+    s->stack_pos = take(c, nb, sizeof(int32_t), 1);
+    s->stack_step = take(c, nb, sizeof(int32_t), 1);
+    s->stack_top = take(c, nb, sizeof(int32_t), 1);
+    s->stack_conf = take(c, nb, sizeof(float), 1);
+    s->stack_h = take(c, nb * d, sizeof(float), 1);
+    s->trace.depth = take(c, ctx, 1, 1);
+    s->trace.score = take(c, ctx, sizeof(float), 1);
+    s->trace.kv = take(c, ctx, 1, 1);
+    s->trace.given = take(c, ctx, 1, 1);
+    s->budget_ring = take(c, MOR__BUDGET_MAX_WINDOW, sizeof(int32_t), 1);
+    s->bmm = take(c, 1, sizeof(mor__bmm), 1);
+    s->probs = take(c, V, sizeof(float), 1);
+    s->cand = take(c, V, sizeof(int32_t), 1);
+}
+
+// Parameters with their defaults filled in and checked; the message goes to err.
+static int session_params(const mor_model *m, const mor_session_params *params, mor_session_params *p,
+                          char *err, size_t err_n) {
+    if (!m) return mor__errf(err, err_n, MOR_E_INVALID, "model is NULL");
+    if (m->vocab_only) return mor__errf(err, err_n, MOR_E_INVALID, "the model was loaded vocab-only: it has no weights");
+    if (params && params->kind != MOR_PARAMS_SESSION)
+        return mor__errf(err, err_n, MOR_E_INVALID, "params is not a mor_session_params (kind %u)", params->kind);
+    mor_session_params_init(p);
+    if (params) memcpy(p, params, MOR__MIN(params->size, sizeof *p));
+    p->size = sizeof *p;
+    const mor__hparams *hp = &m->hp;
+    // A file may claim any trained context; the default stays at what an interactive session
+    // needs unless the caller asks for more.
+    if (p->n_ctx == 0) p->n_ctx = MOR__MIN(hp->n_ctx_train > 0 ? hp->n_ctx_train : MOR_SESSION_DEFAULT_CTX,
+                                           MOR_SESSION_DEFAULT_CTX);
+    if (p->n_ctx < 1 || p->n_ctx > (1 << 20))
+        return mor__errf(err, err_n, MOR_E_INVALID, "n_ctx = %d: must be 1..1048576 (0 = min(trained context %d, %d))",
+                         p->n_ctx, hp->n_ctx_train, MOR_SESSION_DEFAULT_CTX);
+    if (p->n_batch < 1 || p->n_batch > 8192)
+        return mor__errf(err, err_n, MOR_E_INVALID, "n_batch = %d: must be 1..8192", p->n_batch);
+    if (p->n_threads < 1 || p->n_threads > 256)
+        return mor__errf(err, err_n, MOR_E_INVALID, "n_threads = %d: must be 1..256", p->n_threads);
+    if (p->max_bytes < -1)
+        return mor__errf(err, err_n, MOR_E_INVALID, "max_bytes = %lld: must be -1 (no cap), 0 (default) or a byte count",
+                         (long long)p->max_bytes);
+    if (p->n_batch > p->n_ctx) p->n_batch = p->n_ctx;
+    return MOR_OK;
+}
+
+// The default cap: 1 GiB, or the model's weight bytes for a model larger than that (a file
+// cannot make a session reserve much more than the file's own size without the caller's say).
+static uint64_t default_cap(const mor_model *m) {
+    return MOR__MAX((uint64_t)MOR_SESSION_DEFAULT_MAX_BYTES, (uint64_t)m->weight_bytes);
+}
+
+int mor_session_memory_size(const mor_model *m, const mor_session_params *params, uint64_t *bytes, char *err,
+                            size_t err_n) {
+    if (err && err_n) err[0] = 0;
+    if (!bytes) return mor__errf(err, err_n, MOR_E_INVALID, "bytes is NULL");
+    *bytes = 0;
+    mor_session_params p;
+    int st = session_params(m, params, &p, err, err_n);
+    if (st) return st;
+    plan c = {0};
+    session_plan(&c, m, &p);
+    if (c.fail) return mor__errf(err, err_n, MOR_E_LIMIT, "a session of %d tokens overflows the address space", p.n_ctx);
+    *bytes = c.bytes;
+    return MOR_OK;
+}
+
 int mor_session_create(const mor_model *m, const mor_session_params *params, mor_session **out,
                        char *err, size_t err_n) {
     if (err && err_n) err[0] = 0;
     if (!out) return mor__errf(err, err_n, MOR_E_INVALID, "out is NULL");
     *out = NULL;
-    if (!m) return mor__errf(err, err_n, MOR_E_INVALID, "model is NULL");
-    if (m->vocab_only) return mor__errf(err, err_n, MOR_E_INVALID, "the model was loaded vocab-only: it has no weights");
-    if (params && params->kind != MOR_PARAMS_SESSION)
-        return mor__errf(err, err_n, MOR_E_INVALID, "params is not a mor_session_params (kind %u)", params->kind);
     mor_session_params p;
-    mor_session_params_init(&p);
-    if (params) memcpy(&p, params, MOR__MIN(params->size, sizeof p));
+    int st = session_params(m, params, &p, err, err_n);
+    if (st) return st;
     const mor__hparams *hp = &m->hp;
-    if (p.n_ctx == 0) p.n_ctx = hp->n_ctx_train;
-    if (p.n_ctx < 1 || p.n_ctx > (1 << 20))
-        return mor__errf(err, err_n, MOR_E_INVALID, "n_ctx = %d: must be 1..1048576 (0 = trained context %d)",
-                         p.n_ctx, hp->n_ctx_train);
-    if (p.n_batch < 1 || p.n_batch > 8192)
-        return mor__errf(err, err_n, MOR_E_INVALID, "n_batch = %d: must be 1..8192", p.n_batch);
-    if (p.n_threads < 1 || p.n_threads > 256)
-        return mor__errf(err, err_n, MOR_E_INVALID, "n_threads = %d: must be 1..256", p.n_threads);
-    if (p.n_batch > p.n_ctx) p.n_batch = p.n_ctx;
+    // Count before allocating: a file claiming a huge context or depth is refused here, with
+    // the figure, instead of exhausting the host's memory.
+    plan c = {0};
+    session_plan(&c, m, &p);
+    const uint64_t cap = p.max_bytes == 0 ? default_cap(m) : p.max_bytes < 0 ? UINT64_MAX : (uint64_t)p.max_bytes;
+    if (c.fail || c.bytes > cap)
+        return mor__errf(err, err_n, MOR_E_LIMIT,
+                         "a session of %d tokens over %d layers needs %.1f MiB, over the cap of %.1f MiB "
+                         "(set mor_session_params.max_bytes to allow more, or lower n_ctx)",
+                         p.n_ctx, hp->n_layer, c.fail ? INFINITY : (double)c.bytes / 1048576.0, (double)cap / 1048576.0);
 
     mor_session *s = calloc(1, sizeof *s);
     if (!s) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
@@ -100,82 +256,13 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     s->n_batch = p.n_batch;
     s->n_threads = p.n_threads;
     s->flags = p.flags;
-    const size_t nb = (size_t)p.n_batch, d = (size_t)hp->n_embd, kvdim = (size_t)hp->n_head_kv * hp->head_dim,
-                 qdim = (size_t)hp->n_head * hp->head_dim, V = (size_t)hp->n_vocab;
-    size_t wide = MOR__MAX(MOR__MAX((size_t)hp->n_ff, 2 * d), MOR__MAX(qdim, kvdim));
-    size_t maxcols = MOR__MAX(MOR__MAX((size_t)hp->n_ff, 2 * d), qdim);
-    int fail = 0;
-    s->slots = alloc_n((size_t)hp->n_layer, sizeof *s->slots, &fail);
-    for (int32_t l = 0; !fail && l < hp->n_layer; l++) {
-        if (p.flags & MOR_SESSION_KV_F16) {
-            s->slots[l].k16 = alloc_n((size_t)p.n_ctx * kvdim, sizeof(uint16_t), &fail);
-            s->slots[l].v16 = alloc_n((size_t)p.n_ctx * kvdim, sizeof(uint16_t), &fail);
-        } else {
-            s->slots[l].k = alloc_n((size_t)p.n_ctx * kvdim, sizeof(float), &fail);
-            s->slots[l].v = alloc_n((size_t)p.n_ctx * kvdim, sizeof(float), &fail);
-        }
-        s->slots[l].pos = alloc_n((size_t)p.n_ctx, sizeof(int32_t), &fail);
-    }
-    s->tokens = alloc_n((size_t)p.n_ctx, sizeof(int32_t), &fail);
-    s->logits = alloc_n((p.flags & MOR_SESSION_LOGITS_ALL ? nb : 1) * V, sizeof(float), &fail);
-    s->depths = alloc_n(nb, sizeof(int32_t), &fail);
-    s->depth_all = alloc_n(nb, sizeof(int32_t), &fail);
-    s->x = alloc_n(nb * d, sizeof(float), &fail);
-    s->xb = alloc_n(nb * d, sizeof(float), &fail);
-    s->q = alloc_n(nb * qdim, sizeof(float), &fail);
-    s->k = alloc_n(nb * kvdim, sizeof(float), &fail);
-    s->v = alloc_n(nb * kvdim, sizeof(float), &fail);
-    s->ao = alloc_n(nb * qdim, sizeof(float), &fail);
-    s->hb = alloc_n(nb * wide, sizeof(float), &fail);
-    s->hb2 = alloc_n(nb * wide, sizeof(float), &fail);
-    s->tmp = alloc_n(nb * wide, sizeof(float), &fail);
-    s->lora = alloc_n(nb * (size_t)MOR__MAX(hp->lora_rank, 1), sizeof(float), &fail);
-    s->att = alloc_n((size_t)p.n_ctx * (size_t)p.n_threads, sizeof(float), &fail);
-    s->row_stride = (MOR__MAX(maxcols, (size_t)MOR__MAX(hp->lora_rank, 1)) + 15) & ~(size_t)15;
-    s->row = alloc_n(s->row_stride * (size_t)p.n_threads, sizeof(float), &fail);
-    s->rope_cos = alloc_n(nb * (size_t)(hp->head_dim / 2), sizeof(float), &fail);
-    s->rope_sin = alloc_n(nb * (size_t)(hp->head_dim / 2), sizeof(float), &fail);
-    s->h_in = alloc_n(nb * d, sizeof(float), &fail);
-    s->xa = alloc_n(nb * d, sizeof(float), &fail);
-    s->gate = alloc_n(nb, sizeof(float), &fail);
-    s->router_h = alloc_n(nb * (size_t)MOR__MAX(hp->n_rec, 2), sizeof(float), &fail);
-    s->act = alloc_n(nb, sizeof(int32_t), &fail);
-    s->act_pos = alloc_n(nb, sizeof(int32_t), &fail);
-    s->tok_depth = alloc_n(nb, sizeof(int32_t), &fail);
-    s->tok_choice = alloc_n(nb, sizeof(int32_t), &fail);
-    s->alive = alloc_n(2 * nb, 1, &fail);
-    s->tpos = alloc_n(nb, sizeof(int32_t), &fail);
-    s->row_start = alloc_n(nb, sizeof(int32_t), &fail);
-    s->joined = alloc_n(nb, 1, &fail);
-    s->exit_step = alloc_n(nb, sizeof(int32_t), &fail);
-    s->conf = alloc_n(nb, sizeof(float), &fail);
-    s->cosv = alloc_n(nb, sizeof(float), &fail);
-    s->rscore = alloc_n(nb, sizeof(float), &fail);
-    s->cap = alloc_n(2 * nb, sizeof(int32_t), &fail);
-    s->h_step = alloc_n(nb * d, sizeof(float), &fail);
-    s->h_exit = alloc_n(nb * d, sizeof(float), &fail);
-    s->vocab_buf = alloc_n(V, sizeof(float), &fail);
+    c = (plan){.s = s};
+    session_plan(&c, m, &p);
     s->conf_group = 1;
-    s->shallow_top = alloc_n(nb, sizeof(int32_t), &fail);
-    s->row_head = alloc_n(nb, sizeof(int32_t), &fail);
-    s->slot_of = alloc_n((size_t)hp->n_layer, sizeof(int32_t), &fail);
-    s->slot_write = alloc_n((size_t)hp->n_layer, 1, &fail);
-    s->stack_pos = alloc_n(nb, sizeof(int32_t), &fail);
-    s->stack_step = alloc_n(nb, sizeof(int32_t), &fail);
-    s->stack_top = alloc_n(nb, sizeof(int32_t), &fail);
-    s->stack_conf = alloc_n(nb, sizeof(float), &fail);
-    s->stack_h = alloc_n(nb * d, sizeof(float), &fail);
-    s->trace.depth = alloc_n((size_t)p.n_ctx, 1, &fail);
-    s->trace.score = alloc_n((size_t)p.n_ctx, sizeof(float), &fail);
-    s->trace.kv = alloc_n((size_t)p.n_ctx, 1, &fail);
-    s->trace.given = alloc_n((size_t)p.n_ctx, 1, &fail);
-    s->budget_ring = alloc_n(MOR__BUDGET_MAX_WINDOW, sizeof(int32_t), &fail);
-    s->bmm = alloc_n(1, sizeof(mor__bmm), &fail);
-    s->probs = alloc_n(V, sizeof(float), &fail);
-    s->cand = alloc_n(V, sizeof(int32_t), &fail);
-    if (fail) {
+    if (c.fail) {
         mor_session_free(s);
-        return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory allocating a session of %d tokens", p.n_ctx);
+        return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory allocating a session of %d tokens (%.1f MiB)", p.n_ctx,
+                         (double)c.bytes / 1048576.0);
     }
     int ps = mor__pool_create(&s->pool, p.n_threads);
     if (ps) {
@@ -203,14 +290,15 @@ int mor__session_check(mor_session *s, const int32_t *tokens, int32_t n, int32_t
         return mor__session_fail(s, MOR_E_INVALID,
                                  "%d tokens with MOR_SESSION_LOGITS_ALL: at most n_batch = %d per step", n,
                                  s->n_batch);
-    for (int32_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= s->model->hp.n_vocab)
-            return mor__session_fail(s, MOR_E_TOKEN, "token %d at index %d is outside the vocabulary [0, %d)",
-                                     tokens[i], i, s->model->hp.n_vocab);
+    // The count first: a wrong n_tokens must not make us read far past the caller's array.
     if (n > s->n_ctx - s->n_past - queued)
         return mor__session_fail(s, MOR_E_CONTEXT_FULL,
                                  "%d tokens do not fit: %d of the context of %d are used", n, s->n_past + queued,
                                  s->n_ctx);
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= s->model->hp.n_vocab)
+            return mor__session_fail(s, MOR_E_TOKEN, "token %d at index %d is outside the vocabulary [0, %d)",
+                                     tokens[i], i, s->model->hp.n_vocab);
     return MOR_OK;
 }
 
@@ -261,8 +349,17 @@ int mor__session_commit(mor_session *s, int32_t T, int32_t off) {
     return 1;
 }
 
+// The end of a call that ran callbacks: a free they asked for happens now.
+static int finish_call(mor_session *s, int st) {
+    if (!s->free_pending) return st;
+    s->free_pending = 0;
+    mor_session_free(s);
+    return MOR_E_CANCELLED;
+}
+
 int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
     if (!s) return MOR_E_INVALID;
+    MOR__REFUSE_BUSY(s);
     s->err[0] = 0;
     if (s->sched) return mor__session_fail(s, MOR_E_INVALID, "the session belongs to a scheduler: submit work there");
     int st = mor__session_check(s, tokens, n, 0);
@@ -275,7 +372,7 @@ int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
         int32_t T = mor__session_chunk(s, n, off);
         mor__session_prepare(s, tokens + off, T, n > 1, off);
         st = mor__forward(s, s->tokens + s->n_past, T, all);
-        if (st) return mor__session_abort(s, st);
+        if (st) return finish_call(s, mor__session_abort(s, st));
         if (mor__session_commit(s, T, off)) return MOR_OK;
         off += T;
     }
@@ -340,6 +437,7 @@ void mor__truncate_slots(mor_session *s, int32_t n_keep) {
 
 int mor_session_rewind(mor_session *s, int32_t n_keep) {
     if (!s) return MOR_E_INVALID;
+    MOR__REFUSE_BUSY(s);
     s->err[0] = 0;
     if (s->ps.active) return mor__session_fail(s, MOR_E_INVALID, "a token of this session is being computed by its scheduler");
     if (n_keep < 0 || n_keep > s->n_past)
@@ -349,13 +447,21 @@ int mor_session_rewind(mor_session *s, int32_t n_keep) {
     s->n_last = 0;
     s->n_logits = 0;
     s->rolled_back = 0;
-    if (s->has_router && s->router.reset) s->router.reset(s->router_user);
-    return MOR_OK;
+    if (s->has_router && s->router.reset) {
+        s->busy++;
+        s->router.reset(s->router_user);
+        s->busy--;
+    }
+    return finish_call(s, MOR_OK);
 }
 
 void mor_session_reset(mor_session *s) {
     if (!s || s->ps.active) return;  // a scheduler is computing one of its tokens
-    mor_session_rewind(s, 0);
+    if (s->busy) {
+        mor__session_fail(s, MOR_E_BUSY, "mor_session_reset() called from a callback of the same session");
+        return;
+    }
+    if (mor_session_rewind(s, 0) == MOR_E_CANCELLED) return;  // its reset callback freed it
     s->rng = s->sampler.seed;
     s->n_stack = 0;
     s->st_tokens = s->st_steps = s->st_evals = s->st_evals_full = s->st_deep = s->st_rollbacks = 0;

@@ -171,6 +171,9 @@ struct mor_session {
     mor__bmm *bmm;
     int32_t  ring_save_next, ring_save_n;  // budget ring before the pass (restored on abort)
     struct mor_sched *sched;         // the scheduler the session belongs to, or NULL
+    // re-entry: a router callback runs inside a step; what it may call is in mor.h
+    int      busy;                   // > 0 while one of the session's callbacks runs
+    int      free_pending;           // mor_session_free() came from a callback: freed on return
     // sampling and policy
     mor__sampler        sampler;
     uint64_t            rng;
@@ -240,8 +243,28 @@ void mor__bmm_refit(mor_session *s);
 // The model's default policy, and the slot map of the session's KV strategy (policy.c).
 void mor__policy_default(const mor_model *m, mor__policy *p);
 void mor__apply_kv(mor_session *s);
+// Validation of an exit policy for model m and a session with (has_router) or without a
+// custom router and batch size n_batch; defaults resolved into *out. Touches no session: the
+// message goes to err. Returns MOR_OK, MOR_E_INVALID or MOR_E_UNSUPPORTED (policy.c). The rule
+// that a session holding tokens keeps its KV strategy is the caller's.
+int  mor__policy_check(const mor_model *m, const mor_exit_policy *q, int has_router, int32_t n_batch,
+                       mor__policy *out, char *err, size_t err_n);
+// Makes a checked policy the session's: slot map, budget window restarted, FREE calibration
+// restarted when FREE or its threshold is new (policy.c).
+void mor__policy_install(mor_session *s, const mor__policy *np);
+// Validation of sampler settings (the rules of mor_session_set_sampler); the message goes to
+// err. Returns MOR_OK or MOR_E_INVALID (sampler.c).
+int  mor__sampler_check(const mor__sampler *sp, char *err, size_t err_n);
 
 #define MOR__BUDGET_MAX_WINDOW 4096
+
+// Calls that change a session are refused (MOR_E_BUSY) while one of its callbacks runs.
+#define MOR__REFUSE_BUSY(s)                                                                      \
+    do {                                                                                         \
+        if ((s)->busy) return mor__session_fail((s), MOR_E_BUSY, "%s() called from a callback of the same session", __func__); \
+    } while (0)
+// 1 while mor_sched_step() runs (sched.c): its sessions are freed when it returns.
+int mor__sched_busy(const struct mor_sched *sc);
 
 // Sets the session's error message and returns status.
 int  mor__session_fail(mor_session *s, int status, const char *fmt, ...)

@@ -157,6 +157,7 @@ static const field_desc fields[] = {
     FD(MOR_PARAMS_EXIT, mor_exit_policy, budget, F_F32),
     FD(MOR_PARAMS_EXIT, mor_exit_policy, budget_window, F_I32),
     FD(MOR_PARAMS_EXIT, mor_exit_policy, rollback, F_F32),
+    FD(MOR_PARAMS_SESSION, mor_session_params, max_bytes, F_I64),
     FD(MOR_PARAMS_SCHED, mor_sched_params, max_batch, F_I32),
     FD(MOR_PARAMS_SCHED, mor_sched_params, n_threads, F_I32),
     FD(MOR_PARAMS_SCHED, mor_sched_params, kv_budget, F_I64),

@@ -473,8 +473,8 @@ TEST(random_operations) {
             int st = mor_sched_submit(sc, s, prompt, n, gen);
             if (!sl[i].in) {
                 ASSERT_STATUS(st, MOR_E_INVALID);
-            } else if (bad) {
-                ASSERT_STATUS(st, MOR_E_TOKEN);
+            } else if (bad) {  // a request that cannot fit is refused for that first
+                ASSERT(st == MOR_E_TOKEN || st == MOR_E_CONTEXT_FULL);
             } else if (st == MOR_OK) {
                 if (n + gen > 0) {
                     if (!sl[i].active) sl[i].want = sl[i].got = 0;

@@ -146,6 +146,103 @@ class Bindings(unittest.TestCase):
         with self.assertRaises(mor.Error):
             sched.remove(bad)  # not in it any more
 
+    def test_lifetimes(self):
+        # A model closed while a session of it is open stays alive for the session.
+        m = mor.Model(os.path.join(DATA, "stories260K.gguf"))
+        s = m.session(n_ctx=64)
+        m.close()
+        with self.assertRaises(ValueError):
+            m.tokenize("closed")
+        with self.assertRaises(ValueError):
+            m.session()
+        s.step([1, 403])
+        self.assertIsNotNone(s.logits())
+        self.assertTrue(m.h)  # still loaded: the session uses it
+        s.close()
+        self.assertFalse(m.h)  # freed with its last session
+        with self.assertRaises(ValueError):
+            s.step([1])
+        s.close()  # twice is fine
+        with mor.Model(os.path.join(DATA, "stories260K.gguf")) as m2:
+            with m2.session(n_ctx=32) as s2:
+                s2.step([1])
+        self.assertFalse(m2.h)
+
+    def test_callback_reentry(self):
+        m = mor.Model(os.path.join(DATA, "middle_cycle.gguf"))
+        s = m.session(n_ctx=64)
+        inner = []
+
+        def steps_again(step, positions, scores):
+            if not inner:
+                try:
+                    s.step([1])
+                except mor.Error as e:
+                    inner.append(e.status)
+            return [True] * len(positions)
+
+        s.set_router(steps_again)
+        s.step([5, 6, 7])
+        self.assertEqual(inner, [-15])  # MOR_E_BUSY
+        self.assertEqual(s.n_past(), 3)
+
+        def closes(step, positions, scores):
+            s.close()
+            return [True] * len(positions)
+
+        s.set_router(closes)
+        with self.assertRaises(mor.Error) as cm:
+            s.step([8])
+        self.assertEqual(cm.exception.status, -12)  # MOR_E_CANCELLED: freed as the step returned
+        with self.assertRaises(ValueError):
+            s.n_past()
+
+        def fails(step, positions, scores):
+            raise KeyError("mine")
+
+        s = m.session(n_ctx=64)
+        s.set_router(fails)
+        with self.assertRaises(mor.Error) as cm:
+            s.step([8])
+        self.assertIsInstance(cm.exception.__cause__, KeyError)
+
+        # A scheduler closed by a callback of its own round.
+        sched = mor.Scheduler(m)
+        a = m.session(n_ctx=64)
+
+        def closes_sched(step, positions, scores):
+            sched.close()
+            return [True] * len(positions)
+
+        a.set_router(closes_sched)
+        sched.submit(a, [1, 2], 2)
+        for _ in range(4):
+            if not sched.h:
+                break
+            sched.step()
+        self.assertFalse(sched.h)
+        a.set_router(None)
+        a.step([3])  # the session outlives its scheduler
+
+    def test_bad_arguments(self):
+        m = mor.Model(os.path.join(DATA, "stories260K.gguf"))
+        s = m.session(n_ctx=64)
+        for bad in ([2 ** 40], [-(2 ** 31) - 1], [2 ** 31]):
+            with self.assertRaises(ValueError):
+                s.step(bad)
+        with self.assertRaises(TypeError):
+            s.step([1.5])
+        self.assertEqual(s.n_past(), 0)  # nothing was stepped
+        with self.assertRaises(ValueError):
+            m.detokenize([2 ** 40])
+        with self.assertRaises(ValueError):
+            mor.Model(os.path.join(DATA, "stories260K.gguf") + "\0junk")
+        sched = mor.Scheduler(m)
+        with self.assertRaises(ValueError):
+            sched.submit(s, [2 ** 33], 1)
+        with self.assertRaises(ValueError):
+            sched.submit(s, [1], 2 ** 40)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -121,8 +121,9 @@ static inline void randmodel_depth(const randmodel_shape *sh, int n_rec, const c
 
 // Write the model to `path`. n_rec 0: a vanilla `llama` file; n_rec > 0: a `mor` file with
 // `sharing` (NULL: middle_cycle). Returns MOR_OK or an error with a message in err.
-static inline int randmodel_write(const randmodel_shape *sh, uint32_t type, int n_rec, const char *sharing, const char *path,
-                           char *err, size_t err_n) {
+// randmodel_write_ctx() also sets the trained context length the file declares.
+static inline int randmodel_write_ctx(const randmodel_shape *sh, uint32_t type, int n_rec, const char *sharing,
+                                      uint32_t n_ctx_train, const char *path, char *err, size_t err_n) {
     if (!sharing) sharing = "middle_cycle";
     int L, n_store;
     randmodel_depth(sh, n_rec, sharing, &L, &n_store);
@@ -139,7 +140,7 @@ static inline int randmodel_write(const randmodel_shape *sh, uint32_t type, int 
         st |= mor__gguf_w_u32(w, "mor.recursion.count", (uint32_t)n_rec);
         st |= mor__gguf_w_str(w, "mor.recursion.sharing", sharing);
     }
-    st |= mor__gguf_w_u32(w, RANDMODEL_K("context_length"), 2048);
+    st |= mor__gguf_w_u32(w, RANDMODEL_K("context_length"), n_ctx_train);
     st |= mor__gguf_w_u32(w, RANDMODEL_K("embedding_length"), (uint32_t)sh->d);
     st |= mor__gguf_w_u32(w, RANDMODEL_K("feed_forward_length"), (uint32_t)sh->ff);
     st |= mor__gguf_w_u32(w, RANDMODEL_K("block_count"), (uint32_t)L);
@@ -173,6 +174,11 @@ static inline int randmodel_write(const randmodel_shape *sh, uint32_t type, int 
     st = mor__gguf_writer_save(w, path, err, err_n);
     mor__gguf_writer_free(w);
     return st;
+}
+
+static inline int randmodel_write(const randmodel_shape *sh, uint32_t type, int n_rec, const char *sharing, const char *path,
+                                  char *err, size_t err_n) {
+    return randmodel_write_ctx(sh, type, n_rec, sharing, 2048, path, err, err_n);
 }
 
 #endif
