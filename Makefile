@@ -222,6 +222,10 @@ FUZZ_MAX_LEN_gguf := 262144
 FUZZ_MAX_LEN_llama2c := 16384
 fuzz:
 	$(MAKE) --no-print-directory fuzz-build
+	$(MAKE) --no-print-directory fuzz-run
+
+## fuzz-run: run the targets already built in build-fuzz/ (as `make fuzz` does, without building)
+fuzz-run:
 	@fail=0; for t in $(FUZZ_NAMES); do \
 	    c=build-fuzz/corpus/$$t; mkdir -p $$c build-fuzz/crash/$$t; \
 	    for d in tests/fuzz/corpus/$$t tests/fuzz/regress/$$t; do [ -d $$d ] && cp -n $$d/* $$c/ 2>/dev/null; done; \
@@ -261,7 +265,7 @@ $(B)/fuzz-%-replay: tests/fuzz/fuzz-%.c tests/fuzz/replay.c tests/fuzz/fuzz.h $(
 $(B)/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzz.h $(STATIC) $(HDRS)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
-.PHONY: fuzz fuzz-build fuzz-replay
+.PHONY: fuzz fuzz-build fuzz-run fuzz-replay
 
 ## run: generate a continuation from the default model
 DEFAULT_MODEL := $(firstword $(wildcard tests/data/models/default.gguf) tests/data/stories260K.gguf)

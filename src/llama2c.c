@@ -42,6 +42,15 @@ typedef struct {
     region   r[R_COUNT];
 } ckpt;
 
+// A byte token is exactly "<0xNN>" (two hex digits): what the loader accepts as one. sscanf's
+// "<0x%02hhX>" also matched prefixes such as "<0x0z" and "<0x1", which the loader refuses.
+static int is_byte_piece(const char *s, size_t n) {
+    if (n != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>') return 0;
+    for (int i = 3; i < 5; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'A' && s[i] <= 'F') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+    return 1;
+}
+
 static const char *const hdr_names[7] = {"dim", "hidden_dim", "n_layers", "n_heads",
                                          "n_kv_heads", "vocab_size", "seq_len"};
 
@@ -327,7 +336,6 @@ static int tok_walk(const uint8_t *p, size_t size, uint64_t want, uint64_t *coun
             const char *text = src;
             size_t tlen = (size_t)len;
             int32_t type;
-            unsigned char byte_val;
             if (i == 0) {
                 text = "<unk>", tlen = 5, type = 2;
             } else if (i == 1) {
@@ -336,7 +344,7 @@ static int tok_walk(const uint8_t *p, size_t size, uint64_t want, uint64_t *coun
                 text = "</s>", tlen = 4, type = 3;
             } else if (len == 0) {
                 type = 3;
-            } else if (sscanf(cz, "<0x%02hhX>", &byte_val) == 1) {
+            } else if (is_byte_piece(cz, (size_t)len)) {
                 type = 6;
             } else {
                 type = 1;
