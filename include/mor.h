@@ -656,7 +656,9 @@ MOR_API int  mor_sched_get_counters(const mor_sched *sched, mor_sched_counters *
  *
  * Text is UTF-8 given as (pointer, length): NUL bytes are ordinary characters and the text need
  * not be NUL-terminated. Bytes that are not well-formed UTF-8 are kept, never replaced: each
- * one becomes its byte-fallback / byte-level token, so detokenizing gives the bytes back.
+ * one becomes its byte-fallback / byte-level token, so detokenizing gives the bytes back; a
+ * byte the vocabulary has no token for is refused (MOR_E_ENCODING, see mor_tokenize), never
+ * dropped.
  * Every function below is thread-safe on a shared model; they return MOR_E_NOT_FOUND when the
  * model has no vocabulary, MOR_E_INVALID for NULL arguments (a buffer may be NULL only with
  * capacity 0), MOR_E_TOKEN for an id outside [0, n_vocab). */
@@ -672,9 +674,21 @@ MOR_API int  mor_sched_get_counters(const mor_sched *sched, mor_sched_counters *
                                            detokenize(tokenize(x)) == x) */
 
 /* mor_tokenize(): tokenize text[0..text_len) into tokens (capacity entries). *n_tokens
- * receives the count. @return MOR_OK, or MOR_E_BUFFER_SMALL with *n_tokens = the count needed
- * and tokens untouched (call with capacity 0 to size the buffer), MOR_E_INVALID (text longer
- * than 1 GiB), MOR_E_NOMEM. */
+ * receives the count. Each byte is encoded by the tokens of its character (byte-level BPE:
+ * of the byte's GPT-2 character), else by its byte token <0xNN>. In a SentencePiece
+ * vocabulary that has no byte token for it, a character that is not a token becomes the
+ * unknown token, one per byte (SentencePiece writes it there too, though not one per byte;
+ * see mor_detokenize). A byte with none of these fails the whole call with MOR_E_ENCODING:
+ * byte-level vocabularies often lack bytes that never occur in UTF-8 (0xC0, 0xC1, 0xF5..0xFF),
+ * starcoder and refact also 0xF1 (the first byte of U+40000..U+7FFFF); SentencePiece
+ * vocabularies only when they have neither byte tokens nor an unknown token.
+ * @return MOR_OK, or MOR_E_BUFFER_SMALL with *n_tokens = the count needed and tokens
+ * untouched (call with capacity 0 to size the buffer), MOR_E_ENCODING with *n_tokens = the
+ * byte offset of the first byte the vocabulary cannot encode, so text[*n_tokens] names it (a
+ * vocabulary that cannot encode U+2581 at all fails on its own dummy-prefix space: the offset
+ * is where that space goes), tokens untouched and a warning naming the byte (hex) and offset
+ * logged; the sizing call gets MOR_E_ENCODING too, not MOR_E_BUFFER_SMALL. MOR_E_INVALID
+ * (text longer than 1 GiB), MOR_E_NOMEM. */
 MOR_API int mor_tokenize(const mor_model *model, const char *text, size_t text_len, int32_t *tokens,
                          size_t capacity, uint32_t flags, size_t *n_tokens);
 
@@ -690,7 +704,13 @@ MOR_API int mor_token_to_piece(const mor_model *model, int32_t token, char *buf,
  * vocabularies that add a dummy prefix, one leading space is removed from the first text token
  * of the sequence and from the first text token after each control / unknown / user-defined
  * token (where mor_tokenize added one), unless MOR_DETOKENIZE_KEEP_PREFIX. With default flags
- * detokenize(tokenize(x)) == x for every byte string x.
+ * detokenize(tokenize(x)) == x for every byte string x that mor_tokenize accepts, with exactly
+ * these exceptions, both in SentencePiece vocabularies: U+2581 in x reads back as a space (it
+ * is SentencePiece's space marker: as in the reference tokenizers, it gives the same ids as a
+ * space); a character that became the unknown token (no byte tokens, see mor_tokenize) reads
+ * back as nothing, and the following token loses a leading space, as after any unknown token.
+ * A byte the vocabulary cannot encode gives MOR_E_ENCODING from mor_tokenize, never a
+ * shorter text.
  * @return MOR_OK, MOR_E_BUFFER_SMALL (*n_bytes = bytes needed; buf holds a prefix),
  * MOR_E_TOKEN (nothing written). */
 MOR_API int mor_detokenize(const mor_model *model, const int32_t *tokens, size_t n_tokens, char *buf,

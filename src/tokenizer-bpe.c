@@ -5,11 +5,13 @@
 // one) has its spaces replaced by U+2581 and is split into characters; then, repeatedly, the
 // adjacent pair whose concatenation is a token with the highest score is merged (ties: the
 // leftmost pair). A final symbol that is not a token is written as byte-fallback tokens
-// <0xNN>, one per byte.
+// <0xNN>, one per byte; a byte without one becomes the unknown token, and with no unknown
+// token either the text is refused (MOR_E_ENCODING).
 //
 // Byte-level BPE ("gpt2"): the pre-tokenizer splits the text into words; each byte of a word
 // starts as the token of its GPT-2 byte character; then, repeatedly, the adjacent pair with
-// the lowest merge rank is merged (ties: leftmost).
+// the lowest merge rank is merged (ties: leftmost). A byte with neither its character's token
+// nor a byte token <0xNN> refuses the text (MOR_E_ENCODING) before any work is done.
 #include "tokenizer.h"
 #include "unicode.h"
 
@@ -121,17 +123,37 @@ static int spm_try_add(const mor__vocab *v, mor__tok_ws *ws, int32_t l, int32_t 
     return heap_push(ws, &bg);
 }
 
-static int spm_emit_bytes(const mor__vocab *v, const char *s, size_t n, mor__ivec *out) {
+// A symbol that is not a token, byte by byte: byte-fallback token, else the unknown token.
+// A byte with neither is refused rather than dropped: MOR_E_ENCODING, *bad = its index in s.
+static int spm_emit_bytes(const mor__vocab *v, const char *s, size_t n, mor__ivec *out, size_t *bad) {
     for (size_t j = 0; j < n; j++) {
         int32_t id = v->byte_tok[(uint8_t)s[j]];
         if (id < 0) id = v->special[MOR__SP_UNK];
-        if (id >= 0 && mor__ivec_push(out, id)) return MOR_E_NOMEM;
+        if (id < 0) {
+            *bad = j;
+            return MOR_E_ENCODING;
+        }
+        if (mor__ivec_push(out, id)) return MOR_E_NOMEM;
     }
     return MOR_OK;
 }
 
+// Offset in text[0..len) of byte eo of the escaped text (undoes the escaping of spm_fragment:
+// a U+2581 written for a space maps to that space). The dummy prefix has no source byte:
+// SIZE_MAX.
+static size_t spm_source_offset(const char *text, size_t len, int prefix, size_t eo) {
+    size_t e = prefix ? 3 : 0;
+    if (eo < e) return SIZE_MAX;
+    for (size_t i = 0; i < len; i++) {
+        size_t w = text[i] == ' ' ? 3 : 1;
+        if (eo < e + w) return i;
+        e += w;
+    }
+    return len;
+}
+
 static int spm_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, size_t len, int prefix,
-                        mor__ivec *out) {
+                        mor__ivec *out, size_t *bad) {
     // Escape: optional dummy space, ' ' -> U+2581.
     size_t n_sp = prefix ? 1 : 0;
     for (size_t i = 0; i < len; i++) n_sp += text[i] == ' ';
@@ -183,9 +205,12 @@ static int spm_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, 
         int32_t id = mor__vocab_find(v, e + s->start, s->len);
         if (id >= 0) {
             if (mor__ivec_push(out, id)) return MOR_E_NOMEM;
-        } else if (spm_emit_bytes(v, e + s->start, s->len, out)) {
-            return MOR_E_NOMEM;
+            continue;
         }
+        size_t j = 0;
+        int rc = spm_emit_bytes(v, e + s->start, s->len, out, &j);
+        if (rc == MOR_E_ENCODING) *bad = spm_source_offset(text, len, prefix, s->start + j);
+        if (rc) return rc;
     }
     return MOR_OK;
 }
@@ -213,11 +238,20 @@ static int32_t merge_lookup(const mor__vocab *v, int32_t a, int32_t b, int32_t *
 
 #define BPE_SCAN_MAX 64
 
-// A byte whose character is not in the vocabulary (e.g. 0xC0, 0xF5..0xFF, never in UTF-8,
-// are missing from several vocabularies) has no token: it is dropped, as llama.cpp does.
+// Index of the first byte of s[0..n) that has no token, n if none. Several vocabularies lack
+// the characters of bytes that never occur in UTF-8 (0xC0, 0xC1, 0xF5..0xFF) and some lack
+// 0xF1 too; llama.cpp drops such bytes, which loses input, so they are found up front and the
+// text is refused. Every other byte starts as a token, and merges only ever yield tokens.
+static size_t bpe_unencodable(const mor__vocab *v, const uint8_t *s, size_t n) {
+    size_t i = 0;
+    while (i < n && v->byte_tok[s[i]] >= 0) i++;
+    return i;
+}
+
+// bpe_unencodable() has vetted the text, so id < 0 cannot happen; refuse rather than drop.
 static int bpe_emit(const mor__vocab *v, int32_t id, mor__ivec *out) {
     MOR__UNUSED(v);
-    if (id < 0) return MOR_OK;
+    if (id < 0) return MOR_E_ENCODING;
     return mor__ivec_push(out, id);
 }
 
@@ -237,6 +271,7 @@ static int bpe_word(const mor__vocab *v, mor__tok_ws *ws, const uint8_t *w, size
         // Short word: keep the rank of every adjacent pair and rescan for the minimum.
         int32_t ids[BPE_SCAN_MAX], rank[BPE_SCAN_MAX], res[BPE_SCAN_MAX];
         size_t m = n;
+        int rc;
         for (size_t i = 0; i < n; i++) ids[i] = v->byte_tok[w[i]];
         for (size_t i = 0; i + 1 < m; i++)
             rank[i] = (ids[i] < 0 || ids[i + 1] < 0) ? -1 : merge_lookup(v, ids[i], ids[i + 1], &res[i]);
@@ -261,7 +296,7 @@ static int bpe_word(const mor__vocab *v, mor__tok_ws *ws, const uint8_t *w, size
             if (best + 1 < m) rank[best] = merge_lookup(v, ids[best], ids[best + 1], &res[best]);
         }
         for (size_t i = 0; i < m; i++)
-            if (bpe_emit(v, ids[i], out)) return MOR_E_NOMEM;
+            if ((rc = bpe_emit(v, ids[i], out))) return rc;
         return MOR_OK;
     }
     // Long word: linked symbols and a heap of candidate pairs.
@@ -298,12 +333,17 @@ static int bpe_word(const mor__vocab *v, mor__tok_ws *ws, const uint8_t *w, size
             if (heap_push(ws, &nbg)) return MOR_E_NOMEM;
         }
     }
-    for (int32_t i = 0; i != -1; i = ws->syms[i].next)
-        if (bpe_emit(v, ws->syms[i].id, out)) return MOR_E_NOMEM;
+    for (int32_t i = 0; i != -1; i = ws->syms[i].next) {
+        int rc = bpe_emit(v, ws->syms[i].id, out);
+        if (rc) return rc;
+    }
     return MOR_OK;
 }
 
-static int bpe_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, size_t len, mor__ivec *out) {
+static int bpe_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, size_t len, mor__ivec *out,
+                        size_t *bad) {
+    const uint8_t *s = (const uint8_t *)text;
+    if ((*bad = bpe_unencodable(v, s, len)) < len) return MOR_E_ENCODING;
     if (len + 1 > ws->cp_cap) {
         size_t c = ws->cp_cap ? ws->cp_cap : 64;
         while (c < len + 1) c *= 2;
@@ -320,7 +360,6 @@ static int bpe_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, 
         if (!cps || !fl || !offs || !ends || !tmp) return MOR_E_NOMEM;
         ws->cp_cap = c;
     }
-    const uint8_t *s = (const uint8_t *)text;
     size_t n = 0;
     for (size_t i = 0; i < len;) {
         uint32_t cp;
@@ -337,17 +376,20 @@ static int bpe_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, 
     for (size_t k = 0; k < nw; k++) {
         size_t b = ws->ends[k];
         uint32_t o0 = ws->offs[a], o1 = ws->offs[b];
-        if (bpe_word(v, ws, s + o0, o1 - o0, out)) return MOR_E_NOMEM;
+        int rc = bpe_word(v, ws, s + o0, o1 - o0, out);
+        if (rc == MOR_E_ENCODING) *bad = o0;
+        if (rc) return rc;
         a = b;
     }
     return MOR_OK;
 }
 
 int mor__tokenize_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, size_t len, int prefix,
-                           mor__ivec *out) {
-    if (v->type == MOR__VOCAB_SPM) return spm_fragment(v, ws, text, len, prefix, out);
+                           mor__ivec *out, size_t *bad) {
+    *bad = 0;
+    if (v->type == MOR__VOCAB_SPM) return spm_fragment(v, ws, text, len, prefix, out, bad);
     if (len == 0) return MOR_OK;
-    return bpe_fragment(v, ws, text, len, out);
+    return bpe_fragment(v, ws, text, len, out, bad);
 }
 
 // ---- driver ----------------------------------------------------------------------------------
@@ -434,6 +476,22 @@ out:
 
 #define MOR__MAX_TEXT (1u << 30)
 
+// MOR_E_ENCODING for the text fragment at frag_off (frag_len bytes): name the byte in the log
+// and return its offset in the whole text, which mor_tokenize hands back in *n_tokens (it has
+// no message buffer). bad: index in the fragment, SIZE_MAX for the dummy-prefix space, which
+// has no byte of its own (reported at the fragment's start).
+static size_t unencodable(const char *text, size_t frag_off, size_t frag_len, size_t bad) {
+    if (bad >= frag_len) {
+        mor__log(MOR_LOG_WARN, "tokenizer: the vocabulary cannot encode the dummy-prefix space (U+2581) "
+                 "before offset %zu", frag_off);
+        return frag_off;
+    }
+    size_t off = frag_off + bad;
+    mor__log(MOR_LOG_WARN, "tokenizer: byte 0x%02X at offset %zu has no token in the vocabulary; "
+             "text refused (MOR_E_ENCODING)", (unsigned)(uint8_t)text[off], off);
+    return off;
+}
+
 int mor__vocab_tokenize(const mor__vocab *v, const char *text, size_t text_len, int32_t *tokens, size_t capacity,
                         uint32_t flags, size_t *n_tokens) {
     if (!v || !n_tokens || (!text && text_len) || (!tokens && capacity)) return MOR_E_INVALID;
@@ -451,7 +509,9 @@ int mor__vocab_tokenize(const mor__vocab *v, const char *text, size_t text_len, 
             prev_special = 1;
         } else {
             int prefix = v->type == MOR__VOCAB_SPM && v->add_space_prefix && prev_special;
-            rc = mor__tokenize_fragment(v, ws, text + f.a[i].off, f.a[i].len, prefix, &out);
+            size_t bad;
+            rc = mor__tokenize_fragment(v, ws, text + f.a[i].off, f.a[i].len, prefix, &out, &bad);
+            if (rc == MOR_E_ENCODING) *n_tokens = unencodable(text, f.a[i].off, f.a[i].len, bad);
             prev_special = 0;
         }
     }

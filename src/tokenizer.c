@@ -103,6 +103,20 @@ static int parse_byte_token(const char *s, size_t n) {
 
 // ---- building -------------------------------------------------------------------------------
 
+// Byte-level vocabularies that lack a byte's GPT-2 character may still hold a byte token
+// "<0xNN>" (type byte, so that it detokenizes to the byte itself): the byte then stays
+// encodable instead of being refused with MOR_E_ENCODING. -1 if there is none.
+static int32_t bpe_byte_fallback(const mor__vocab *v, int b) {
+    static const char *const fmt[2] = {"<0x%02X>", "<0x%02x>"};
+    for (int k = 0; k < 2; k++) {
+        char buf[8];
+        snprintf(buf, sizeof buf, fmt[k], b);
+        int32_t id = mor__vocab_find(v, buf, 6);
+        if (id >= 0 && v->ttype[id] == MOR__TOK_BYTE) return id;
+    }
+    return -1;
+}
+
 void mor__vocab_free(mor__vocab *v) {
     if (!v) return;
     free(v->text);
@@ -354,6 +368,7 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
             memcpy(v->byte_chr[b], buf, len);
             v->byte_chr_len[b] = (uint8_t)len;
             v->byte_tok[b] = mor__vocab_find(v, buf, len);
+            if (v->byte_tok[b] < 0) v->byte_tok[b] = bpe_byte_fallback(v, b);
         }
     }
 

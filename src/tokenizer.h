@@ -119,7 +119,8 @@ struct mor__vocab {
     int32_t  *mres;
     uint32_t  mmask;
     uint32_t  n_merges;          // merges in the table
-    int32_t   byte_tok[256];     // SPM: byte-fallback token; BPE: token of the byte's character
+    int32_t   byte_tok[256];     // SPM: byte-fallback token; BPE: token of the byte's character,
+                                 // else its byte token <0xNN>; -1: none
     char      byte_chr[256][2];  // BPE: UTF-8 of the character each byte maps to (2 bytes max)
     uint8_t   byte_chr_len[256];
     int32_t  *specials;          // tokens split out before tokenizing, longest text first
@@ -139,12 +140,14 @@ int mor__ivec_push(mor__ivec *v, int32_t x);
 const char *mor__vocab_piece_ref(const mor__vocab *v, int32_t token, size_t *len);
 
 // Tokenize one fragment of plain text (no special-token parsing) and append the ids. For SPM
-// vocabularies `prefix` adds the dummy space. Returns MOR_OK or MOR_E_NOMEM.
+// vocabularies `prefix` adds the dummy space. Returns MOR_OK, MOR_E_NOMEM or MOR_E_ENCODING
+// (a byte the vocabulary has no token for: *bad = its index in text, SIZE_MAX if it is the
+// dummy-prefix space; out may hold part of the fragment's ids).
 typedef struct mor__tok_ws mor__tok_ws;
 mor__tok_ws *mor__tok_ws_create(void);
 void         mor__tok_ws_free(mor__tok_ws *ws);
 int mor__tokenize_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, size_t len,
-                           int prefix, mor__ivec *out);
+                           int prefix, mor__ivec *out, size_t *bad);
 
 // Pre-tokenizer: split cps[0..n) (code points with class flags) into words. Writes the end
 // index of every word, in order, into ends (room for n entries; tmp the same) and returns the

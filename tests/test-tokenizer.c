@@ -466,22 +466,47 @@ static size_t rand_utf8(uint64_t *s, char *out, size_t max_chars) {
 
 static char g_text[1 << 16], g_back[1 << 18];
 
-// The text a vocabulary can give back: all of it, except bytes a byte-level vocabulary has no
-// token for (dropped; see docs/TOKENIZER.md).
+// Whether a vocabulary has a token for byte b: a byte-level vocabulary needs its character or
+// a byte token; the SentencePiece vocabularies used here all have byte-fallback tokens.
+static int encodable_byte(const mor__vocab *v, uint8_t b) {
+    return mor__vocab_type(v) != MOR__VOCAB_BPE || v->byte_tok[b] >= 0;
+}
+
+// Offset of the first byte of s[0..n) the vocabulary cannot encode, n if none.
+static size_t first_unencodable(const mor__vocab *v, const char *s, size_t n) {
+    size_t i = 0;
+    while (i < n && encodable_byte(v, (uint8_t)s[i])) i++;
+    return i;
+}
+
+// s without the bytes the vocabulary cannot encode: text it must give back exactly.
 static size_t representable(const mor__vocab *v, const char *s, size_t n, char *out) {
     size_t o = 0;
     for (size_t i = 0; i < n; i++)
-        if (mor__vocab_type(v) != MOR__VOCAB_BPE || v->byte_tok[(uint8_t)s[i]] >= 0) out[o++] = s[i];
+        if (encodable_byte(v, (uint8_t)s[i])) out[o++] = s[i];
     return o;
 }
 
 static char g_want[1 << 16];
 
+// Text with a byte the vocabulary cannot encode is refused (MOR_E_ENCODING, *n_tokens = the
+// byte's offset), for the sizing call too; the text without such bytes round-trips exactly.
 static int round_trip(const mor__vocab *v, const char *s0, size_t n0) {
     size_t nt, nb;
+    size_t bad = first_unencodable(v, s0, n0);
+    int rc;
+    if (bad < n0) {
+        rc = mor__vocab_tokenize(v, s0, n0, g_toks, sizeof g_toks / sizeof g_toks[0], 0, &nt);
+        if (rc != MOR_E_ENCODING || nt != bad) {
+            printf("#   byte 0x%02X at %zu: rc %d, offset %zu\n", (uint8_t)s0[bad], bad, rc, nt);
+            return -101;
+        }
+        rc = mor__vocab_tokenize(v, s0, n0, NULL, 0, 0, &nt);
+        if (rc != MOR_E_ENCODING || nt != bad) return -102;
+    }
     size_t n = representable(v, s0, n0, g_want);
     const char *s = g_want;
-    int rc = mor__vocab_tokenize(v, s0, n0, g_toks, sizeof g_toks / sizeof g_toks[0], 0, &nt);
+    rc = mor__vocab_tokenize(v, s, n, g_toks, sizeof g_toks / sizeof g_toks[0], 0, &nt);
     if (rc) return rc;
     rc = mor__vocab_detokenize(v, g_toks, nt, g_back, sizeof g_back, 0, &nb);
     if (rc) return rc;
@@ -544,7 +569,8 @@ TEST(round_trip_random_utf8) {
 
 // Arbitrary bytes: invalid UTF-8 (stray continuation bytes, truncated and overlong sequences,
 // surrogates, 0xF5..0xFF) and NUL bytes. Defined behaviour: each such byte is kept (byte
-// fallback / byte-level token), so the round trip still holds; buffers are never over-read.
+// fallback / byte-level token), so the round trip still holds, or, where the vocabulary has
+// no token for the byte, the text is refused with MOR_E_ENCODING; buffers are never over-read.
 TEST(invalid_utf8_and_nul) {
     static const char *const cases[] = {"\xff", "\xc3", "a\xc3", "\xe2\x96", "\xf0\x9f\xa6", "\xc0\xaf",
                                         "\xed\xa0\x80", "\xf4\x90\x80\x80", "\x80\x80 \x80", "x\xfe\xfe y"};
@@ -691,8 +717,17 @@ TEST(public_api_and_streaming) {
         uint64_t seed = test_seed() + 99;
         for (int k = 0; k < 300; k++) {
             size_t n0 = rand_utf8(&seed, g_text, 30), nt, nb, total = 0;
-            size_t n = representable(mor__model_vocab(m), g_text, n0, g_want);
-            ASSERT_OK(mor_tokenize(m, g_text, n0, g_toks, 1 << 16, MOR_TOKENIZE_ADD_SPECIAL, &nt));
+            const mor__vocab *v = mor__model_vocab(m);
+            size_t bad = first_unencodable(v, g_text, n0);
+            if (bad < n0) {  // refused, sizing call included; go on with the encodable bytes
+                ASSERT_STATUS(mor_tokenize(m, g_text, n0, NULL, 0, MOR_TOKENIZE_ADD_SPECIAL, &nt), MOR_E_ENCODING);
+                ASSERT_EQ(nt, bad);
+                ASSERT_STATUS(mor_tokenize(m, g_text, n0, g_toks, 1 << 16, MOR_TOKENIZE_ADD_SPECIAL, &nt),
+                              MOR_E_ENCODING);
+                ASSERT_EQ(nt, bad);
+            }
+            size_t n = representable(v, g_text, n0, g_want);
+            ASSERT_OK(mor_tokenize(m, g_want, n, g_toks, 1 << 16, MOR_TOKENIZE_ADD_SPECIAL, &nt));
             ASSERT_OK(mor_detokenize(m, g_toks, nt, g_back, sizeof g_back, 0, &nb));
             ASSERT_EQ(nb, n);
             ASSERT(memcmp(g_back, g_want, n) == 0);
@@ -708,7 +743,7 @@ TEST(public_api_and_streaming) {
                 for (size_t j = 0; j < cn;) {
                     uint32_t cp;
                     size_t l = mor__utf8_decode((const uint8_t *)chunk + j, cn - j, &cp);
-                    if (n == n0) ASSERT(cp < 0x110000);  // (dropped bytes leave stray continuations)
+                    if (n == n0) ASSERT(cp < 0x110000);  // (removed bytes leave stray continuations)
                     j += l;
                 }
                 memcpy(all + total, chunk, cn);
@@ -734,6 +769,255 @@ TEST(public_api_and_streaming) {
         mor_detok_free(d);
         mor_model_free(m);
     }
+}
+
+// ---- bytes a vocabulary cannot encode; U+2581 in SentencePiece input -------------------------
+
+// The last warning written to the library log.
+static char g_warn[1024];
+static void warn_capture(int32_t level, const char *msg, void *user) {
+    (void)user;
+    if (level == MOR_LOG_WARN) snprintf(g_warn, sizeof g_warn, "%s", msg);
+}
+
+// A vocabulary-only model whose vocabulary is written as GGUF in memory. merges: gpt2 only.
+// unk: the unknown_token_id key, -2 to leave it out.
+static mor_model *vocab_model(const char *type, const char *const *tok, const int32_t *ttype, uint32_t n,
+                              const char *const *merges, uint32_t n_merges, int32_t unk) {
+    mor__gguf_writer *w = mor__gguf_writer_create();
+    int bpe = strcmp(type, "gpt2") == 0;
+    int rc = w ? MOR_OK : MOR_E_NOMEM;
+    if (!rc) rc = mor__gguf_w_str(w, "general.architecture", "llama");
+    if (!rc) rc = mor__gguf_w_str(w, "tokenizer.ggml.model", type);
+    if (!rc && bpe) rc = mor__gguf_w_str(w, "tokenizer.ggml.pre", "gpt-2");
+    if (!rc) rc = mor__gguf_w_arr_str(w, "tokenizer.ggml.tokens", tok, NULL, n);
+    if (!rc) rc = mor__gguf_w_arr_i32(w, "tokenizer.ggml.token_type", ttype, n);
+    if (!rc && bpe) rc = mor__gguf_w_arr_str(w, "tokenizer.ggml.merges", merges, NULL, n_merges);
+    if (!rc && unk != -2) rc = mor__gguf_w_i32(w, "tokenizer.ggml.unknown_token_id", unk);
+    uint64_t size = 0;
+    void *img = rc ? NULL : mor__gguf_writer_finish(w, &size);
+    mor__gguf_writer_free(w);
+    mor_model_params p;
+    mor_model_params_init(&p);
+    p.flags = MOR_MODEL_VOCAB_ONLY | MOR_MODEL_COPY;
+    mor_model *m = NULL;
+    char err[256];
+    if (!img || mor_model_load_memory(img, size, &p, &m, err, sizeof err)) printf("#   vocab_model: %s\n", err);
+    free(img);
+    return m;
+}
+
+// Detokenize through the streaming detokenizer: the chunks of every push plus the flush, into
+// out (cap bytes). SIZE_MAX on any error.
+static size_t stream_detok(mor_model *m, const int32_t *toks, size_t nt, char *out, size_t cap) {
+    mor_detok *d = NULL;
+    size_t total = 0, cn = 0;
+    if (mor_detok_create(m, 0, &d)) return SIZE_MAX;
+    for (size_t i = 0; i <= nt && total != SIZE_MAX; i++) {
+        int rc = i < nt ? mor_detok_push(d, toks[i], out + total, cap - total, &cn)
+                        : mor_detok_flush(d, out + total, cap - total, &cn);
+        total = rc ? SIZE_MAX : total + cn;
+    }
+    mor_detok_free(d);
+    return total;
+}
+
+// A byte a byte-level vocabulary has no token for is refused, never dropped: starcoder lacks
+// the characters of 0xC0, 0xC1, 0xF1 and 0xF5..0xFF.
+TEST(unencodable_byte_refused) {
+    mor_model_params p;
+    mor_model_params_init(&p);
+    p.flags = MOR_MODEL_VOCAB_ONLY;
+    char path[512], err[256];
+    mor_model *m = NULL;
+    ASSERT_OK(mor_model_load(test_path(path, sizeof path, "vocab/ggml-vocab-starcoder.gguf"), &p, &m, err, sizeof err));
+    mor_log_set(warn_capture, NULL, MOR_LOG_WARN);
+    int32_t toks[32];
+    for (int i = 0; i < 32; i++) toks[i] = -7;
+    size_t nt = 99;
+    g_warn[0] = 0;
+    ASSERT_STATUS(mor_tokenize(m, "A\xff" "B", 3, toks, 32, 0, &nt), MOR_E_ENCODING);
+    ASSERT_EQ(nt, 1);          // the offset of the byte: text[1]
+    ASSERT_EQ(toks[0], -7);    // nothing written
+    ASSERT_STR_CONTAINS(g_warn, "0xFF");
+    ASSERT_STR_CONTAINS(g_warn, "offset 1");
+    // the sizing call gives the same answer (not MOR_E_BUFFER_SMALL)
+    nt = 99;
+    ASSERT_STATUS(mor_tokenize(m, "A\xff" "B", 3, NULL, 0, 0, &nt), MOR_E_ENCODING);
+    ASSERT_EQ(nt, 1);
+    // 0xF1 is the first byte of U+40000..U+7FFFF; the first bad byte is the one reported
+    const char *f1 = "ab \xf1\x80\x80\x80 \xff";
+    ASSERT_STATUS(mor_tokenize(m, f1, strlen(f1), toks, 32, 0, &nt), MOR_E_ENCODING);
+    ASSERT_EQ(nt, 3);
+    ASSERT_STR_CONTAINS(g_warn, "0xF1");
+    // the offset counts from the start of the text, across tokens split out of it
+    int32_t eot = mor_model_token_eot(m);
+    ASSERT(eot >= 0);
+    const char *sp = "x<|endoftext|>y\xc0";
+    ASSERT_STATUS(mor_tokenize(m, sp, strlen(sp), toks, 32, MOR_TOKENIZE_PARSE_SPECIAL, &nt), MOR_E_ENCODING);
+    ASSERT_EQ(nt, 15);
+    ASSERT_STR_CONTAINS(g_warn, "0xC0");
+    mor_log_set(NULL, NULL, 0);
+    // every single byte: round trip, or refused at offset 0 exactly for the bytes listed above
+    int refused = 0;
+    for (int b = 0; b < 256; b++) {
+        char c = (char)b, back[8];
+        size_t nb = 0;
+        int rc = mor_tokenize(m, &c, 1, toks, 32, 0, &nt);
+        int missing = b == 0xC0 || b == 0xC1 || b == 0xF1 || b >= 0xF5;
+        if (missing) {
+            ASSERT_STATUS(rc, MOR_E_ENCODING);
+            ASSERT_EQ(nt, 0);
+            refused++;
+            continue;
+        }
+        ASSERT_OK(rc);
+        ASSERT_OK(mor_detokenize(m, toks, nt, back, sizeof back, 0, &nb));
+        ASSERT_EQ(nb, 1);
+        ASSERT_EQ((uint8_t)back[0], b);
+    }
+    ASSERT_EQ(refused, 14);
+    mor_model_free(m);
+}
+
+// GPT-2's byte -> character map (the character of byte b, UTF-8, NUL-terminated).
+static void gpt2_char(int b, char *out) {
+    uint32_t cp = (uint32_t)b;
+    if (!((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF))) {
+        cp = 256;
+        for (int c = 0; c < b; c++)
+            if (!((c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF))) cp++;
+    }
+    out[mor__utf8_encode(cp, out)] = 0;
+}
+
+// A byte-level vocabulary that lacks a byte's character but has its byte token <0xNN> (type
+// byte) keeps the byte through that token; a "<0xNN>" of another type is not a byte token.
+TEST(byte_level_byte_fallback) {
+    static char chars[256][4];
+    const char *tok[260];
+    int32_t type[260];
+    uint32_t n = 0;
+    for (int b = 0; b < 256; b++) {
+        if (b == 0xC0 || b == 0xFF) continue;
+        gpt2_char(b, chars[b]);
+        tok[n] = chars[b];
+        type[n++] = MOR__TOK_NORMAL;
+    }
+    int32_t id_ff = (int32_t)n, id_ab = (int32_t)n + 2;
+    tok[n] = "<0xFF>", type[n++] = MOR__TOK_BYTE;
+    tok[n] = "<0xC0>", type[n++] = MOR__TOK_NORMAL;
+    tok[n] = "ab", type[n++] = MOR__TOK_NORMAL;
+    static const char *const merges[] = {"a b"};
+    mor_model *m = vocab_model("gpt2", tok, type, n, merges, 1, -2);
+    ASSERT(m != NULL);
+    const char *s = "ab\xff\xff" "ab \xff";
+    int32_t toks[32];
+    size_t nt, nb;
+    char back[256];
+    ASSERT_OK(mor_tokenize(m, s, strlen(s), toks, 32, 0, &nt));
+    int n_ff = 0;
+    for (size_t i = 0; i < nt; i++) n_ff += toks[i] == id_ff;
+    ASSERT_EQ(n_ff, 3);
+    ASSERT_EQ(toks[0], id_ab);
+    ASSERT_OK(mor_detokenize(m, toks, nt, back, sizeof back, 0, &nb));
+    ASSERT_EQ(nb, strlen(s));
+    ASSERT(memcmp(back, s, nb) == 0);
+    nb = stream_detok(m, toks, nt, back, sizeof back);
+    ASSERT_EQ(nb, strlen(s));
+    ASSERT(memcmp(back, s, nb) == 0);
+    // 0xC0: neither its character nor a byte token
+    ASSERT_STATUS(mor_tokenize(m, "ab\xc0", 3, toks, 32, 0, &nt), MOR_E_ENCODING);
+    ASSERT_EQ(nt, 2);
+    mor_model_free(m);
+}
+
+// SentencePiece vocabulary without byte-fallback tokens: a character that is not a token
+// becomes the unknown token (one per byte, as documented in mor.h); with no unknown token
+// either, the text is refused.
+TEST(spm_without_byte_fallback) {
+    static const char *const tok[] = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b",
+                                      "\xe2\x96\x81" "a", "\xe2\x96\x81" "b"};
+    static const int32_t type[] = {2, 3, 3, 1, 1, 1, 1, 1};
+    mor_model *m = vocab_model("llama", tok, type, 8, NULL, 0, 0);
+    ASSERT(m != NULL);
+    const char *s = "a\xc3\xa9 b";  // "aé b": é is not a token
+    int32_t toks[32];
+    size_t nt, nb;
+    char back[64];
+    ASSERT_OK(mor_tokenize(m, s, strlen(s), toks, 32, 0, &nt));
+    ASSERT_EQ(nt, 4);
+    ASSERT_EQ(toks[0], 6);  // ▁a
+    ASSERT_EQ(toks[1], 0);  // <unk> for 0xC3
+    ASSERT_EQ(toks[2], 0);  // <unk> for 0xA9
+    ASSERT_EQ(toks[3], 7);  // ▁b
+    // the unknown token reads back as nothing (its text on request) and, like any unknown
+    // token, takes the leading space of the next token with it: the character is not recovered
+    ASSERT_OK(mor_detokenize(m, toks, nt, back, sizeof back, 0, &nb));
+    ASSERT_EQ(nb, 2);
+    ASSERT(memcmp(back, "ab", 2) == 0);
+    ASSERT_OK(mor_detokenize(m, toks, nt, back, sizeof back, MOR_DETOKENIZE_SPECIAL, &nb));
+    ASSERT_EQ(nb, 12);
+    ASSERT(memcmp(back, "a<unk><unk>b", 12) == 0);
+    ASSERT_EQ(stream_detok(m, toks, nt, back, sizeof back), 2);
+    ASSERT(memcmp(back, "ab", 2) == 0);
+    mor_model_free(m);
+
+    // no unknown token: refused at the byte, never dropped
+    m = vocab_model("llama", tok + 1, type + 1, 7, NULL, 0, -1);
+    ASSERT(m != NULL);
+    ASSERT_EQ(mor_model_token_unk(m), -1);
+    mor_log_set(warn_capture, NULL, MOR_LOG_WARN);
+    g_warn[0] = 0;
+    ASSERT_STATUS(mor_tokenize(m, s, strlen(s), toks, 32, 0, &nt), MOR_E_ENCODING);
+    ASSERT_EQ(nt, 1);
+    ASSERT_STR_CONTAINS(g_warn, "0xC3");
+    ASSERT_STR_CONTAINS(g_warn, "offset 1");
+    ASSERT_STATUS(mor_tokenize(m, s, strlen(s), NULL, 0, 0, &nt), MOR_E_ENCODING);
+    ASSERT_EQ(nt, 1);
+    ASSERT_OK(mor_tokenize(m, "a b", 3, toks, 32, 0, &nt));
+    ASSERT_EQ(nt, 2);
+    mor_model_free(m);
+    // a vocabulary that cannot encode U+2581 at all fails on its own dummy prefix: reported at
+    // the start of the text
+    m = vocab_model("llama", tok + 4, type + 4, 2, NULL, 0, -1);
+    ASSERT(m != NULL);
+    ASSERT_STATUS(mor_tokenize(m, "ab", 2, toks, 32, 0, &nt), MOR_E_ENCODING);
+    ASSERT_EQ(nt, 0);
+    ASSERT_STR_CONTAINS(g_warn, "dummy-prefix");
+    mor_log_set(NULL, NULL, 0);
+    mor_model_free(m);
+}
+
+// U+2581 in the input of a SentencePiece vocabulary is the space marker, as in the reference
+// SentencePiece: the same ids as a space, and it reads back as a space (documented in mor.h).
+// Byte-level vocabularies keep it.
+TEST(spm_space_marker_in_input) {
+    static const char *const files[] = {"vocab/ggml-vocab-llama-spm.gguf", "stories260K.gguf"};
+    static const char *const pairs[][2] = {
+        {"a\xe2\x96\x81" "b", "a b"}, {"\xe2\x96\x81" "a", " a"}, {"x \xe2\x96\x81\xe2\x96\x81 y", "x    y"}};
+    for (int f = 0; f < 2; f++) {
+        tvocab t;
+        ASSERT_EQ(tv_load(&t, files[f]), 0);
+        for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++) {
+            int32_t a[64], b[64];
+            size_t na, nb, nc;
+            char back[64];
+            const char *lit = pairs[k][0], *sp = pairs[k][1];
+            ASSERT_OK(mor__vocab_tokenize(t.v, lit, strlen(lit), a, 64, MOR_TOKENIZE_ADD_SPECIAL, &na));
+            ASSERT_OK(mor__vocab_tokenize(t.v, sp, strlen(sp), b, 64, MOR_TOKENIZE_ADD_SPECIAL, &nb));
+            ASSERT_EQ(na, nb);
+            ASSERT(memcmp(a, b, na * sizeof *a) == 0);
+            ASSERT_OK(mor__vocab_detokenize(t.v, a, na, back, sizeof back, 0, &nc));
+            ASSERT_EQ(nc, strlen(sp));
+            ASSERT(memcmp(back, sp, nc) == 0);
+        }
+        tv_free(&t);
+    }
+    tvocab t;
+    ASSERT_EQ(tv_load(&t, "vocab/ggml-vocab-gpt-2.gguf"), 0);
+    ASSERT_EQ(round_trip(t.v, pairs[0][0], strlen(pairs[0][0])), 0);
+    tv_free(&t);
 }
 
 // ---- malformed vocabulary metadata ------------------------------------------------------------
@@ -969,6 +1253,7 @@ static const test_entry tests_[] = {
               pretok_all_pretokenizers, pretok_names, llama2c_tokenizer_tests, llama2c_tok512,
               round_trip_test_strings, round_trip_random_utf8, invalid_utf8_and_nul, buffer_contracts, special_tokens,
               public_api_and_streaming)
-    TEST_LIST(llama2c_converter, bad_metadata, concurrent_tokenize, utf8_helpers, vectors_shipped_model)
+    TEST_LIST(llama2c_converter, bad_metadata, concurrent_tokenize, utf8_helpers, vectors_shipped_model,
+              unencodable_byte_refused, byte_level_byte_fallback, spm_without_byte_fallback, spm_space_marker_in_input)
 };
 TEST_MAIN_LIST(tests_)
