@@ -268,16 +268,28 @@ typedef struct mor_model mor_model;
 
 /* mor_model_load(): open a GGUF file (mapped read-only unless MOR_MODEL_NO_MMAP) and build a
  * model. params may be NULL (defaults). err (err_size bytes, may be NULL/0) receives a message
- * naming the problem on failure.
+ * naming the problem on failure. Weights are read in place, so every tensor the model uses
+ * must start at an address its type allows (F32: a multiple of 4; F16, BF16, Q8_0, Q4_0: of
+ * 2); GGUF's default alignment (32) guarantees it, a file written with general.alignment 1 or
+ * 2 may not. The token list (tokenizer.ggml.tokens), when present, must have exactly as many
+ * tokens as token_embd.weight and the output heads have rows. Metadata strings used as names
+ * (general.architecture, general.name, the mor.* names, tokenizer.ggml.model and .pre) must
+ * not hold a NUL byte. Loading takes O(n log n) time in the number of keys and tensors.
  * @return MOR_OK and *out set (caller owns; free with mor_model_free), or an error with *out =
- * NULL: MOR_E_IO (cannot open/read), MOR_E_FORMAT (malformed: offset, key or tensor named),
- * MOR_E_UNSUPPORTED (valid GGUF this library cannot run: architecture, tensor type, version),
+ * NULL: MOR_E_IO (cannot open/read), MOR_E_FORMAT (malformed: offset, key or tensor named;
+ * a token count that differs from the embedding rows, both counts named; a name string with
+ * a NUL, the key named), MOR_E_UNSUPPORTED (valid GGUF this library cannot run: architecture,
+ * tensor type, version, a tensor not aligned for its type, named with the file's alignment),
  * MOR_E_NOMEM, MOR_E_INVALID (NULL path or out). Thread-safe. */
 MOR_API int mor_model_load(const char *path, const mor_model_params *params, mor_model **out,
                            char *err, size_t err_size);
 
 /* mor_model_load_memory(): the same from a GGUF image in memory. Without MOR_MODEL_COPY the
- * buffer is borrowed and must stay valid and unchanged until mor_model_free(). */
+ * buffer is borrowed and must stay valid and unchanged until mor_model_free(). A buffer whose
+ * address is not a multiple of 4 would misalign every tensor: it is copied as with
+ * MOR_MODEL_COPY instead of borrowed (logged at MOR_LOG_INFO), so pass a buffer aligned to 4
+ * (malloc's, or better 32 like the file's own alignment) to load without a copy. Tensors that
+ * the file itself misaligns are refused as by mor_model_load(), whatever the buffer. */
 MOR_API int mor_model_load_memory(const void *data, size_t size, const mor_model_params *params,
                                   mor_model **out, char *err, size_t err_size);
 

@@ -222,41 +222,96 @@ static int str_eq(mor__gguf_str s, const char *z) {
 
 // ---- hashing for duplicate detection -------------------------------------------------------
 
-static uint64_t hash_bytes(const char *p, uint64_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (uint64_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 1099511628211ull;
-    return h;
-}
+// ---- name index ----------------------------------------------------------------------------
+//
+// Keys and tensor names are looked up through an index sorted by name, built once per parse:
+// a stable merge sort (O(n log n) comparisons whatever the names, so no crafted set of names
+// can make it quadratic, as colliding names can with a hash table), then binary search.
+// Duplicates are adjacent in the sorted order, which makes the uniqueness check linear too.
 
-// Open-addressing set of indices into an array of names; returns 1 if a duplicate was found.
+// Name comparisons made by this thread (sorting and lookups); a deterministic measure of the
+// work, read by the tests. Thread-local: parses on different threads never share it.
+static _Thread_local uint64_t name_compares;
+
+uint64_t mor__gguf_name_compares(void) { return name_compares; }
+
 typedef struct {
-    uint64_t *slots;  // index + 1, 0 = empty
-    uint64_t  cap;
-} idxset;
+    const mor__gguf *g;
+    int              tensors;  // 1: index of g->tensors, 0: of g->kv
+} name_src;
 
-static int idxset_init(idxset *s, uint64_t n) {
-    s->cap = 16;
-    while (s->cap < n * 2) s->cap <<= 1;
-    s->slots = calloc(s->cap, sizeof *s->slots);
-    return s->slots ? MOR_OK : MOR_E_NOMEM;
-}
-
-static int idxset_insert(idxset *s, const char *p, uint64_t n, uint64_t idx,
-                         mor__gguf_str (*name_of)(const void *, uint64_t), const void *arr) {
-    uint64_t h = hash_bytes(p, n) & (s->cap - 1);
-    while (s->slots[h]) {
-        mor__gguf_str o = name_of(arr, s->slots[h] - 1);
-        if (o.len == n && memcmp(o.ptr, p, n) == 0) return 1;
-        h = (h + 1) & (s->cap - 1);
+static mor__gguf_str name_at(const name_src *src, uint32_t i) {
+    if (src->tensors) {
+        const mor__gguf_tensor *t = &src->g->tensors[i];
+        return (mor__gguf_str){t->name, strlen(t->name)};
     }
-    s->slots[h] = idx + 1;
-    return 0;
+    return src->g->kv[i].key;
 }
 
-static mor__gguf_str kv_name(const void *arr, uint64_t i) { return ((const mor__gguf_kv *)arr)[i].key; }
-static mor__gguf_str tensor_name(const void *arr, uint64_t i) {
-    const mor__gguf_tensor *t = &((const mor__gguf_tensor *)arr)[i];
-    return (mor__gguf_str){t->name, strlen(t->name)};
+// Byte order, then length (a prefix sorts first), as strcmp orders strings without NULs.
+static int name_cmp(mor__gguf_str a, const char *b, uint64_t b_len) {
+    name_compares++;
+    int c = memcmp(a.ptr, b, (size_t)MOR__MIN(a.len, b_len));
+    if (c) return c;
+    return a.len < b_len ? -1 : a.len > b_len;
+}
+
+static int idx_cmp(const name_src *src, uint32_t a, uint32_t b) {
+    mor__gguf_str nb = name_at(src, b);
+    return name_cmp(name_at(src, a), nb.ptr, nb.len);
+}
+
+// Bottom-up merge sort of idx[0..n) by name; stable, so equal names keep their file order.
+static int sort_index(const name_src *src, uint32_t *idx, uint64_t n) {
+    uint32_t *tmp = malloc((n ? n : 1) * sizeof *tmp), *a = idx, *b = tmp;
+    if (!tmp) return MOR_E_NOMEM;
+    for (uint64_t w = 1; w < n; w *= 2) {
+        for (uint64_t lo = 0; lo < n; lo += 2 * w) {
+            uint64_t mid = MOR__MIN(lo + w, n), hi = MOR__MIN(lo + 2 * w, n), i = lo, j = mid, k = lo;
+            while (i < mid && j < hi) b[k++] = idx_cmp(src, a[j], a[i]) < 0 ? a[j++] : a[i++];
+            while (i < mid) b[k++] = a[i++];
+            while (j < hi) b[k++] = a[j++];
+        }
+        uint32_t *t = a;
+        a = b;
+        b = t;
+    }
+    if (a != idx) memcpy(idx, a, n * sizeof *idx);
+    free(tmp);
+    return MOR_OK;
+}
+
+// Builds the sorted index of n names into *out (owned by g). *dup receives the position in
+// file order of the first name that repeats an earlier one, or UINT64_MAX.
+static int build_index(const mor__gguf *g, int tensors, uint64_t n, uint32_t **out, uint64_t *dup) {
+    name_src src = {g, tensors};
+    uint32_t *idx = malloc((n ? n : 1) * sizeof *idx);
+    if (!idx) return MOR_E_NOMEM;
+    for (uint64_t i = 0; i < n; i++) idx[i] = (uint32_t)i;
+    if (sort_index(&src, idx, n)) {
+        free(idx);
+        return MOR_E_NOMEM;
+    }
+    *dup = UINT64_MAX;
+    for (uint64_t i = 1; i < n; i++)  // stable: the later of two equal names comes second
+        if (idx[i] < *dup && idx_cmp(&src, idx[i - 1], idx[i]) == 0) *dup = idx[i];
+    *out = idx;
+    return MOR_OK;
+}
+
+// Binary search of the index for `name` (len bytes): the element's position or -1.
+static int64_t index_find(const mor__gguf *g, int tensors, const uint32_t *idx, uint64_t n,
+                          const char *name, uint64_t len) {
+    name_src src = {g, tensors};
+    uint64_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        int c = name_cmp(name_at(&src, idx[mid]), name, len);
+        if (c == 0) return idx[mid];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return -1;
 }
 
 // ---- parse ---------------------------------------------------------------------------------
@@ -265,6 +320,8 @@ void mor__gguf_free(mor__gguf *g) {
     if (!g) return;
     free(g->kv);
     free(g->tensors);
+    free(g->kv_index);
+    free(g->tensor_index);
     memset(g, 0, sizeof *g);
 }
 
@@ -315,29 +372,22 @@ static int parse(mor__gguf *g, cursor *c) {
     g->tensors = calloc(n_tensors ? n_tensors : 1, sizeof *g->tensors);
     if (!g->kv || !g->tensors) return mor__errf(c->err, c->err_n, MOR_E_NOMEM, "out of memory");
 
-    idxset set;
-    if (idxset_init(&set, n_kv)) return mor__errf(c->err, c->err_n, MOR_E_NOMEM, "out of memory");
     g->alignment = 32;
     for (uint64_t i = 0; i < n_kv; i++) {
         mor__gguf_kv *kv = &g->kv[i];
         uint64_t at = c->off;
-        if ((s = rd_str(c, &kv->key, 65535, "metadata key"))) goto kv_fail;
+        if ((s = rd_str(c, &kv->key, 65535, "metadata key"))) return s;
         if (kv->key.len == 0) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT, "empty metadata key at offset %llu",
                           (unsigned long long)at);
-            goto kv_fail;
+            return s;
         }
-        if (idxset_insert(&set, kv->key.ptr, kv->key.len, i, kv_name, g->kv)) {
-            s = mor__errf(c->err, c->err_n, MOR_E_FORMAT, "duplicate metadata key '%.*s' at offset %llu",
-                          (int)MOR__MIN(kv->key.len, 200), kv->key.ptr, (unsigned long long)at);
-            goto kv_fail;
-        }
-        if ((s = rd_u32(c, &kv->type, "value type"))) goto kv_fail;
+        if ((s = rd_u32(c, &kv->type, "value type"))) return s;
         if (kv->type >= MOR__GGUF_VTYPE_COUNT) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT, "key '%.*s': bad value type %u at offset %llu",
                           (int)MOR__MIN(kv->key.len, 200), kv->key.ptr, kv->type,
                           (unsigned long long)(c->off - 4));
-            goto kv_fail;
+            return s;
         }
         kv->offset = c->off;
         kv->data = c->p + c->off;
@@ -346,13 +396,13 @@ static int parse(mor__gguf *g, cursor *c) {
             kv->arr_n = rd_le(c->p + c->off + 4, 8);
             kv->data = c->p + c->off + 12;
         }
-        if ((s = skip_value(c, kv->type, 0, &kv->key))) goto kv_fail;
+        if ((s = skip_value(c, kv->type, 0, &kv->key))) return s;
         g->n_kv = i + 1;
         if (str_eq(kv->key, "general.alignment")) {
             if (kv->type != MOR__GGUF_UINT32) {
                 s = mor__errf(c->err, c->err_n, MOR_E_FORMAT,
                               "general.alignment has type %s, expected UINT32", vtype_name(kv->type));
-                goto kv_fail;
+                return s;
             }
             uint32_t a = (uint32_t)rd_le(kv->data, 4);
             if (a == 0 || (a & (a - 1)) || a > (1u << 20)) {
@@ -360,88 +410,94 @@ static int parse(mor__gguf *g, cursor *c) {
                               "general.alignment is %u: must be a power of two between 1 and "
                               "1048576",
                               a);
-                goto kv_fail;
+                return s;
             }
             g->alignment = a;
         }
     }
-    free(set.slots);
-    set.slots = NULL;
+    uint64_t dup;
+    if (build_index(g, 0, n_kv, &g->kv_index, &dup))
+        return mor__errf(c->err, c->err_n, MOR_E_NOMEM, "out of memory");
+    if (dup != UINT64_MAX) {
+        const mor__gguf_kv *kv = &g->kv[dup];
+        return mor__errf(c->err, c->err_n, MOR_E_FORMAT, "duplicate metadata key '%.*s' at offset %llu",
+                         (int)MOR__MIN(kv->key.len, 200), kv->key.ptr,
+                         (unsigned long long)((const uint8_t *)kv->key.ptr - c->p - 8));
+    }
 
-    if (idxset_init(&set, n_tensors)) return mor__errf(c->err, c->err_n, MOR_E_NOMEM, "out of memory");
     for (uint64_t i = 0; i < n_tensors; i++) {
         mor__gguf_tensor *t = &g->tensors[i];
         uint64_t at = c->off;
         mor__gguf_str name;
-        if ((s = rd_str(c, &name, MOR__GGUF_MAX_NAME, "tensor name"))) goto t_fail;
+        if ((s = rd_str(c, &name, MOR__GGUF_MAX_NAME, "tensor name"))) return s;
         if (name.len == 0) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT, "empty tensor name at offset %llu",
                           (unsigned long long)at);
-            goto t_fail;
+            return s;
         }
         if (memchr(name.ptr, 0, name.len)) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT, "tensor name at offset %llu contains a NUL byte",
                           (unsigned long long)at);
-            goto t_fail;
+            return s;
         }
         memcpy(t->name, name.ptr, name.len);
         t->name[name.len] = 0;
-        if (idxset_insert(&set, name.ptr, name.len, i, tensor_name, g->tensors)) {
-            s = mor__errf(c->err, c->err_n, MOR_E_FORMAT, "duplicate tensor name '%s' at offset %llu",
-                          t->name, (unsigned long long)at);
-            goto t_fail;
-        }
+        t->info_offset = at;
         char what[MOR__GGUF_MAX_NAME + 48];
         snprintf(what, sizeof what, "dimension count of tensor '%s'", t->name);
-        if ((s = rd_u32(c, &t->n_dims, what))) goto t_fail;
+        if ((s = rd_u32(c, &t->n_dims, what))) return s;
         if (t->n_dims < 1 || t->n_dims > 4) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT,
                           "tensor '%s': %u dimensions (must be 1 to 4)", t->name, t->n_dims);
-            goto t_fail;
+            return s;
         }
         t->n_elems = 1;
         for (uint32_t d = 0; d < 4; d++) t->dims[d] = 1;
         for (uint32_t d = 0; d < t->n_dims; d++) {
             snprintf(what, sizeof what, "dimension %u of tensor '%s'", d, t->name);
-            if ((s = rd_u64(c, &t->dims[d], what))) goto t_fail;
+            if ((s = rd_u64(c, &t->dims[d], what))) return s;
             if (t->dims[d] == 0 || t->dims[d] > ((uint64_t)1 << 40)) {
                 s = mor__errf(c->err, c->err_n, MOR_E_FORMAT, "tensor '%s': dimension %u is %llu",
                               t->name, d, (unsigned long long)t->dims[d]);
-                goto t_fail;
+                return s;
             }
             if (mor__mul_u64(t->n_elems, t->dims[d], &t->n_elems) || t->n_elems > ((uint64_t)1 << 40)) {
                 s = mor__errf(c->err, c->err_n, MOR_E_FORMAT,
                               "tensor '%s': element count overflows (dimension %u = %llu)", t->name,
                               d, (unsigned long long)t->dims[d]);
-                goto t_fail;
+                return s;
             }
         }
         snprintf(what, sizeof what, "type of tensor '%s'", t->name);
-        if ((s = rd_u32(c, &t->type, what))) goto t_fail;
+        if ((s = rd_u32(c, &t->type, what))) return s;
         dtype_info di = dtype_lookup(t->type);
         if (!di.name) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT, "tensor '%s': unknown tensor type id %u",
                           t->name, t->type);
-            goto t_fail;
+            return s;
         }
         if (t->dims[0] % di.block) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT,
                           "tensor '%s': row length %llu is not a multiple of the %s block size %u",
                           t->name, (unsigned long long)t->dims[0], di.name, di.block);
-            goto t_fail;
+            return s;
         }
         t->size = mor__dtype_size(t->type, t->n_elems);
         snprintf(what, sizeof what, "data offset of tensor '%s'", t->name);
-        if ((s = rd_u64(c, &t->offset, what))) goto t_fail;
+        if ((s = rd_u64(c, &t->offset, what))) return s;
         if (t->offset % g->alignment) {
             s = mor__errf(c->err, c->err_n, MOR_E_FORMAT,
                           "tensor '%s': data offset %llu is not a multiple of the alignment %u",
                           t->name, (unsigned long long)t->offset, g->alignment);
-            goto t_fail;
+            return s;
         }
         g->n_tensors = i + 1;
     }
-    free(set.slots);
+    if (build_index(g, 1, n_tensors, &g->tensor_index, &dup))
+        return mor__errf(c->err, c->err_n, MOR_E_NOMEM, "out of memory");
+    if (dup != UINT64_MAX)
+        return mor__errf(c->err, c->err_n, MOR_E_FORMAT, "duplicate tensor name '%s' at offset %llu",
+                         g->tensors[dup].name, (unsigned long long)g->tensors[dup].info_offset);
 
     // Data section: after the header, padded to the alignment.
     uint64_t data = c->off, pad = (g->alignment - data % g->alignment) % g->alignment;
@@ -464,11 +520,6 @@ static int parse(mor__gguf *g, cursor *c) {
         t->data = c->p + start;
     }
     return MOR_OK;
-
-kv_fail:
-t_fail:
-    free(set.slots);
-    return s;
 }
 
 int mor__gguf_parse(mor__gguf *g, const void *image, uint64_t size, char *err, size_t err_size) {
@@ -485,16 +536,17 @@ int mor__gguf_parse(mor__gguf *g, const void *image, uint64_t size, char *err, s
 
 // ---- lookups -------------------------------------------------------------------------------
 
+// O(log n): binary search of the sorted index built by the parser.
 const mor__gguf_kv *mor__gguf_find_kv(const mor__gguf *g, const char *key) {
-    for (uint64_t i = 0; i < g->n_kv; i++)
-        if (str_eq(g->kv[i].key, key)) return &g->kv[i];
-    return NULL;
+    if (!g->kv_index) return NULL;
+    int64_t i = index_find(g, 0, g->kv_index, g->n_kv, key, strlen(key));
+    return i < 0 ? NULL : &g->kv[i];
 }
 
 const mor__gguf_tensor *mor__gguf_find_tensor(const mor__gguf *g, const char *name) {
-    for (uint64_t i = 0; i < g->n_tensors; i++)
-        if (strcmp(g->tensors[i].name, name) == 0) return &g->tensors[i];
-    return NULL;
+    if (!g->tensor_index) return NULL;
+    int64_t i = index_find(g, 1, g->tensor_index, g->n_tensors, name, strlen(name));
+    return i < 0 ? NULL : &g->tensors[i];
 }
 
 // Converts a scalar at p of type t to int64 (returns 0) or fails (returns 1).
@@ -579,6 +631,17 @@ int mor__gguf_get_str(const mor__gguf *g, const char *key, mor__gguf_str *out, c
                          vtype_name(kv->type));
     out->len = rd_le(kv->data, 8);
     out->ptr = (const char *)kv->data + 8;
+    return MOR_OK;
+}
+
+int mor__gguf_get_cstr(const mor__gguf *g, const char *key, mor__gguf_str *out, char *err, size_t n) {
+    int s = mor__gguf_get_str(g, key, out, err, n);
+    if (s) return s;
+    const char *nul = memchr(out->ptr, 0, (size_t)out->len);
+    if (nul)
+        return mor__errf(err, n, MOR_E_FORMAT,
+                         "key '%s': the string value holds a NUL byte at position %llu of %llu", key,
+                         (unsigned long long)(nul - out->ptr), (unsigned long long)out->len);
     return MOR_OK;
 }
 

@@ -52,6 +52,7 @@ typedef struct {
     uint64_t      size;       // bytes
     uint64_t      offset;     // absolute offset in the image
     const void   *data;       // image + offset
+    uint64_t      info_offset; // byte offset of the tensor's info record (for messages)
 } mor__gguf_tensor;
 
 typedef struct mor__gguf {
@@ -64,6 +65,8 @@ typedef struct mor__gguf {
     uint64_t          n_tensors;
     mor__gguf_tensor *tensors;  // owned
     uint64_t          data_offset;
+    uint32_t         *kv_index;      // owned: kv positions sorted by key (lookups)
+    uint32_t         *tensor_index;  // owned: tensor positions sorted by name (lookups)
 } mor__gguf;
 
 // Parse `image` (size bytes, borrowed; must outlive `g`). On error returns a negative
@@ -73,9 +76,15 @@ typedef struct mor__gguf {
 int  mor__gguf_parse(mor__gguf *g, const void *image, uint64_t size, char *err, size_t err_size);
 void mor__gguf_free(mor__gguf *g);
 
-// Lookups return NULL / -1 when absent.
+// Lookups return NULL when absent. Each is O(log n): a binary search of an index sorted by
+// name, built once by the parser (a merge sort: O(n log n) whatever the names), which also
+// finds duplicate keys and tensor names. Loading is therefore O(n log n) in the number of
+// records, never quadratic, however the file is crafted.
 const mor__gguf_kv     *mor__gguf_find_kv(const mor__gguf *g, const char *key);
 const mor__gguf_tensor *mor__gguf_find_tensor(const mor__gguf *g, const char *name);
+// Name comparisons made so far by the calling thread (index builds and lookups): a
+// deterministic measure of the parse and lookup work, for the tests.
+uint64_t mor__gguf_name_compares(void);
 
 // Typed getters. Return MOR_OK, or MOR_E_FORMAT with a message naming the key when the value
 // has the wrong type (integers of any width convert when the value fits). When the key is
@@ -85,6 +94,9 @@ int mor__gguf_get_f32(const mor__gguf *g, const char *key, float *out, char *err
 int mor__gguf_get_bool(const mor__gguf *g, const char *key, int *out, char *err, size_t n);
 // String value: pointer into the image (not NUL-terminated) and length.
 int mor__gguf_get_str(const mor__gguf *g, const char *key, mor__gguf_str *out, char *err, size_t n);
+// The same for a value the caller will use as a C string: also MOR_E_FORMAT, naming the key,
+// when the value holds a NUL byte (it would silently end the string there).
+int mor__gguf_get_cstr(const mor__gguf *g, const char *key, mor__gguf_str *out, char *err, size_t n);
 // Array accessors: element count and element type; element i of a string array.
 int mor__gguf_get_arr(const mor__gguf *g, const char *key, uint32_t *elem_type, uint64_t *n,
                       char *err, size_t err_n);

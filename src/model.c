@@ -66,12 +66,13 @@ static int get_f32(loader *ld, const char *key, float *out, float def) {
     return s;
 }
 
-// Reads a string key into buf; returns 1 in *found if present.
+// Reads a string key into buf (NUL-terminated); def when absent (NULL: the key is required).
+// A value holding a NUL byte is refused: as a C string it would read as a shorter name.
 static int get_str(loader *ld, const char *key, char *buf, size_t n, const char *def) {
     char full[96];
     snprintf(full, sizeof full, "%s%s", ld->prefix, key);
     mor__gguf_str s;
-    int st = mor__gguf_get_str(&ld->m->gguf, full, &s, ld->err, ld->err_n);
+    int st = mor__gguf_get_cstr(&ld->m->gguf, full, &s, ld->err, ld->err_n);
     if (st == MOR_E_NOT_FOUND) {
         if (!def) return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "missing required key '%s'", full);
         snprintf(buf, n, "%s", def);
@@ -90,6 +91,25 @@ static int get_str(loader *ld, const char *key, char *buf, size_t n, const char 
 
 // Types the kernels compute with (kernels.h): F32, F16, BF16, Q8_0, Q4_0.
 static int tensor_usable(uint32_t t) { return mor__kt_of_dtype(t) >= 0; }
+
+// What a tensor's address must be a multiple of for the kernels, which read weights in place:
+// F32 as floats (4), F16 and BF16 as 16-bit words (2), Q8_0 and Q4_0 blocks as ggml's block
+// structs, which start with a 16-bit scale (2). Rows are whole multiples of these sizes, so an
+// aligned first row aligns every row.
+static uint32_t kernel_align(uint32_t t) { return t == MOR__DT_F32 ? 4 : 2; }
+
+// GGUF allows any power-of-two general.alignment, 1 included; with 1 or 2 a tensor can start
+// at an address the kernels cannot read (undefined behaviour, and a fault on some CPUs).
+// Such files are refused rather than copied: converters write 32.
+static int check_align(loader *ld, const char *name, const mor__gguf_tensor *t) {
+    uint32_t a = kernel_align(t->type);
+    if ((uintptr_t)t->data % a == 0) return MOR_OK;
+    return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
+                     "tensor '%s' (%s) at byte %llu of the file is not %u-byte aligned "
+                     "(general.alignment is %u); the kernels read %s weights in place",
+                     name, mor__dtype_name(t->type), (unsigned long long)t->offset, a,
+                     ld->m->gguf.alignment, mor__dtype_name(t->type));
+}
 
 // Finds tensor `name`; checks it is a matrix of `rows` x `cols` (ggml dims [cols, rows]).
 // Absent: required → error; else mat->data = NULL.
@@ -111,6 +131,8 @@ static int bind_mat(loader *ld, const char *name, int64_t rows, int64_t cols, in
         return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
                          "tensor '%s' has type %s; this version computes with F32, F16, BF16, Q8_0 and Q4_0",
                          name, mor__dtype_name(t->type));
+    int s = check_align(ld, name, t);
+    if (s) return s;
     mat->data = t->data;
     mat->type = t->type;
     mat->rows = rows;
@@ -141,6 +163,8 @@ static int bind_vec(loader *ld, const char *name, int64_t n, int required, const
         return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
                          "tensor '%s' has type %s; this version computes with F32, F16, BF16, Q8_0 and Q4_0",
                          name, mor__dtype_name(t->type));
+    int s = check_align(ld, name, t);
+    if (s) return s;
     if (ld->f32_end - ld->f32_next < n)
         return mor__errf(ld->err, ld->err_n, MOR_E_INTERNAL, "vector store exhausted at '%s'", name);
     float *dst = ld->f32_next;
@@ -541,11 +565,13 @@ static int build_steps(loader *ld) {
             b = m->step_end[k];
         }
     }
-    for (int32_t k = 0; k < n; k++) {
-        m->step_exit[k] = -1;
-        for (int32_t i = 0; i < m->n_exits; i++)
-            if (m->exits[i].after_layer == m->step_end[k] && !m->steps_interleaved) m->step_exit[k] = i;
-    }
+    // The exit head read after each step: indexed by the layer it follows (one pass over the
+    // exits, then one over the steps; not steps x exits).
+    int32_t *exit_after = bounds;  // bounds is no longer needed: reused, L + 1 entries
+    for (int32_t l = 0; l <= L; l++) exit_after[l] = -1;
+    for (int32_t i = 0; i < m->n_exits; i++) exit_after[m->exits[i].after_layer] = i;
+    for (int32_t k = 0; k < n; k++)
+        m->step_exit[k] = m->steps_interleaved ? -1 : exit_after[m->step_end[k]];
     return MOR_OK;
 }
 
@@ -647,18 +673,30 @@ static int build(mor_model *m, const void *image, size_t size, uint32_t flags, c
     int s = mor__gguf_parse(&m->gguf, image, size, err, err_n);
     if (s) return s;
     mor__gguf_str a;
-    s = mor__gguf_get_str(&m->gguf, "general.architecture", &a, err, err_n);
+    s = mor__gguf_get_cstr(&m->gguf, "general.architecture", &a, err, err_n);
     if (s == MOR_E_NOT_FOUND) return mor__errf(err, err_n, MOR_E_FORMAT, "missing required key 'general.architecture'");
     if (s) return s;
     snprintf(m->arch, sizeof m->arch, "%.*s", (int)MOR__MIN(a.len, sizeof m->arch - 1), a.ptr);
+    // general.name is optional and informative (a value of another type is ignored), but it is
+    // handed out as a C string: a NUL inside would cut it short.
     mor__gguf_str nm = {"", 0};
-    mor__gguf_get_str(&m->gguf, "general.name", &nm, NULL, 0);
+    if (mor__gguf_get_str(&m->gguf, "general.name", &nm, NULL, 0) == MOR_OK &&
+        (s = mor__gguf_get_cstr(&m->gguf, "general.name", &nm, err, err_n)))
+        return s;
     m->name = malloc(nm.len + 1);
     if (!m->name) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
     memcpy(m->name, nm.ptr, nm.len);
     m->name[nm.len] = 0;
 
 #ifdef MOR__HAVE_TOKENIZER
+    // The tokenizer matches these names by their bytes; a NUL inside is refused here, naming the
+    // key, rather than reported as an unknown name that prints cut short.
+    static const char *const tok_names[] = {"tokenizer.ggml.model", "tokenizer.ggml.pre"};
+    for (size_t i = 0; i < sizeof tok_names / sizeof tok_names[0]; i++) {
+        mor__gguf_str t;
+        s = mor__gguf_get_cstr(&m->gguf, tok_names[i], &t, err, err_n);
+        if (s && s != MOR_E_NOT_FOUND) return s;
+    }
     s = mor__vocab_load(&m->vocab, &m->gguf, err, err_n);
     if (s && s != MOR_E_NOT_FOUND) return s;
 #endif
@@ -681,8 +719,14 @@ static int build(mor_model *m, const void *image, size_t size, uint32_t flags, c
     free(ld.vec);
     if (s) return s;
 #ifdef MOR__HAVE_TOKENIZER
-    if (m->vocab && mor__vocab_n_tokens(m->vocab) > m->hp.n_vocab)
-        return mor__errf(err, err_n, MOR_E_FORMAT, "the tokenizer has %d tokens but the model only %d rows",
+    // One vocabulary size: mor_model_n_vocab() (the token list) is what callers size logits
+    // and validate ids with, so it must equal the rows of the embedding and of every output
+    // head (bind_all checked those equal): fewer tokens would let sampling return ids that
+    // detokenize refuses, more would name ids the model has no row for.
+    if (m->vocab && mor__vocab_n_tokens(m->vocab) != m->hp.n_vocab)
+        return mor__errf(err, err_n, MOR_E_FORMAT,
+                         "tokenizer.ggml.tokens has %d tokens but token_embd.weight and the output "
+                         "head have %d rows; they must be equal",
                          mor__vocab_n_tokens(m->vocab), m->hp.n_vocab);
 #endif
     return MOR_OK;
@@ -704,6 +748,13 @@ int mor_model_load_memory(const void *data, size_t size, const mor_model_params 
     if (params && params->kind != MOR_PARAMS_MODEL)
         return mor__errf(err, err_size, MOR_E_INVALID, "params is not a mor_model_params (kind %u)", params->kind);
     uint32_t flags = params_flags(params);
+    // The kernels read weights in place, F32 as 4-byte floats: a borrowed buffer at an address
+    // that is not a multiple of 4 would misalign every tensor of a well-formed file. It is
+    // copied instead (malloc aligns for any type), as documented at mor_model_load_memory.
+    if (!(flags & MOR_MODEL_COPY) && (uintptr_t)data % 4) {
+        mor__log(MOR_LOG_INFO, "model buffer %p is not 4-byte aligned: copying its %zu bytes", data, size);
+        flags |= MOR_MODEL_COPY;
+    }
     mor_model *m = calloc(1, sizeof *m);
     if (!m) return mor__errf(err, err_size, MOR_E_NOMEM, "out of memory");
     if (flags & MOR_MODEL_COPY) {

@@ -896,6 +896,90 @@ TEST(random_mutations) {
     ASSERT_EQ(bad, 0);
 }
 
+
+// The first key or tensor name that repeats an earlier one is reported, however far apart.
+TEST(duplicates_far_apart) {
+    mor__gguf_writer *w = base_writer();
+    static const char *const keys[] = {"z.first", "dup.b", "a.other", "dup.a", "dup.b", "dup.a"};
+    for (int i = 0; i < 6; i++) ASSERT_OK(mor__gguf_w_u32(w, keys[i], (uint32_t)i));
+    uint64_t n;
+    EXPECT_PARSE(finish(w, &n), n, MOR_E_FORMAT, "duplicate metadata key 'dup.b'");
+    w = base_writer();
+    static const char *const names[] = {"t.z", "t.dup1", "t.a", "t.dup2", "t.dup2", "t.dup1"};
+    for (int i = 0; i < 6; i++) ASSERT_OK(add_f32(w, names[i]));
+    EXPECT_PARSE(finish(w, &n), n, MOR_E_FORMAT, "duplicate tensor name 't.dup2'");
+}
+
+// Strings are length-delimited and may hold any byte; a caller that wants a C string asks
+// mor__gguf_get_cstr, which refuses an embedded NUL, naming the key.
+TEST(string_with_nul) {
+    mor__gguf_writer *w = base_writer();
+    ASSERT_OK(mor__gguf_w_str_n(w, "general.name", "cycle\0junk", 10));
+    ASSERT_OK(mor__gguf_w_str(w, "general.clean", "cycle"));
+    uint64_t n;
+    uint8_t *img = finish(w, &n);
+    ASSERT(img != NULL);
+    mor__gguf g;
+    char err[256] = "";
+    ASSERT_OK(mor__gguf_parse(&g, img, n, err, sizeof err));
+    mor__gguf_str s;
+    ASSERT_OK(mor__gguf_get_str(&g, "general.name", &s, err, sizeof err));
+    ASSERT_EQ(s.len, 10);
+    ASSERT_STATUS(mor__gguf_get_cstr(&g, "general.name", &s, err, sizeof err), MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "key 'general.name': the string value holds a NUL byte at position 5 of 10");
+    ASSERT_OK(mor__gguf_get_cstr(&g, "general.clean", &s, err, sizeof err));
+    ASSERT_EQ(s.len, 5);
+    ASSERT_STATUS(mor__gguf_get_cstr(&g, "general.absent", &s, err, sizeof err), MOR_E_NOT_FOUND);
+    ASSERT_STATUS(mor__gguf_get_cstr(&g, "general.architecture", &s, err, sizeof err), MOR_OK);
+    mor__gguf_free(&g);
+    free(img);
+}
+
+// Lookups are binary searches of an index the parser sorts once: finding each of n keys and n
+// tensors, and as many absent names, costs O(n log n) name comparisons in all (a scan per
+// lookup costs about n^2 / 2 for the hits alone). Counted, not timed.
+TEST(lookups_are_logarithmic) {
+    enum { N = 4096, LOG2N = 12 };
+    mor__gguf_writer *w = mor__gguf_writer_create();
+    ASSERT(w != NULL);
+    char name[64];
+    uint64_t d[1] = {1};
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof name, "key.%d", i);
+        ASSERT_OK(mor__gguf_w_u32(w, name, (uint32_t)i));
+        snprintf(name, sizeof name, "blk.%d.weight", i);
+        ASSERT_OK(mor__gguf_w_tensor(w, name, MOR__DT_F32, 1, d, f32_data));
+    }
+    uint64_t n;
+    uint8_t *img = finish(w, &n);
+    ASSERT(img != NULL);
+    mor__gguf g;
+    char err[256];
+    uint64_t c0 = mor__gguf_name_compares();
+    ASSERT_OK(mor__gguf_parse(&g, img, n, err, sizeof err));
+    uint64_t c1 = mor__gguf_name_compares();
+    int found = 0;
+    for (int i = 0; i < N; i++) {
+        uint32_t v = 0;
+        snprintf(name, sizeof name, "key.%d", i);
+        found += mor__gguf_get_u32(&g, name, &v, err, sizeof err) == MOR_OK && v == (uint32_t)i;
+        snprintf(name, sizeof name, "blk.%d.weight", i);
+        const mor__gguf_tensor *t = mor__gguf_find_tensor(&g, name);
+        found += t && t == &g.tensors[i];
+        snprintf(name, sizeof name, "blk.%d.absent", i);
+        found -= mor__gguf_find_tensor(&g, name) != NULL;
+        found -= mor__gguf_find_kv(&g, name) != NULL;
+    }
+    uint64_t c2 = mor__gguf_name_compares();
+    mor__gguf_free(&g);
+    free(img);
+    ASSERT_EQ(found, 2 * N);
+    printf("#   %d keys + %d tensors: %llu comparisons to index, %llu for %d lookups\n", N, N,
+           (unsigned long long)(c1 - c0), (unsigned long long)(c2 - c1), 4 * N);
+    ASSERT_LE(c1 - c0, 2ull * 2 * N * LOG2N);        // two merge sorts and the duplicate scans
+    ASSERT_LE(c2 - c1, 4ull * N * (LOG2N + 2));      // 4N binary searches
+}
+
 static const test_entry tests_[] = {
     TEST_LIST(writer_rejects_bad_arguments, writer_layout_matches_spec, writer_save_matches_finish,
               roundtrip_every_type, custom_alignment, version_2_and_empty_file_accepted,
@@ -906,5 +990,6 @@ static const test_entry tests_[] = {
               tensor_n_dims_out_of_range, tensor_zero_dim, tensor_dim_product_overflow,
               tensor_type_unknown, tensor_type_known_unsupported, tensor_block_size_mismatch,
               tensor_offset_misaligned, tensor_data_past_end, tensor_name_bad, random_mutations)
+    TEST_LIST(duplicates_far_apart, string_with_nul, lookups_are_logarithmic)
 };
 TEST_MAIN_LIST(tests_)

@@ -1,10 +1,13 @@
 // test-load.c: model loading: the unrolled → stored layer maps of the four sharing strategies,
 // shared weights referenced once, parameter counts, load sources (file, mmap or not, memory
-// borrowed or copied), and every model-level bad input with its status and message.
+// borrowed or copied), and every model-level bad input with its status and message: tensors
+// the kernels cannot read in place, a token list that disagrees with the embedding, metadata
+// strings with a NUL inside, and files crafted to make lookups quadratic.
 #include "harness.h"
 #include "mor.h"
 
 #include "gguf-write.h"
+#include "kernels.h"
 #include "model.h"
 
 #include <fcntl.h>
@@ -22,10 +25,15 @@ typedef struct {
     const char *extra;        // unexpected tensor name
     const char *router;       // "expert" / "token" / NULL
     int         omit_key;     // 1: omit mor.recursion.count
+    uint32_t    align;        // general.alignment to write (0: none, the default 32)
+    int         pad;          // length of an extra string key, to move the data section
+    const char *nul_key;      // string key whose value gets "\0junk" appended
+    int         n_tokens;     // > 0: a SentencePiece vocabulary of this many tokens
+    int         nul_tokens;   // 1: two of those tokens hold a NUL byte ("\0", "a\0b")
 } spec;
 
 static spec base_spec(void) {
-    spec s = {"mor", "middle_cycle", 8, 3, 8, 2, 1, 16, 16, 0, -1, NULL, NULL, NULL, NULL, 0};
+    spec s = {"mor", "middle_cycle", 8, 3, 8, 2, 1, 16, 16, 0, -1, NULL, NULL, NULL, NULL, 0, 0, 0, NULL, 0, 0};
     return s;
 }
 
@@ -39,6 +47,42 @@ static int n_stored(const spec *s) {
 
 static int tensor_idx;
 static uint64_t rng_state;
+
+// A string key; the key named by s->nul_key gets "\0junk" after its value.
+static void put_str(mor__gguf_writer *w, const spec *s, const char *key, const char *v) {
+    char buf[128];
+    size_t n = strlen(v);
+    memcpy(buf, v, n + 1);
+    if (s->nul_key && !strcmp(key, s->nul_key)) {
+        memcpy(buf + n, "\0junk", 5);
+        n += 5;
+    }
+    mor__gguf_w_str_n(w, key, buf, n);
+}
+
+// tokenizer.ggml.*: "<unk>", "<s>", "</s>", then "t3", "t4"... (or "\0" and "a\0b" as 3 and 4).
+static void put_vocab(mor__gguf_writer *w, const spec *s) {
+    const char **toks = calloc((size_t)s->n_tokens, sizeof *toks);
+    uint32_t *lens = calloc((size_t)s->n_tokens, sizeof *lens);
+    char (*names)[16] = calloc((size_t)s->n_tokens, sizeof *names);
+    static const char *const specials[3] = {"<unk>", "<s>", "</s>"};
+    for (int i = 0; i < s->n_tokens; i++) {
+        if (i < 3) snprintf(names[i], sizeof names[i], "%s", specials[i]);
+        else snprintf(names[i], sizeof names[i], "t%d", i);
+        toks[i] = names[i];
+        lens[i] = (uint32_t)strlen(names[i]);
+    }
+    if (s->nul_tokens && s->n_tokens > 4) {
+        toks[3] = "\0", lens[3] = 1;
+        toks[4] = "a\0b", lens[4] = 3;
+    }
+    put_str(w, s, "tokenizer.ggml.model", "llama");
+    if (s->nul_key && !strcmp(s->nul_key, "tokenizer.ggml.pre")) put_str(w, s, "tokenizer.ggml.pre", "default");
+    mor__gguf_w_arr_str(w, "tokenizer.ggml.tokens", toks, lens, (uint64_t)s->n_tokens);
+    free(toks);
+    free(lens);
+    free(names);
+}
 
 static int add_tensor(mor__gguf_writer *w, const spec *s, const char *name, uint64_t cols, uint64_t rows) {
     if (tensor_idx++ == s->skip_tensor) return 0;
@@ -70,7 +114,8 @@ static void *build(const spec *s, uint64_t *size) {
     const char *a = s->arch;
     tensor_idx = 0;
     rng_state = 42;
-    mor__gguf_w_str(w, "general.architecture", a);
+    put_str(w, s, "general.architecture", a);
+    put_str(w, s, "general.name", "test model");
 #define K(suffix) (snprintf(key, sizeof key, "%s.%s", a, suffix), key)
     if (!strcmp(a, "mor")) mor__gguf_w_u32(w, "mor.format_version", 1);
     mor__gguf_w_u32(w, K("context_length"), 64);
@@ -81,16 +126,23 @@ static void *build(const spec *s, uint64_t *size) {
     mor__gguf_w_u32(w, K("attention.head_count_kv"), (uint32_t)s->n_head_kv);
     if (!strcmp(a, "mor")) {
         if (!s->omit_key) mor__gguf_w_u32(w, "mor.recursion.count", (uint32_t)s->n_rec);
-        mor__gguf_w_str(w, "mor.recursion.sharing", s->sharing);
+        put_str(w, s, "mor.recursion.sharing", s->sharing);
         if (s->lora) mor__gguf_w_f32(w, "mor.lora.scale", 2.0f);
         if (s->router) {
-            mor__gguf_w_str(w, "mor.router.type", s->router);
-            mor__gguf_w_str(w, "mor.router.arch", "linear");
-            mor__gguf_w_str(w, "mor.router.func", !strcmp(s->router, "expert") ? "sigmoid" : "softmax");
+            put_str(w, s, "mor.router.type", s->router);
+            put_str(w, s, "mor.router.arch", "linear");
+            put_str(w, s, "mor.router.func", !strcmp(s->router, "expert") ? "sigmoid" : "softmax");
             mor__gguf_w_f32(w, "mor.router.alpha", !strcmp(s->router, "expert") ? 0.1f : 1.0f);
         }
     }
 #undef K
+    if (s->align) mor__gguf_w_u32(w, "general.alignment", s->align);
+    if (s->pad) {
+        char pad[64] = "";
+        memset(pad, 'p', (size_t)s->pad);
+        mor__gguf_w_str_n(w, "general.pad", pad, (uint64_t)s->pad);
+    }
+    if (s->n_tokens) put_vocab(w, s);
     uint64_t d = (uint64_t)s->d, hd = d / (uint64_t)s->n_head, kv = hd * (uint64_t)s->n_head_kv, ff = (uint64_t)s->ff;
     add_tensor(w, s, "token_embd.weight", d, (uint64_t)s->vocab);
     add_tensor(w, s, "output_norm.weight", d, 1);
@@ -363,4 +415,284 @@ TEST(vocab_only) {
     mor_model_free(m);
 }
 
-TEST_MAIN(sharing_maps, counts, sources, bad_models, bad_files, vocab_only)
+
+// ---- alignment (docs/FORMAT.md §1) ---------------------------------------------------------------
+
+// Where the data section of spec s starts in its image (-1 on a parse error).
+static int64_t data_start(const spec *s) {
+    uint64_t size;
+    void *img = build(s, &size);
+    mor__gguf g;
+    int64_t at = mor__gguf_parse(&g, img, size, NULL, 0) ? -1 : (int64_t)g.data_offset;
+    mor__gguf_free(&g);
+    free(img);
+    return at;
+}
+
+// s with the padding key sized so that the data section starts at `residue` modulo 4.
+static spec with_data_at(spec s, int residue) {
+    for (s.pad = 1; s.pad <= 4; s.pad++)
+        if (data_start(&s) % 4 == residue) return s;
+    s.pad = -1;
+    return s;
+}
+
+// The last-token logits of tokens {1, 2, 3} on model m (V floats into out).
+static int run_logits(mor_model *m, float *out, int V) {
+    mor_session *se = NULL;
+    char err[256];
+    int st = mor_session_create(m, NULL, &se, err, sizeof err);
+    if (st) return st;
+    int32_t toks[3] = {1, 2, 3};
+    st = mor_session_step(se, toks, 3);
+    const float *l = st ? NULL : mor_session_logits(se, -1);
+    if (l) memcpy(out, l, (size_t)V * sizeof *out);
+    mor_session_free(se);
+    return st ? st : l ? MOR_OK : MOR_E_INTERNAL;
+}
+
+// Runs the reference product (plain C: its F32 reads are float loads) over every layer weight
+// of m, as the forward pass reads them: in place. Under UBSan a misaligned tensor aborts here.
+static int ref_read_weights(const mor_model *m) {
+    float x[64], y[64], row[64];
+    for (int i = 0; i < 64; i++) x[i] = 1.0f;
+    for (int32_t l = 0; l < m->hp.n_layer; l++)
+        for (int r = 0; r < MOR__N_PROJ; r++) {
+            const mor__mat *w = &m->layers[l].w[r];
+            if (w->cols > 64 || w->rows > 64) return MOR_E_INTERNAL;
+            mor__kernels_ref()->matmul[mor__kt_of_dtype(w->type)](w->data, w->cols, 0, w->rows, x, 1,
+                                                                 w->cols, y, w->rows, row);
+        }
+    return MOR_OK;
+}
+
+// GGUF allows general.alignment 1 and 2, which can leave an F32 tensor at an address that is
+// not a multiple of 4; the kernels read F32 weights in place, so such a file is refused with
+// the tensor named. The same alignments are fine where every tensor lands aligned, and those
+// files compute the same logits as the default layout (run under UBSan: no misaligned load).
+TEST(alignment) {
+    spec s = base_spec();
+    char err[512];
+    mor_model *m = NULL;
+    float ref[16], got[16];
+    ASSERT_OK(try_load(&s, err, sizeof err, &m));
+    ASSERT_OK(run_logits(m, ref, 16));
+    mor_model_free(m);
+    static const struct { uint32_t align; int residue; int ok; } cases[] = {
+        {1, 1, 0}, {1, 3, 0}, {1, 2, 0}, {2, 2, 0}, {1, 0, 1}, {2, 0, 1}, {4, 0, 1}, {8, 0, 1},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        spec a = base_spec();
+        a.align = cases[k].align;
+        a = with_data_at(a, cases[k].residue);
+        ASSERT(a.pad > 0);
+        err[0] = 0;
+        int st = try_load(&a, err, sizeof err, &m);
+        if (!cases[k].ok) {
+            if (st != MOR_E_UNSUPPORTED || !strstr(err, "tensor 'token_embd.weight' (F32)") ||
+                !strstr(err, "not 4-byte aligned"))
+                TEST__FAIL("alignment %u, data at %d mod 4: %s \"%s\"", a.align, cases[k].residue,
+                           mor_status_name(st), err);
+            char want[64];
+            snprintf(want, sizeof want, "general.alignment is %u", a.align);
+            ASSERT_STR_CONTAINS(err, want);
+            ASSERT(m == NULL);
+            continue;
+        }
+        if (st) TEST__FAIL("alignment %u, data at 0 mod 4: %s \"%s\"", a.align, mor_status_name(st), err);
+        ASSERT_OK(ref_read_weights(m));
+        ASSERT_OK(run_logits(m, got, 16));
+        for (int i = 0; i < 16; i++) ASSERT_NEAR(got[i], ref[i], 1e-5);
+        mor_model_free(m);
+    }
+}
+
+// A borrowed buffer at an odd address is copied (documented at mor_model_load_memory), so a
+// well-formed file loads and computes as from an aligned buffer.
+TEST(misaligned_buffer) {
+    spec s = base_spec();
+    uint64_t size;
+    void *img = build(&s, &size);
+    ASSERT(img);
+    for (int shift = 1; shift < 4; shift++) {
+        unsigned char *raw = malloc(size + 4);
+        ASSERT(raw);
+        memcpy(raw + shift, img, size);
+        char err[256];
+        mor_model *m = NULL;
+        int st = mor_model_load_memory(raw + shift, size, NULL, &m, err, sizeof err);
+        if (st) TEST__FAIL("buffer at +%d: %s \"%s\"", shift, mor_status_name(st), err);
+        float got[16];
+        ASSERT_OK(ref_read_weights(m));
+        ASSERT_OK(run_logits(m, got, 16));
+        const unsigned char *w = m->tok_embd.data;
+        ASSERT(w < raw || w >= raw + size + 4);  // read from the model's own copy
+        ASSERT((uintptr_t)w % 4 == 0);
+        mor_model_free(m);
+        free(raw);
+    }
+    free(img);
+}
+
+// ---- vocabulary and metadata strings ------------------------------------------------------------
+
+// The token list and the embedding rows must agree: mor_model_n_vocab() (the token list) sizes
+// callers' logits and validates ids, the logits have one entry per embedding row.
+TEST(vocab_size_mismatch) {
+    spec s = base_spec();  // 16 embedding rows, tied output head
+    char err[512];
+    mor_model *m = NULL;
+    s.n_tokens = 16;
+    int st = try_load(&s, err, sizeof err, &m);
+    if (st == MOR_OK && mor_model_n_vocab(m) < 0) {  // built without the tokenizer module
+        printf("# vocabulary checks need the tokenizer module\n");
+        mor_model_free(m);
+        return;
+    }
+    ASSERT_OK(st);
+    ASSERT_EQ(mor_model_n_vocab(m), mor_model_get_int(m, MOR_INFO_N_VOCAB));
+    mor_model_free(m);
+    s.n_tokens = 12;
+    EXPECT_LOAD(s, MOR_E_FORMAT, "tokenizer.ggml.tokens has 12 tokens but token_embd.weight and the output head have 16 rows");
+    s.n_tokens = 20;
+    EXPECT_LOAD(s, MOR_E_FORMAT, "tokenizer.ggml.tokens has 20 tokens but token_embd.weight and the output head have 16 rows");
+    // A vocabulary-only load has no embedding to compare with.
+    s.n_tokens = 12;
+    uint64_t size;
+    void *img = build(&s, &size);
+    mor_model_params p;
+    mor_model_params_init(&p);
+    p.flags = MOR_MODEL_VOCAB_ONLY;
+    ASSERT_OK(mor_model_load_memory(img, size, &p, &m, err, sizeof err));
+    ASSERT_EQ(mor_model_n_vocab(m), 12);
+    mor_model_free(m);
+    free(img);
+}
+
+// Every string the loader uses as a C string is refused, naming the key, when it holds a NUL:
+// "cycle\0junk" must not load as "cycle".
+TEST(metadata_string_with_nul) {
+    static const struct { const char *key; const char *router; int tokens; } cases[] = {
+        {"general.architecture", NULL, 0}, {"general.name", NULL, 0},
+        {"mor.recursion.sharing", NULL, 0}, {"mor.router.type", "expert", 0},
+        {"mor.router.arch", "expert", 0}, {"mor.router.func", "token", 0},
+        {"tokenizer.ggml.model", NULL, 16}, {"tokenizer.ggml.pre", NULL, 16},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        spec s = base_spec();
+        s.router = cases[k].router;
+        s.n_tokens = cases[k].tokens;
+        ASSERT_OK(try_load(&s, NULL, 0, NULL));  // well-formed without the NUL
+        s.nul_key = cases[k].key;
+        char err[512] = "";
+        int st = try_load(&s, err, sizeof err, NULL);
+        if (st == MOR_OK && cases[k].tokens) continue;  // no tokenizer module: the keys are unread
+        char want[128];
+        snprintf(want, sizeof want, "key '%s': the string value holds a NUL byte", cases[k].key);
+        if (st != MOR_E_FORMAT || !strstr(err, want))
+            TEST__FAIL("%s with a NUL: %s \"%s\"", cases[k].key, mor_status_name(st), err);
+    }
+}
+
+// Token texts are stored with their lengths and never used as C strings: a token holding a NUL
+// loads, and its piece is all of its bytes.
+TEST(token_text_with_nul) {
+    spec s = base_spec();
+    s.n_tokens = 16;
+    s.nul_tokens = 1;
+    char err[256];
+    mor_model *m = NULL;
+    ASSERT_OK(try_load(&s, err, sizeof err, &m));
+    if (mor_model_n_vocab(m) < 0) {
+        mor_model_free(m);
+        return;
+    }
+    char buf[16];
+    size_t n = 0;
+    ASSERT_OK(mor_token_to_piece(m, 4, buf, sizeof buf, 0, &n));
+    ASSERT_EQ(n, 3);
+    ASSERT(memcmp(buf, "a\0b", 3) == 0);
+    ASSERT_OK(mor_token_to_piece(m, 3, buf, sizeof buf, 0, &n));
+    ASSERT_EQ(n, 1);
+    ASSERT_EQ(buf[0], 0);
+    int32_t ids[3] = {4, 3, 4};
+    ASSERT_OK(mor_detokenize(m, ids, 3, buf, sizeof buf, 0, &n));
+    ASSERT_EQ(n, 7);
+    ASSERT(memcmp(buf, "a\0b\0a\0b", 7) == 0);
+    mor_model_free(m);
+}
+
+// ---- cost of lookups ------------------------------------------------------------------------------
+
+// A `mor` file of L stored layers (cycle sharing, one recursion: every layer stored, d = 2)
+// padded with unexpected tensors up to n in all: the loader looks up about 32 names per layer,
+// then refuses the file at the first unexpected tensor.
+static void *build_wide(int L, int n, uint64_t *size) {
+    mor__gguf_writer *w = mor__gguf_writer_create();
+    mor__gguf_w_str(w, "general.architecture", "mor");
+    mor__gguf_w_u32(w, "mor.format_version", 1);
+    mor__gguf_w_u32(w, "mor.context_length", 8);
+    mor__gguf_w_u32(w, "mor.embedding_length", 2);
+    mor__gguf_w_u32(w, "mor.feed_forward_length", 2);
+    mor__gguf_w_u32(w, "mor.block_count", (uint32_t)L);
+    mor__gguf_w_u32(w, "mor.attention.head_count", 1);
+    mor__gguf_w_u32(w, "mor.recursion.count", 1);
+    mor__gguf_w_str(w, "mor.recursion.sharing", "cycle");
+    static const float v[4] = {1, 0, 0, 1};
+    uint64_t d1[1] = {2}, d2[2] = {2, 2};
+    char name[64];
+    int k = 0;
+    mor__gguf_w_tensor(w, "token_embd.weight", MOR__DT_F32, 2, d2, v), k++;
+    mor__gguf_w_tensor(w, "output_norm.weight", MOR__DT_F32, 1, d1, v), k++;
+    for (int l = 0; l < L; l++) {
+        for (int r = 0; r < 7; r++, k++) {
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, roles[r]);
+            mor__gguf_w_tensor(w, name, MOR__DT_F32, 2, d2, v);
+        }
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
+        mor__gguf_w_tensor(w, name, MOR__DT_F32, 1, d1, v), k++;
+        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
+        mor__gguf_w_tensor(w, name, MOR__DT_F32, 1, d1, v), k++;
+    }
+    for (; k < n; k++) {
+        snprintf(name, sizeof name, "unexpected.%d", k);
+        mor__gguf_w_tensor(w, name, MOR__DT_F32, 1, d1, v);
+    }
+    void *img = mor__gguf_writer_finish(w, size);
+    mor__gguf_writer_free(w);
+    return img;
+}
+
+// Name comparisons to refuse build_wide(L, n).
+static uint64_t wide_cost(int L, int n) {
+    uint64_t size;
+    void *img = build_wide(L, n, &size);
+    if (!img) return 0;
+    char err[256] = "";
+    mor_model *m = NULL;
+    uint64_t before = mor__gguf_name_compares();
+    int st = mor_model_load_memory(img, size, NULL, &m, err, sizeof err);
+    uint64_t cost = mor__gguf_name_compares() - before;
+    free(img);
+    mor_model_free(m);
+    return st == MOR_E_FORMAT && strstr(err, "unexpected tensor 'unexpected.") ? cost : 0;
+}
+
+// The loader's work grows as n log n: a lookup per name is a binary search, not a scan of
+// every tensor (which made the audit's 65,536-tensor, 4096-layer file take about 25 s to be
+// refused). Counted, not timed: quadrupling the file quadruples the comparisons (times the
+// log factor), where a linear scan per lookup makes them grow sixteenfold.
+TEST(lookups_are_not_quadratic) {
+    uint64_t small = wide_cost(64, 1024), large = wide_cost(256, 4096);
+    ASSERT(small > 0);
+    ASSERT(large > 0);
+    printf("#   name comparisons: %llu for 1024 tensors, %llu for 4096\n", (unsigned long long)small,
+           (unsigned long long)large);
+    // Index build (n log2 n) plus ~32 lookups per layer of log2(n) each: well under 8 n log2 n.
+    ASSERT_LE(large, 8ull * 4096 * 12);
+    // n log n predicts a ratio of 4 x 12/10 = 4.8 at most, n^2 predicts 16.
+    ASSERT_LE((double)large / (double)small, 6.0);
+}
+
+TEST_MAIN(sharing_maps, counts, sources, bad_models, bad_files, vocab_only, alignment, misaligned_buffer,
+          vocab_size_mismatch, metadata_string_with_nul, token_text_with_nul, lookups_are_not_quadratic)
