@@ -146,6 +146,24 @@ MOR_API void mor_log_set(mor_log_fn fn, void *user_data, int32_t max_level);
 #define MOR_PARAMS_SAMPLER 3
 #define MOR_PARAMS_EXIT    4
 
+/* A host's allocator: a game or engine routes every allocation of a model, session or
+ * scheduler through its own heaps. Set it in mor_model_params (all of the model's memory, and
+ * by default that of its sessions, schedulers and tokenizer calls), or in mor_session_params /
+ * mor_sched_params for one object. All fields zero (the default): the C library's allocator.
+ *   alloc(user, size, alignment): `size` bytes (> 0) aligned to `alignment` (a power of two,
+ *       at most 4096), or NULL: the call that needed the memory returns MOR_E_NOMEM and leaves
+ *       every object as it was before the call.
+ *   free(user, ptr): release a block from alloc (never NULL).
+ * Tokenizer calls on a shared model may run on several threads at once, so a model's
+ * allocator must be thread-safe if the host tokenizes from several threads. The file mapping,
+ * compute threads' stacks and the C library's own buffers (stdio) are not allocated through
+ * it. Blocks from one allocator are always returned to the same one. */
+typedef struct mor_allocator {
+    void *(*alloc)(void *user, size_t size, size_t alignment);
+    void  (*free)(void *user, void *ptr);
+    void   *user;
+} mor_allocator;
+
 /* Model load flags. */
 #define MOR_MODEL_NO_MMAP    1u  /* read the file into memory instead of mapping it */
 #define MOR_MODEL_VOCAB_ONLY 2u  /* load metadata and vocabulary only (no weights, no sessions) */
@@ -156,6 +174,8 @@ typedef struct mor_model_params {
     uint32_t kind;   /* MOR_PARAMS_MODEL */
     uint32_t flags;  /* MOR_MODEL_* flags; default 0 */
     uint32_t reserved;
+    /* appended in 0.3: */
+    mor_allocator allocator; /* the model's memory, and its sessions' by default; zero: libc */
 } mor_model_params;
 
 /* Session flags. */
@@ -181,6 +201,7 @@ typedef struct mor_session_params {
     int64_t  max_bytes; /* most bytes the session may allocate (mor_session_memory_size());
                            0 = the default cap: the larger of MOR_SESSION_DEFAULT_MAX_BYTES (1 GiB)
                            and the model's weight bytes; -1 = no cap. Default 0 */
+    mor_allocator allocator; /* the session's memory; zero: the model's allocator */
 } mor_session_params;
 
 typedef struct mor_sampler_params {
@@ -421,12 +442,24 @@ MOR_API int  mor_session_rewind(mor_session *session, int32_t n_keep);
 MOR_API void mor_session_reset(mor_session *session);
 
 /* Session state: the tokens, the KV cache, the sampler settings and RNG and the exit policy, in
- * a versioned little-endian byte format tied to the model's shape.
+ * a versioned little-endian byte format (version 4) tied to the model it was saved from.
+ * A state carries a fingerprint of its model: the architecture, the hyperparameters, the
+ * sharing map (which stored layer and recursion each unrolled layer is) and the tensor table
+ * (names, types and shapes, in any order). The weight values are not part of it: a state of one
+ * model loads into another file with the same layout and different weights (a fine-tune).
  * mor_session_state_size(): exact bytes mor_session_state_save() writes now.
  * mor_session_state_save(): @return MOR_OK, MOR_E_BUFFER_SMALL (*n_written = bytes needed).
  * mor_session_state_load(): restore into a session of the same model (n_ctx may differ if the
- * tokens fit). @return MOR_OK or MOR_E_STATE (bad magic, version, shape or size: the session
- * is left unchanged). */
+ * tokens fit). The saved sampler settings and exit policy must pass the checks of
+ * mor_session_set_sampler() and mor_session_set_exit_policy() (the KV strategy may differ from
+ * the session's); the policy is then installed as mor_session_set_exit_policy() does (the
+ * budget window restarts). There are no logits until the next step. States of the previous
+ * format version 3 are still accepted; they carry no fingerprint, so only the model's shape
+ * (layers, K/V width, vocabulary, embedding width) is checked for them.
+ * @return MOR_OK or MOR_E_STATE (bad magic, version, shape or size, saved from a different
+ * model, an invalid policy or sampler setting, or any other inconsistency: the message says
+ * which). On any refusal the session is left exactly as it was: tokens, K/V, logits, depths,
+ * statistics, policy, sampler and RNG, the budget window and FREE's threshold data. */
 MOR_API size_t mor_session_state_size(const mor_session *session);
 MOR_API int    mor_session_state_save(const mor_session *session, void *buf, size_t capacity,
                                       size_t *n_written);
@@ -437,8 +470,10 @@ MOR_API int    mor_session_state_load(mor_session *session, const void *buf, siz
  **************************************************************************************************/
 
 /* mor_session_set_sampler(): copy the sampler settings into the session and seed its RNG.
- * params NULL restores the defaults (greedy). @return MOR_OK or MOR_E_INVALID (a value out of
- * range, named in mor_session_last_error). */
+ * params NULL restores the defaults (greedy). The rules: temperature finite, top_p in (0, 1],
+ * min_p in [0, 1], repeat_penalty positive and finite, repeat_last_n >= 0 (top_k and seed take
+ * any value); mor_session_state_load() applies the same ones. @return MOR_OK or MOR_E_INVALID
+ * (a value out of range, named in mor_session_last_error; the session is unchanged). */
 MOR_API int mor_session_set_sampler(mor_session *session, const mor_sampler_params *params);
 
 /* mor_session_sample(): pick the next token from the logits of the last token of the last step,
@@ -460,7 +495,9 @@ MOR_API int mor_session_sample(mor_session *session, int32_t *token);
  * budget out of range, unknown policy, metric or strategy; the previous policy stays, the message
  * names the field); MOR_E_UNSUPPORTED (the model cannot run it: a router policy without a router,
  * CAPACITY without an expert-choice router, per-step exits with sequence sharing or token-choice,
- * KV_SHARE without recursions, KV_SYNC with a router). */
+ * KV_SHARE without recursions, KV_SYNC with a router). A refused policy changes nothing; an
+ * accepted one restarts the budget window, and FREE's threshold data when FREE or its threshold
+ * is new. mor_session_state_load() checks a saved policy with the same rules. */
 MOR_API int mor_session_set_exit_policy(mor_session *session, const mor_exit_policy *policy);
 
 /*-************************************************************************************************
@@ -486,7 +523,21 @@ typedef struct mor_route_batch {
 
 /* route(): write keep[i] = 1 for each row that runs the step, 0 for those that stop there.
  * Return 0 on success; any other value aborts the step with MOR_E_CALLBACK (the session is
- * left as before the step). Called on the thread that called mor_session_step(). */
+ * left as before the step). Called on the thread that called mor_session_step() (or
+ * mor_sched_step() for a session under a scheduler).
+ *
+ * What a callback (route, reset, free) may call on its own session and scheduler:
+ *   - reading calls (mor_session_logits, _depth, _n_past, _token_info, _get_stats, _last_error,
+ *     mor_sched_pending, mor_sched_get_counters) and anything on other objects: allowed;
+ *   - calls that change its session (step, rewind, reset, set_exit_policy, set_router,
+ *     set_sampler, sample, state_load) or its scheduler (add, remove, submit, cancel, step,
+ *     poll): refused with MOR_E_BUSY, nothing changed;
+ *   - mor_session_free() of its session, mor_sched_free() of its scheduler: deferred. The call
+ *     running the callback stops the session's work and frees the object before it returns:
+ *     mor_session_step() / _rewind() then return MOR_E_CANCELLED; mor_sched_step() returns
+ *     MOR_OK with the freed session's events dropped. Do not use the pointer afterwards.
+ * mor_model_free() of the session's model from a callback is never allowed (the model must
+ * outlive its sessions). */
 typedef int32_t (*mor_route_fn)(void *user, const mor_route_batch *batch, uint8_t *keep);
 
 typedef struct mor_router_i {
@@ -592,6 +643,8 @@ typedef struct mor_sched_params {
     int64_t  kv_budget;     /* bytes of K/V the sessions may hold together; 0 = no limit */
     int32_t  mode;          /* MOR_SCHED_*; default CONTINUOUS */
     int32_t  prompt_chunk;  /* most prompt tokens a session brings to one pass; default 16 */
+    /* appended in 0.3: */
+    mor_allocator allocator; /* the scheduler's memory; zero: the model's allocator */
 } mor_sched_params;
 
 MOR_API void mor_sched_params_init(mor_sched_params *p);

@@ -263,7 +263,8 @@ static int idx_cmp(const name_src *src, uint32_t a, uint32_t b) {
 
 // Bottom-up merge sort of idx[0..n) by name; stable, so equal names keep their file order.
 static int sort_index(const name_src *src, uint32_t *idx, uint64_t n) {
-    uint32_t *tmp = malloc((n ? n : 1) * sizeof *tmp), *a = idx, *b = tmp;
+    const mor_allocator *al = src->g->alloc;
+    uint32_t *tmp = mor__alloc(al, (size_t)n, sizeof *tmp, 0), *a = idx, *b = tmp;
     if (!tmp) return MOR_E_NOMEM;
     for (uint64_t w = 1; w < n; w *= 2) {
         for (uint64_t lo = 0; lo < n; lo += 2 * w) {
@@ -277,7 +278,7 @@ static int sort_index(const name_src *src, uint32_t *idx, uint64_t n) {
         b = t;
     }
     if (a != idx) memcpy(idx, a, n * sizeof *idx);
-    free(tmp);
+    mor__free(al, tmp);
     return MOR_OK;
 }
 
@@ -285,11 +286,11 @@ static int sort_index(const name_src *src, uint32_t *idx, uint64_t n) {
 // file order of the first name that repeats an earlier one, or UINT64_MAX.
 static int build_index(const mor__gguf *g, int tensors, uint64_t n, uint32_t **out, uint64_t *dup) {
     name_src src = {g, tensors};
-    uint32_t *idx = malloc((n ? n : 1) * sizeof *idx);
+    uint32_t *idx = mor__alloc(g->alloc, (size_t)n, sizeof *idx, 0);
     if (!idx) return MOR_E_NOMEM;
     for (uint64_t i = 0; i < n; i++) idx[i] = (uint32_t)i;
     if (sort_index(&src, idx, n)) {
-        free(idx);
+        mor__free(g->alloc, idx);
         return MOR_E_NOMEM;
     }
     *dup = UINT64_MAX;
@@ -318,11 +319,13 @@ static int64_t index_find(const mor__gguf *g, int tensors, const uint32_t *idx, 
 
 void mor__gguf_free(mor__gguf *g) {
     if (!g) return;
-    free(g->kv);
-    free(g->tensors);
-    free(g->kv_index);
-    free(g->tensor_index);
+    mor__free(g->alloc, g->kv);
+    mor__free(g->alloc, g->tensors);
+    mor__free(g->alloc, g->kv_index);
+    mor__free(g->alloc, g->tensor_index);
+    const mor_allocator *a = g->alloc;
     memset(g, 0, sizeof *g);
+    g->alloc = a;
 }
 
 static int parse(mor__gguf *g, cursor *c) {
@@ -368,8 +371,8 @@ static int parse(mor__gguf *g, cursor *c) {
                          (unsigned long long)n_kv, (unsigned long long)n_tensors,
                          (unsigned long long)left);
 
-    g->kv = calloc(n_kv ? n_kv : 1, sizeof *g->kv);
-    g->tensors = calloc(n_tensors ? n_tensors : 1, sizeof *g->tensors);
+    g->kv = mor__alloc(g->alloc, (size_t)n_kv, sizeof *g->kv, 1);
+    g->tensors = mor__alloc(g->alloc, (size_t)n_tensors, sizeof *g->tensors, 1);
     if (!g->kv || !g->tensors) return mor__errf(c->err, c->err_n, MOR_E_NOMEM, "out of memory");
 
     g->alignment = 32;
@@ -523,8 +526,14 @@ static int parse(mor__gguf *g, cursor *c) {
 }
 
 int mor__gguf_parse(mor__gguf *g, const void *image, uint64_t size, char *err, size_t err_size) {
+    return mor__gguf_parse_with(g, NULL, image, size, err, err_size);
+}
+
+int mor__gguf_parse_with(mor__gguf *g, const mor_allocator *alloc, const void *image, uint64_t size, char *err,
+                         size_t err_size) {
     if (!g) return MOR_E_INVALID;
     memset(g, 0, sizeof *g);
+    g->alloc = alloc;
     if (!image && size) return mor__errf(err, err_size, MOR_E_INVALID, "NULL image");
     cursor c = {image, size, 0, err, err_size};
     g->image = image;

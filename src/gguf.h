@@ -8,6 +8,8 @@
 #ifndef MOR_GGUF_H
 #define MOR_GGUF_H
 
+#include "mor.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -67,6 +69,7 @@ typedef struct mor__gguf {
     uint64_t          data_offset;
     uint32_t         *kv_index;      // owned: kv positions sorted by key (lookups)
     uint32_t         *tensor_index;  // owned: tensor positions sorted by name (lookups)
+    const mor_allocator *alloc;      // where the owned arrays come from (NULL: libc)
 } mor__gguf;
 
 // Parse `image` (size bytes, borrowed; must outlive `g`). On error returns a negative
@@ -74,6 +77,9 @@ typedef struct mor__gguf {
 // pass to mor__gguf_free). Every tensor type GGUF defines is accepted here (sizes are known);
 // the model loader decides which types it can compute with. Unknown type ids are MOR_E_FORMAT.
 int  mor__gguf_parse(mor__gguf *g, const void *image, uint64_t size, char *err, size_t err_size);
+// The same, with the owned arrays from `alloc` (borrowed: must outlive g).
+int  mor__gguf_parse_with(mor__gguf *g, const mor_allocator *alloc, const void *image, uint64_t size, char *err,
+                          size_t err_size);
 void mor__gguf_free(mor__gguf *g);
 
 // Lookups return NULL when absent. Each is O(log n): a binary search of an index sorted by

@@ -5,6 +5,7 @@
 #ifndef MOR_INTERNAL_H
 #define MOR_INTERNAL_H
 
+#include "alloc.h"
 #include "mor.h"
 
 #include <stdarg.h>

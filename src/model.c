@@ -377,7 +377,7 @@ static int bind_layers(loader *ld) {
     int64_t d = hp->n_embd;
     char name[MOR__GGUF_MAX_NAME + 32];
     int s;
-    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    m->layers = mor__alloc(&m->alloc, (size_t)hp->n_layer, sizeof *m->layers, 1);
     if (!m->layers) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
     // Stored layers first: the nine roles, shared by every unrolled layer mapping to them.
     for (int32_t l = 0; l < hp->n_layer; l++) {
@@ -448,7 +448,7 @@ static int bind_routers(loader *ld) {
     int64_t out = expert ? 1 : hp->n_rec;
     char name[96];
     int s;
-    m->routers = calloc((size_t)n, sizeof *m->routers);
+    m->routers = mor__alloc(&m->alloc, (size_t)n, sizeof *m->routers, 1);
     if (!m->routers) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
     for (int i = 0; i < n; i++) {
         char base[32];
@@ -467,7 +467,7 @@ static int bind_routers(loader *ld) {
     if (expert) {
         const char *probe = hp->router_mlp ? "router_aux.0.fc1.weight" : "router_aux.0.weight";
         if (mor__gguf_find_tensor(&m->gguf, probe)) {
-            m->routers_aux = calloc((size_t)n, sizeof *m->routers_aux);
+            m->routers_aux = mor__alloc(&m->alloc, (size_t)n, sizeof *m->routers_aux, 1);
             if (!m->routers_aux) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
             for (int i = 0; i < n; i++) {
                 if (hp->router_mlp) {
@@ -500,10 +500,10 @@ static int bind_exits(loader *ld) {
     if (n > (uint64_t)m->hp.n_layer)
         return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "mor.exit.layers has %llu entries, more than the %d layers",
                          (unsigned long long)n, m->hp.n_layer);
-    int32_t *at = calloc(n ? n : 1, sizeof *at);
-    m->exits = calloc(n ? n : 1, sizeof *m->exits);
+    int32_t *at = mor__alloc(&m->alloc, (size_t)n, sizeof *at, 1);
+    m->exits = mor__alloc(&m->alloc, (size_t)n, sizeof *m->exits, 1);
     if (!at || !m->exits) {
-        free(at);
+        mor__free(&m->alloc, at);
         return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
     }
     s = mor__gguf_arr_i32(&m->gguf, "mor.exit.layers", at, n, ld->err, ld->err_n);
@@ -525,7 +525,7 @@ static int bind_exits(loader *ld) {
         if (!e->out.data) e->out = m->output;
         m->n_exits = (int32_t)(i + 1);
     }
-    free(at);
+    mor__free(&m->alloc, at);
     return s;
 }
 
@@ -542,10 +542,10 @@ static int build_steps(loader *ld) {
             if (m->exits[i].after_layer < L) bounds[n++ - 1] = m->exits[i].after_layer;
     }
     m->n_steps = n;
-    m->layer_step = malloc(sizeof(int32_t) * (size_t)L);
-    m->step_begin = malloc(sizeof(int32_t) * (size_t)n);
-    m->step_end = malloc(sizeof(int32_t) * (size_t)n);
-    m->step_exit = malloc(sizeof(int32_t) * (size_t)n);
+    m->layer_step = mor__alloc(&m->alloc, (size_t)L, sizeof(int32_t), 0);
+    m->step_begin = mor__alloc(&m->alloc, (size_t)n, sizeof(int32_t), 0);
+    m->step_end = mor__alloc(&m->alloc, (size_t)n, sizeof(int32_t), 0);
+    m->step_exit = mor__alloc(&m->alloc, (size_t)n, sizeof(int32_t), 0);
     if (!m->layer_step || !m->step_begin || !m->step_end || !m->step_exit)
         return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
     m->has_last = hp->sharing == MOR_SHARING_MIDDLE_CYCLE || hp->sharing == MOR_SHARING_MIDDLE_SEQUENCE;
@@ -595,7 +595,7 @@ static int bind_all(loader *ld) {
     uint64_t n_vec = 0;
     for (uint64_t i = 0; i < m->gguf.n_tensors; i++)
         if (m->gguf.tensors[i].n_dims == 1 || m->gguf.tensors[i].dims[1] == 1) n_vec += m->gguf.tensors[i].n_elems;
-    m->f32_copies = malloc((n_vec + (uint64_t)hp->n_embd * 2 + 1) * sizeof(float));
+    m->f32_copies = mor__alloc(&m->alloc, (size_t)(n_vec + (uint64_t)hp->n_embd * 2 + 1), sizeof(float), 0);
     if (!m->f32_copies) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
     ld->f32_next = m->f32_copies;
     ld->f32_end = m->f32_copies + n_vec + (uint64_t)hp->n_embd * 2 + 1;
@@ -609,7 +609,7 @@ static int bind_all(loader *ld) {
     if ((s = bind_routers(ld))) return s;
     if ((s = bind_exits(ld))) return s;
     if ((s = build_steps(ld))) return s;
-    m->rope_inv_freq = malloc((size_t)(hp->head_dim / 2 + 1) * sizeof(double));
+    m->rope_inv_freq = mor__alloc(&m->alloc, (size_t)(hp->head_dim / 2 + 1), sizeof(double), 0);
     if (!m->rope_inv_freq) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
     for (int i = 0; i < hp->head_dim / 2; i++)
         m->rope_inv_freq[i] = pow((double)hp->rope_theta, -2.0 * i / hp->head_dim);
@@ -651,26 +651,18 @@ void mor_model_free(mor_model *m) {
     mor__vocab_free(m->vocab);
 #endif
     mor__gguf_free(&m->gguf);
-    free(m->layers);
-    free(m->routers);
-    free(m->routers_aux);
-    free(m->exits);
-    free(m->layer_step);
-    free(m->step_begin);
-    free(m->step_end);
-    free(m->step_exit);
-    free(m->f32_copies);
-    free(m->rope_inv_freq);
-    free(m->name);
+    void *bufs[] = {m->layers, m->layer_step, m->routers, m->routers_aux, m->exits, m->step_begin, m->step_end,
+                    m->step_exit, m->f32_copies, m->rope_inv_freq, m->name, m->heap};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mor__free(&m->alloc, bufs[i]);
     if (m->map) munmap(m->map, m->map_size);
-    free(m->heap);
-    free(m);
+    const mor_allocator a = m->alloc;
+    mor__free(&a, m);
 }
 
 const struct mor__vocab *mor__model_vocab(const mor_model *m) { return m ? m->vocab : NULL; }
 
 static int build(mor_model *m, const void *image, size_t size, uint32_t flags, char *err, size_t err_n) {
-    int s = mor__gguf_parse(&m->gguf, image, size, err, err_n);
+    int s = mor__gguf_parse_with(&m->gguf, &m->alloc, image, size, err, err_n);
     if (s) return s;
     mor__gguf_str a;
     s = mor__gguf_get_cstr(&m->gguf, "general.architecture", &a, err, err_n);
@@ -683,10 +675,8 @@ static int build(mor_model *m, const void *image, size_t size, uint32_t flags, c
     if (mor__gguf_get_str(&m->gguf, "general.name", &nm, NULL, 0) == MOR_OK &&
         (s = mor__gguf_get_cstr(&m->gguf, "general.name", &nm, err, err_n)))
         return s;
-    m->name = malloc(nm.len + 1);
+    m->name = mor__strndup(&m->alloc, nm.ptr, nm.len);
     if (!m->name) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
-    memcpy(m->name, nm.ptr, nm.len);
-    m->name[nm.len] = 0;
 
 #ifdef MOR__HAVE_TOKENIZER
     // The tokenizer matches these names by their bytes; a NUL inside is refused here, naming the
@@ -697,7 +687,7 @@ static int build(mor_model *m, const void *image, size_t size, uint32_t flags, c
         s = mor__gguf_get_cstr(&m->gguf, tok_names[i], &t, err, err_n);
         if (s && s != MOR_E_NOT_FOUND) return s;
     }
-    s = mor__vocab_load(&m->vocab, &m->gguf, err, err_n);
+    s = mor__vocab_load(&m->vocab, &m->gguf, &m->alloc, err, err_n);
     if (s && s != MOR_E_NOT_FOUND) return s;
 #endif
     if (flags & MOR_MODEL_VOCAB_ONLY) {
@@ -710,13 +700,13 @@ static int build(mor_model *m, const void *image, size_t size, uint32_t flags, c
                          "unknown architecture '%.*s' (supported: llama, mor)", (int)MOR__MIN(a.len, 64), a.ptr);
     loader ld = {m, err, err_n, "", NULL, NULL, NULL, NULL};
     snprintf(ld.prefix, sizeof ld.prefix, "%s.", m->arch);
-    ld.used = calloc(m->gguf.n_tensors ? m->gguf.n_tensors : 1, 1);
-    ld.vec = calloc(m->gguf.n_tensors ? m->gguf.n_tensors : 1, sizeof *ld.vec);
+    ld.used = mor__alloc(&m->alloc, (size_t)m->gguf.n_tensors, 1, 1);
+    ld.vec = mor__alloc(&m->alloc, (size_t)m->gguf.n_tensors, sizeof *ld.vec, 1);
     s = ld.used && ld.vec ? MOR_OK : mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
     if (!s) s = read_hparams(&ld);
     if (!s) s = bind_all(&ld);
-    free(ld.used);
-    free(ld.vec);
+    mor__free(&m->alloc, ld.used);
+    mor__free(&m->alloc, ld.vec);
     if (s) return s;
 #ifdef MOR__HAVE_TOKENIZER
     // One vocabulary size: mor_model_n_vocab() (the token list) is what callers size logits
@@ -732,11 +722,19 @@ static int build(mor_model *m, const void *image, size_t size, uint32_t flags, c
     return MOR_OK;
 }
 
-static uint32_t params_flags(const mor_model_params *p) {
+static uint32_t params_flags(const mor_model_params *p, mor_allocator *alloc) {
     mor_model_params d;
     mor_model_params_init(&d);
     if (p) memcpy(&d, p, MOR__MIN(p->size, sizeof d));
+    *alloc = mor__alloc_custom(&d.allocator) ? d.allocator : (mor_allocator){0};
     return d.flags;
+}
+
+// An empty model whose memory comes from `a`.
+static mor_model *new_model(const mor_allocator *a) {
+    mor_model *m = mor__alloc(a, 1, sizeof *m, 1);
+    if (m) m->alloc = *a;
+    return m;
 }
 
 int mor_model_load_memory(const void *data, size_t size, const mor_model_params *params,
@@ -747,7 +745,8 @@ int mor_model_load_memory(const void *data, size_t size, const mor_model_params 
     if (!data) return mor__errf(err, err_size, MOR_E_INVALID, "data is NULL");
     if (params && params->kind != MOR_PARAMS_MODEL)
         return mor__errf(err, err_size, MOR_E_INVALID, "params is not a mor_model_params (kind %u)", params->kind);
-    uint32_t flags = params_flags(params);
+    mor_allocator alloc;
+    uint32_t flags = params_flags(params, &alloc);
     // The kernels read weights in place, F32 as 4-byte floats: a borrowed buffer at an address
     // that is not a multiple of 4 would misalign every tensor of a well-formed file. It is
     // copied instead (malloc aligns for any type), as documented at mor_model_load_memory.
@@ -755,12 +754,12 @@ int mor_model_load_memory(const void *data, size_t size, const mor_model_params 
         mor__log(MOR_LOG_INFO, "model buffer %p is not 4-byte aligned: copying its %zu bytes", data, size);
         flags |= MOR_MODEL_COPY;
     }
-    mor_model *m = calloc(1, sizeof *m);
+    mor_model *m = new_model(&alloc);
     if (!m) return mor__errf(err, err_size, MOR_E_NOMEM, "out of memory");
     if (flags & MOR_MODEL_COPY) {
-        m->heap = malloc(size ? size : 1);
+        m->heap = mor__alloc(&alloc, size, 1, 0);
         if (!m->heap) {
-            free(m);
+            mor__free(&alloc, m);
             return mor__errf(err, err_size, MOR_E_NOMEM, "out of memory copying %zu bytes", size);
         }
         memcpy(m->heap, data, size);
@@ -783,7 +782,8 @@ int mor_model_load(const char *path, const mor_model_params *params, mor_model *
     if (!path) return mor__errf(err, err_size, MOR_E_INVALID, "path is NULL");
     if (params && params->kind != MOR_PARAMS_MODEL)
         return mor__errf(err, err_size, MOR_E_INVALID, "params is not a mor_model_params (kind %u)", params->kind);
-    uint32_t flags = params_flags(params);
+    mor_allocator alloc;
+    uint32_t flags = params_flags(params, &alloc);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return mor__errf(err, err_size, MOR_E_IO, "cannot open '%s': %s", path, strerror(errno));
     struct stat st;
@@ -792,7 +792,7 @@ int mor_model_load(const char *path, const mor_model_params *params, mor_model *
         return mor__errf(err, err_size, MOR_E_IO, "'%s' is not a regular file", path);
     }
     size_t size = (size_t)st.st_size;
-    mor_model *m = calloc(1, sizeof *m);
+    mor_model *m = new_model(&alloc);
     if (!m) {
         close(fd);
         return mor__errf(err, err_size, MOR_E_NOMEM, "out of memory");
@@ -812,7 +812,7 @@ int mor_model_load(const char *path, const mor_model_params *params, mor_model *
         }
     }
     if (!image) {  // NO_MMAP, or mmap failed: read the whole file
-        m->heap = malloc(size);
+        m->heap = mor__alloc(&m->alloc, size, 1, 0);
         if (!m->heap) {
             close(fd);
             mor_model_free(m);

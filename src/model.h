@@ -66,6 +66,7 @@ typedef struct {
 } mor__hparams;
 
 struct mor_model {
+    mor_allocator      alloc;         // the model's memory, and its sessions' by default (alloc.h)
     mor__hparams       hp;
     char               arch[16];
     char               sharing_name[24];

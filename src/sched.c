@@ -38,6 +38,7 @@ typedef struct {
 } event;
 
 struct mor_sched {
+    mor_allocator     alloc;         // every buffer of the scheduler comes from it
     const mor_model  *model;
     mor_sched_params  p;
     entry            *e;
@@ -88,7 +89,7 @@ void mor_sched_params_init(mor_sched_params *p) {
 }
 
 static void free_work(mor_sched *sc) {
-    for (int i = 0; i < 9; i++) free(sc->bufs[i]), sc->bufs[i] = NULL;
+    for (int i = 0; i < 9; i++) mor__free(&sc->alloc, sc->bufs[i]), sc->bufs[i] = NULL;
 }
 
 // (Re)allocates the batch workspace: rows = max_batch, attention scratch for att_stride.
@@ -102,18 +103,19 @@ static int alloc_work(mor_sched *sc, size_t att_stride) {
     size_t sizes[9] = {nb * d, nb * q, nb * kv, nb * kv, nb * q, nb * wide, nb * wide, nb * wide,
                        nb * (size_t)MOR__MAX(hp->lora_rank, 1)};
     float *nbufs[9] = {0};
-    float *att = mor__alloc_zero(att_stride * nt + 1, sizeof(float)), *row = mor__alloc_zero(row_stride * nt, sizeof(float));
+    const mor_allocator *a = &sc->alloc;
+    float *att = mor__alloc(a, att_stride * nt + 1, sizeof(float), 1), *row = mor__alloc(a, row_stride * nt, sizeof(float), 1);
     int fail = !att || !row;
-    for (int i = 0; i < 9 && !fail; i++) fail = !(nbufs[i] = mor__alloc_zero(sizes[i], sizeof(float)));
+    for (int i = 0; i < 9 && !fail; i++) fail = !(nbufs[i] = mor__alloc(a, sizes[i], sizeof(float), 1));
     if (fail) {
-        free(att);
-        free(row);
-        for (int i = 0; i < 9; i++) free(nbufs[i]);
+        mor__free(a, att);
+        mor__free(a, row);
+        for (int i = 0; i < 9; i++) mor__free(a, nbufs[i]);
         return MOR_E_NOMEM;
     }
     free_work(sc);
-    free(sc->w.att);
-    free(sc->w.row);
+    mor__free(a, sc->w.att);
+    mor__free(a, sc->w.row);
     memcpy(sc->bufs, nbufs, sizeof nbufs);
     sc->att_stride = att_stride;
     sc->w = (mor__work){nbufs[0], nbufs[1], nbufs[2], nbufs[3], nbufs[4], nbufs[5], nbufs[6], nbufs[7], nbufs[8],
@@ -149,18 +151,20 @@ int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sch
     if (p.mode < MOR_SCHED_CONTINUOUS || p.mode > MOR_SCHED_SEQUENTIAL)
         return mor__errf(err, err_n, MOR_E_INVALID, "unknown scheduler mode %d", p.mode);
     if (p.prompt_chunk < 1) return mor__errf(err, err_n, MOR_E_INVALID, "prompt_chunk = %d: must be >= 1", p.prompt_chunk);
-    mor_sched *sc = calloc(1, sizeof *sc);
+    const mor_allocator *a = mor__alloc_custom(&p.allocator) ? &p.allocator : &m->alloc;
+    mor_sched *sc = mor__alloc(a, 1, sizeof *sc, 1);
     if (!sc) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
+    sc->alloc = *a;
     sc->model = m;
     sc->p = p;
     int st = mor__pool_create(&sc->pool, p.n_threads);
     if (!st) st = alloc_work(sc, 1);
-    sc->parts = calloc((size_t)p.max_batch, sizeof *sc->parts);
-    sc->head = calloc((size_t)p.max_batch, sizeof *sc->head);
-    sc->logits = mor__alloc_zero((size_t)p.max_batch * (size_t)m->hp.n_vocab, sizeof(float));
-    sc->first_use = malloc((size_t)m->hp.n_stored * sizeof *sc->first_use);
-    sc->conf_tmp = malloc(3 * (size_t)p.max_batch * sizeof *sc->conf_tmp);
-    sc->depths = calloc((size_t)m->n_steps + 1, sizeof *sc->depths);
+    sc->parts = mor__alloc(a, (size_t)p.max_batch, sizeof *sc->parts, 1);
+    sc->head = mor__alloc(a, (size_t)p.max_batch, sizeof *sc->head, 1);
+    sc->logits = mor__alloc(a, (size_t)p.max_batch * (size_t)m->hp.n_vocab, sizeof(float), 1);
+    sc->first_use = mor__alloc(a, (size_t)m->hp.n_stored, sizeof *sc->first_use, 0);
+    sc->conf_tmp = mor__alloc(a, 3 * (size_t)p.max_batch, sizeof *sc->conf_tmp, 0);
+    sc->depths = mor__alloc(a, (size_t)m->n_steps + 1, sizeof *sc->depths, 1);
     if (!st && (!sc->parts || !sc->head || !sc->logits || !sc->first_use || !sc->depths || !sc->conf_tmp)) st = MOR_E_NOMEM;
     if (!st) {
         for (int32_t l = m->hp.n_layer - 1; l >= 0; l--) sc->first_use[m->layers[l].stored] = l;
@@ -212,22 +216,17 @@ void mor_sched_free(mor_sched *sc) {
     for (int32_t i = 0; i < sc->n; i++) {
         drop_pass(&sc->e[i]);
         sc->e[i].s->sched = NULL;
-        free(sc->e[i].queue);
-        free(sc->e[i].given);
+        mor__free(&sc->alloc, sc->e[i].queue);
+        mor__free(&sc->alloc, sc->e[i].given);
     }
-    free(sc->e);
+    mor__free(&sc->alloc, sc->e);
     free_work(sc);
-    free(sc->w.att);
-    free(sc->w.row);
-    free(sc->ev);
-    free(sc->parts);
-    free(sc->head);
-    free(sc->logits);
-    free(sc->first_use);
-    free(sc->depths);
-    free(sc->conf_tmp);
+    void *bufs[] = {sc->w.att, sc->w.row, sc->ev, sc->parts, sc->head, sc->logits, sc->first_use, sc->depths,
+                    sc->conf_tmp};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mor__free(&sc->alloc, bufs[i]);
     mor__pool_free(sc->pool);
-    free(sc);
+    const mor_allocator a = sc->alloc;
+    mor__free(&a, sc);
 }
 
 int mor_sched_add(mor_sched *sc, mor_session *s) {
@@ -245,7 +244,7 @@ int mor_sched_add(mor_sched *sc, mor_session *s) {
     }
     if (sc->n == sc->cap) {
         int32_t nc = sc->cap ? 2 * sc->cap : 8;
-        entry *ne = realloc(sc->e, (size_t)nc * sizeof *ne);
+        entry *ne = mor__realloc(&sc->alloc, sc->e, (size_t)sc->cap, (size_t)nc, sizeof *ne);
         if (!ne) return mor__session_fail(s, MOR_E_NOMEM, "out of memory");
         sc->e = ne;
         sc->cap = nc;
@@ -263,10 +262,10 @@ static int reserve_events(mor_sched *sc, int64_t more) {
     if (need <= sc->ev_cap) return MOR_OK;
     int32_t nc = sc->ev_cap ? sc->ev_cap : 64;
     while (nc < need) nc *= 2;
-    event *ne = malloc((size_t)nc * sizeof *ne);
+    event *ne = mor__alloc(&sc->alloc, (size_t)nc, sizeof *ne, 0);
     if (!ne) return MOR_E_NOMEM;
     for (int32_t i = 0; i < sc->ev_len; i++) ne[i] = sc->ev[(sc->ev_head + i) % sc->ev_cap];
-    free(sc->ev);
+    mor__free(&sc->alloc, sc->ev);
     sc->ev = ne;
     sc->ev_cap = nc;
     sc->ev_head = 0;
@@ -290,8 +289,8 @@ int mor_sched_remove(mor_sched *sc, mor_session *s) {
     entry *e = find(sc, s);
     if (!e) return mor__session_fail(s, MOR_E_INVALID, "the session is not in this scheduler");
     drop_pass(e);
-    free(e->queue);
-    free(e->given);
+    mor__free(&sc->alloc, e->queue);
+    mor__free(&sc->alloc, e->given);
     s->sched = NULL;
     *e = sc->e[--sc->n];
     for (int32_t i = 0; i < sc->ev_len; i++) {  // its events go too
@@ -324,12 +323,21 @@ int mor_sched_submit(mor_sched *sc, mor_session *s, const int32_t *tokens, int32
     int32_t need = e->q_len + n + n_generate;
     if (need > e->q_cap) {
         int32_t nc = MOR__MAX(need, 2 * e->q_cap);
-        int32_t *nq = realloc(e->queue, (size_t)nc * sizeof *nq);
-        if (!nq) return mor__session_fail(s, MOR_E_NOMEM, "out of memory");
-        e->queue = nq;
-        uint8_t *ng = realloc(e->given, (size_t)nc);
-        if (!ng) return mor__session_fail(s, MOR_E_NOMEM, "out of memory");
-        e->given = ng;
+        // Both grow before either is replaced: a failure leaves the request queue as it was.
+        int32_t *nq = mor__alloc(&sc->alloc, (size_t)nc, sizeof *nq, 0);
+        uint8_t *ng = mor__alloc(&sc->alloc, (size_t)nc, 1, 0);
+        if (!nq || !ng) {
+            mor__free(&sc->alloc, nq);
+            mor__free(&sc->alloc, ng);
+            return mor__session_fail(s, MOR_E_NOMEM, "out of memory");
+        }
+        if (e->q_len) {
+            memcpy(nq, e->queue, (size_t)e->q_len * sizeof *nq);
+            memcpy(ng, e->given, (size_t)e->q_len);
+        }
+        mor__free(&sc->alloc, e->queue);
+        mor__free(&sc->alloc, e->given);
+        e->queue = nq, e->given = ng;
         e->q_cap = nc;
     }
     if (reserve_events(sc, (int64_t)n_generate + 2)) return mor__session_fail(s, MOR_E_NOMEM, "out of memory");

@@ -30,13 +30,13 @@ void mor_session_free(mor_session *s) {
     mor__pool_free(s->pool);
     if (s->slots)
         for (int32_t l = 0; l < s->model->hp.n_layer; l++) {
-            free(s->slots[l].k);
-            free(s->slots[l].v);
-            free(s->slots[l].k16);
-            free(s->slots[l].v16);
-            free(s->slots[l].pos);
+            mor__free(&s->alloc, s->slots[l].k);
+            mor__free(&s->alloc, s->slots[l].v);
+            mor__free(&s->alloc, s->slots[l].k16);
+            mor__free(&s->alloc, s->slots[l].v16);
+            mor__free(&s->alloc, s->slots[l].pos);
         }
-    free(s->slots);
+    mor__free(&s->alloc, s->slots);
     void *bufs[] = {s->tokens, s->logits, s->depths, s->depth_all, s->x, s->xb, s->q, s->k, s->v,
                     s->ao, s->hb, s->hb2, s->tmp, s->lora, s->att, s->row, s->rope_cos,
                     s->rope_sin, s->h_in, s->xa, s->gate, s->router_h, s->act, s->act_pos,
@@ -45,22 +45,12 @@ void mor_session_free(mor_session *s) {
                     s->vocab_buf, s->shallow_top, s->slot_of, s->slot_write, s->stack_pos,
                     s->stack_step, s->stack_top, s->stack_h, s->stack_conf, s->row_head,
                     s->trace.depth, s->trace.score, s->trace.kv, s->trace.given, s->budget_ring, s->bmm};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
-    free(s);
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mor__free(&s->alloc, bufs[i]);
+    const mor_allocator a = s->alloc;
+    mor__free(&a, s);
 }
 
-// 64-byte aligned (whole cache lines: the SIMD kernels load rows at full speed); zeroed unless
-// the caller writes every byte before reading it.
-static void *alloc_aligned(size_t n, size_t elem, int zero) {
-    size_t bytes;
-    if (__builtin_mul_overflow(n ? n : 1, elem, &bytes) || bytes > SIZE_MAX - 64) return NULL;
-    bytes = (bytes + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, bytes);
-    if (p && zero) memset(p, 0, bytes);
-    return p;
-}
-
-void *mor__alloc_zero(size_t n, size_t elem) { return alloc_aligned(n, elem, 1); }
+void *mor__alloc_zero(size_t n, size_t elem) { return mor__alloc(NULL, n, elem, 1); }
 
 static void sampler_from(mor__sampler *d, const mor_sampler_params *p) {
     mor_sampler_params q;
@@ -92,7 +82,7 @@ static void *take(plan *c, uint64_t n, size_t elem, int zero) {
     }
     c->bytes += (b + 63) & ~(uint64_t)63;
     if (!c->s) return NULL;
-    void *p = alloc_aligned((size_t)n, elem, zero);
+    void *p = mor__alloc(&c->s->alloc, (size_t)n, elem, zero);
     if (!p) c->fail = 1;
     return p;
 }
@@ -248,8 +238,10 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
                          "(set mor_session_params.max_bytes to allow more, or lower n_ctx)",
                          p.n_ctx, hp->n_layer, c.fail ? INFINITY : (double)c.bytes / 1048576.0, (double)cap / 1048576.0);
 
-    mor_session *s = calloc(1, sizeof *s);
+    const mor_allocator *a = mor__alloc_custom(&p.allocator) ? &p.allocator : &m->alloc;
+    mor_session *s = mor__alloc(a, 1, sizeof *s, 1);
     if (!s) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
+    s->alloc = *a;
     s->model = m;
     s->kern = p.flags & MOR_SESSION_REF_KERNELS ? mor__kernels_ref() : mor__kernels_best();
     s->n_ctx = p.n_ctx;

@@ -13,6 +13,7 @@
 #ifndef MOR_SESSION_H
 #define MOR_SESSION_H
 
+#include "alloc.h"
 #include "kernels.h"
 #include "model.h"
 #include "thread.h"
@@ -107,6 +108,7 @@ typedef struct {
 } mor__trace;
 
 struct mor_session {
+    mor_allocator       alloc;       // every buffer below comes from it (alloc.h)
     const mor_model    *model;
     const mor__kernels *kern;
     int32_t             n_ctx, n_batch, n_threads;

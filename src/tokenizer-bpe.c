@@ -40,21 +40,26 @@ struct mor__tok_ws {
     uint32_t *offs;    // byte offset of each code point (+ end)
     uint32_t *ends, *tmp;
     size_t    cp_cap;
+    const mor_allocator *al;
 };
 
-mor__tok_ws *mor__tok_ws_create(void) { return calloc(1, sizeof(mor__tok_ws)); }
+mor__tok_ws *mor__tok_ws_create(const mor_allocator *al) {
+    mor__tok_ws *ws = mor__alloc(al, 1, sizeof *ws, 1);
+    if (ws) ws->al = al;
+    return ws;
+}
 
 void mor__tok_ws_free(mor__tok_ws *ws) {
     if (!ws) return;
-    free(ws->buf);
-    free(ws->syms);
-    free(ws->heap);
-    free(ws->cps);
-    free(ws->fl);
-    free(ws->offs);
-    free(ws->ends);
-    free(ws->tmp);
-    free(ws);
+    mor__free(ws->al, ws->buf);
+    mor__free(ws->al, ws->syms);
+    mor__free(ws->al, ws->heap);
+    mor__free(ws->al, ws->cps);
+    mor__free(ws->al, ws->fl);
+    mor__free(ws->al, ws->offs);
+    mor__free(ws->al, ws->ends);
+    mor__free(ws->al, ws->tmp);
+    mor__free(ws->al, ws);
 }
 
 #define GROW(ptr, cap, need)                                                   \
@@ -62,7 +67,7 @@ void mor__tok_ws_free(mor__tok_ws *ws) {
         if ((need) > (cap)) {                                                  \
             size_t c_ = (cap) ? (cap) : 64;                                    \
             while (c_ < (need)) c_ *= 2;                                       \
-            void *p_ = realloc((ptr), c_ * sizeof *(ptr));                     \
+            void *p_ = mor__realloc(ws->al, (ptr), (cap), c_, sizeof *(ptr)); \
             if (!p_) return MOR_E_NOMEM;                                       \
             (ptr) = p_;                                                        \
             (cap) = c_;                                                        \
@@ -79,7 +84,7 @@ static int bg_before(const bigram *a, const bigram *b) {
 static int heap_push(mor__tok_ws *ws, const bigram *b) {
     if (ws->heap_n == ws->heap_cap) {
         size_t c = ws->heap_cap ? ws->heap_cap * 2 : 64;
-        bigram *h = realloc(ws->heap, c * sizeof *h);
+        bigram *h = mor__realloc(ws->al, ws->heap, ws->heap_cap, c, sizeof *h);
         if (!h) return MOR_E_NOMEM;
         ws->heap = h;
         ws->heap_cap = c;
@@ -347,17 +352,18 @@ static int bpe_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, 
     if (len + 1 > ws->cp_cap) {
         size_t c = ws->cp_cap ? ws->cp_cap : 64;
         while (c < len + 1) c *= 2;
-        uint32_t *cps = realloc(ws->cps, c * sizeof *cps);
-        if (cps) ws->cps = cps;
-        uint8_t *fl = realloc(ws->fl, c);
-        if (fl) ws->fl = fl;
-        uint32_t *offs = realloc(ws->offs, c * sizeof *offs);
-        if (offs) ws->offs = offs;
-        uint32_t *ends = realloc(ws->ends, c * sizeof *ends);
-        if (ends) ws->ends = ends;
-        uint32_t *tmp = realloc(ws->tmp, c * sizeof *tmp);
-        if (tmp) ws->tmp = tmp;
-        if (!cps || !fl || !offs || !ends || !tmp) return MOR_E_NOMEM;
+        // Scratch only (refilled below): each array is replaced, never copied.
+        uint32_t **u32[] = {&ws->cps, &ws->offs, &ws->ends, &ws->tmp};
+        for (size_t i = 0; i < sizeof u32 / sizeof u32[0]; i++) {
+            uint32_t *p = mor__alloc(ws->al, c, sizeof *p, 0);
+            if (!p) return MOR_E_NOMEM;
+            mor__free(ws->al, *u32[i]);
+            *u32[i] = p;
+        }
+        uint8_t *fl = mor__alloc(ws->al, c, 1, 0);
+        if (!fl) return MOR_E_NOMEM;
+        mor__free(ws->al, ws->fl);
+        ws->fl = fl;
         ws->cp_cap = c;
     }
     size_t n = 0;
@@ -402,12 +408,13 @@ typedef struct {
 typedef struct {
     frag  *a;
     size_t n, cap;
+    const mor_allocator *al;
 } fragvec;
 
 static int frag_push(fragvec *f, uint32_t off, uint32_t len, int32_t tok) {
     if (f->n == f->cap) {
         size_t c = f->cap ? f->cap * 2 : 16;
-        frag *a = realloc(f->a, c * sizeof *a);
+        frag *a = mor__realloc(f->al, f->a, f->cap, c, sizeof *a);
         if (!a) return MOR_E_NOMEM;
         f->a = a;
         f->cap = c;
@@ -434,7 +441,7 @@ static const char *find_bytes(const char *hay, size_t hl, const char *needle, si
 
 // Split text fragments on every occurrence of each special token, longest tokens first.
 static int partition(const mor__vocab *v, const char *text, size_t len, int parse_special, fragvec *f) {
-    fragvec g = {0};
+    fragvec g = {.al = v->alloc};
     int rc = MOR_OK;
     if (len && (rc = frag_push(f, 0, (uint32_t)len, -1))) return rc;
     for (uint32_t k = 0; k < v->n_specials && f->n; k++) {
@@ -470,7 +477,7 @@ static int partition(const mor__vocab *v, const char *text, size_t len, int pars
         g = t;
     }
 out:
-    free(g.a);
+    mor__free(g.al, g.a);
     return rc;
 }
 
@@ -496,9 +503,9 @@ int mor__vocab_tokenize(const mor__vocab *v, const char *text, size_t text_len, 
                         uint32_t flags, size_t *n_tokens) {
     if (!v || !n_tokens || (!text && text_len) || (!tokens && capacity)) return MOR_E_INVALID;
     if (text_len > MOR__MAX_TEXT) return MOR_E_INVALID;
-    fragvec f = {0};
-    mor__ivec out = {0};
-    mor__tok_ws *ws = mor__tok_ws_create();
+    fragvec f = {.al = v->alloc};
+    mor__ivec out = {.al = v->alloc};
+    mor__tok_ws *ws = mor__tok_ws_create(v->alloc);
     int rc = ws ? MOR_OK : MOR_E_NOMEM;
     if (!rc) rc = partition(v, text, text_len, (flags & MOR_TOKENIZE_PARSE_SPECIAL) != 0, &f);
     if (!rc && (flags & MOR_TOKENIZE_ADD_SPECIAL) && v->add_bos) rc = mor__ivec_push(&out, v->special[MOR__SP_BOS]);
@@ -521,8 +528,8 @@ int mor__vocab_tokenize(const mor__vocab *v, const char *text, size_t text_len, 
         if (out.n > capacity) rc = MOR_E_BUFFER_SMALL;
         else if (out.n) memcpy(tokens, out.a, out.n * sizeof *tokens);
     }
-    free(f.a);
-    free(out.a);
+    mor__free(v->alloc, f.a);
+    mor__free(v->alloc, out.a);
     mor__tok_ws_free(ws);
     return rc;
 }

@@ -12,7 +12,7 @@
 int mor__ivec_push(mor__ivec *v, int32_t x) {
     if (v->n == v->cap) {
         size_t cap = v->cap ? v->cap * 2 : 64;
-        int32_t *a = realloc(v->a, cap * sizeof *a);
+        int32_t *a = mor__realloc(v->al, v->a, v->cap, cap, sizeof *a);
         if (!a) return MOR_E_NOMEM;
         v->a = a;
         v->cap = cap;
@@ -119,19 +119,19 @@ static int32_t bpe_byte_fallback(const mor__vocab *v, int b) {
 
 void mor__vocab_free(mor__vocab *v) {
     if (!v) return;
-    free(v->text);
-    free(v->text_off);
-    free(v->piece);
-    free(v->piece_off);
-    free(v->scores);
-    free(v->ttype);
-    free(v->eog);
-    free(v->hash);
-    free(v->mkey);
-    free(v->mrank);
-    free(v->mres);
-    free(v->specials);
-    free(v);
+    mor__free(v->alloc, v->text);
+    mor__free(v->alloc, v->text_off);
+    mor__free(v->alloc, v->piece);
+    mor__free(v->alloc, v->piece_off);
+    mor__free(v->alloc, v->scores);
+    mor__free(v->alloc, v->ttype);
+    mor__free(v->alloc, v->eog);
+    mor__free(v->alloc, v->hash);
+    mor__free(v->alloc, v->mkey);
+    mor__free(v->alloc, v->mrank);
+    mor__free(v->alloc, v->mres);
+    mor__free(v->alloc, v->specials);
+    mor__free(v->alloc, v);
 }
 
 // Piece bytes of token id into out (room for 3 * text length); returns the length.
@@ -224,8 +224,9 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
     if (d->n_tokens == 0 || d->n_tokens > (uint32_t)INT32_MAX / 4 || !d->tokens || !d->token_lens)
         return mor__errf(err, err_n, MOR_E_FORMAT, "tokenizer.ggml.tokens: %u tokens (need 1..%d)",
                          d->n_tokens, INT32_MAX / 4);
-    mor__vocab *v = calloc(1, sizeof *v);
-    if (!v) return MOR_E_NOMEM;
+    mor__vocab *v = mor__alloc(d->alloc, 1, sizeof *v, 1);
+    if (!v) return mor__errf(err, err_n, MOR_E_NOMEM, "tokenizer: out of memory");
+    v->alloc = d->alloc;
     int rc = MOR_E_NOMEM;
     uint32_t n = d->n_tokens;
     v->type = d->type;
@@ -247,13 +248,13 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
                        (unsigned long long)total);
         goto fail;
     }
-    v->text = malloc(total + 1);
-    v->text_off = malloc((n + 1) * sizeof *v->text_off);
-    v->scores = malloc(n * sizeof *v->scores);
-    v->ttype = malloc(n);
-    v->eog = calloc(n, 1);
+    v->text = mor__alloc(v->alloc, (size_t)total + 1, 1, 0);
+    v->text_off = mor__alloc(v->alloc, (size_t)n + 1, sizeof *v->text_off, 0);
+    v->scores = mor__alloc(v->alloc, n, sizeof *v->scores, 0);
+    v->ttype = mor__alloc(v->alloc, n, 1, 0);
+    v->eog = mor__alloc(v->alloc, n, 1, 1);
     v->hash_mask = pow2_at_least((uint64_t)n * 2) - 1;
-    v->hash = malloc(((size_t)v->hash_mask + 1) * sizeof *v->hash);
+    v->hash = mor__alloc(v->alloc, (size_t)v->hash_mask + 1, sizeof *v->hash, 0);
     if (!v->text || !v->text_off || !v->scores || !v->ttype || !v->eog || !v->hash) goto fail;
     memset(v->hash, 0xff, ((size_t)v->hash_mask + 1) * sizeof *v->hash);
     uint32_t off = 0;
@@ -374,8 +375,8 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
 
     // Pieces.
     {
-        v->piece_off = malloc((n + 1) * sizeof *v->piece_off);
-        v->piece = malloc(total + 1);  // a piece is never longer than its text
+        v->piece_off = mor__alloc(v->alloc, (size_t)n + 1, sizeof *v->piece_off, 0);
+        v->piece = mor__alloc(v->alloc, (size_t)total + 1, 1, 0);  // a piece is never longer than its text
         if (!v->piece_off || !v->piece) goto fail;
         uint32_t po = 0;
         for (uint32_t i = 0; i < n; i++) {
@@ -395,7 +396,7 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
                 ns++;
         }
         if (ns) {
-            v->specials = malloc(ns * sizeof *v->specials);
+            v->specials = mor__alloc(v->alloc, ns, sizeof *v->specials, 0);
             if (!v->specials) goto fail;
             for (uint32_t i = 0; i < n; i++) {
                 uint8_t ty = v->ttype[i];
@@ -415,12 +416,12 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
         }
         uint32_t cap = pow2_at_least((uint64_t)d->n_merges * 2 + 2);
         v->mmask = cap - 1;
-        v->mkey = malloc((size_t)cap * sizeof *v->mkey);
-        v->mrank = malloc((size_t)cap * sizeof *v->mrank);
-        v->mres = malloc((size_t)cap * sizeof *v->mres);
+        v->mkey = mor__alloc(v->alloc, (size_t)cap, sizeof *v->mkey, 0);
+        v->mrank = mor__alloc(v->alloc, (size_t)cap, sizeof *v->mrank, 0);
+        v->mres = mor__alloc(v->alloc, (size_t)cap, sizeof *v->mres, 0);
         if (!v->mkey || !v->mrank || !v->mres) goto fail;
         memset(v->mkey, 0xff, (size_t)cap * sizeof *v->mkey);
-        char *tmp = malloc((size_t)v->max_token_len * 2 + 2);
+        char *tmp = mor__alloc(v->alloc, (size_t)v->max_token_len * 2 + 2, 1, 0);
         if (!tmp) goto fail;
         uint32_t skipped = 0;
         for (uint32_t r = 0; r < d->n_merges; r++) {
@@ -428,7 +429,7 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
             size_t len = d->merge_lens[r];
             const char *sp = len > 1 ? memchr(m + 1, ' ', len - 1) : NULL;
             if (!sp) {
-                free(tmp);
+                mor__free(v->alloc, tmp);
                 rc = mor__errf(err, err_n, MOR_E_FORMAT, "tokenizer.ggml.merges[%u]: \"%.*s\" is not \"left right\"",
                                r, (int)MOR__MIN(len, 40), m);
                 goto fail;
@@ -454,7 +455,7 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
             v->mres[h] = c;
             v->n_merges++;
         }
-        free(tmp);
+        mor__free(v->alloc, tmp);
         if (skipped) mor__log(3, "tokenizer: %u of %u merges name strings that are not tokens; ignored", skipped, d->n_merges);
     }
     *out = v;
@@ -524,7 +525,7 @@ static int gguf_bool_key(const mor__gguf *g, const char *key, int *out, char *er
     return MOR_OK;
 }
 
-int mor__vocab_load(mor__vocab **out, const mor__gguf *g, char *err, size_t err_n) {
+int mor__vocab_load(mor__vocab **out, const mor__gguf *g, const mor_allocator *alloc, char *err, size_t err_n) {
     if (!out || !g) return mor__errf(err, err_n, MOR_E_INVALID, "vocab load: NULL argument");
     *out = NULL;
     mor__gguf_str model;
@@ -533,6 +534,7 @@ int mor__vocab_load(mor__vocab **out, const mor__gguf *g, char *err, size_t err_
     if (rc != MOR_OK) return rc;
     mor__vocab_desc d;
     memset(&d, 0, sizeof d);
+    d.alloc = alloc;
     if (model.len == 5 && memcmp(model.ptr, "llama", 5) == 0) d.type = MOR__VOCAB_SPM;
     else if (model.len == 4 && memcmp(model.ptr, "gpt2", 4) == 0) d.type = MOR__VOCAB_BPE;
     else if ((model.len == 4 && memcmp(model.ptr, "none", 4) == 0) ||
@@ -563,8 +565,8 @@ int mor__vocab_load(mor__vocab **out, const mor__gguf *g, char *err, size_t err_
     for (int s = 0; s < MOR__SP_COUNT; s++) d.special[s] = -2;
     d.add_bos = d.add_eos = d.add_space_prefix = -1;
 
-    const char **tptr = malloc(n * sizeof *tptr);
-    uint32_t *tlen = malloc(n * sizeof *tlen);
+    const char **tptr = mor__alloc(alloc, n, sizeof *tptr, 0);
+    uint32_t *tlen = mor__alloc(alloc, n, sizeof *tlen, 0);
     float *scores = NULL;
     int32_t *types = NULL;
     const char **mptr = NULL;
@@ -579,14 +581,14 @@ int mor__vocab_load(mor__vocab **out, const mor__gguf *g, char *err, size_t err_
     d.token_lens = tlen;
 
     if (mor__gguf_find_kv(g, "tokenizer.ggml.scores")) {
-        scores = malloc(n * sizeof *scores);
+        scores = mor__alloc(alloc, n, sizeof *scores, 0);
         if (!scores) { rc = MOR_E_NOMEM; goto done; }
         rc = mor__gguf_arr_f32(g, "tokenizer.ggml.scores", scores, n, err, err_n);
         if (rc) goto done;
         d.scores = scores;
     }
     if (mor__gguf_find_kv(g, "tokenizer.ggml.token_type")) {
-        types = malloc(n * sizeof *types);
+        types = mor__alloc(alloc, n, sizeof *types, 0);
         if (!types) { rc = MOR_E_NOMEM; goto done; }
         rc = mor__gguf_arr_i32(g, "tokenizer.ggml.token_type", types, n, err, err_n);
         if (rc) goto done;
@@ -603,8 +605,8 @@ int mor__vocab_load(mor__vocab **out, const mor__gguf *g, char *err, size_t err_
             goto done;
         }
         uint32_t nm = (uint32_t)mk->arr_n;
-        mptr = malloc((nm ? nm : 1) * sizeof *mptr);
-        mlen = malloc((nm ? nm : 1) * sizeof *mlen);
+        mptr = mor__alloc(alloc, nm, sizeof *mptr, 0);
+        mlen = mor__alloc(alloc, nm, sizeof *mlen, 0);
         if (!mptr || !mlen) { rc = MOR_E_NOMEM; goto done; }
         rc = gguf_str_array(g, mk, "tokenizer.ggml.merges", mptr, mlen, err, err_n);
         if (rc) goto done;
@@ -626,12 +628,8 @@ int mor__vocab_load(mor__vocab **out, const mor__gguf *g, char *err, size_t err_
     rc = mor__vocab_build(out, &d, err, err_n);
 done:
     if (rc == MOR_E_NOMEM) mor__errf(err, err_n, MOR_E_NOMEM, "tokenizer: out of memory");
-    free(tptr);
-    free(tlen);
-    free(scores);
-    free(types);
-    free(mptr);
-    free(mlen);
+    const void *bufs[] = {tptr, tlen, scores, types, mptr, mlen};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mor__free(alloc, (void *)(uintptr_t)bufs[i]);
     return rc;
 }
 
@@ -787,7 +785,7 @@ MOR_API int mor_detok_create(const mor_model *model, uint32_t flags, mor_detok *
     if (!model) return MOR_E_INVALID;
     const mor__vocab *v = model_vocab(model);
     if (!v) return MOR_E_NOT_FOUND;
-    mor_detok *d = calloc(1, sizeof *d);
+    mor_detok *d = mor__alloc(v->alloc, 1, sizeof *d, 1);
     if (!d) return MOR_E_NOMEM;
     d->v = v;
     d->flags = flags;
@@ -850,4 +848,6 @@ MOR_API void mor_detok_reset(mor_detok *d) {
     d->run_start = 1;
 }
 
-MOR_API void mor_detok_free(mor_detok *d) { free(d); }
+MOR_API void mor_detok_free(mor_detok *d) {
+    if (d) mor__free(d->v->alloc, d);
+}

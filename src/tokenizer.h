@@ -59,11 +59,12 @@ typedef struct {
     int              add_bos;       // -1: not given
     int              add_eos;       // -1: not given
     int              add_space_prefix;  // -1: not given
+    const mor_allocator *alloc;     // the vocabulary's memory and its tokenizer calls' (NULL: libc)
 } mor__vocab_desc;
 
 // Build from tokenizer.ggml.* keys. MOR_E_NOT_FOUND (no message) if the file has no
 // tokenizer.ggml.model key; MOR_E_FORMAT / MOR_E_UNSUPPORTED with a message naming the key.
-int  mor__vocab_load(mor__vocab **out, const mor__gguf *g, char *err, size_t err_n);
+int  mor__vocab_load(mor__vocab **out, const mor__gguf *g, const mor_allocator *alloc, char *err, size_t err_n);
 int  mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size_t err_n);
 void mor__vocab_free(mor__vocab *v);
 
@@ -96,6 +97,7 @@ int mor__vocab_detokenize(const mor__vocab *v, const int32_t *tokens, size_t n_t
 // ---- shared between tokenizer*.c and pretok.c (not for other modules) ----------------------
 
 struct mor__vocab {
+    const mor_allocator *alloc;  // borrowed (the model's): the vocabulary and per-call scratch
     int       type;              // MOR__VOCAB_*
     int       pre;               // MOR__PRE_* (BPE)
     int       ignore_merges;     // BPE: a whole word that is a token is emitted as is
@@ -131,6 +133,7 @@ struct mor__vocab {
 typedef struct {
     int32_t *a;
     size_t   n, cap;
+    const mor_allocator *al;
 } mor__ivec;
 int mor__ivec_push(mor__ivec *v, int32_t x);
 
@@ -144,7 +147,7 @@ const char *mor__vocab_piece_ref(const mor__vocab *v, int32_t token, size_t *len
 // (a byte the vocabulary has no token for: *bad = its index in text, SIZE_MAX if it is the
 // dummy-prefix space; out may hold part of the fragment's ids).
 typedef struct mor__tok_ws mor__tok_ws;
-mor__tok_ws *mor__tok_ws_create(void);
+mor__tok_ws *mor__tok_ws_create(const mor_allocator *al);
 void         mor__tok_ws_free(mor__tok_ws *ws);
 int mor__tokenize_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, size_t len,
                            int prefix, mor__ivec *out, size_t *bad);

@@ -55,7 +55,7 @@ static int tv_load(tvocab *t, const char *name) {
         printf("#   %s: %s\n", name, err);
         return -1;
     }
-    if (mor__vocab_load(&t->v, &t->g, err, sizeof err)) {
+    if (mor__vocab_load(&t->v, &t->g, NULL, err, sizeof err)) {
         printf("#   %s: %s\n", name, err);
         return -1;
     }
@@ -390,7 +390,7 @@ TEST(llama2c_converter) {
     mor__gguf g;
     mor__vocab *v = NULL;
     ASSERT_OK(mor__gguf_parse(&g, img, size, err, sizeof err));
-    rc = mor__vocab_load(&v, &g, err, sizeof err);
+    rc = mor__vocab_load(&v, &g, NULL, err, sizeof err);
     if (rc) printf("#   load: %s\n", err);
     int nv = rc ? -1 : check_vectors(v, "vocab/ggml-vocab-llama-spm.gguf.inp", "vocab/ggml-vocab-llama-spm.gguf.out");
     size_t nt = 0;
@@ -1080,7 +1080,7 @@ static int gb_load(gb *g, char *err, size_t n) {
     int rc = mor__gguf_parse(&gg, g->b, g->n, err, n);
     if (rc) return 1000 + rc;
     mor__vocab *v = NULL;
-    rc = mor__vocab_load(&v, &gg, err, n);
+    rc = mor__vocab_load(&v, &gg, NULL, err, n);
     mor__vocab_free(v);
     mor__gguf_free(&gg);
     return rc;
