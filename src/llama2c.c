@@ -88,6 +88,11 @@ static int parse_header(ckpt *c, const uint8_t *p, size_t size, char *err, size_
             return mor__errf(err, err_n, MOR_E_FORMAT,
                              "llama2.c checkpoint: header field %s (offset %zu) is %d, must be > 0",
                              hdr_names[i], hdr_at + 4 * (size_t)i, (int)h[i]);
+        if (x > (1 << 20))  // the model loader's limit on every dimension (src/model.c)
+            return mor__errf(err, err_n, MOR_E_FORMAT,
+                             "llama2.c checkpoint: header field %s (offset %zu) is %d, more than "
+                             "1048576",
+                             hdr_names[i], hdr_at + 4 * (size_t)i, (int)h[i]);
     }
     c->dim = (uint64_t)h[0];
     c->hidden = (uint64_t)h[1];
