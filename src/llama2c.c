@@ -397,6 +397,37 @@ static int tok_walk(const uint8_t *p, size_t size, uint64_t want, uint64_t *coun
     return MOR_OK;
 }
 
+// Token texts must be unique (the loader refuses a vocabulary that repeats one; empty texts
+// are exempt there too): sort the indices by text, then compare neighbours. O(n log n).
+typedef struct {
+    const char *t;
+    uint32_t    len, idx;
+} text_ref;
+
+static int text_ref_cmp(const void *a, const void *b) {
+    const text_ref *x = a, *y = b;
+    int c = memcmp(x->t, y->t, x->len < y->len ? x->len : y->len);
+    if (c) return c;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+static int check_unique(const vocab *v, char *err, size_t err_n) {
+    text_ref *r = malloc((size_t)(v->n ? v->n : 1) * sizeof *r);
+    if (!r) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
+    size_t m = 0;
+    for (uint64_t i = 0; i < v->n; i++)
+        if (v->len[i]) r[m++] = (text_ref){v->text[i], v->len[i], (uint32_t)i};
+    qsort(r, m, sizeof *r, text_ref_cmp);
+    int s = MOR_OK;
+    for (size_t i = 1; i < m && !s; i++)
+        if (r[i].len == r[i - 1].len && !memcmp(r[i].t, r[i - 1].t, r[i].len))
+            s = mor__errf(err, err_n, MOR_E_FORMAT, "llama2.c tokenizer: tokens %u and %u are both \"%.*s\"",
+                          r[i - 1].idx, r[i].idx, (int)(r[i].len < 40 ? r[i].len : 40), r[i].t);
+    free(r);
+    return s;
+}
+
 static int load_vocab(vocab *v, const uint8_t *p, size_t size, uint64_t want, char *err,
                       size_t err_n) {
     uint64_t n;
@@ -410,7 +441,8 @@ static int load_vocab(vocab *v, const uint8_t *p, size_t size, uint64_t want, ch
     if (!v->text || !v->len || !v->score || !v->type)
         return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory for %llu tokens",
                          (unsigned long long)n);
-    return tok_walk(p, size, n, &n, v, err, err_n);
+    if ((s = tok_walk(p, size, n, &n, v, err, err_n))) return s;
+    return check_unique(v, err, err_n);
 }
 
 // ---- entry points ----------------------------------------------------------------------------

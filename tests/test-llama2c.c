@@ -528,7 +528,7 @@ TEST(bad_tokenizer) {
     memcpy(x, t.p, t.n);
     memset(x + t.n, 0, 8);
     put_i32(x + t.n + 4, 1);
-    x[t.n + 8] = 'q';
+    x[t.n + 8] = '\x01';  // a text no other token has
     EXPECT_CONVERT(m.p, m.n, x, t.n + 9, MOR_E_FORMAT, "trailing");
     ASSERT_STR_CONTAINS(conv_err, "513 tokens");
     ASSERT_OK(convert_status(NULL, 0, x, t.n + 9));  // fine as a vocab of 513
