@@ -64,7 +64,7 @@ typedef enum mor_status {
  *
  * Objects:
  *   mor_model    immutable after load; share it freely between threads and sessions.
- *                It must outlive every session created from it.
+ *                Its sessions keep it alive (see mor_model_free).
  *   mor_session  one sequence: KV cache, logits, sampler state, exit policy. Use a session from
  *                one thread at a time (different sessions may run in parallel).
  *
@@ -314,8 +314,10 @@ MOR_API int mor_model_load(const char *path, const mor_model_params *params, mor
 MOR_API int mor_model_load_memory(const void *data, size_t size, const mor_model_params *params,
                                   mor_model **out, char *err, size_t err_size);
 
-/* mor_model_free(): release a model and its mapping. NULL is a no-op. Every session of the
- * model must have been freed before. */
+/* mor_model_free(): release the caller's hold on a model. NULL is a no-op. Sessions,
+ * schedulers and streaming detokenizers of the model hold it too: freed while some of them
+ * exist (a warning is logged), the model and its mapping are released with the last of them,
+ * so no object is left pointing at freed memory. Thread-safe; call it once per load. */
 MOR_API void mor_model_free(mor_model *model);
 
 /* Integer model facts for mor_model_get_int(). */
@@ -428,6 +430,9 @@ MOR_API int32_t mor_session_depth(const mor_session *session, int32_t i);
  * @return MOR_OK or MOR_E_INVALID. */
 MOR_API int mor_session_token_at(const mor_session *session, int32_t pos, int32_t *token);
 
+/* mor_session_model(): the model the session runs (NULL for a NULL session). */
+MOR_API const mor_model *mor_session_model(const mor_session *session);
+
 /* Counters: tokens in the sequence, the context size, tokens in the last step. */
 MOR_API int32_t mor_session_n_past(const mor_session *session);
 MOR_API int32_t mor_session_n_ctx(const mor_session *session);
@@ -536,8 +541,7 @@ typedef struct mor_route_batch {
  *     running the callback stops the session's work and frees the object before it returns:
  *     mor_session_step() / _rewind() then return MOR_E_CANCELLED; mor_sched_step() returns
  *     MOR_OK with the freed session's events dropped. Do not use the pointer afterwards.
- * mor_model_free() of the session's model from a callback is never allowed (the model must
- * outlive its sessions). */
+ * mor_model_free() of the session's model is allowed: the session keeps the model alive. */
 typedef int32_t (*mor_route_fn)(void *user, const mor_route_batch *batch, uint8_t *keep);
 
 typedef struct mor_router_i {

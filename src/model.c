@@ -645,8 +645,7 @@ static int bind_all(loader *ld) {
 
 // ---- load ----------------------------------------------------------------------------------
 
-void mor_model_free(mor_model *m) {
-    if (!m) return;
+static void model_destroy(mor_model *m) {
 #ifdef MOR__HAVE_TOKENIZER
     mor__vocab_free(m->vocab);
 #endif
@@ -657,6 +656,25 @@ void mor_model_free(mor_model *m) {
     if (m->map) munmap(m->map, m->map_size);
     const mor_allocator a = m->alloc;
     mor__free(&a, m);
+}
+
+// The caller's reference and one per session, scheduler and streaming detokenizer: whoever
+// drops the last one frees the model, so freeing a model that is still in use (from another
+// thread, or from a session's callback) cannot pull it from under its users.
+void mor__model_ref(const mor_model *m) { atomic_fetch_add(&((mor_model *)(uintptr_t)m)->refs, 1); }
+
+void mor__model_unref(const mor_model *m) {
+    mor_model *mm = (mor_model *)(uintptr_t)m;
+    if (atomic_fetch_sub(&mm->refs, 1) == 1) model_destroy(mm);
+}
+
+void mor_model_free(mor_model *m) {
+    if (!m) return;
+    int users = atomic_load(&m->refs) - 1;
+    if (users > 0)
+        mor__log(MOR_LOG_WARN, "mor_model_free: %d sessions, schedulers or detokenizers still use the model; "
+                 "it is freed with the last of them", users);
+    mor__model_unref(m);
 }
 
 const struct mor__vocab *mor__model_vocab(const mor_model *m) { return m ? m->vocab : NULL; }
@@ -733,7 +751,9 @@ static uint32_t params_flags(const mor_model_params *p, mor_allocator *alloc) {
 // An empty model whose memory comes from `a`.
 static mor_model *new_model(const mor_allocator *a) {
     mor_model *m = mor__alloc(a, 1, sizeof *m, 1);
-    if (m) m->alloc = *a;
+    if (!m) return NULL;
+    m->alloc = *a;
+    atomic_init(&m->refs, 1);
     return m;
 }
 

@@ -7,6 +7,8 @@
 #ifndef MOR_MODEL_H
 #define MOR_MODEL_H
 
+#include <stdatomic.h>
+
 #include "gguf.h"
 #include "internal.h"
 
@@ -67,6 +69,7 @@ typedef struct {
 
 struct mor_model {
     mor_allocator      alloc;         // the model's memory, and its sessions' by default (alloc.h)
+    _Atomic int32_t    refs;          // the owner's reference + one per session, scheduler, detok
     mor__hparams       hp;
     char               arch[16];
     char               sharing_name[24];
@@ -104,6 +107,11 @@ struct mor_model {
     uint64_t           n_params, n_params_unrolled, weight_bytes;
     struct mor__vocab *vocab;         // NULL when the file has no tokenizer
 };
+
+// References held by the model's users (sessions, schedulers, detokenizers): the last unref
+// frees the model (mor_model_free drops the owner's).
+void mor__model_ref(const mor_model *m);
+void mor__model_unref(const mor_model *m);
 
 // The vocabulary of a model (NULL if none). Declared for the tokenizer module.
 const struct mor__vocab *mor__model_vocab(const mor_model *m);

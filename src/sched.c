@@ -64,6 +64,7 @@ struct mor_sched {
     int32_t           refill;
     int               busy;          // mor_sched_step() is running (callbacks may call back in)
     int               free_pending;  // mor_sched_free() came from a callback: freed on return
+    int               model_ref;     // holds a reference to the model
 };
 
 int mor__sched_busy(const mor_sched *sc) { return sc->busy; }
@@ -187,6 +188,8 @@ int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sch
         mor_sched_free(sc);
         return mor__errf(err, err_n, st, "cannot create the scheduler's workspace");
     }
+    mor__model_ref(m);
+    sc->model_ref = 1;
     *out = sc;
     return MOR_OK;
 }
@@ -226,7 +229,10 @@ void mor_sched_free(mor_sched *sc) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mor__free(&sc->alloc, bufs[i]);
     mor__pool_free(sc->pool);
     const mor_allocator a = sc->alloc;
+    const mor_model *m = sc->model;
+    int counted = sc->model_ref;
     mor__free(&a, sc);
+    if (counted) mor__model_unref(m);
 }
 
 int mor_sched_add(mor_sched *sc, mor_session *s) {

@@ -47,7 +47,10 @@ void mor_session_free(mor_session *s) {
                     s->trace.depth, s->trace.score, s->trace.kv, s->trace.given, s->budget_ring, s->bmm};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mor__free(&s->alloc, bufs[i]);
     const mor_allocator a = s->alloc;
+    const mor_model *m = s->model;
+    int counted = s->model_ref;
     mor__free(&a, s);
+    if (counted) mor__model_unref(m);
 }
 
 void *mor__alloc_zero(size_t n, size_t elem) { return mor__alloc(NULL, n, elem, 1); }
@@ -268,6 +271,8 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     mor__policy_default(m, &s->policy);
     mor__apply_kv(s);
     s->rollback_to = -1;
+    mor__model_ref(m);
+    s->model_ref = 1;
     *out = s;
     return MOR_OK;
 }
@@ -396,6 +401,7 @@ int mor_session_token_at(const mor_session *s, int32_t pos, int32_t *token) {
     return MOR_OK;
 }
 
+const mor_model *mor_session_model(const mor_session *s) { return s ? s->model : NULL; }
 int32_t mor_session_n_past(const mor_session *s) { return s ? s->n_past : -1; }
 int32_t mor_session_n_ctx(const mor_session *s) { return s ? s->n_ctx : -1; }
 int32_t mor_session_n_last(const mor_session *s) { return s ? s->n_last : -1; }

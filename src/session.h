@@ -176,6 +176,7 @@ struct mor_session {
     // re-entry: a router callback runs inside a step; what it may call is in mor.h
     int      busy;                   // > 0 while one of the session's callbacks runs
     int      free_pending;           // mor_session_free() came from a callback: freed on return
+    int      model_ref;              // holds a reference to the model (mor__model_ref)
     // sampling and policy
     mor__sampler        sampler;
     uint64_t            rng;

@@ -302,5 +302,22 @@ TEST(router_cannot_reenter_its_scheduler) {
     mor_model_free(m);
 }
 
-TEST_MAIN(huge_claims_are_capped, default_context_and_size_estimate, kv_cache_is_not_touched_up_front,
+TEST(model_outlives_its_users) {
+    mor_model *m = load("middle_cycle.gguf");
+    ASSERT(m);
+    char err[256];
+    mor_session *s;
+    ASSERT_OK(mor_session_create(m, NULL, &s, err, sizeof err));
+    mor_sched *sc;
+    ASSERT_OK(mor_sched_create(m, NULL, &sc, err, sizeof err));
+    mor_model_free(m);  // the owner lets go first: the session and scheduler keep it
+    int32_t toks[3] = {5, 6, 7};
+    ASSERT_OK(mor_session_step(s, toks, 3));
+    ASSERT_EQ(mor_model_get_int(mor_session_model(s), MOR_INFO_N_VOCAB), 128);
+    mor_sched_free(sc);
+    ASSERT_OK(mor_session_step(s, toks, 1));
+    mor_session_free(s);  // the last user: the model goes with it (ASan and valgrind see no leak)
+}
+
+TEST_MAIN(model_outlives_its_users, huge_claims_are_capped, default_context_and_size_estimate, kv_cache_is_not_touched_up_front,
           count_checked_before_tokens_are_read, router_cannot_reenter_its_session, router_cannot_reenter_its_scheduler)
