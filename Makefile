@@ -189,6 +189,15 @@ ubsan:
 	$(MAKE) test B=build-ubsan L=build-ubsan/lib CFLAGS="-fsanitize=undefined -fno-sanitize-recover=all" \
 	    LDFLAGS="-fsanitize=undefined" PY_TESTS=
 
+## tsan: build with ThreadSanitizer into build-tsan/ and run the C tests (the pool, sessions and the
+## scheduler on several threads, concurrent tokenization); any report fails
+# setarch -R turns address randomization off for the tests: gcc's TSan runtime aborts with
+# "unexpected memory mapping" on kernels with high mmap randomization (vm.mmap_rnd_bits 32).
+TSAN_WRAP ?= $(shell setarch $$(uname -m) -R true 2>/dev/null && echo setarch $$(uname -m) -R)
+tsan:
+	$(MAKE) test B=build-tsan L=build-tsan/lib CFLAGS="-fsanitize=thread" LDFLAGS="-fsanitize=thread" \
+	    TEST_WRAP="env TSAN_OPTIONS='halt_on_error=1 second_deadlock_stack=1 $(TSAN_OPTIONS)' $(TSAN_WRAP)" PY_TESTS=
+
 ## valgrind: run the tests under valgrind memcheck (errors and leaks fail)
 valgrind: all $(TEST_BIN)
 	$(MAKE) test PY_TESTS= TEST_WRAP="valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect"
@@ -327,6 +336,6 @@ clean:
 list:
 	@grep -E '^## ' Makefile | sed 's/^## /  /'
 
-.PHONY: all lib tools examples test check-exports check-header asan ubsan valgrind install uninstall \
+.PHONY: all lib tools examples test check-exports check-header asan ubsan tsan valgrind install uninstall \
     test-install clean list abi-check abi-baseline run test-python models test-aarch64 fixtures
 .SECONDARY:

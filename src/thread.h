@@ -19,8 +19,9 @@ void mor__pool_free(mor__pool *p);
 int  mor__pool_size(const mor__pool *p);
 void mor__pool_run(mor__pool *p, mor__task_fn fn, void *ctx);
 // The same with per_thread parts for each thread (mor__pool_run: 4, so a slow thread costs
-// little). 1 suits tasks whose every part repeats set-up work, such as quantizing the input of
-// a product.
+// little): n_parts = per_thread * pool size (the pthread pool caps it at 16384), or 1 when the
+// caller runs alone.
+// 1 suits tasks whose every part repeats set-up work, such as quantizing the input of a product.
 void mor__pool_run_parts(mor__pool *p, mor__task_fn fn, void *ctx, int per_thread);
 
 // Splits [0, n) into nth nearly equal parts; part ith is [*lo, *hi).
