@@ -14,6 +14,21 @@ static uint64_t next_u64(uint64_t *s) {
 
 static double next_unit(uint64_t *s) { return (double)(next_u64(s) >> 11) * (1.0 / 9007199254740992.0); }
 
+// The rules a sampler's settings must follow, wherever they come from (mor_session_set_sampler
+// or a saved state). top_k and the seed take any value.
+int mor__sampler_check(const mor__sampler *sp, char *err, size_t err_n) {
+    if (!isfinite(sp->temperature)) return mor__errf(err, err_n, MOR_E_INVALID, "temperature is not a finite number");
+    if (!(sp->top_p > 0.0f && sp->top_p <= 1.0f))
+        return mor__errf(err, err_n, MOR_E_INVALID, "top_p = %g: must be in (0, 1]", sp->top_p);
+    if (!(sp->min_p >= 0.0f && sp->min_p <= 1.0f))
+        return mor__errf(err, err_n, MOR_E_INVALID, "min_p = %g: must be in [0, 1]", sp->min_p);
+    if (!(sp->repeat_penalty > 0.0f) || !isfinite(sp->repeat_penalty))
+        return mor__errf(err, err_n, MOR_E_INVALID, "repeat_penalty = %g: must be positive", sp->repeat_penalty);
+    if (sp->repeat_last_n < 0)
+        return mor__errf(err, err_n, MOR_E_INVALID, "repeat_last_n = %d: must be >= 0", sp->repeat_last_n);
+    return MOR_OK;
+}
+
 int mor_session_set_sampler(mor_session *s, const mor_sampler_params *p) {
     if (!s) return MOR_E_INVALID;
     s->err[0] = 0;
@@ -22,23 +37,12 @@ int mor_session_set_sampler(mor_session *s, const mor_sampler_params *p) {
     mor_sampler_params q;
     mor_sampler_params_init(&q);
     if (p) memcpy(&q, p, MOR__MIN(p->size, sizeof q));
-    if (!isfinite(q.temperature))
-        return mor__session_fail(s, MOR_E_INVALID, "temperature is not a finite number");
-    if (!(q.top_p > 0.0f && q.top_p <= 1.0f))
-        return mor__session_fail(s, MOR_E_INVALID, "top_p = %g: must be in (0, 1]", q.top_p);
-    if (!(q.min_p >= 0.0f && q.min_p <= 1.0f))
-        return mor__session_fail(s, MOR_E_INVALID, "min_p = %g: must be in [0, 1]", q.min_p);
-    if (!(q.repeat_penalty > 0.0f) || !isfinite(q.repeat_penalty))
-        return mor__session_fail(s, MOR_E_INVALID, "repeat_penalty = %g: must be positive", q.repeat_penalty);
-    if (q.repeat_last_n < 0)
-        return mor__session_fail(s, MOR_E_INVALID, "repeat_last_n = %d: must be >= 0", q.repeat_last_n);
-    s->sampler.temperature = q.temperature;
-    s->sampler.top_k = q.top_k;
-    s->sampler.top_p = q.top_p;
-    s->sampler.min_p = q.min_p;
-    s->sampler.repeat_penalty = q.repeat_penalty;
-    s->sampler.repeat_last_n = q.repeat_last_n;
-    s->sampler.seed = q.seed;
+    mor__sampler sm = {.temperature = q.temperature, .top_p = q.top_p, .min_p = q.min_p,
+                       .repeat_penalty = q.repeat_penalty, .top_k = q.top_k,
+                       .repeat_last_n = q.repeat_last_n, .seed = q.seed};
+    int st = mor__sampler_check(&sm, s->err, sizeof s->err);
+    if (st) return st;
+    s->sampler = sm;
     s->rng = q.seed;
     return MOR_OK;
 }

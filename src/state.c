@@ -4,17 +4,103 @@
 
 #include <math.h>
 
-// Layout (little-endian): "MORS", u32 version (3), u32 n_layer, u32 kv_dim, u32 n_vocab,
+// Layout (little-endian): "MORS", u32 version (4), u32 n_layer, u32 kv_dim, u32 n_vocab,
 // u32 n_past, u32 n_embd, u32 kv element (0 F32, 1 F16: entries then packed two per word),
-// policy (13 x u32: policy, depth, threshold, min_depth, metric,
-// decay_tau, decay_len, shallow, adaptive, kv, budget, budget_window, rollback; floats as
-// their bits), sampler (6 x u32 + u64 seed), u64 rng, tokens[n_past] (i32), per position
-// depth (i32), score (f32), kv status (u32), u32 n_stack and per stacked token pos, step, top
-// (i32), conf (f32), h[n_embd] (f32), then per slot: u32 len, pos[len] (i32), k[len*kv_dim]
-// (f32), v[len*kv_dim] (f32).
+// u64 model fingerprint (version 4 only; see model_fingerprint), policy (13 x u32: policy,
+// depth, threshold, min_depth, metric, decay_tau, decay_len, shallow, adaptive, kv, budget,
+// budget_window, rollback; floats as their bits), sampler (6 x u32 + u64 seed), u64 rng,
+// tokens[n_past] (i32), per position depth (i32), score (f32), kv status (u32), u32 n_stack and
+// per stacked token pos, step, top (i32), conf (f32), h[n_embd] (f32), then per slot: u32 len,
+// pos[len] (i32), k[len*kv_dim] (f32), v[len*kv_dim] (f32).
+//
+// Version 3 is the same without the fingerprint; it is still read (checked on shape only).
 
 #define STATE_MAGIC   0x53524f4du  // "MORS"
-#define STATE_VERSION 3u
+#define STATE_VERSION 4u
+#define STATE_VERSION_NO_FINGERPRINT 3u
+
+// ---- model fingerprint ---------------------------------------------------------------------
+// A 64-bit hash of what makes a state meaningful for a model: the architecture, every
+// hyperparameter, the sharing map (stored layer, recursion and step of each unrolled layer,
+// the step ranges and exit heads) and the tensor table (name, type and shape of every tensor;
+// the table's order does not matter). The tensor data is not hashed: reading every weight at
+// each save and load would cost as much as a forward pass over the whole model, so two files
+// with the same layout and different weights (two fine-tunes of one model) share a
+// fingerprint. Computed from the model's read-only fields at each call (nothing is cached in
+// the model, which threads share).
+
+#define FNV_OFFSET 0xcbf29ce484222325ull
+#define FNV_PRIME  0x100000001b3ull
+
+static void fnv_bytes(uint64_t *h, const void *src, size_t n) {
+    const uint8_t *p = src;
+    for (size_t i = 0; i < n; i++) *h = (*h ^ p[i]) * FNV_PRIME;
+}
+static void fnv_u32(uint64_t *h, uint32_t v) {
+    uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    fnv_bytes(h, b, 4);
+}
+static void fnv_u64(uint64_t *h, uint64_t v) {
+    fnv_u32(h, (uint32_t)v);
+    fnv_u32(h, (uint32_t)(v >> 32));
+}
+static void fnv_f32(uint64_t *h, float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    fnv_u32(h, u);
+}
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t model_fingerprint(const mor_model *m) {
+    const mor__hparams *hp = &m->hp;
+    uint64_t h = FNV_OFFSET;
+    fnv_bytes(&h, m->arch, strnlen(m->arch, sizeof m->arch));
+    fnv_u32(&h, 0xffffffffu);  // end of the name
+    const int32_t iv[] = {hp->n_vocab, hp->n_ctx_train, hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv,
+                          hp->head_dim, hp->n_layer, hp->n_rec, hp->n_stored, hp->block, hp->sharing,
+                          hp->n_first, hp->rope_neox, hp->kv_sharing, hp->router, hp->router_mlp,
+                          hp->router_func, hp->router_additive, hp->lora_rank};
+    for (size_t i = 0; i < sizeof iv / sizeof iv[0]; i++) fnv_u32(&h, (uint32_t)iv[i]);
+    const float fv[] = {hp->rms_eps, hp->rope_theta, hp->lora_scale, hp->router_alpha, hp->router_temp};
+    for (size_t i = 0; i < sizeof fv / sizeof fv[0]; i++) fnv_f32(&h, fv[i]);
+    // sharing map and depth steps
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        const mor__layer *ly = &m->layers[l];
+        fnv_u32(&h, (uint32_t)ly->stored);
+        fnv_u32(&h, (uint32_t)ly->rec);
+        fnv_u32(&h, (uint32_t)ly->in_middle);
+        fnv_u32(&h, (uint32_t)m->layer_step[l]);
+    }
+    fnv_u32(&h, (uint32_t)m->n_steps);
+    for (int32_t k = 0; k < m->n_steps; k++) {
+        fnv_u32(&h, (uint32_t)m->step_begin[k]);
+        fnv_u32(&h, (uint32_t)m->step_end[k]);
+        fnv_u32(&h, (uint32_t)m->step_exit[k]);
+    }
+    fnv_u32(&h, (uint32_t)m->steps_interleaved);
+    fnv_u32(&h, (uint32_t)m->has_last);
+    fnv_u32(&h, (uint32_t)m->n_exits);
+    for (int32_t e = 0; e < m->n_exits; e++) fnv_u32(&h, (uint32_t)m->exits[e].after_layer);
+    // tensor table: a sum of per-tensor hashes, so the order of the file's table is irrelevant
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < m->gguf.n_tensors; i++) {
+        const mor__gguf_tensor *t = &m->gguf.tensors[i];
+        uint64_t th = FNV_OFFSET;
+        fnv_bytes(&th, t->name, strnlen(t->name, sizeof t->name));
+        fnv_u32(&th, 0xffffffffu);
+        fnv_u32(&th, t->type);
+        fnv_u32(&th, t->n_dims);
+        for (uint32_t d = 0; d < t->n_dims && d < 4; d++) fnv_u64(&th, t->dims[d]);
+        sum += mix64(th);
+    }
+    fnv_u64(&h, m->gguf.n_tensors);
+    fnv_u64(&h, sum);
+    return mix64(h);
+}
 
 typedef struct {
     uint8_t *p;
@@ -22,7 +108,7 @@ typedef struct {
 } wbuf;
 
 static void put(wbuf *w, const void *src, size_t n) {
-    if (w->p && w->n + n <= w->cap) memcpy(w->p + w->n, src, n);
+    if (n && w->p && w->n + n <= w->cap) memcpy(w->p + w->n, src, n);
     w->n += n;
 }
 static void put_u32(wbuf *w, uint32_t v) {
@@ -43,13 +129,30 @@ static float u2f(uint32_t u) {
     memcpy(&f, &u, 4);
     return f;
 }
-// Arrays of 32-bit values are written element by element so the format is little-endian on
-// any host.
+// Arrays are little-endian in the format: copied as they are on a little-endian host, element
+// by element on any other.
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HOST_LE 1
+#else
+#define HOST_LE 0
+#endif
+
+// Halves, two per 32-bit word; an odd count is padded with a zero half.
 static void put_arr16(wbuf *w, const uint16_t *src, size_t n) {
+    if (HOST_LE) {
+        static const uint16_t zero = 0;
+        put(w, src, 2 * n);
+        if (n & 1) put(w, &zero, 2);
+        return;
+    }
     for (size_t i = 0; i < n; i += 2) put_u32(w, (uint32_t)src[i] | (i + 1 < n ? (uint32_t)src[i + 1] << 16 : 0));
 }
 
 static void put_arr32(wbuf *w, const void *src, size_t n) {
+    if (HOST_LE) {
+        put(w, src, 4 * n);
+        return;
+    }
     const uint8_t *p = src;
     for (size_t i = 0; i < n; i++) {
         uint32_t v;
@@ -58,7 +161,7 @@ static void put_arr32(wbuf *w, const void *src, size_t n) {
     }
 }
 
-static size_t serialize(const mor_session *s, void *buf, size_t cap) {
+static size_t serialize(const mor_session *s, uint64_t fingerprint, void *buf, size_t cap) {
     const mor__hparams *hp = &s->model->hp;
     uint32_t kvdim = (uint32_t)(hp->n_head_kv * hp->head_dim);
     wbuf w = {buf, 0, cap};
@@ -70,6 +173,7 @@ static size_t serialize(const mor_session *s, void *buf, size_t cap) {
     put_u32(&w, (uint32_t)s->n_past);
     put_u32(&w, (uint32_t)hp->n_embd);
     put_u32(&w, s->slots[0].k16 != NULL);  // K/V element: 0 F32, 1 F16
+    put_u64(&w, fingerprint);
     const mor__policy *p = &s->policy;
     uint32_t pol[13] = {(uint32_t)p->policy, (uint32_t)p->depth, f2u(p->threshold), (uint32_t)p->min_depth,
                         (uint32_t)p->metric, f2u(p->decay_tau), (uint32_t)p->decay_len, (uint32_t)p->shallow,
@@ -114,14 +218,14 @@ static size_t serialize(const mor_session *s, void *buf, size_t cap) {
     return w.n;
 }
 
-size_t mor_session_state_size(const mor_session *s) { return s ? serialize(s, NULL, 0) : 0; }
+size_t mor_session_state_size(const mor_session *s) { return s ? serialize(s, 0, NULL, 0) : 0; }
 
 int mor_session_state_save(const mor_session *s, void *buf, size_t cap, size_t *n_written) {
     if (!s || (!buf && cap)) return MOR_E_INVALID;
-    size_t need = serialize(s, NULL, 0);
+    size_t need = serialize(s, 0, NULL, 0);
     if (n_written) *n_written = need;
     if (need > cap) return MOR_E_BUFFER_SMALL;
-    serialize(s, buf, cap);
+    serialize(s, model_fingerprint(s->model), buf, cap);
     return MOR_OK;
 }
 
@@ -145,6 +249,16 @@ static uint64_t get_u64(rbuf *r) {
     return lo | (uint64_t)get_u32(r) << 32;
 }
 static void get_arr16(rbuf *r, uint16_t *dst, size_t n) {
+    if (HOST_LE) {
+        size_t words = (n + 1) / 2;
+        if (r->bad || (r->n - r->off) / 4 < words) {
+            r->bad = 1;
+            return;
+        }
+        if (n) memcpy(dst, r->p + r->off, 2 * n);
+        r->off += 4 * words;
+        return;
+    }
     for (size_t i = 0; i < n; i += 2) {
         uint32_t v = get_u32(r);
         dst[i] = (uint16_t)v;
@@ -154,6 +268,11 @@ static void get_arr16(rbuf *r, uint16_t *dst, size_t n) {
 
 static int get_arr32(rbuf *r, void *dst, size_t n) {
     if (r->bad || (r->n - r->off) / 4 < n) return r->bad = 1, 0;
+    if (HOST_LE) {
+        if (n) memcpy(dst, r->p + r->off, 4 * n);
+        r->off += 4 * n;
+        return 1;
+    }
     uint8_t *d = dst;
     for (size_t i = 0; i < n; i++) {
         uint32_t v = get_u32(r);
@@ -162,6 +281,9 @@ static int get_arr32(rbuf *r, void *dst, size_t n) {
     return 1;
 }
 
+// Loading validates the whole buffer first (pass 1) without writing to the session, then
+// applies it (pass 2): a refused state leaves every part of the session as it was, including
+// its policy, budget window and FREE calibration.
 int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     if (!s) return MOR_E_INVALID;
     s->err[0] = 0;
@@ -173,7 +295,9 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     rbuf r = {buf, size, 0, 0};
     if (get_u32(&r) != STATE_MAGIC) return mor__session_fail(s, MOR_E_STATE, "state: bad magic");
     uint32_t ver = get_u32(&r);
-    if (ver != STATE_VERSION) return mor__session_fail(s, MOR_E_STATE, "state: version %u, expected %u", ver, STATE_VERSION);
+    if (r.bad || (ver != STATE_VERSION && ver != STATE_VERSION_NO_FINGERPRINT))
+        return mor__session_fail(s, MOR_E_STATE, "state: version %u, expected %u (or %u)", ver, STATE_VERSION,
+                                 STATE_VERSION_NO_FINGERPRINT);
     uint32_t nl = get_u32(&r), kd = get_u32(&r), nv = get_u32(&r), np = get_u32(&r), ne = get_u32(&r);
     uint32_t kv16 = get_u32(&r);
     if (!r.bad && kv16 != (s->slots[0].k16 != NULL))
@@ -184,6 +308,14 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
                                  "state: saved for a model with %u layers, kv dim %u, vocab %u, width %u; this one has "
                                  "%d, %u, %d, %d",
                                  nl, kd, nv, ne, hp->n_layer, kvdim, hp->n_vocab, hp->n_embd);
+    if (ver == STATE_VERSION) {
+        uint64_t fp = get_u64(&r), mine = model_fingerprint(s->model);
+        if (r.bad) return mor__session_fail(s, MOR_E_STATE, "state: truncated header");
+        if (fp != mine)
+            return mor__session_fail(s, MOR_E_STATE,
+                                     "state: saved from a different model (fingerprint %016llx; this model's is %016llx)",
+                                     (unsigned long long)fp, (unsigned long long)mine);
+    }
     if (np > (uint32_t)s->n_ctx)
         return mor__session_fail(s, MOR_E_STATE, "state: %u tokens do not fit the context of %d", np, s->n_ctx);
     uint32_t pv[13];
@@ -206,16 +338,15 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     if (r.bad) return mor__session_fail(s, MOR_E_STATE, "state: truncated header");
     if (q.policy == MOR_EXIT_CUSTOM && !s->has_router)
         return mor__session_fail(s, MOR_E_STATE, "state: saved with a custom router; set one on this session first");
-    // The policy is validated as if set now, on an empty session (the KV strategy may differ).
-    int32_t saved_past = s->n_past;
-    mor__policy pol, saved_policy = s->policy;
-    s->n_past = 0;
-    int pst = mor_session_set_exit_policy(s, &q);
-    pol = s->policy;
-    s->policy = saved_policy;
-    mor__apply_kv(s);
-    s->n_past = saved_past;
-    if (pst) return mor__session_fail(s, MOR_E_STATE, "state: invalid policy: %s", s->err);
+    // The policy and the sampler pass the checks of mor_session_set_exit_policy and
+    // mor_session_set_sampler. The KV strategy may differ from the session's: the state
+    // replaces its tokens and K/V.
+    char why[sizeof s->err];
+    mor__policy pol;
+    if (mor__policy_check(s->model, &q, s->has_router, s->n_batch, &pol, why, sizeof why))
+        return mor__session_fail(s, MOR_E_STATE, "state: invalid policy: %s", why);
+    if (mor__sampler_check(&sm, why, sizeof why))
+        return mor__session_fail(s, MOR_E_STATE, "state: invalid sampler: %s", why);
     size_t tok_off = r.off;
     if ((r.n - r.off) / 4 < np) return mor__session_fail(s, MOR_E_STATE, "state: truncated token list");
     r.off += (size_t)np * 4;
@@ -230,13 +361,16 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     uint32_t ns = get_u32(&r);
     if (r.bad || ns > (uint32_t)s->n_batch || ns > np)
         return mor__session_fail(s, MOR_E_STATE, "state: %u stacked tokens (at most %d)", ns, s->n_batch);
+    if (ns > 0 && pol.kv != MOR_KV_SYNC)
+        return mor__session_fail(s, MOR_E_STATE, "state: %u stacked tokens without the KV_SYNC strategy", ns);
     size_t stack_off = r.off, per = 16 + (size_t)hp->n_embd * 4;
     if ((r.n - r.off) / per < ns) return mor__session_fail(s, MOR_E_STATE, "state: truncated stack");
-    for (uint32_t j = 0; j < ns; j++) {
-        rbuf e = {r.p + r.off + j * per, 8, 0, 0};
+    for (int32_t j = 0, prev = -1; j < (int32_t)ns; j++) {
+        rbuf e = {r.p + r.off + (size_t)j * per, 8, 0, 0};
         int32_t sp = (int32_t)get_u32(&e), ss = (int32_t)get_u32(&e);
-        if (sp < 0 || sp >= (int32_t)np || ss < 0 || ss > s->model->n_steps)
-            return mor__session_fail(s, MOR_E_STATE, "state: stacked token %u out of range", j);
+        if (sp <= prev || sp >= (int32_t)np || ss < 0 || ss > s->model->n_steps)
+            return mor__session_fail(s, MOR_E_STATE, "state: stacked token %d out of range or order", j);
+        prev = sp;
     }
     r.off += ns * per;
     size_t slot_off = r.off;
@@ -256,9 +390,8 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
         r.off += words * 4;
     }
     if (r.off != r.n) return mor__session_fail(s, MOR_E_STATE, "state: %zu trailing bytes", r.n - r.off);
-    // Pass 2: apply.
-    s->policy = pol;
-    mor__apply_kv(s);
+    // Pass 2: apply. The policy is installed as mor_session_set_exit_policy would.
+    mor__policy_install(s, &pol);
     s->sampler = sm;
     s->rng = rng;
     s->n_past = (int32_t)np;
