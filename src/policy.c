@@ -161,13 +161,14 @@ void mor__policy_install(mor_session *s, const mor__policy *np) {
                (np->policy == MOR_EXIT_CUSTOM && s->router.wants_confidence);
     int32_t g = conf ? MOR__MIN(s->n_batch, MOR__CONF_GROUP) : 1;
     if (g != s->conf_group) {
-        float *nb = mor__alloc_zero((size_t)g * (size_t)s->model->hp.n_vocab, sizeof(float));
-        if (nb) free(s->vocab_buf), s->vocab_buf = nb, s->conf_group = g;
+        float *nb = mor__alloc(&s->alloc, (size_t)g * (size_t)s->model->hp.n_vocab, sizeof(float), 1);
+        if (nb) mor__free(&s->alloc, s->vocab_buf), s->vocab_buf = nb, s->conf_group = g;
     }
 }
 
 int mor_session_set_exit_policy(mor_session *s, const mor_exit_policy *pol) {
     if (!s) return MOR_E_INVALID;
+    MOR__REFUSE_BUSY(s);
     s->err[0] = 0;
     if (s->ps.active) return mor__session_fail(s, MOR_E_INVALID, "a token of this session is being computed by its scheduler");
     mor_exit_policy q;
@@ -188,6 +189,7 @@ int mor_session_set_exit_policy(mor_session *s, const mor_exit_policy *pol) {
 
 int mor_session_set_router(mor_session *s, const mor_router_i *r, void *user) {
     if (!s) return MOR_E_INVALID;
+    MOR__REFUSE_BUSY(s);
     s->err[0] = 0;
     if (r && (r->size < offsetof(mor_router_i, wants_confidence) || r->version != MOR_ROUTER_API_VERSION || !r->route))
         return mor__session_fail(s, MOR_E_INVALID, "router: size %u, version %u (expected %d) and a route function are required",
@@ -195,7 +197,11 @@ int mor_session_set_router(mor_session *s, const mor_router_i *r, void *user) {
     if (r && s->model->steps_interleaved)
         return mor__session_fail(s, MOR_E_UNSUPPORTED, "%s sharing interleaves the recursions: a router cannot stop tokens per step",
                     s->model->sharing_name);
-    if (s->has_router && s->router.free) s->router.free(s->router_user);
+    if (s->has_router && s->router.free) {
+        s->busy++;
+        s->router.free(s->router_user);
+        s->busy--;
+    }
     memset(&s->router, 0, sizeof s->router);
     s->has_router = r != NULL;
     s->router_user = user;

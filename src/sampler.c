@@ -31,6 +31,7 @@ int mor__sampler_check(const mor__sampler *sp, char *err, size_t err_n) {
 
 int mor_session_set_sampler(mor_session *s, const mor_sampler_params *p) {
     if (!s) return MOR_E_INVALID;
+    MOR__REFUSE_BUSY(s);
     s->err[0] = 0;
     if (p && p->kind != MOR_PARAMS_SAMPLER)
         return mor__session_fail(s, MOR_E_INVALID, "params is not a mor_sampler_params (kind %u)", p->kind);
@@ -86,6 +87,7 @@ static void top_k_sorted(const float *l, int32_t n, int32_t k, int32_t *cand) {
 
 int mor_session_sample(mor_session *s, int32_t *token) {
     if (!s) return MOR_E_INVALID;
+    MOR__REFUSE_BUSY(s);
     s->err[0] = 0;
     if (!token) return mor__session_fail(s, MOR_E_INVALID, "token is NULL");
     const float *logits = mor_session_logits(s, -1);
@@ -114,7 +116,11 @@ int mor_session_sample(mor_session *s, int32_t *token) {
         *token = (int32_t)s->kern->argmax(l, V);
         return MOR_OK;
     }
-    for (int32_t i = 0; i < V; i++) l[i] /= sp->temperature;
+    // Relative to the largest logit first: a tiny temperature then sends the others to -inf
+    // (probability 0) instead of every logit to +-inf (inf - inf is NaN).
+    const float top = l[s->kern->argmax(l, V)];
+    const float shift = isfinite(top) ? top : 0.0f;
+    for (int32_t i = 0; i < V; i++) l[i] = (l[i] - shift) / sp->temperature;
     int32_t k = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
     int32_t *cand = s->cand;
     top_k_sorted(l, V, k, cand);

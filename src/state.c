@@ -286,6 +286,7 @@ static int get_arr32(rbuf *r, void *dst, size_t n) {
 // its policy, budget window and FREE calibration.
 int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     if (!s) return MOR_E_INVALID;
+    MOR__REFUSE_BUSY(s);
     s->err[0] = 0;
     if (!buf) return mor__session_fail(s, MOR_E_INVALID, "buffer is NULL");
     if (s->ps.active) return mor__session_fail(s, MOR_E_INVALID, "a token of this session is being computed by its scheduler");

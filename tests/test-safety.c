@@ -202,7 +202,7 @@ typedef struct {
     int          status;   // the status of that call
 } reenter;
 
-enum { DO_STEP, DO_REWIND, DO_FREE, DO_SCHED_STEP, DO_SCHED_REMOVE, DO_SCHED_POLL, DO_SCHED_FREE, DO_SESSION_FREE_IN_SCHED };
+enum { DO_STEP, DO_REWIND, DO_POLICY, DO_SAMPLER, DO_SAMPLE, DO_ROUTER, DO_STATE_LOAD, DO_FREE, DO_SCHED_STEP, DO_SCHED_REMOVE, DO_SCHED_POLL, DO_SCHED_FREE, DO_SESSION_FREE_IN_SCHED };
 
 static int32_t reenter_route(void *user, const mor_route_batch *b, uint8_t *keep) {
     reenter *r = user;
@@ -212,6 +212,15 @@ static int32_t reenter_route(void *user, const mor_route_batch *b, uint8_t *keep
     switch (r->what) {
     case DO_STEP: r->status = mor_session_step(r->s, &tok, 1); break;
     case DO_REWIND: r->status = mor_session_rewind(r->s, 0); break;
+    case DO_POLICY: r->status = mor_session_set_exit_policy(r->s, NULL); break;
+    case DO_SAMPLER: r->status = mor_session_set_sampler(r->s, NULL); break;
+    case DO_SAMPLE: r->status = mor_session_sample(r->s, &tok); break;
+    case DO_ROUTER: r->status = mor_session_set_router_fn(r->s, NULL, NULL, 0); break;
+    case DO_STATE_LOAD: {
+        static unsigned char junk[64];
+        r->status = mor_session_state_load(r->s, junk, sizeof junk);
+        break;
+    }
     case DO_FREE: mor_session_free(r->s); break;
     case DO_SCHED_STEP: r->status = mor_sched_step(r->sc); break;
     case DO_SCHED_REMOVE: r->status = mor_sched_remove(r->sc, r->s); break;
@@ -230,7 +239,7 @@ TEST(router_cannot_reenter_its_session) {
     mor_session_params_init(&p);
     p.n_ctx = 64;
     int32_t toks[3] = {5, 6, 7};
-    for (int what = DO_STEP; what <= DO_REWIND; what++) {
+    for (int what = DO_STEP; what < DO_FREE; what++) {
         mor_session *s;
         ASSERT_OK(mor_session_create(m, &p, &s, err, sizeof err));
         reenter r = {s, NULL, what, 0, 0};
@@ -319,5 +328,31 @@ TEST(model_outlives_its_users) {
     mor_session_free(s);  // the last user: the model goes with it (ASan and valgrind see no leak)
 }
 
-TEST_MAIN(model_outlives_its_users, huge_claims_are_capped, default_context_and_size_estimate, kv_cache_is_not_touched_up_front,
+TEST(tiny_temperature_samples_the_top_token) {
+    mor_model *m = load("stories260K.gguf");
+    ASSERT(m);
+    char err[256];
+    mor_session *s;
+    ASSERT_OK(mor_session_create(m, NULL, &s, err, sizeof err));
+    int32_t toks[4] = {1, 403, 407, 261};
+    ASSERT_OK(mor_session_step(s, toks, 4));
+    const float *l = mor_session_logits(s, -1);
+    int32_t best = 0;
+    for (int32_t i = 1; i < mor_model_n_vocab(m); i++)
+        if (l[i] > l[best]) best = i;
+    mor_sampler_params sp;
+    mor_sampler_params_init(&sp);
+    static const float temps[] = {1e-38f, 1e-40f, 1e-45f, 1e-20f};
+    for (size_t i = 0; i < sizeof temps / sizeof temps[0]; i++) {
+        sp.temperature = temps[i];
+        ASSERT_OK(mor_session_set_sampler(s, &sp));
+        int32_t t = -1;
+        ASSERT_OK(mor_session_sample(s, &t));
+        ASSERT_EQ(t, best);  // logits divided by 1e-38 overflow: the top one must still win
+    }
+    mor_session_free(s);
+    mor_model_free(m);
+}
+
+TEST_MAIN(model_outlives_its_users, tiny_temperature_samples_the_top_token, huge_claims_are_capped, default_context_and_size_estimate, kv_cache_is_not_touched_up_front,
           count_checked_before_tokens_are_read, router_cannot_reenter_its_session, router_cannot_reenter_its_scheduler)
