@@ -158,7 +158,7 @@ int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sch
     sc->alloc = *a;
     sc->model = m;
     sc->p = p;
-    int st = mor__pool_create(&sc->pool, p.n_threads);
+    int st = mor__pool_create_with(&sc->pool, p.n_threads, &sc->alloc);
     if (!st) st = alloc_work(sc, 1);
     sc->parts = mor__alloc(a, (size_t)p.max_batch, sizeof *sc->parts, 1);
     sc->head = mor__alloc(a, (size_t)p.max_batch, sizeof *sc->head, 1);

@@ -259,7 +259,7 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
         return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory allocating a session of %d tokens (%.1f MiB)", p.n_ctx,
                          (double)c.bytes / 1048576.0);
     }
-    int ps = mor__pool_create(&s->pool, p.n_threads);
+    int ps = mor__pool_create_with(&s->pool, p.n_threads, &s->alloc);
     if (ps) {
         mor_session_free(s);
         return mor__errf(err, err_n, ps, "cannot start %d compute threads", p.n_threads);

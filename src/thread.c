@@ -62,6 +62,7 @@ static inline void cpu_relax(void) {
 
 struct mor__pool {
     int               n;
+    mor_allocator     alloc;
     pthread_t        *threads;
     struct worker    *workers;
     // The task being handed out: written by the caller only while no part is owned.
@@ -115,16 +116,17 @@ static void *worker_main(void *arg) {
     }
 }
 
-int mor__pool_create(mor__pool **out, int n) {
+int mor__pool_create_with(mor__pool **out, int n, const mor_allocator *a) {
     *out = NULL;
-    mor__pool *p = calloc(1, sizeof *p);
+    mor__pool *p = mor__alloc(a, 1, sizeof *p, 1);
     if (!p) return MOR_E_NOMEM;
+    if (a) p->alloc = *a;
     p->n = n < 1 ? 1 : n > MAX_PARTS ? MAX_PARTS : n;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     if (p->n > 1) {
-        p->threads = calloc((size_t)p->n, sizeof *p->threads);
-        p->workers = calloc((size_t)p->n, sizeof *p->workers);
+        p->threads = mor__alloc(a, (size_t)p->n, sizeof *p->threads, 1);
+        p->workers = mor__alloc(a, (size_t)p->n, sizeof *p->workers, 1);
         if (!p->threads || !p->workers) {
             p->n = 1;
             mor__pool_free(p);
@@ -159,9 +161,10 @@ void mor__pool_free(mor__pool *p) {
     for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
-    free(p->threads);
-    free(p->workers);
-    free(p);
+    mor__free(&p->alloc, p->threads);
+    mor__free(&p->alloc, p->workers);
+    const mor_allocator a = p->alloc;
+    mor__free(&a, p);
 }
 
 int mor__pool_size(const mor__pool *p) { return p ? p->n : 1; }
@@ -201,10 +204,11 @@ struct mor__pool {
     int n;
 };
 
-int mor__pool_create(mor__pool **out, int n) {
+int mor__pool_create_with(mor__pool **out, int n, const mor_allocator *a) {
     *out = NULL;
-    mor__pool *p = calloc(1, sizeof *p);
+    mor__pool *p = mor__alloc(a, 1, sizeof *p, 1);
     if (!p) return MOR_E_NOMEM;
+    if (a) p->alloc = *a;
 #if defined(MOR_OPENMP)
     p->n = n < 1 ? 1 : n;
 #else
@@ -215,7 +219,11 @@ int mor__pool_create(mor__pool **out, int n) {
     return MOR_OK;
 }
 
-void mor__pool_free(mor__pool *p) { free(p); }
+void mor__pool_free(mor__pool *p) {
+    if (!p) return;
+    const mor_allocator a = p->alloc;
+    mor__free(&a, p);
+}
 int  mor__pool_size(const mor__pool *p) { return p ? p->n : 1; }
 
 void mor__pool_run(mor__pool *p, mor__task_fn fn, void *ctx) { mor__pool_run_parts(p, fn, ctx, 4); }
@@ -234,3 +242,5 @@ void mor__pool_run_parts(mor__pool *p, mor__task_fn fn, void *ctx, int per_threa
 }
 
 #endif
+
+int mor__pool_create(mor__pool **out, int n) { return mor__pool_create_with(out, n, NULL); }

@@ -10,11 +10,15 @@
 #ifndef MOR_THREAD_H
 #define MOR_THREAD_H
 
+#include "mor.h"
+
 typedef struct mor__pool mor__pool;
 typedef void (*mor__task_fn)(void *ctx, int part, int n_parts, int tid);
 
 // n_threads >= 1 (1: no workers). Returns MOR_OK, MOR_E_NOMEM or MOR_E_THREAD.
 int  mor__pool_create(mor__pool **out, int n_threads);
+// The same, with the pool's memory from `alloc` (NULL: libc); thread stacks are the system's.
+int  mor__pool_create_with(mor__pool **out, int n_threads, const mor_allocator *alloc);
 void mor__pool_free(mor__pool *p);
 int  mor__pool_size(const mor__pool *p);
 void mor__pool_run(mor__pool *p, mor__task_fn fn, void *ctx);

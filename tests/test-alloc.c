@@ -89,6 +89,7 @@ static int session_op(const mor_model *m, counter *c, mor_session **out) {
     mor_session_params_init(&p);
     p.n_ctx = 64;
     p.n_batch = 8;
+    p.n_threads = 2;  // the thread pool's memory too
     p.allocator = allocator_of(c);
     char err[256];
     int st = mor_session_create(m, &p, out, err, sizeof err);
