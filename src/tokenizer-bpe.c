@@ -225,16 +225,13 @@ static int spm_fragment(const mor__vocab *v, mor__tok_ws *ws, const char *text, 
 static int32_t merge_lookup(const mor__vocab *v, int32_t a, int32_t b, int32_t *res) {
     if (a < 0 || b < 0) return -1;
     uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-    uint64_t k = key;
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdull;
-    k ^= k >> 33;
-    uint32_t h = (uint32_t)k & v->mmask;
+    uint32_t h = mor__pair_hash(v->ptab, (uint32_t)a, (uint32_t)b, v->n_tokens > 65536) & v->mmask;
     for (;;) {
-        uint64_t s = v->mkey[h];
+        const mor__merge_slot *e = &v->mslot[h];
+        uint64_t s = e->key;
         if (s == key) {
-            *res = v->mres[h];
-            return v->mrank[h];
+            *res = e->res;
+            return e->rank;
         }
         if (s == UINT64_MAX) return -1;
         h = (h + 1) & v->mmask;

@@ -2,7 +2,22 @@
 // detokenization (whole sequences and streaming) and the public tokenizer API.
 #include "tokenizer.h"
 
+#include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <time.h>
+
+#if defined(__linux__) && defined(__has_include)
+#if __has_include(<sys/random.h>)
+#include <sys/random.h>
+#define MOR_HAVE_GETRANDOM 1
+#endif
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <unistd.h>
+#define MOR_HAVE_URANDOM 1
+#endif
 
 #include "model.h"
 #include "unicode.h"
@@ -21,17 +36,150 @@ int mor__ivec_push(mor__ivec *v, int32_t x) {
     return MOR_OK;
 }
 
-static uint64_t hash_bytes(const char *s, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 0x100000001b3ull;
-    return h ^ (h >> 29);
+// ---- keyed hashing ----------------------------------------------------------------------------
+// Model files are untrusted and any fixed hash function is public, so a crafted vocabulary could
+// put every token text (or merge pair) into one probe chain and make building (and lookups)
+// quadratic. Both tables are therefore hashed with SipHash-1-3 (Aumasson and Bernstein's
+// SipHash with one compression and three finalization rounds, the variant Python and Rust use
+// for their dictionaries) under a 128-bit key drawn at random for each vocabulary: the file is
+// written before the key exists, so it cannot aim at a slot. Only the order of probing depends on
+// the key; ids and tokenization results do not. MOR__VOCAB_MAX_RUN bounds the damage should the
+// key ever be guessed.
+
+#define ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND(v0, v1, v2, v3)                                                \
+    do {                                                                      \
+        v0 += v1; v1 = ROTL64(v1, 13); v1 ^= v0; v0 = ROTL64(v0, 32);         \
+        v2 += v3; v3 = ROTL64(v3, 16); v3 ^= v2;                              \
+        v0 += v3; v3 = ROTL64(v3, 21); v3 ^= v0;                              \
+        v2 += v1; v1 = ROTL64(v1, 17); v1 ^= v2; v2 = ROTL64(v2, 32);         \
+    } while (0)
+
+#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+static inline uint64_t load_le64(const uint8_t *p) {
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
+}
+static inline uint64_t load_le32(const uint8_t *p) {
+    uint32_t x;
+    memcpy(&x, p, 4);
+    return x;
+}
+#else
+static inline uint64_t load_le64(const uint8_t *p) {
+    uint64_t x = 0;
+    for (int i = 7; i >= 0; i--) x = (x << 8) | p[i];
+    return x;
+}
+static inline uint64_t load_le32(const uint8_t *p) {
+    return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24;
+}
+#endif
+
+// SipHash-c-d (from the specification): state initialised from the key and the constants
+// "somepseudorandomlygeneratedbytes"; each 8-byte little-endian block m is absorbed as
+// v3 ^= m, c rounds, v0 ^= m; the last block holds the 0..7 remaining bytes and, in its top
+// byte, the length mod 256; then v2 ^= 0xff, d rounds, and the result is v0 ^ v1 ^ v2 ^ v3.
+static inline uint64_t sip_bytes(const uint64_t k[2], const uint8_t *p, size_t n, int c, int d) {
+    uint64_t v0 = k[0] ^ 0x736f6d6570736575ull, v1 = k[1] ^ 0x646f72616e646f6dull;
+    uint64_t v2 = k[0] ^ 0x6c7967656e657261ull, v3 = k[1] ^ 0x7465646279746573ull;
+    const uint8_t *end = p + (n & ~(size_t)7);
+    for (; p != end; p += 8) {
+        uint64_t m = load_le64(p);
+        v3 ^= m;
+        for (int i = 0; i < c; i++) SIPROUND(v0, v1, v2, v3);
+        v0 ^= m;
+    }
+    // The last 0..7 bytes, little-endian, without a byte loop: two overlapping 4-byte loads, or
+    // the first, middle and last byte (overlapping bytes land on the same bits).
+    uint64_t b = (uint64_t)n << 56;
+    size_t r = n & 7;
+    if (r >= 4) b |= load_le32(p) | load_le32(p + r - 4) << (8 * (r - 4));
+    else if (r) b |= (uint64_t)p[0] | (uint64_t)p[r >> 1] << (8 * (r >> 1)) | (uint64_t)p[r - 1] << (8 * (r - 1));
+    v3 ^= b;
+    for (int i = 0; i < c; i++) SIPROUND(v0, v1, v2, v3);
+    v0 ^= b;
+    v2 ^= 0xff;
+    for (int i = 0; i < d; i++) SIPROUND(v0, v1, v2, v3);
+    return v0 ^ v1 ^ v2 ^ v3;
 }
 
-static uint64_t hash_pair(uint64_t k) {
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdull;
-    k ^= k >> 33;
-    return k;
+uint64_t mor__siphash(const uint64_t k[2], const void *p, size_t n, int c, int d) {
+    return sip_bytes(k, (const uint8_t *)p, n, c, d);
+}
+
+static inline uint64_t hash_bytes(const mor__vocab *v, const char *s, size_t n) {
+    return sip_bytes(v->hkey, (const uint8_t *)s, n, 1, 3);
+}
+
+void mor__pair_tab_init(mor__pair_tab t, const uint64_t k[2]) {
+    for (uint32_t i = 0; i < 8 * 256; i += 2) {
+        uint64_t c = i, r = sip_bytes(k, (const uint8_t *)&c, sizeof c, 1, 3);
+        t[i / 256][i % 256] = (uint32_t)r;
+        t[i / 256][i % 256 + 1] = (uint32_t)(r >> 32);
+    }
+}
+
+// 16 bytes from the operating system's random source; 0 if there is none or it failed.
+static int os_random(void *buf, size_t n) {
+    size_t got = 0;
+    int tries = 0;
+#if defined(MOR_HAVE_GETRANDOM)
+    while (got < n && tries++ < 8) {
+        ssize_t r = getrandom((char *)buf + got, n - got, GRND_NONBLOCK);
+        if (r > 0) got += (size_t)r;
+        else if (r < 0 && errno != EINTR) break;  // ENOSYS, or EAGAIN early in boot: try the device
+    }
+    if (got == n) return 1;
+#endif
+#if defined(MOR_HAVE_URANDOM)
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        got = 0;
+        tries = 0;
+        while (got < n && tries++ < 8) {
+            ssize_t r = read(fd, (char *)buf + got, n - got);
+            if (r > 0) got += (size_t)r;
+            else if (r == 0 || errno != EINTR) break;
+        }
+        close(fd);
+        if (got == n) return 1;
+    }
+#endif
+    (void)buf;
+    (void)n;
+    (void)got;
+    (void)tries;
+    return 0;
+}
+
+// The key of a new vocabulary. Where the system offers no random source, the key is a mix of
+// addresses (the vocabulary's, a stack slot's, a function's: as random as the address space
+// layout makes them), the time and a process-wide counter. That fallback is weak: someone who
+// can predict the load time and the memory layout (no ASLR, or a leak) can predict the key and
+// build colliding files again; MOR__VOCAB_MAX_RUN still bounds what such a file can cost.
+static void vocab_key(uint64_t key[2], const void *salt) {
+    if (os_random(key, 2 * sizeof key[0])) return;
+    static atomic_uint_fast64_t counter;
+    uint64_t w[8];
+    int local = 0;
+    struct timespec ts = {0, 0};
+#if defined(CLOCK_REALTIME)
+    clock_gettime(CLOCK_REALTIME, &ts);
+#endif
+    w[0] = (uint64_t)(uintptr_t)salt;
+    w[1] = (uint64_t)(uintptr_t)&local;
+    w[2] = (uint64_t)(uintptr_t)&counter;
+    w[3] = (uint64_t)(uintptr_t)&vocab_key;
+    w[4] = (uint64_t)ts.tv_sec;
+    w[5] = (uint64_t)ts.tv_nsec;
+    w[6] = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    w[7] = atomic_fetch_add(&counter, 1);
+    static const uint64_t k0[2] = {0x0706050403020100ull, 0x0f0e0d0c0b0a0908ull};
+    const uint64_t k1[2] = {0x5d588b656c078965ull, 0x269ec3ull};
+    key[0] = sip_bytes(k0, (const uint8_t *)w, sizeof w, 2, 4);
+    key[1] = sip_bytes(k1, (const uint8_t *)w, sizeof w, 2, 4);
 }
 
 static uint32_t pow2_at_least(uint64_t n) {
@@ -45,10 +193,11 @@ static const char *tok_text(const mor__vocab *v, int32_t id, size_t *len) {
     return v->text + v->text_off[id];
 }
 
-int32_t mor__vocab_find(const mor__vocab *v, const char *text, size_t len) {
-    if (!v || !v->hash) return -1;
-    uint32_t h = (uint32_t)hash_bytes(text, len) & v->hash_mask;
+// Lookup counting the slots it visits into *probes (the build's statistics).
+static inline int32_t vocab_find(const mor__vocab *v, const char *text, size_t len, uint64_t *probes) {
+    uint32_t h = (uint32_t)hash_bytes(v, text, len) & v->hash_mask;
     for (;;) {
+        ++*probes;
         int32_t id = v->hash[h];
         if (id < 0) return -1;
         size_t n;
@@ -56,6 +205,41 @@ int32_t mor__vocab_find(const mor__vocab *v, const char *text, size_t len) {
         if (n == len && memcmp(t, text, len) == 0) return id;
         h = (h + 1) & v->hash_mask;
     }
+}
+
+int32_t mor__vocab_find(const mor__vocab *v, const char *text, size_t len) {
+    if (!v || !v->hash) return -1;
+    uint64_t probes = 0;
+    return vocab_find(v, text, len, &probes);
+}
+
+// Longest run of occupied slots in a table of mask + 1 slots (runs wrap around the end).
+static uint32_t longest_run_text(const int32_t *t, uint32_t mask) {
+    uint32_t best = 0, cur = 0, first = UINT32_MAX;
+    for (uint32_t i = 0; i <= mask; i++) {
+        if (t[i] >= 0) cur++;
+        else {
+            if (first == UINT32_MAX) first = cur;
+            if (cur > best) best = cur;
+            cur = 0;
+        }
+    }
+    if (first == UINT32_MAX) return mask + 1;  // full (cannot happen at load 1/2)
+    return MOR__MAX(best, cur + first);        // the last run continues into the first
+}
+
+static uint32_t longest_run_merge(const mor__merge_slot *t, uint32_t mask) {
+    uint32_t best = 0, cur = 0, first = UINT32_MAX;
+    for (uint32_t i = 0; i <= mask; i++) {
+        if (t[i].key != UINT64_MAX) cur++;
+        else {
+            if (first == UINT32_MAX) first = cur;
+            if (cur > best) best = cur;
+            cur = 0;
+        }
+    }
+    if (first == UINT32_MAX) return mask + 1;
+    return MOR__MAX(best, cur + first);
 }
 
 // ---- GPT-2 byte <-> character map -----------------------------------------------------------
@@ -127,9 +311,7 @@ void mor__vocab_free(mor__vocab *v) {
     mor__free(v->alloc, v->ttype);
     mor__free(v->alloc, v->eog);
     mor__free(v->alloc, v->hash);
-    mor__free(v->alloc, v->mkey);
-    mor__free(v->alloc, v->mrank);
-    mor__free(v->alloc, v->mres);
+    mor__free(v->alloc, v->mslot);
     mor__free(v->alloc, v->specials);
     mor__free(v->alloc, v);
 }
@@ -268,17 +450,35 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
         v->ttype[i] = (uint8_t)ty;
     }
     v->text_off[n] = off;
+    if (d->hash_key) memcpy(v->hkey, d->hash_key, sizeof v->hkey);
+    else vocab_key(v->hkey, v);
+    mor__pair_tab_init(v->ptab, v->hkey);
     for (uint32_t i = 0; i < n; i++) {
         size_t len;
         const char *t = tok_text(v, (int32_t)i, &len);
         if (len == 0) continue;  // an empty token is never produced by tokenization
-        if (mor__vocab_find(v, t, len) >= 0) {
-            rc = mor__errf(err, err_n, MOR_E_FORMAT, "tokenizer.ggml.tokens[%u]: duplicate token \"%.*s\"",
-                           i, (int)MOR__MIN(len, 40), t);
-            goto fail;
+        // One walk from the home slot finds a duplicate or the free slot. It never passes more
+        // than MOR__VOCAB_MAX_RUN occupied slots: building stays linear whatever the texts.
+        uint32_t h = (uint32_t)hash_bytes(v, t, len) & v->hash_mask, walked = 0;
+        for (;;) {
+            v->probes_text++;
+            int32_t id = v->hash[h];
+            if (id < 0) break;
+            size_t l2;
+            const char *t2 = tok_text(v, id, &l2);
+            if (l2 == len && memcmp(t2, t, len) == 0) {
+                rc = mor__errf(err, err_n, MOR_E_FORMAT, "tokenizer.ggml.tokens[%u]: duplicate token \"%.*s\"",
+                               i, (int)MOR__MIN(len, 40), t);
+                goto fail;
+            }
+            if (++walked >= MOR__VOCAB_MAX_RUN) {
+                rc = mor__errf(err, err_n, MOR_E_FORMAT,
+                               "tokenizer.ggml.tokens[%u]: more than %u token texts share a hash probe run "
+                               "(crafted to collide?)", i, MOR__VOCAB_MAX_RUN);
+                goto fail;
+            }
+            h = (h + 1) & v->hash_mask;
         }
-        uint32_t h = (uint32_t)hash_bytes(t, len) & v->hash_mask;
-        while (v->hash[h] >= 0) h = (h + 1) & v->hash_mask;
         v->hash[h] = (int32_t)i;
         if (v->ttype[i] == MOR__TOK_BYTE && v->type == MOR__VOCAB_SPM && parse_byte_token(t, len) < 0) {
             rc = mor__errf(err, err_n, MOR_E_FORMAT,
@@ -286,6 +486,16 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
                            (int)MOR__MIN(len, 40), t);
             goto fail;
         }
+    }
+
+    // Inserting into the gap between two runs joins them: check the final runs, which bound the
+    // slots any lookup visits (a hit or a miss).
+    v->run_text = longest_run_text(v->hash, v->hash_mask);
+    if (v->run_text > MOR__VOCAB_MAX_RUN) {
+        rc = mor__errf(err, err_n, MOR_E_FORMAT,
+                       "tokenizer.ggml.tokens: %u token texts in one hash probe run (max %u; crafted to collide?)",
+                       v->run_text, MOR__VOCAB_MAX_RUN);
+        goto fail;
     }
 
     // Flags and the pre-tokenizer.
@@ -416,11 +626,9 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
         }
         uint32_t cap = pow2_at_least((uint64_t)d->n_merges * 2 + 2);
         v->mmask = cap - 1;
-        v->mkey = mor__alloc(v->alloc, (size_t)cap, sizeof *v->mkey, 0);
-        v->mrank = mor__alloc(v->alloc, (size_t)cap, sizeof *v->mrank, 0);
-        v->mres = mor__alloc(v->alloc, (size_t)cap, sizeof *v->mres, 0);
-        if (!v->mkey || !v->mrank || !v->mres) goto fail;
-        memset(v->mkey, 0xff, (size_t)cap * sizeof *v->mkey);
+        v->mslot = mor__alloc(v->alloc, (size_t)cap, sizeof *v->mslot, 0);
+        if (!v->mslot) goto fail;
+        for (uint32_t i = 0; i < cap; i++) v->mslot[i].key = UINT64_MAX;
         char *tmp = mor__alloc(v->alloc, (size_t)v->max_token_len * 2 + 2, 1, 0);
         if (!tmp) goto fail;
         uint32_t skipped = 0;
@@ -435,27 +643,45 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
                 goto fail;
             }
             size_t la = (size_t)(sp - m), lb = len - la - 1;
-            int32_t a = mor__vocab_find(v, m, la), b = mor__vocab_find(v, sp + 1, lb);
+            int32_t a = vocab_find(v, m, la, &v->probes_text), b = vocab_find(v, sp + 1, lb, &v->probes_text);
             int32_t c = -1;
             if (a >= 0 && b >= 0 && la + lb <= v->max_token_len) {
                 memcpy(tmp, m, la);
                 memcpy(tmp + la, sp + 1, lb);
-                c = mor__vocab_find(v, tmp, la + lb);
+                c = vocab_find(v, tmp, la + lb, &v->probes_text);
             }
             if (c < 0) {  // a part or the result is not a token: the merge can never apply
                 skipped++;
                 continue;
             }
             uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-            uint32_t h = (uint32_t)hash_pair(key) & v->mmask;
-            while (v->mkey[h] != UINT64_MAX && v->mkey[h] != key) h = (h + 1) & v->mmask;
-            if (v->mkey[h] == key) continue;  // duplicate pair: the first (lowest) rank wins
-            v->mkey[h] = key;
-            v->mrank[h] = (int32_t)r;
-            v->mres[h] = c;
+            uint32_t h = mor__pair_hash(v->ptab, (uint32_t)a, (uint32_t)b, v->n_tokens > 65536) & v->mmask, walked = 0;
+            for (;;) {
+                v->probes_merge++;
+                if (v->mslot[h].key == UINT64_MAX || v->mslot[h].key == key) break;
+                if (++walked >= MOR__VOCAB_MAX_RUN) {
+                    mor__free(v->alloc, tmp);
+                    rc = mor__errf(err, err_n, MOR_E_FORMAT,
+                                   "tokenizer.ggml.merges[%u]: more than %u merge pairs share a hash probe run "
+                                   "(crafted to collide?)", r, MOR__VOCAB_MAX_RUN);
+                    goto fail;
+                }
+                h = (h + 1) & v->mmask;
+            }
+            if (v->mslot[h].key == key) continue;  // duplicate pair: the first (lowest) rank wins
+            v->mslot[h].key = key;
+            v->mslot[h].rank = (int32_t)r;
+            v->mslot[h].res = c;
             v->n_merges++;
         }
         mor__free(v->alloc, tmp);
+        v->run_merge = longest_run_merge(v->mslot, v->mmask);
+        if (v->run_merge > MOR__VOCAB_MAX_RUN) {
+            rc = mor__errf(err, err_n, MOR_E_FORMAT,
+                           "tokenizer.ggml.merges: %u merge pairs in one hash probe run (max %u; crafted to collide?)",
+                           v->run_merge, MOR__VOCAB_MAX_RUN);
+            goto fail;
+        }
         if (skipped) mor__log(3, "tokenizer: %u of %u merges name strings that are not tokens; ignored", skipped, d->n_merges);
     }
     *out = v;

@@ -60,6 +60,8 @@ typedef struct {
     int              add_eos;       // -1: not given
     int              add_space_prefix;  // -1: not given
     const mor_allocator *alloc;     // the vocabulary's memory and its tokenizer calls' (NULL: libc)
+    const uint64_t  *hash_key;      // 2 words keying the hash tables; NULL: a fresh random key
+                                    // (only tests fix it, to construct collisions)
 } mor__vocab_desc;
 
 // Build from tokenizer.ggml.* keys. MOR_E_NOT_FOUND (no message) if the file has no
@@ -96,6 +98,40 @@ int mor__vocab_detokenize(const mor__vocab *v, const int32_t *tokens, size_t n_t
 
 // ---- shared between tokenizer*.c and pretok.c (not for other modules) ----------------------
 
+// Longest run of occupied slots a hash table may hold: a vocabulary with a longer one is
+// refused (MOR_E_FORMAT), so building does at most this many probes per entry and every lookup
+// visits at most this many slots plus one, whatever the file holds. With a random key at load
+// 1/2 a longer run has a probability below 2e-12 even in a table of 2^30 slots (the most
+// tokens allowed), below 2e-15 at 2^20; real vocabularies stay under 80 (docs/TOKENIZER.md).
+#define MOR__VOCAB_MAX_RUN 256u
+
+// ---- keyed hashing (see tokenizer.c) ---------------------------------------------------------
+
+// Merge pairs are hashed by simple tabulation: one random 32-bit word per byte of the left and
+// the right id, XORed. With the words drawn after the vocabulary is fixed, linear probing takes
+// expected constant time per operation whatever the pairs (Patrascu and Thorup, "The power of
+// simple tabulation hashing", 2011), at a fraction of SipHash's cost on this hot path.
+typedef uint32_t mor__pair_tab[8][256];
+// The tables of a key (SipHash-1-3 of a counter under it).
+void mor__pair_tab_init(mor__pair_tab t, const uint64_t k[2]);
+// wide: 0 when every id is below 2^16 (vocabularies of at most 65536 tokens): the two high
+// bytes are then 0 and their words would only XOR the same constant into every hash, so they
+// are left out (tabulation over the four low bytes).
+static inline uint32_t mor__pair_hash(const mor__pair_tab t, uint32_t a, uint32_t b, int wide) {
+    uint32_t h = t[0][a & 255] ^ t[1][(a >> 8) & 255] ^ t[4][b & 255] ^ t[5][(b >> 8) & 255];
+    if (wide) h ^= t[2][(a >> 16) & 255] ^ t[3][a >> 24] ^ t[6][(b >> 16) & 255] ^ t[7][b >> 24];
+    return h;
+}
+
+// SipHash-c-d of bytes p[0..n) under key k (k[0], k[1]: the key's two little-endian halves).
+// Exposed for tests (known-answer test of SipHash-2-4); the text table uses c = 1, d = 3.
+uint64_t mor__siphash(const uint64_t k[2], const void *p, size_t n, int c, int d);
+
+typedef struct {
+    uint64_t key;                // left id << 32 | right id
+    int32_t  rank, res;
+} mor__merge_slot;
+
 struct mor__vocab {
     const mor_allocator *alloc;  // borrowed (the model's): the vocabulary and per-call scratch
     int       type;              // MOR__VOCAB_*
@@ -112,15 +148,23 @@ struct mor__vocab {
     uint8_t  *ttype;             // [n_tokens] MOR__TOK_*
     uint8_t  *eog;               // [n_tokens] 1: ends generation
     int32_t   special[MOR__SP_COUNT];
+    // Both hash tables use linear probing at a load of at most 1/2, keyed by hkey, drawn at
+    // random for each vocabulary: texts with SipHash-1-3, merge pairs by tabulation through
+    // ptab (derived from hkey). See docs/TOKENIZER.md.
+    uint64_t  hkey[2];
+    mor__pair_tab ptab;
     // text -> id: open addressing, -1 empty
     int32_t  *hash;
     uint32_t  hash_mask;
-    // BPE merges: (left id, right id) -> rank and merged id; key UINT64_MAX empty
-    uint64_t *mkey;
-    int32_t  *mrank;
-    int32_t  *mres;
+    // BPE merges: (left id, right id) -> rank and merged id; key UINT64_MAX empty. One 16-byte
+    // slot holds all three, so a lookup touches one cache line.
+    mor__merge_slot *mslot;
     uint32_t  mmask;
     uint32_t  n_merges;          // merges in the table
+    // Build statistics (tests): slots visited while building each table, and its longest run
+    // of occupied slots (at most MOR__VOCAB_MAX_RUN; a lookup visits at most run + 1 slots).
+    uint64_t  probes_text, probes_merge;
+    uint32_t  run_text, run_merge;
     int32_t   byte_tok[256];     // SPM: byte-fallback token; BPE: token of the byte's character,
                                  // else its byte token <0xNN>; -1: none
     char      byte_chr[256][2];  // BPE: UTF-8 of the character each byte maps to (2 bytes max)

@@ -1248,6 +1248,278 @@ TEST(utf8_helpers) {
     ASSERT_EQ(mor__uc_flags(0x20000) & 7, MOR__UC_L);  // CJK Ext. B (a First/Last range)
 }
 
+// ---- hash flooding ---------------------------------------------------------------------------
+// A model file is untrusted. The tables used to hash with fixed public functions (reproduced
+// here), so a file could put every token text, or every merge pair, into one probe chain and
+// make loading quadratic. They are now keyed by a random key (texts: SipHash-1-3; pairs:
+// tabulation), and a run of more than MOR__VOCAB_MAX_RUN occupied slots is refused.
+
+// The former text hash (an unseeded FNV-1a variant) and merge-pair hash.
+static uint64_t old_hash_bytes(const char *s, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 0x100000001b3ull;
+    return h ^ (h >> 29);
+}
+static uint64_t old_hash_pair(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    return k;
+}
+
+// Slots of the text table for n tokens (as mor__vocab_build sizes it) and of the merge table.
+static uint32_t pow2_ge(uint64_t n) {
+    uint32_t c = 16;
+    while (c < n) c <<= 1;
+    return c;
+}
+
+// Candidate token text number i: "h" and base-62 digits of i (no spaces: usable in merges).
+static size_t cand_text(uint64_t i, char *out) {
+    static const char dig[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    size_t o = 0;
+    out[o++] = 'h';
+    do {
+        out[o++] = dig[i % 62];
+        i /= 62;
+    } while (i);
+    return o;
+}
+
+// A vocabulary of texts pool[0..n) (each 16 bytes apart, lengths len[]); BPE when merges given.
+typedef struct {
+    uint32_t n, nm;
+    char *pool;               // 16 bytes a token
+    uint32_t *len;
+    const char **tok;
+    char *mpool;              // 40 bytes a merge
+    uint32_t *mlen;
+    const char **mer;
+} flood;
+
+static void flood_init(flood *f, uint32_t n, uint32_t nm) {
+    memset(f, 0, sizeof *f);
+    f->n = n;
+    f->nm = nm;
+    f->pool = calloc(n, 16);
+    f->len = calloc(n, sizeof *f->len);
+    f->tok = calloc(n, sizeof *f->tok);
+    for (uint32_t i = 0; i < n; i++) f->tok[i] = f->pool + 16 * (size_t)i;
+    if (nm) {
+        f->mpool = calloc(nm, 40);
+        f->mlen = calloc(nm, sizeof *f->mlen);
+        f->mer = calloc(nm, sizeof *f->mer);
+        for (uint32_t i = 0; i < nm; i++) f->mer[i] = f->mpool + 40 * (size_t)i;
+    }
+}
+
+static void flood_free(flood *f) {
+    free(f->pool);
+    free(f->len);
+    free(f->tok);
+    free(f->mpool);
+    free(f->mlen);
+    free(f->mer);
+}
+
+static int flood_build(const flood *f, const uint64_t *key, mor__vocab **v, char *err, size_t err_n) {
+    mor__vocab_desc d;
+    memset(&d, 0, sizeof d);
+    d.type = f->nm ? MOR__VOCAB_BPE : MOR__VOCAB_SPM;
+    d.n_tokens = f->n;
+    d.tokens = f->tok;
+    d.token_lens = f->len;
+    d.n_merges = f->nm;
+    d.merges = f->mer;
+    d.merge_lens = f->mlen;
+    for (int s = 0; s < MOR__SP_COUNT; s++) d.special[s] = -1;
+    d.add_bos = d.add_eos = d.add_space_prefix = -1;
+    d.hash_key = key;
+    *v = NULL;
+    int rc = mor__vocab_build(v, &d, err, err_n);
+    if (rc) printf("#   build: %s\n", err);
+    return rc;
+}
+
+// Merges over base tokens 0..nb-1 (texts cand_text(i), 2..3 bytes): merge k joins the pair
+// pairs[k] and its result is token nb + k.
+static void flood_merges(flood *f, uint32_t nb, const uint64_t *pairs) {
+    for (uint32_t i = 0; i < nb; i++) f->len[i] = (uint32_t)cand_text(i, f->pool + 16 * (size_t)i);
+    for (uint32_t k = 0; k < f->nm; k++) {
+        uint32_t a = (uint32_t)(pairs[k] >> 32), b = (uint32_t)pairs[k];
+        char *r = f->pool + 16 * (size_t)(nb + k), *m = f->mpool + 40 * (size_t)k;
+        memcpy(r, f->tok[a], f->len[a]);
+        memcpy(r + f->len[a], f->tok[b], f->len[b]);
+        f->len[nb + k] = f->len[a] + f->len[b];
+        memcpy(m, f->tok[a], f->len[a]);
+        m[f->len[a]] = ' ';
+        memcpy(m + f->len[a] + 1, f->tok[b], f->len[b]);
+        f->mlen[k] = f->len[a] + 1 + f->len[b];
+    }
+}
+
+static uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
+static void sipround(uint64_t v[4]) {
+    v[0] += v[1], v[1] = rotl(v[1], 13), v[1] ^= v[0], v[0] = rotl(v[0], 32);
+    v[2] += v[3], v[3] = rotl(v[3], 16), v[3] ^= v[2];
+    v[0] += v[3], v[3] = rotl(v[3], 21), v[3] ^= v[0];
+    v[2] += v[1], v[1] = rotl(v[1], 17), v[1] ^= v[2], v[2] = rotl(v[2], 32);
+}
+static uint64_t ref_siphash(const uint64_t k[2], const uint8_t *m, size_t n, int c, int d) {
+    uint64_t v[4] = {k[0] ^ 0x736f6d6570736575ull, k[1] ^ 0x646f72616e646f6dull, k[0] ^ 0x6c7967656e657261ull,
+                     k[1] ^ 0x7465646279746573ull};
+    for (size_t i = 0; i <= n / 8; i++) {  // the blocks, then the length block
+        uint64_t w = i == n / 8 ? (uint64_t)(n & 255) << 56 : 0;
+        for (size_t j = 0; j < 8 && 8 * i + j < n; j++) w |= (uint64_t)m[8 * i + j] << (8 * j);
+        v[3] ^= w;
+        for (int r = 0; r < c; r++) sipround(v);
+        v[0] ^= w;
+    }
+    v[2] ^= 0xff;
+    for (int r = 0; r < d; r++) sipround(v);
+    return v[0] ^ v[1] ^ v[2] ^ v[3];
+}
+
+// SipHash-2-4 known answer from the specification's appendix (key 00..0f, message 00..0e).
+TEST(siphash_known_answer) {
+    const uint64_t key[2] = {0x0706050403020100ull, 0x0f0e0d0c0b0a0908ull};
+    uint8_t msg[15];
+    for (int i = 0; i < 15; i++) msg[i] = (uint8_t)i;
+    ASSERT_EQ(mor__siphash(key, msg, 15, 2, 4), (long long)0xa129ca6149be45e5ull);
+    uint8_t none = 0;
+    ASSERT_EQ(mor__siphash(key, &none, 0, 2, 4), (long long)0x726fdb47dd0e0e31ull);  // empty message
+    // Every length 0..64, both round counts, against a byte-at-a-time rendering of the spec.
+    uint8_t buf[64];
+    uint64_t s = test_seed();
+    for (int i = 0; i < 64; i++) buf[i] = (uint8_t)test_rand(&s);
+    for (int cd = 0; cd < 2; cd++)
+        for (size_t n = 0; n <= 64; n++) {
+            int c = cd ? 2 : 1, d = cd ? 4 : 3;
+            ASSERT_EQ(mor__siphash(key, buf, n, c, d), (long long)ref_siphash(key, buf, n, c, d));
+        }
+}
+
+// n token texts that all share one slot under the former text hash: building (and looking up
+// every token) visits a bounded number of slots per token, not n / 2.
+TEST(hash_flood_tokens) {
+    const uint32_t n = 3000;
+    uint32_t mask = pow2_ge((uint64_t)n * 2) - 1;
+    flood f;
+    flood_init(&f, n, 0);
+    uint32_t got = 0;
+    char buf[16];
+    for (uint64_t i = 0; got < n; i++) {
+        size_t l = cand_text(i, buf);
+        if ((old_hash_bytes(buf, l) & mask) != 0) continue;
+        memcpy(f.pool + 16 * (size_t)got, buf, l);
+        f.len[got++] = (uint32_t)l;
+    }
+    mor__vocab *v = NULL;
+    char err[256];
+    int rc = flood_build(&f, NULL, &v, err, sizeof err);
+    if (rc == 0) {
+        printf("#   %u colliding texts: %llu probes, longest run %u\n", n, (unsigned long long)v->probes_text,
+               v->run_text);
+        uint64_t bad = 0, probes = v->probes_text;
+        for (uint32_t i = 0; i < n; i++) bad += mor__vocab_find(v, f.tok[i], f.len[i]) != (int32_t)i;
+        ASSERT_EQ(bad, 0);
+        ASSERT_LE(probes, 4.0 * n);  // linear probing at load <= 1/2: about 1.5 a token
+        ASSERT_LE(v->run_text, MOR__VOCAB_MAX_RUN);
+    }
+    mor__vocab_free(v);
+    flood_free(&f);
+    ASSERT_OK(rc);
+}
+
+// Merge pairs that all share one slot under the former pair hash.
+TEST(hash_flood_merges) {
+    const uint32_t nb = 2048, nm = 1000;
+    uint32_t mmask = pow2_ge((uint64_t)nm * 2 + 2) - 1;
+    uint64_t *pairs = malloc(nm * sizeof *pairs);
+    uint32_t got = 0;
+    for (uint32_t a = 0; a < nb && got < nm; a++)
+        for (uint32_t b = 0; b < nb && got < nm; b++) {
+            uint64_t key = ((uint64_t)a << 32) | b;
+            if ((old_hash_pair(key) & mmask) == 0) pairs[got++] = key;
+        }
+    ASSERT_EQ(got, nm);
+    flood f;
+    flood_init(&f, nb + nm, nm);
+    flood_merges(&f, nb, pairs);
+    mor__vocab *v = NULL;
+    char err[256];
+    int rc = flood_build(&f, NULL, &v, err, sizeof err);
+    if (rc == 0) {
+        printf("#   %u colliding merge pairs: %llu probes, longest run %u\n", nm,
+               (unsigned long long)v->probes_merge, v->run_merge);
+        uint64_t probes = v->probes_merge;
+        uint32_t in_table = v->n_merges, run = v->run_merge;
+        mor__vocab_free(v);
+        v = NULL;
+        ASSERT_EQ(in_table, nm);
+        ASSERT_LE(probes, 4.0 * nm);
+        ASSERT_LE(run, MOR__VOCAB_MAX_RUN);
+    }
+    mor__vocab_free(v);
+    flood_free(&f);
+    free(pairs);
+    ASSERT_OK(rc);
+}
+
+// Should the key be known (here: fixed by the test), colliding texts or pairs can be found
+// for it; the vocabulary is then refused once a run passes MOR__VOCAB_MAX_RUN, so building
+// still does at most that many probes a token.
+TEST(hash_run_bound) {
+    const uint64_t key[2] = {0x0123456789abcdefull, 0xfedcba9876543210ull};
+    char err[256];
+    char buf[16];
+    mor__vocab *v = NULL;
+    // Texts: MAX_RUN of them in one slot are accepted (and cost n^2 / 2 probes: the key is
+    // known), one more is refused.
+    for (int over = 0; over < 2; over++) {
+        uint32_t n = MOR__VOCAB_MAX_RUN + (uint32_t)over, mask = pow2_ge((uint64_t)n * 2) - 1, got = 0;
+        flood f;
+        flood_init(&f, n, 0);
+        for (uint64_t i = 0; got < n; i++) {
+            size_t l = cand_text(i, buf);
+            if ((mor__siphash(key, buf, l, 1, 3) & mask) != 0) continue;
+            memcpy(f.pool + 16 * (size_t)got, buf, l);
+            f.len[got++] = (uint32_t)l;
+        }
+        int rc = flood_build(&f, key, &v, err, sizeof err);
+        if (!over) {
+            ASSERT_OK(rc);
+            ASSERT_EQ(v->run_text, n);
+            ASSERT_EQ(v->probes_text, (uint64_t)n * (n + 1) / 2);
+        } else {
+            ASSERT_STATUS(rc, MOR_E_FORMAT);
+            ASSERT_STR_CONTAINS(err, "tokenizer.ggml.tokens");
+        }
+        mor__vocab_free(v);
+        v = NULL;
+        flood_free(&f);
+    }
+    // Merge pairs.
+    const uint32_t nb = 1024, nm = MOR__VOCAB_MAX_RUN + 1;
+    uint32_t mmask = pow2_ge((uint64_t)nm * 2 + 2) - 1, got = 0;
+    uint64_t *pairs = malloc(nm * sizeof *pairs);
+    static mor__pair_tab tab;
+    mor__pair_tab_init(tab, key);
+    for (uint32_t a = 0; a < nb && got < nm; a++)
+        for (uint32_t b = 0; b < nb && got < nm; b++)
+            if ((mor__pair_hash(tab, a, b, 0) & mmask) == 0) pairs[got++] = ((uint64_t)a << 32) | b;
+    ASSERT_EQ(got, nm);
+    flood f;
+    flood_init(&f, nb + nm, nm);
+    flood_merges(&f, nb, pairs);
+    int rc = flood_build(&f, key, &v, err, sizeof err);
+    mor__vocab_free(v);
+    flood_free(&f);
+    free(pairs);
+    ASSERT_STATUS(rc, MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "tokenizer.ggml.merges");
+}
+
 static const test_entry tests_[] = {
     TEST_LIST(vectors_gpt2, vectors_llama_spm, vectors_mpt, vectors_refact, vectors_starcoder, pretok_vocabularies,
               pretok_all_pretokenizers, pretok_names, llama2c_tokenizer_tests, llama2c_tok512,
@@ -1255,5 +1527,6 @@ static const test_entry tests_[] = {
               public_api_and_streaming)
     TEST_LIST(llama2c_converter, bad_metadata, concurrent_tokenize, utf8_helpers, vectors_shipped_model,
               unencodable_byte_refused, byte_level_byte_fallback, spm_without_byte_fallback, spm_space_marker_in_input)
+    TEST_LIST(siphash_known_answer, hash_flood_tokens, hash_flood_merges, hash_run_bound)
 };
 TEST_MAIN_LIST(tests_)
