@@ -804,8 +804,9 @@ MOR_API int     mor_model_token_type(const mor_model *model, int32_t token);
  * they are. The concatenated output of every push plus the final flush equals
  * mor_detokenize() of the whole sequence with the same flags (MOR_DETOKENIZE_*), so a stream
  * that starts with the prompt's tokens prints the prompt text exactly.
- * mor_detok_create(): caller owns *out (mor_detok_free). Keeps a pointer to the model, which
- * must outlive it. A mor_detok is not thread-safe: use one per stream.
+ * mor_detok_create(): caller owns *out (mor_detok_free). Holds the model (see
+ * mor_model_free): the model stays loaded while the detokenizer lives. A mor_detok is not
+ * thread-safe: use one per stream.
  * mor_detok_push(): *n_bytes = bytes written. MOR_E_BUFFER_SMALL: *n_bytes = room needed,
  * nothing consumed (retry with a larger buffer); 64 bytes more than the longest piece always
  * suffice. mor_detok_flush(): emit the held bytes (end of stream).

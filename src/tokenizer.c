@@ -998,6 +998,7 @@ MOR_API int mor_model_token_type(const mor_model *model, int32_t token) {
 
 // Streaming detokenizer.
 struct mor_detok {
+    const mor_model  *m;  // holds a reference: the model stays while the detokenizer lives
     const mor__vocab *v;
     uint32_t flags;
     int      run_start;
@@ -1013,9 +1014,11 @@ MOR_API int mor_detok_create(const mor_model *model, uint32_t flags, mor_detok *
     if (!v) return MOR_E_NOT_FOUND;
     mor_detok *d = mor__alloc(v->alloc, 1, sizeof *d, 1);
     if (!d) return MOR_E_NOMEM;
+    d->m = model;
     d->v = v;
     d->flags = flags;
     d->run_start = 1;
+    mor__model_ref(model);
     *out = d;
     return MOR_OK;
 }
@@ -1075,5 +1078,8 @@ MOR_API void mor_detok_reset(mor_detok *d) {
 }
 
 MOR_API void mor_detok_free(mor_detok *d) {
-    if (d) mor__free(d->v->alloc, d);
+    if (!d) return;
+    const mor_model *m = d->m;
+    mor__free(d->v->alloc, d);
+    mor__model_unref(m);
 }

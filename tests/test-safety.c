@@ -326,6 +326,17 @@ TEST(model_outlives_its_users) {
     mor_sched_free(sc);
     ASSERT_OK(mor_session_step(s, toks, 1));
     mor_session_free(s);  // the last user: the model goes with it (ASan and valgrind see no leak)
+    // A streaming detokenizer holds its model too.
+    m = load("stories260K.gguf");
+    ASSERT(m);
+    mor_detok *d;
+    ASSERT_OK(mor_detok_create(m, 0, &d));
+    mor_model_free(m);
+    char buf[64];
+    size_t n = 0;
+    ASSERT_OK(mor_detok_push(d, 403, buf, sizeof buf, &n));
+    ASSERT(n > 0);
+    mor_detok_free(d);
 }
 
 TEST(tiny_temperature_samples_the_top_token) {
