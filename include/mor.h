@@ -394,8 +394,9 @@ MOR_API int  mor_session_create(const mor_model *model, const mor_session_params
                                 mor_session **out, char *err, size_t err_size);
 /* mor_session_memory_size(): the bytes a session created with these params (NULL: defaults)
  * would allocate, without creating it: KV cache, work buffers, logits and telemetry, each
- * rounded up to whole 64-byte lines, plus the session object (compute threads' stacks are not
- * counted). mor_session_create() refuses a session whose size exceeds its cap (max_bytes).
+ * rounded up to whole 64-byte lines, plus the session object and its thread pool's bookkeeping
+ * aside (compute threads' stacks are not counted; a confidence policy later adds room for up to
+ * 7 more rows of logits, see docs/POLICIES.md). mor_session_create() refuses a session whose size exceeds its cap (max_bytes).
  * K/V memory is reserved, not touched: pages of a context never filled are never made resident
  * on systems that commit memory lazily. @return MOR_OK and *bytes; MOR_E_INVALID (a parameter,
  * named in err); MOR_E_LIMIT (the size overflows). Thread-safe. */

@@ -99,7 +99,7 @@ static void session_plan(plan *c, const mor_model *m, const mor_session_params *
     const uint64_t wide = MOR__MAX(MOR__MAX((uint64_t)hp->n_ff, 2 * d), MOR__MAX(qdim, kvdim));
     const uint64_t maxcols = MOR__MAX(MOR__MAX((uint64_t)hp->n_ff, 2 * d), qdim);
     const uint64_t rank = (uint64_t)MOR__MAX(hp->lora_rank, 1);
-    c->bytes += sizeof(mor_session);
+    c->bytes += (sizeof(mor_session) + 63) & ~(uint64_t)63;
     s->slots = take(c, (uint64_t)hp->n_layer, sizeof *s->slots, 1);
     // K/V entries are written before they are read (a slot's length bounds every read), so
     // they are not zeroed: a context that is never filled costs address space, not memory.
