@@ -144,10 +144,18 @@ $(B)/test-%: tests/test-%.c tests/harness.h $(STATIC) $(HDRS)
 	$(Q)$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
 
 ## test: build and run every test, then check the exported symbols
+# TEST_JOBS=N runs N test programs at once (each one's output is printed whole, in order);
+# CI uses it for the slow sanitizer and valgrind passes.
+TEST_JOBS ?= 1
 test: all $(TEST_BIN)
-	@fail=0; for t in $(TEST_BIN); do \
-	    echo "# $$t"; $(TEST_WRAP) ./$$t || fail=1; \
-	done; \
+	@fail=0; \
+	if [ "$(TEST_JOBS)" -gt 1 ]; then \
+	    printf '%s\n' $(TEST_BIN) | W="$(TEST_WRAP)" xargs -P $(TEST_JOBS) -n 1 \
+	        sh -c 'eval "$$W ./$$1" > "$$1.log" 2>&1; echo $$? > "$$1.rc"' sh; \
+	    for t in $(TEST_BIN); do echo "# $$t"; cat $$t.log; [ "$$(cat $$t.rc)" = 0 ] || fail=1; done; \
+	else \
+	    for t in $(TEST_BIN); do echo "# $$t"; $(TEST_WRAP) ./$$t || fail=1; done; \
+	fi; \
 	$(MAKE) --no-print-directory test-python B=$(B) L=$(L) || fail=1; \
 	$(MAKE) --no-print-directory check-exports B=$(B) L=$(L) || fail=1; \
 	$(MAKE) --no-print-directory check-header B=$(B) || fail=1; \
