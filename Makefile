@@ -307,8 +307,13 @@ fixtures:
 	python3 tools/make-fixtures.py --out tests/data --stories-src tests/data
 	python3 tools/make-policy-fixtures.py --data tests/data
 
-## models: train the four models of docs/MODELS.md (PyTorch and a GPU; about 8 minutes)
-CORPUS ?= ../shared/data/corpus
+## models: train the four models of docs/MODELS.md (PyTorch and a GPU; about 8 minutes);
+## CORPUS=DIR, the folder of training text, is required (docs/MODELS.md, "Reproducing")
+ifneq ($(filter models,$(MAKECMDGOALS)),)
+ifeq ($(strip $(CORPUS)),)
+$(error make models needs CORPUS=DIR, the training corpus folder (docs/MODELS.md, "Reproducing"))
+endif
+endif
 models: tools
 	python3 tools/train.py all --corpus $(CORPUS)
 

@@ -2,7 +2,7 @@
 // referenced, not copied), depth steps with their routers and exit policy, the KV strategies
 // for skipped layers, final norm and output projection.
 //
-// Semantics (SEED.md §2-6, docs/FORMAT.md §3.4, docs/POLICIES.md):
+// Semantics (docs/DESIGN.md, docs/FORMAT.md §3.4, docs/POLICIES.md):
 // - Unrolled layer l runs the weights of stored layer s(l) with the overrides and LoRA of
 //   (s(l), r(l)). Layers outside the steps (the unique first and last layers of the middle
 //   strategies) run on every row.

@@ -21,7 +21,7 @@ void mor__policy_default(const mor_model *m, mor__policy *p) {
 
 // Slot map: every layer reads and writes its own slot, except that with KV sharing a layer
 // at recursion r >= 1 reads the slot of the recursion-0 layer of its stored layer and writes
-// nothing (SEED.md §5.2).
+// nothing (recursive KV sharing: docs/DESIGN.md, "Mixture-of-Recursions").
 void mor__apply_kv(mor_session *s) {
     const mor_model *m = s->model;
     for (int32_t l = 0; l < m->hp.n_layer; l++) {

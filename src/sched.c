@@ -1,4 +1,4 @@
-// sched.c: continuous depth-wise batching of many sessions of one model (SEED.md §3.4).
+// sched.c: continuous depth-wise batching of many sessions of one model (docs/DESIGN.md).
 //
 // Each session under the scheduler has a queue of tokens (prompts, then the tokens it samples)
 // and, while a token is computed, a pass in progress (forward.c: a cursor over the unrolled

@@ -301,8 +301,8 @@ int mor__session_check(mor_session *s, const int32_t *tokens, int32_t n, int32_t
 
 // Tokens a pass takes from a request of n tokens starting at off.
 int32_t mor__session_chunk(const mor_session *s, int32_t n, int32_t off) {
-    // Synchronized parallel decoding runs one new token per pass (SEED.md §6.2): a token that
-    // exits waits on the stack for the next token that goes deep.
+    // Synchronized parallel decoding (FREE, docs/DESIGN.md) runs one new token per pass: a
+    // token that exits waits on the stack for the next token that goes deep.
     int32_t room = s->policy.kv == MOR_KV_SYNC ? 1 : s->n_batch;
     return MOR__MIN(room, n - off);
 }

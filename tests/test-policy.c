@@ -4,7 +4,7 @@
 //   same tokens, and tokens emitted after a deep pass equal full-depth decoding; with rollback
 //   at a tiny threshold the output equals full-depth greedy decoding;
 // - CALM state propagation fills the skipped layers; recursion-wise caching and KV sharing hold
-//   exactly the entries SEED.md §5's formulas count;
+//   exactly the entries of the formulas in docs/POLICIES.md, "KV strategies";
 // - a custom router written in C drives the depths; a failing router leaves the session usable;
 // - the compute budget caps the mean depth; capacity selects top-k per step;
 // - confidence exits read the same exit-head logits for a prompt stepped at once (a group of
@@ -322,8 +322,9 @@ TEST(rollback_recovers_full_depth_output) {
     mor_model_free(m);
 }
 
-// Entries held per slot equal the tokens that ran each layer (SEED.md §5): recursion-wise:
-// first and last layers every token, block r the tokens active at r; shared: block 0 only.
+// Entries held per slot equal the tokens that ran each layer (docs/POLICIES.md, "KV strategies").
+// Recursion-wise: first and last layers every token, block r the tokens active at r; shared:
+// block 0 only.
 TEST(cache_sizes_follow_the_formulas) {
     mor_model *m = load("expert.gguf");
     ASSERT(m);

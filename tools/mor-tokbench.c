@@ -1,11 +1,12 @@
 // mor-tokbench: tokenization throughput (MB/s of UTF-8 input) on one core.
 //
-//   mor-tokbench [-m VOCAB.gguf] [-f TEXT] [-r REPEATS] [-c CHUNK_BYTES]
+//   mor-tokbench -f TEXT [-m VOCAB.gguf] [-r REPEATS] [-c CHUNK_BYTES]
 //
-// Defaults: the starcoder vocabulary of the test data and a Project Gutenberg book from the
-// shared corpus. The text is tokenized whole (one call) and in chunks of CHUNK_BYTES (split at
-// the next newline, default 4096), REPEATS times each; the best time is reported. The result
-// is checked by detokenizing (the text must come back). Not part of `make test`.
+// TEXT is required (docs/TOKENIZER.md measured a Project Gutenberg book, Pride and Prejudice);
+// the vocabulary defaults to the starcoder one of the test data. The text is tokenized whole
+// (one call) and in chunks of CHUNK_BYTES (split at the next newline, default 4096), REPEATS
+// times each; the best time is reported. The result is checked by detokenizing (the text must
+// come back). Not part of `make test`.
 #define _POSIX_C_SOURCE 200809L
 #include "mor.h"
 
@@ -22,7 +23,7 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     const char *vocab = "tests/data/vocab/ggml-vocab-starcoder.gguf";
-    const char *text_path = "../shared/data/corpus/gutenberg/pg1342-Pride-and-Prejudice.txt";
+    const char *text_path = NULL;
     int repeats = 5;
     size_t chunk = 4096;
     for (int i = 1; i < argc; i++) {
@@ -31,9 +32,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-r") && i + 1 < argc) repeats = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-c") && i + 1 < argc) chunk = (size_t)atol(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [-m VOCAB.gguf] [-f TEXT] [-r REPEATS] [-c CHUNK_BYTES]\n", argv[0]);
+            fprintf(stderr, "usage: %s -f TEXT [-m VOCAB.gguf] [-r REPEATS] [-c CHUNK_BYTES]\n", argv[0]);
             return 2;
         }
+    }
+    if (!text_path) {
+        fprintf(stderr, "%s: -f TEXT is required (a UTF-8 text file to tokenize)\n"
+                        "usage: %s -f TEXT [-m VOCAB.gguf] [-r REPEATS] [-c CHUNK_BYTES]\n", argv[0], argv[0]);
+        return 2;
     }
     if (repeats < 1) repeats = 1;
     if (chunk < 1) chunk = 1;

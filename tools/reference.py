@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """reference: an independent PyTorch reference of the models mor runs, in float64.
 
-Written from docs/FORMAT.md and the seed specification (SEED.md §1-§5), not from the C
-engine. It reads models through tools/morgguf.py, i.e. exactly the bytes the engine reads,
-and also reads llama2.c `.bin` checkpoints directly.
+Written from docs/FORMAT.md, docs/POLICIES.md and the methods of docs/DESIGN.md, not from
+the C engine. It reads models through tools/morgguf.py, i.e. exactly the bytes the engine
+reads, and also reads llama2.c `.bin` checkpoints directly.
 
 What it computes:
 

@@ -19,17 +19,17 @@ for tiny configurations). Steps, each a sub-command:
               against tools/reference.py; runs on a CPU in seconds.
     exits     exit-head statistics (softmax-response confidence) of a router-free model.
     export-hf a GGUF written here -> Hugging Face style checkpoint of the official MoR
-              layouts (SEED.md §8), for converter tests.
+              layouts (docs/CONVERT.md), for converter tests.
     all       prepare + train + fixtures (what `make models` runs).
 
-The model definition (one class, `MorLM`) covers: the four sharing strategies of SEED.md §2
-(cycle, sequence, middle_cycle, middle_sequence), depth-wise LoRA relaxation (§3.2),
-expert-choice routing with top-k capacity selection and the auxiliary BCE loss (§4.1),
-token-choice routing with the balancing loss and router z-loss (§4.2), recursion-wise and
-recursive-shared KV (§5), and exit heads trained with the layer-weighted loss
-omega_i ∝ i (§6.1). Inference semantics (what the C engine and tools/reference.py run) are the
-causal ones: expert-choice continues a token iff sigmoid(z) >= 0.5, token-choice takes the
-argmax depth.
+The model definition (one class, `MorLM`) covers (docs/DESIGN.md names the papers): the four
+sharing strategies (cycle, sequence, middle_cycle, middle_sequence), depth-wise LoRA
+relaxation, expert-choice routing with top-k capacity selection and the auxiliary BCE loss,
+token-choice routing with the balancing loss and router z-loss, recursion-wise and
+recursive-shared KV, and exit heads trained with the layer-weighted loss omega_i ∝ i
+(docs/MODELS.md, "Training"). Inference semantics (what the C engine and tools/reference.py
+run) are the causal ones: expert-choice continues a token iff sigmoid(z) >= 0.5, token-choice
+takes the argmax depth.
 
 Tokens are packed into fixed windows; attention crosses document boundaries (as in the MoR
 training setup). See docs/MODELS.md for the trained models and the commands.
@@ -808,7 +808,7 @@ def build_model(cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# Export: GGUF (docs/FORMAT.md, arch mor) and a Hugging Face style checkpoint (SEED.md §8)
+# Export: GGUF (docs/FORMAT.md, arch mor) and a Hugging Face style checkpoint (docs/CONVERT.md)
 # ---------------------------------------------------------------------------------------------
 
 def export_gguf(model, tok, path, ttype=morgguf.F16, name=None, description=None):
@@ -968,11 +968,13 @@ def write_safetensors(path, tensors, metadata=None):
 
 
 def export_hf(model, out_dir, dtype="float32"):
-    """A Hugging Face style checkpoint of model in the official MoR layouts (SEED.md §8):
+    """A Hugging Face style checkpoint of model in the official MoR layouts (docs/CONVERT.md):
     config.json (LlamaConfig fields, num_hidden_layers = unrolled L, tied embeddings),
     model.safetensors and mor_config.json (the recursive / mor / kv_sharing / relaxation
     settings that the official code keeps in its Hydra YAML). Router-free models are written
-    fully unrolled (§8.2, every alias present); expert-choice as §8.3, token-choice as §8.4.
+    fully unrolled (every alias present); expert-choice with per-recursion `block` lists and
+    routers, token-choice with `block_list` and one router (docs/CONVERT.md, "Supported
+    checkpoint layouts").
     LoRA uses PEFT names (base_layer / lora_A.default / lora_B.default). Exit-head norms have
     no official name: they are written as model.exit_norms.{k}.weight."""
     torch, nn, F = _torch()
@@ -1623,7 +1625,8 @@ def selftest(device, log=print, quick=False):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    corpus_default = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "corpus"))
+    corpus_help = ("the training corpus folder, with gutenberg/, brown/, tinyshakespeare/ and tinystories/ "
+                   "(required; docs/MODELS.md, \"Training-data licenses\", lists the files)")
 
     def common_train(p):
         p.add_argument("--work", default=".dev/mor-data", help="output of prepare")
@@ -1651,7 +1654,7 @@ def main(argv=None):
         p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("prepare", help="corpus, tokenizer, token files")
-    p.add_argument("--corpus", default=corpus_default)
+    p.add_argument("--corpus", required=True, help=corpus_help)
     p.add_argument("--work", default=".dev/mor-data")
     p.add_argument("--vocab", type=int, default=VOCAB_SIZE)
     p = sub.add_parser("train", help="train, evaluate and export the model family")
@@ -1670,7 +1673,7 @@ def main(argv=None):
     p.add_argument("out_dir")
     p.add_argument("--dtype", default="float32")
     p = sub.add_parser("all", help="prepare + train + fixtures (make models)")
-    p.add_argument("--corpus", default=corpus_default)
+    p.add_argument("--corpus", required=True, help=corpus_help)
     p.add_argument("--vocab", type=int, default=VOCAB_SIZE)
     common_train(p)
     p.add_argument("--dest", default="tests/data/models")
