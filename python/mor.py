@@ -136,7 +136,26 @@ def _params(kind, **fields):
     return buf
 
 
-class Model:
+class _Handle:
+    """A library object: a context manager whose calls raise ValueError once it is closed."""
+    _what = "object"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _open(self):
+        return bool(self.h)
+
+    def _handle(self):
+        if not self._open():
+            raise ValueError("the %s is closed" % self._what)
+        return self.h
+
+
+class Model(_Handle):
     """A loaded model. Sessions and schedulers keep their model alive: close() on a model that
     still has open ones only marks it closed (no new sessions, no tokenizer calls) and the
     library's model is freed when the last of them closes."""
@@ -154,16 +173,10 @@ class Model:
             raise Error(st, err.value.decode(errors="replace"))
         self.h = h
 
-    def __enter__(self):
-        return self
+    _what = "model"
 
-    def __exit__(self, *exc):
-        self.close()
-
-    def _handle(self):
-        if self._closed or not self.h:
-            raise ValueError("the model is closed")
-        return self.h
+    def _open(self):
+        return not self._closed and bool(self.h)
 
     def _use(self):
         h = self._handle()
@@ -228,7 +241,7 @@ class Model:
             self._really_free()
 
 
-class Session:
+class Session(_Handle):
     """One sequence of a model. A session keeps its model alive. Calls made from inside its own
     router callback that would change it raise Error (MOR_E_BUSY); close() from there ends the
     running step (it raises Error with MOR_E_CANCELLED) and frees the session as it returns."""
@@ -249,18 +262,9 @@ class Session:
         self.h = h
         self._n_vocab = lib.mor_model_get_int(model.h, INFO_N_VOCAB)
 
-    def __enter__(self):
-        return self
+    _what = "session"
 
-    def __exit__(self, *exc):
-        self.close()
-
-    def _handle(self):
-        if not self.h:
-            raise ValueError("the session is closed")
-        return self.h
-
-    def _check(self, st, h=None):
+    def _check(self, st):
         if st:
             if not self.h:  # closed meanwhile (by its own callback)
                 raise Error(st, "the session was closed during the call")
@@ -361,7 +365,7 @@ class Session:
     __del__ = close
 
 
-class Scheduler:
+class Scheduler(_Handle):
     """Many sessions of one model stepped together (continuous depth-wise batching).
 
         sched = mor.Scheduler(model, max_batch=32)
@@ -390,16 +394,7 @@ class Scheduler:
             raise Error(st, err.value.decode(errors="replace"))
         self.h = h
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def _handle(self):
-        if not self.h:
-            raise ValueError("the scheduler is closed")
-        return self.h
+    _what = "scheduler"
 
     def _forget(self, h):
         self._sessions.pop(h.value, None)
