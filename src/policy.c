@@ -187,6 +187,13 @@ int mor_session_set_exit_policy(mor_session *s, const mor_exit_policy *pol) {
     return MOR_OK;
 }
 
+void mor__router_release(mor_session *s) {
+    if (!s->has_router || !s->router.free) return;
+    s->busy++;  // the free callback runs with the session marked busy, like route and reset
+    s->router.free(s->router_user);
+    s->busy--;
+}
+
 int mor_session_set_router(mor_session *s, const mor_router_i *r, void *user) {
     if (!s) return MOR_E_INVALID;
     MOR__REFUSE_BUSY(s);
@@ -197,11 +204,7 @@ int mor_session_set_router(mor_session *s, const mor_router_i *r, void *user) {
     if (r && s->model->steps_interleaved)
         return mor__session_fail(s, MOR_E_UNSUPPORTED, "%s sharing interleaves the recursions: a router cannot stop tokens per step",
                     s->model->sharing_name);
-    if (s->has_router && s->router.free) {
-        s->busy++;
-        s->router.free(s->router_user);
-        s->busy--;
-    }
+    mor__router_release(s);
     memset(&s->router, 0, sizeof s->router);
     s->has_router = r != NULL;
     s->router_user = user;

@@ -22,11 +22,7 @@ void mor_session_free(mor_session *s) {
         return;
     }
     if (s->sched) mor_sched_remove(s->sched, s);
-    if (s->has_router && s->router.free) {
-        s->busy++;
-        s->router.free(s->router_user);
-        s->busy--;
-    }
+    mor__router_release(s);
     mor__pool_free(s->pool);
     if (s->slots)
         for (int32_t l = 0; l < s->model->hp.n_layer; l++) {
@@ -53,7 +49,6 @@ void mor_session_free(mor_session *s) {
     if (counted) mor__model_unref(m);
 }
 
-void *mor__alloc_zero(size_t n, size_t elem) { return mor__alloc(NULL, n, elem, 1); }
 
 static void sampler_from(mor__sampler *d, const mor_sampler_params *p) {
     mor_sampler_params q;

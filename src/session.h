@@ -234,8 +234,6 @@ void    mor__session_prepare(mor_session *s, const int32_t *tokens, int32_t T, i
 int     mor__session_abort(mor_session *s, int st);
 int     mor__session_commit(mor_session *s, int32_t T, int32_t off);
 
-// Zeroed, 64-byte aligned memory for work buffers (free with free()); NULL on overflow or OOM.
-void *mor__alloc_zero(size_t n, size_t elem);
 
 // KV slot maintenance (session.c): drop entries at positions >= n_keep.
 void mor__truncate_slots(mor_session *s, int32_t n_keep);
@@ -261,6 +259,8 @@ int  mor__sampler_check(const mor__sampler *sp, char *err, size_t err_n);
 
 #define MOR__BUDGET_MAX_WINDOW 4096
 
+// Hands the custom router back to its owner (its free callback, if any, with the session busy).
+void mor__router_release(mor_session *s);
 // Calls that change a session are refused (MOR_E_BUSY) while one of its callbacks runs.
 #define MOR__REFUSE_BUSY(s)                                                                      \
     do {                                                                                         \
