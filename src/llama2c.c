@@ -2,6 +2,7 @@
 #include "llama2c.h"
 
 #include "gguf-write.h"
+#include "tokenizer.h"
 #include "internal.h"
 
 #include <math.h>
@@ -41,15 +42,6 @@ typedef struct {
     uint64_t gs;       // v2 group size
     region   r[R_COUNT];
 } ckpt;
-
-// A byte token is exactly "<0xNN>" (two hex digits): what the loader accepts as one. sscanf's
-// "<0x%02hhX>" also matched prefixes such as "<0x0z" and "<0x1", which the loader refuses.
-static int is_byte_piece(const char *s, size_t n) {
-    if (n != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>') return 0;
-    for (int i = 3; i < 5; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'A' && s[i] <= 'F') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
-    return 1;
-}
 
 static const char *const hdr_names[7] = {"dim", "hidden_dim", "n_layers", "n_heads",
                                          "n_kv_heads", "vocab_size", "seq_len"};
@@ -333,11 +325,6 @@ static int tok_walk(const uint8_t *p, size_t size, uint64_t want, uint64_t *coun
                              (unsigned long long)i, off, (int)len, size - off);
         if (v) {
             const char *src = (const char *)p + off;
-            char plain[64];
-            char *cz = (size_t)len < sizeof plain ? plain : malloc((size_t)len + 1);
-            if (!cz) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
-            memcpy(cz, src, (size_t)len);
-            cz[len] = 0;
             const char *text = src;
             size_t tlen = (size_t)len;
             int32_t type;
@@ -349,12 +336,11 @@ static int tok_walk(const uint8_t *p, size_t size, uint64_t want, uint64_t *coun
                 text = "</s>", tlen = 4, type = 3;
             } else if (len == 0) {
                 type = 3;
-            } else if (is_byte_piece(cz, (size_t)len)) {
+            } else if (mor__parse_byte_token(src, (size_t)len) >= 0) {  // exactly "<0xNN>", as the loader wants
                 type = 6;
             } else {
                 type = 1;
             }
-            if (cz != plain) free(cz);
             size_t spaces = 0;
             for (size_t k = 0; k < tlen; k++) spaces += text[k] == ' ';
             char *out = malloc(tlen + 2 * spaces + 1);

@@ -271,8 +271,7 @@ static int cp_to_byte(uint32_t cp) {
     return -1;
 }
 
-// "<0xNN>" with two uppercase or lowercase hex digits -> the byte, else -1.
-static int parse_byte_token(const char *s, size_t n) {
+int mor__parse_byte_token(const char *s, size_t n) {
     if (n != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>') return -1;
     int v = 0;
     for (int i = 3; i < 5; i++) {
@@ -327,7 +326,7 @@ static size_t make_piece(const mor__vocab *v, int32_t id, char *out) {
         memcpy(out, t, n);
         return n;
     case MOR__TOK_BYTE: {
-        int b = parse_byte_token(t, n);
+        int b = mor__parse_byte_token(t, n);
         if (b < 0) return 0;
         out[0] = (char)b;
         return 1;
@@ -480,7 +479,7 @@ int mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size
             h = (h + 1) & v->hash_mask;
         }
         v->hash[h] = (int32_t)i;
-        if (v->ttype[i] == MOR__TOK_BYTE && v->type == MOR__VOCAB_SPM && parse_byte_token(t, len) < 0) {
+        if (v->ttype[i] == MOR__TOK_BYTE && v->type == MOR__VOCAB_SPM && mor__parse_byte_token(t, len) < 0) {
             rc = mor__errf(err, err_n, MOR_E_FORMAT,
                            "tokenizer.ggml.token_type[%u]: byte token \"%.*s\" is not <0xNN>", i,
                            (int)MOR__MIN(len, 40), t);

@@ -71,6 +71,9 @@ int  mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, siz
 void mor__vocab_free(mor__vocab *v);
 
 int32_t     mor__vocab_n_tokens(const mor__vocab *v);
+// "<0xNN>" with two uppercase or lowercase hex digits -> the byte, else -1 (what a byte token's
+// text must be; the llama2.c importer types its pieces by the same rule).
+int         mor__parse_byte_token(const char *s, size_t n);
 int         mor__vocab_type(const mor__vocab *v);
 int         mor__vocab_pre(const mor__vocab *v);
 const char *mor__vocab_pre_name(int pre);
