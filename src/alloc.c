@@ -51,3 +51,16 @@ char *mor__strndup(const mor_allocator *a, const char *s, size_t n) {
     p[n] = 0;
     return p;
 }
+
+void *mor__plan_take(mor__plan *p, uint64_t n, size_t elem, int zero) {
+    uint64_t b;
+    if (p->fail || __builtin_mul_overflow(n ? n : 1, (uint64_t)elem, &b) || b > UINT64_MAX / 2 - p->bytes) {
+        p->fail = 1;
+        return NULL;
+    }
+    b = (b + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+    void *q = p->base ? p->base + p->bytes : NULL;
+    p->bytes += b;
+    if (q && zero) memset(q, 0, (size_t)b);
+    return q;
+}

@@ -24,4 +24,18 @@ char *mor__strndup(const mor_allocator *a, const char *s, size_t n);
 // 1 if the allocator is the host's.
 int   mor__alloc_custom(const mor_allocator *a);
 
+// An arena plan: one walk over an object's buffers that either only counts their bytes (base
+// NULL) or carves them, in the same order and sizes, out of one block of that many bytes. The
+// count is therefore exact by construction, and an object built this way is one allocation.
+// Every buffer starts on a 64-byte boundary (the block itself is 64-aligned).
+typedef struct {
+    char    *base;   // the block being carved; NULL: count only
+    uint64_t bytes;  // bytes planned so far
+    int      fail;   // a size overflowed
+} mor__plan;
+
+// n elements of elem bytes; zeroed when `zero` (a buffer left unzeroed costs address space
+// until it is written, not memory). NULL when counting or after an overflow.
+void *mor__plan_take(mor__plan *p, uint64_t n, size_t elem, int zero);
+
 #endif

@@ -7,44 +7,28 @@
 
 #include <math.h>
 
-void mor__policy_default(const mor_model *m, mor__policy *p) {
-    memset(p, 0, sizeof *p);
+void mor__policy_default(const mor_model *m, mor_exit_policy *p) {
+    mor_exit_policy_init(p);
     p->policy = m->hp.router != MOR_ROUTER_NONE ? MOR_EXIT_ROUTER : MOR_EXIT_FULL;
     p->depth = m->n_steps;
     p->threshold = 0.5f;
     p->min_depth = 0;
     p->metric = MOR_CONF_TOP2_GAP;
     p->shallow = 1;
+    p->adaptive = 0;
     p->kv = m->hp.kv_sharing ? MOR_KV_SHARE : MOR_KV_SKIP;
+    p->budget = 0;
     p->budget_window = 32;
-}
-
-// Slot map: every layer reads and writes its own slot, except that with KV sharing a layer
-// at recursion r >= 1 reads the slot of the recursion-0 layer of its stored layer and writes
-// nothing (recursive KV sharing: docs/DESIGN.md, "Mixture-of-Recursions").
-void mor__apply_kv(mor_session *s) {
-    const mor_model *m = s->model;
-    for (int32_t l = 0; l < m->hp.n_layer; l++) {
-        const mor__layer *ly = &m->layers[l];
-        s->slot_of[l] = l;
-        s->slot_write[l] = 1;
-        if (s->policy.kv != MOR_KV_SHARE || !ly->in_middle || ly->rec == 0) continue;
-        for (int32_t j = 0; j < l; j++)
-            if (m->layers[j].stored == ly->stored && m->layers[j].rec == 0 && m->layers[j].in_middle) {
-                s->slot_of[l] = j;
-                s->slot_write[l] = 0;
-                break;
-            }
-    }
+    p->rollback = 0;
 }
 
 // Checks a policy against the model and a session's router and batch size; resolves defaults
 // into *out. Reads nothing else and writes nothing but *out and err, so state loading can
 // validate a saved policy without touching the session.
 int mor__policy_check(const mor_model *m, const mor_exit_policy *q, int has_router, int32_t n_batch,
-                      mor__policy *out, char *err, size_t err_n) {
+                      mor_exit_policy *out, char *err, size_t err_n) {
     const mor__hparams *hp = &m->hp;
-    mor__policy np;
+    mor_exit_policy np;
     mor__policy_default(m, &np);
     int32_t pol = q->policy == -1 ? np.policy : q->policy;
     int steps = m->n_steps;
@@ -116,27 +100,23 @@ int mor__policy_check(const mor_model *m, const mor_exit_policy *q, int has_rout
     }
     if (q->rollback > 0 && kv != MOR_KV_SYNC)
         return mor__errf(err, err_n, MOR_E_INVALID, "rollback needs the KV_SYNC strategy");
+    // The public struct, with its defaults resolved, is the session's policy.
+    np = *q;
+    np.size = sizeof np;
+    np.kind = MOR_PARAMS_EXIT;
     np.policy = pol;
     np.depth = pol == MOR_EXIT_FIXED ? q->depth : steps;
-    np.threshold = q->threshold;
-    np.min_depth = q->min_depth;
-    np.metric = q->metric;
-    np.decay_tau = q->decay_tau;
-    np.decay_len = q->decay_len;
-    np.shallow = q->shallow;
     np.adaptive = q->adaptive != 0;
     np.kv = kv;
-    np.budget = q->budget;
-    np.budget_window = q->budget_window > 0 ? q->budget_window : 32;
-    np.rollback = q->rollback;
+    if (np.budget_window <= 0) np.budget_window = 32;
     *out = np;
     return MOR_OK;
 }
 
 // The same check for the live session: its KV strategy cannot change while it holds tokens.
 // The message goes to the session.
-static int check_policy(mor_session *s, const mor_exit_policy *q, mor__policy *out) {
-    mor__policy np;
+static int check_policy(mor_session *s, const mor_exit_policy *q, mor_exit_policy *out) {
+    mor_exit_policy np;
     int st = mor__policy_check(s->model, q, s->has_router, s->n_batch, &np, s->err, sizeof s->err);
     if (st) return st;
     if (np.kv != s->policy.kv && s->n_past > 0)
@@ -146,23 +126,26 @@ static int check_policy(mor_session *s, const mor_exit_policy *q, mor__policy *o
     return MOR_OK;
 }
 
-void mor__policy_install(mor_session *s, const mor__policy *np) {
+void mor__policy_install(mor_session *s, const mor_exit_policy *np) {
     int new_free = np->policy == MOR_EXIT_FREE && (s->policy.policy != MOR_EXIT_FREE || s->policy.threshold != np->threshold);
     s->policy = *np;
     if (new_free) {
         s->bmm->lambda = np->threshold;
         s->bmm->n = s->bmm->next = s->bmm->n_fits = 0;
     }
-    s->budget_n = s->budget_next = 0;
-    mor__apply_kv(s);
+    s->budget.n = s->budget.next = 0;
+    mor__kv_map(&s->kv, s->model, np->kv == MOR_KV_SHARE);
     // Policies that read exit-head confidences get room for a group of rows' logits (one head
     // product for the group); others keep one row. Not getting the room only costs speed.
     int conf = np->policy == MOR_EXIT_CONFIDENCE || np->policy == MOR_EXIT_FREE ||
                (np->policy == MOR_EXIT_CUSTOM && s->router.wants_confidence);
     int32_t g = conf ? MOR__MIN(s->n_batch, MOR__CONF_GROUP) : 1;
-    if (g != s->conf_group) {
-        float *nb = mor__alloc(&s->alloc, (size_t)g * (size_t)s->model->hp.n_vocab, sizeof(float), 1);
-        if (nb) mor__free(&s->alloc, s->vocab_buf), s->vocab_buf = nb, s->conf_group = g;
+    if (g != s->conf_group) {  // one row lives in the session's block; a group is allocated
+        float *nb = g == 1 ? s->vocab_row : mor__alloc(&s->alloc, (size_t)g * (size_t)s->model->hp.n_vocab, sizeof(float), 1);
+        if (nb) {
+            if (s->conf_group > 1) mor__free(&s->alloc, s->vocab_buf);
+            s->vocab_buf = nb, s->conf_group = g;
+        }
     }
 }
 
@@ -180,7 +163,7 @@ int mor_session_set_exit_policy(mor_session *s, const mor_exit_policy *pol) {
     } else if (s->has_router) {
         q.policy = MOR_EXIT_CUSTOM;
     }
-    mor__policy np;
+    mor_exit_policy np;
     int st = check_policy(s, &q, &np);
     if (st) return st;
     mor__policy_install(s, &np);
@@ -209,7 +192,8 @@ int mor_session_set_router(mor_session *s, const mor_router_i *r, void *user) {
     s->has_router = r != NULL;
     s->router_user = user;
     if (r) memcpy(&s->router, r, MOR__MIN(r->size, sizeof s->router));
-    mor__policy np;
+    mor__session_hook_router(s);
+    mor_exit_policy np;
     mor_exit_policy q;
     mor_exit_policy_init(&q);
     q.policy = r ? MOR_EXIT_CUSTOM : -1;
@@ -243,16 +227,16 @@ int mor_session_get_stats(const mor_session *s, mor_session_stats *out) {
     mor_session_stats st;
     memset(&st, 0, sizeof st);
     st.size = (uint32_t)MOR__MIN(out->size, sizeof st);
-    st.n_tokens = s->st_tokens;
-    st.steps_run = s->st_steps;
-    st.layer_evals = s->st_evals;
-    st.layer_evals_full = s->st_evals_full;
-    st.kv_bytes = mor__session_kv_bytes(s);
-    st.deep_passes = s->st_deep;
-    st.rollbacks = s->st_rollbacks;
-    st.mean_depth = s->st_tokens ? (float)((double)s->st_steps / (double)s->st_tokens) : 0.0f;
+    st.n_tokens = s->st.tokens;
+    st.steps_run = s->st.steps;
+    st.layer_evals = s->st.evals;
+    st.layer_evals_full = s->st.evals_full;
+    st.kv_bytes = mor__kv_bytes(&s->kv);
+    st.deep_passes = s->st.deep;
+    st.rollbacks = s->st.rollbacks;
+    st.mean_depth = s->st.tokens ? (float)((double)s->st.steps / (double)s->st.tokens) : 0.0f;
     st.threshold = s->policy.policy == MOR_EXIT_FREE && s->policy.adaptive ? s->bmm->lambda : s->policy.threshold;
-    memcpy(st.depth_hist, s->st_hist, sizeof st.depth_hist);
+    memcpy(st.depth_hist, s->st.hist, sizeof st.depth_hist);
     memcpy(out, &st, st.size);
     return MOR_OK;
 }

@@ -43,13 +43,13 @@ struct mor_sched {
     mor_sched_params  p;
     entry            *e;
     int32_t           n, cap;
-    mor__work         w;
+    mor__work         w;             // the batch's workspace, in one block (work_mem)
+    void             *work_mem;
     mor__pool        *pool;
-    float            *bufs[9];
-    size_t            att_stride;
     event            *ev;
     int32_t           ev_head, ev_len, ev_cap;
-    mor__part        *parts;
+    mor__layer_rows  *parts;         // [max_batch] the rows of the layer being run
+    mor_session     **part_s;        // [max_batch] the session of each (NULL: advanced)
     int32_t          *head;          // [max_batch] entries whose logits are batched
     float            *logits;        // [max_batch][n_vocab]
     int32_t          *conf_tmp;      // [3][max_batch] scratch of conf_heads()
@@ -67,7 +67,6 @@ struct mor_sched {
     int               model_ref;     // holds a reference to the model
 };
 
-int mor__sched_busy(const mor_sched *sc) { return sc->busy; }
 
 // Calls that change the scheduler are refused while its round runs a session's callback.
 #define REFUSE_BUSY(sc, s)                                                                        \
@@ -89,38 +88,21 @@ void mor_sched_params_init(mor_sched_params *p) {
     p->prompt_chunk = 16;
 }
 
-static void free_work(mor_sched *sc) {
-    for (int i = 0; i < 9; i++) mor__free(&sc->alloc, sc->bufs[i]), sc->bufs[i] = NULL;
-}
-
-// (Re)allocates the batch workspace: rows = max_batch, attention scratch for att_stride.
-static int alloc_work(mor_sched *sc, size_t att_stride) {
+// (Re)plans the batch workspace: max_batch rows attending to up to att_len entries.
+static int alloc_work(mor_sched *sc, size_t att_len) {
     const mor__hparams *hp = &sc->model->hp;
-    size_t nb = (size_t)sc->p.max_batch, d = (size_t)hp->n_embd, kv = (size_t)hp->n_head_kv * hp->head_dim,
-           q = (size_t)hp->n_head * hp->head_dim;
-    size_t wide = MOR__MAX(MOR__MAX((size_t)hp->n_ff, 2 * d), MOR__MAX(q, kv));
-    size_t row_stride = (MOR__MAX(wide, (size_t)MOR__MAX(hp->lora_rank, 1)) + 15) & ~(size_t)15;
-    size_t nt = (size_t)sc->p.n_threads;
-    size_t sizes[9] = {nb * d, nb * q, nb * kv, nb * kv, nb * q, nb * wide, nb * wide, nb * wide,
-                       nb * (size_t)MOR__MAX(hp->lora_rank, 1)};
-    float *nbufs[9] = {0};
-    const mor_allocator *a = &sc->alloc;
-    float *att = mor__alloc(a, att_stride * nt + 1, sizeof(float), 1), *row = mor__alloc(a, row_stride * nt, sizeof(float), 1);
-    int fail = !att || !row;
-    for (int i = 0; i < 9 && !fail; i++) fail = !(nbufs[i] = mor__alloc(a, sizes[i], sizeof(float), 1));
-    if (fail) {
-        mor__free(a, att);
-        mor__free(a, row);
-        for (int i = 0; i < 9; i++) mor__free(a, nbufs[i]);
-        return MOR_E_NOMEM;
-    }
-    free_work(sc);
-    mor__free(a, sc->w.att);
-    mor__free(a, sc->w.row);
-    memcpy(sc->bufs, nbufs, sizeof nbufs);
-    sc->att_stride = att_stride;
-    sc->w = (mor__work){nbufs[0], nbufs[1], nbufs[2], nbufs[3], nbufs[4], nbufs[5], nbufs[6], nbufs[7], nbufs[8],
-                        att, att_stride, row, row_stride, sc->pool, mor__kernels_best(), sc->p.max_batch};
+    mor__work w;
+    mor__plan c = {0};
+    mor__work_plan(&c, &w, hp, sc->p.max_batch, att_len, sc->p.n_threads);
+    void *mem = !c.fail && c.bytes <= SIZE_MAX ? mor__alloc(&sc->alloc, (size_t)c.bytes, 1, 0) : NULL;
+    if (!mem) return MOR_E_NOMEM;
+    c = (mor__plan){.base = mem};
+    mor__work_plan(&c, &w, hp, sc->p.max_batch, att_len, sc->p.n_threads);
+    mor__free(&sc->alloc, sc->work_mem);
+    sc->work_mem = mem;
+    w.pool = sc->pool;
+    w.kern = mor__kernels_best();
+    sc->w = w;
     return MOR_OK;
 }
 
@@ -161,12 +143,13 @@ int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sch
     int st = mor__pool_create_with(&sc->pool, p.n_threads, &sc->alloc);
     if (!st) st = alloc_work(sc, 1);
     sc->parts = mor__alloc(a, (size_t)p.max_batch, sizeof *sc->parts, 1);
+    sc->part_s = mor__alloc(a, (size_t)p.max_batch, sizeof *sc->part_s, 1);
     sc->head = mor__alloc(a, (size_t)p.max_batch, sizeof *sc->head, 1);
     sc->logits = mor__alloc(a, (size_t)p.max_batch * (size_t)m->hp.n_vocab, sizeof(float), 1);
     sc->first_use = mor__alloc(a, (size_t)m->hp.n_stored, sizeof *sc->first_use, 0);
     sc->conf_tmp = mor__alloc(a, 3 * (size_t)p.max_batch, sizeof *sc->conf_tmp, 0);
     sc->depths = mor__alloc(a, (size_t)m->n_steps + 1, sizeof *sc->depths, 1);
-    if (!st && (!sc->parts || !sc->head || !sc->logits || !sc->first_use || !sc->depths || !sc->conf_tmp)) st = MOR_E_NOMEM;
+    if (!st && (!sc->parts || !sc->part_s || !sc->head || !sc->logits || !sc->first_use || !sc->depths || !sc->conf_tmp)) st = MOR_E_NOMEM;
     if (!st) {
         for (int32_t l = m->hp.n_layer - 1; l >= 0; l--) sc->first_use[m->layers[l].stored] = l;
         sc->sweep = m->hp.n_layer - 1;  // the first sweep starts at the first layer
@@ -204,11 +187,13 @@ static entry *find(mor_sched *sc, const mor_session *s) {
 // last finished token.
 static void drop_pass(entry *e) {
     if (!e->in_pass) return;
-    e->s->ps.active = 0;
-    mor__truncate_slots(e->s, e->s->n_past);
-    e->s->budget_next = e->s->ring_save_next, e->s->budget_n = e->s->ring_save_n;
+    mor__session_abandon(e->s);
     e->in_pass = 0;
 }
+
+// The scheduler as its sessions' owner (session.h): a session reaches it only through these.
+static int owner_busy(const void *owner) { return ((const mor_sched *)owner)->busy; }
+static void owner_detach(void *owner, mor_session *s) { mor_sched_remove(owner, s); }
 
 void mor_sched_free(mor_sched *sc) {
     if (!sc) return;
@@ -218,13 +203,12 @@ void mor_sched_free(mor_sched *sc) {
     }
     for (int32_t i = 0; i < sc->n; i++) {
         drop_pass(&sc->e[i]);
-        sc->e[i].s->sched = NULL;
+        sc->e[i].s->owner = (mor__session_owner){0};
         mor__free(&sc->alloc, sc->e[i].queue);
         mor__free(&sc->alloc, sc->e[i].given);
     }
     mor__free(&sc->alloc, sc->e);
-    free_work(sc);
-    void *bufs[] = {sc->w.att, sc->w.row, sc->ev, sc->parts, sc->head, sc->logits, sc->first_use, sc->depths,
+    void *bufs[] = {sc->work_mem, sc->ev, sc->parts, sc->part_s, sc->head, sc->logits, sc->first_use, sc->depths,
                     sc->conf_tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mor__free(&sc->alloc, bufs[i]);
     mor__pool_free(sc->pool);
@@ -240,11 +224,11 @@ int mor_sched_add(mor_sched *sc, mor_session *s) {
     REFUSE_BUSY(sc, s);
     s->err[0] = 0;
     if (s->model != sc->model) return mor__session_fail(s, MOR_E_INVALID, "the session is of another model");
-    if (s->sched) return mor__session_fail(s, MOR_E_INVALID, "the session already belongs to a scheduler");
+    if (s->owner.owner) return mor__session_fail(s, MOR_E_INVALID, "the session already belongs to a scheduler");
     if (s->n_batch > sc->p.max_batch)
         return mor__session_fail(s, MOR_E_INVALID, "the session's n_batch %d exceeds the scheduler's max_batch %d",
                                  s->n_batch, sc->p.max_batch);
-    if ((size_t)s->n_ctx > sc->att_stride) {
+    if ((size_t)s->n_ctx > sc->w.att_stride) {
         int st = alloc_work(sc, (size_t)s->n_ctx);
         if (st) return mor__session_fail(s, st, "out of memory growing the scheduler's workspace");
     }
@@ -259,7 +243,7 @@ int mor_sched_add(mor_sched *sc, mor_session *s) {
     memset(e, 0, sizeof *e);
     e->s = s;
     e->last_round = sc->rounds;
-    s->sched = sc;
+    s->owner = (mor__session_owner){sc, owner_busy, owner_detach};
     return MOR_OK;
 }
 
@@ -297,7 +281,7 @@ int mor_sched_remove(mor_sched *sc, mor_session *s) {
     drop_pass(e);
     mor__free(&sc->alloc, e->queue);
     mor__free(&sc->alloc, e->given);
-    s->sched = NULL;
+    s->owner = (mor__session_owner){0};
     *e = sc->e[--sc->n];
     for (int32_t i = 0; i < sc->ev_len; i++) {  // its events go too
         event *v = &sc->ev[(sc->ev_head + i) % sc->ev_cap];
@@ -413,7 +397,7 @@ int mor_sched_stats(const mor_sched *sc, int64_t *rounds, int64_t *rows, double 
 
 static int64_t kv_held(const mor_sched *sc) {
     int64_t b = 0;
-    for (int32_t i = 0; i < sc->n; i++) b += mor__session_kv_bytes(sc->e[i].s);
+    for (int32_t i = 0; i < sc->n; i++) b += mor__kv_bytes(&sc->e[i].s->kv);
     return b;
 }
 
@@ -455,11 +439,11 @@ static int32_t admit(mor_sched *sc, entry *e, int32_t rows_in, int may_start) {
     }
     if (!may_start) return 0;
     int32_t n = e->q_len - e->q_head, T = MOR__MIN(mor__session_chunk(s, n, 0), sc->p.prompt_chunk);
-    int32_t R = T + (s->policy.kv == MOR_KV_SYNC ? s->n_stack : 0);
+    int32_t R = T + (s->policy.kv == MOR_KV_SYNC ? s->stack.n : 0);
     if (rows_in > 0 && rows_in + R > sc->p.max_batch) return 0;  // wait for room
     if (sc->p.kv_budget > 0) {
         const mor__hparams *hp = &sc->model->hp;
-        int64_t grow = (int64_t)T * hp->n_layer * hp->n_head_kv * hp->head_dim * 8;
+        int64_t grow = (int64_t)T * hp->n_layer * mor__kv_entry_bytes(&s->kv);
         if (kv_held(sc) + grow > sc->p.kv_budget) {
             if (rows_in > 0) return 0;  // retry when nothing else is in flight
             fail_entry(sc, e, mor__session_fail(s, MOR_E_CONTEXT_FULL, "the scheduler's K/V budget of %lld bytes is used up",
@@ -570,7 +554,7 @@ static void conf_heads(mor_sched *sc, int32_t np) {
     int32_t *cnt = sc->conf_tmp, *hd = cnt + sc->p.max_batch, *off = hd + sc->p.max_batch;
     int any = 0;
     for (int32_t i = 0; i < np; i++) {
-        cnt[i] = mor__pass_conf_rows(sc->parts[i].s, NULL, &hd[i]);
+        cnt[i] = mor__pass_conf_rows(sc->part_s[i], NULL, &hd[i]);
         if (cnt[i] > sc->p.max_batch) cnt[i] = 0;  // (cannot happen) computed by the session
         any |= cnt[i] > 0;
     }
@@ -585,7 +569,7 @@ static void conf_heads(mor_sched *sc, int32_t np) {
                 continue;
             }
             off[i] = rows;
-            mor__pass_conf_rows(sc->parts[i].s, sc->w.xb + (size_t)rows * d, &h);
+            mor__pass_conf_rows(sc->part_s[i], sc->w.xb + (size_t)rows * d, &h);
             rows += cnt[i];
             cnt[i] = -1;  // in this product
         }
@@ -594,9 +578,9 @@ static void conf_heads(mor_sched *sc, int32_t np) {
         sc->head_rows += rows;
         for (int32_t i = 0; i < np; i++) {
             if (cnt[i] != -1) continue;
-            mor__pass_conf_logits(sc->parts[i].s, sc->logits + (size_t)off[i] * m->hp.n_vocab);
-            advance(sc, sc->parts[i].s);
-            sc->parts[i].s = NULL;
+            mor__pass_conf_logits(sc->part_s[i], sc->logits + (size_t)off[i] * m->hp.n_vocab);
+            advance(sc, sc->part_s[i]);
+            sc->part_s[i] = NULL;
             cnt[i] = 0;
         }
     }
@@ -676,25 +660,27 @@ static void round_run(mor_sched *sc) {
             if (!e->in_pass || mor__pass_next(e->s) < 0) continue;
             if (m->layers[mor__pass_next(e->s)].stored != key) continue;
             if (sc->p.mode == MOR_SCHED_SEQUENTIAL && e != first) continue;
-            mor__part p;
-            mor__pass_part(e->s, &p);
+            mor__layer_rows p;
+            mor__pass_rows(e->s, &p);
             if (e != first && rows + p.n > sc->p.max_batch) continue;
+            sc->part_s[np] = e->s;
             sc->parts[np++] = p;
             rows += p.n;
             e->last_round = sc->rounds;
         }
         for (int32_t i = 1; i < np; i++)  // equal layers next to each other: they share products
             for (int32_t j = i; j > 0 && sc->parts[j - 1].l > sc->parts[j].l; j--) {
-                mor__part t = sc->parts[j];
-                sc->parts[j] = sc->parts[j - 1];
-                sc->parts[j - 1] = t;
+                mor__layer_rows t = sc->parts[j];
+                mor_session *ts = sc->part_s[j];
+                sc->parts[j] = sc->parts[j - 1], sc->part_s[j] = sc->part_s[j - 1];
+                sc->parts[j - 1] = t, sc->part_s[j - 1] = ts;
             }
         mor__run_layers(&sc->w, m, sc->parts, np);
         sc->rows += rows;
         sc->layers++;
         conf_heads(sc, np);
         for (int32_t i = 0; i < np; i++)
-            if (sc->parts[i].s) advance(sc, sc->parts[i].s);
+            if (sc->part_s[i]) advance(sc, sc->part_s[i]);
     }
     // Tokens whose layers are done: one output projection for all whose logits come from the
     // final head, then each finishes (telemetry, stack, sampling next round).

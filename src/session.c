@@ -15,37 +15,20 @@ int mor__session_fail(mor_session *s, int status, const char *fmt, ...) {
 
 void mor_session_free(mor_session *s) {
     if (!s) return;
-    // From inside a callback of the session (or of its scheduler's round) the memory is still
-    // in use: the call that runs the callback frees it on its way out.
-    if (s->busy || (s->sched && mor__sched_busy(s->sched))) {
+    // From inside a callback of the session (or of its owner's round) the memory is still in
+    // use: the call that runs the callback frees it on its way out.
+    if (s->busy || (s->owner.owner && s->owner.busy(s->owner.owner))) {
         s->free_pending = 1;
         return;
     }
-    if (s->sched) mor_sched_remove(s->sched, s);
+    if (s->owner.owner) s->owner.detach(s->owner.owner, s);
     mor__router_release(s);
     mor__pool_free(s->pool);
-    if (s->slots)
-        for (int32_t l = 0; l < s->model->hp.n_layer; l++) {
-            mor__free(&s->alloc, s->slots[l].k);
-            mor__free(&s->alloc, s->slots[l].v);
-            mor__free(&s->alloc, s->slots[l].k16);
-            mor__free(&s->alloc, s->slots[l].v16);
-            mor__free(&s->alloc, s->slots[l].pos);
-        }
-    mor__free(&s->alloc, s->slots);
-    void *bufs[] = {s->tokens, s->logits, s->depths, s->depth_all, s->x, s->xb, s->q, s->k, s->v,
-                    s->ao, s->hb, s->hb2, s->tmp, s->lora, s->att, s->row, s->rope_cos,
-                    s->rope_sin, s->h_in, s->xa, s->gate, s->router_h, s->act, s->act_pos,
-                    s->tok_depth, s->tok_choice, s->alive, s->probs, s->cand, s->tpos, s->row_start,
-                    s->joined, s->exit_step, s->conf, s->cosv, s->rscore, s->cap, s->h_step, s->h_exit,
-                    s->vocab_buf, s->shallow_top, s->slot_of, s->slot_write, s->stack_pos,
-                    s->stack_step, s->stack_top, s->stack_h, s->stack_conf, s->row_head,
-                    s->trace.depth, s->trace.score, s->trace.kv, s->trace.given, s->budget_ring, s->bmm};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mor__free(&s->alloc, bufs[i]);
+    if (s->conf_group > 1) mor__free(&s->alloc, s->vocab_buf);  // grown outside the block
     const mor_allocator a = s->alloc;
     const mor_model *m = s->model;
     int counted = s->model_ref;
-    mor__free(&a, s);
+    mor__free(&a, s);  // the session's block: this struct and every buffer of the plan
     if (counted) mor__model_unref(m);
 }
 
@@ -63,107 +46,76 @@ static void sampler_from(mor__sampler *d, const mor_sampler_params *p) {
     d->seed = q.seed;
 }
 
-// The session's memory plan. session_plan() walks every buffer a session owns once, with the
-// same sizes whether it only counts (mor_session_memory_size, the cap check) or allocates
-// (mor_session_create), so the estimate is exact by construction.
-typedef struct {
-    mor_session *s;      // NULL: count only
-    uint64_t     bytes;  // bytes counted so far (each buffer rounded up to whole cache lines)
-    int          fail;   // overflow or out of memory
-} plan;
-
-static void *take(plan *c, uint64_t n, size_t elem, int zero) {
-    uint64_t b;
-    if (c->fail || mor__mul_u64(n ? n : 1, elem, &b) || b > SIZE_MAX - 64) {
-        c->fail = 1;
-        return NULL;
-    }
-    c->bytes += (b + 63) & ~(uint64_t)63;
-    if (!c->s) return NULL;
-    void *p = mor__alloc(&c->s->alloc, (size_t)n, elem, zero);
-    if (!p) c->fail = 1;
-    return p;
-}
-
-// p: validated parameters. Writes the buffers into c->s when it is not NULL.
-static void session_plan(plan *c, const mor_model *m, const mor_session_params *p) {
-    mor_session dummy, *s = c->s ? c->s : &dummy;
+// The session's memory plan: one walk over every buffer a session owns, with the same sizes
+// whether it only counts (mor_session_memory_size, the cap check) or carves the session's one
+// block (mor_session_create), so the estimate is exact by construction. The block:
+//
+//   struct mor_session | K/V cache (kv.c) | sequence and telemetry [n_ctx] | last step |
+//   pass rows [n_batch] (route.h) | routing scratch | stacks | workspace (work.h) | policy
+//   state | sampler scratch [n_vocab]
+//
+// Only the K/V entries are left unzeroed (a slot's length bounds every read): a context that
+// is never filled costs address space, not memory.
+static void session_plan(mor__plan *c, mor_session *s, const mor_model *m, const mor_session_params *p) {
     const mor__hparams *hp = &m->hp;
-    const uint64_t nb = (uint64_t)p->n_batch, d = (uint64_t)hp->n_embd, kvdim = (uint64_t)hp->n_head_kv * hp->head_dim,
-                   qdim = (uint64_t)hp->n_head * hp->head_dim, V = (uint64_t)hp->n_vocab, ctx = (uint64_t)p->n_ctx;
-    const uint64_t wide = MOR__MAX(MOR__MAX((uint64_t)hp->n_ff, 2 * d), MOR__MAX(qdim, kvdim));
-    const uint64_t maxcols = MOR__MAX(MOR__MAX((uint64_t)hp->n_ff, 2 * d), qdim);
-    const uint64_t rank = (uint64_t)MOR__MAX(hp->lora_rank, 1);
-    c->bytes += (sizeof(mor_session) + 63) & ~(uint64_t)63;
-    s->slots = take(c, (uint64_t)hp->n_layer, sizeof *s->slots, 1);
-    // K/V entries are written before they are read (a slot's length bounds every read), so
-    // they are not zeroed: a context that is never filled costs address space, not memory.
-    const int f16 = (p->flags & MOR_SESSION_KV_F16) != 0;
-    for (int32_t l = 0; l < hp->n_layer && !c->fail; l++) {
-        void *k = take(c, ctx * kvdim, f16 ? sizeof(uint16_t) : sizeof(float), 0);
-        void *v = take(c, ctx * kvdim, f16 ? sizeof(uint16_t) : sizeof(float), 0);
-        void *pos = take(c, ctx, sizeof(int32_t), 0);
-        if (!c->s) continue;
-        s->slots[l].pos = pos;
-        if (f16) s->slots[l].k16 = k, s->slots[l].v16 = v;
-        else s->slots[l].k = k, s->slots[l].v = v;
+    const uint64_t nb = (uint64_t)p->n_batch, d = (uint64_t)hp->n_embd, V = (uint64_t)hp->n_vocab,
+                   ctx = (uint64_t)p->n_ctx, n_rec = (uint64_t)MOR__MAX(hp->n_rec, 1);
+    mor__plan_take(c, 1, sizeof(mor_session), 1);  // the struct itself, at the start
+    mor__kv_plan(c, &s->kv, hp->n_layer, p->n_ctx, hp->n_head_kv * hp->head_dim, (p->flags & MOR_SESSION_KV_F16) != 0);
+    // the sequence
+    s->tokens = mor__plan_take(c, ctx, sizeof(int32_t), 1);      // [n_ctx]
+    s->trace.depth = mor__plan_take(c, ctx, 1, 1);               // [n_ctx]
+    s->trace.score = mor__plan_take(c, ctx, sizeof(float), 1);   // [n_ctx]
+    s->trace.kv = mor__plan_take(c, ctx, 1, 1);                  // [n_ctx]
+    s->trace.given = mor__plan_take(c, ctx, 1, 1);               // [n_ctx]
+    // the last step
+    s->logits = mor__plan_take(c, (p->flags & MOR_SESSION_LOGITS_ALL ? nb : 1) * V, sizeof(float), 1);
+    s->depths = mor__plan_take(c, nb, sizeof(int32_t), 1);       // [n_batch]
+    s->depth_all = mor__plan_take(c, nb, sizeof(int32_t), 1);    // [n_batch]
+    // pass rows
+    mor__rows *r = &s->r;
+    const uint64_t half = (uint64_t)(hp->head_dim / 2);
+    r->x = mor__plan_take(c, nb * d, sizeof(float), 1);          // [n_batch][d]
+    r->xa = mor__plan_take(c, nb * d, sizeof(float), 1);         // [n_batch][d]
+    r->h_step = mor__plan_take(c, nb * d, sizeof(float), 1);     // [n_batch][d]
+    r->h_exit = mor__plan_take(c, nb * d, sizeof(float), 1);     // [n_batch][d]
+    r->h_in = mor__plan_take(c, nb * d, sizeof(float), 1);       // [n_batch][d]
+    r->rope_cos = mor__plan_take(c, nb * half, sizeof(float), 1);  // [n_batch][head_dim / 2]
+    r->rope_sin = mor__plan_take(c, nb * half, sizeof(float), 1);  // [n_batch][head_dim / 2]
+    r->depth_p = mor__plan_take(c, nb * (uint64_t)MOR__MAX(hp->n_rec, 2), sizeof(float), 1);
+    float **rf[] = {&r->gate, &r->conf, &r->cosv, &r->rscore};  // [n_batch] each
+    for (size_t i = 0; i < sizeof rf / sizeof rf[0]; i++) *rf[i] = mor__plan_take(c, nb, sizeof(float), 1);
+    int32_t **ri[] = {&r->tpos, &r->row_start, &r->exit_step, &r->step_cap, &r->shallow_top,
+                      &r->row_head, &r->tok_depth, &r->tok_choice, &r->act, &r->act_pos};  // [n_batch] each
+    for (size_t i = 0; i < sizeof ri / sizeof ri[0]; i++) *ri[i] = mor__plan_take(c, nb, sizeof(int32_t), 1);
+    r->alive = mor__plan_take(c, nb, 1, 1);                       // [n_batch]
+    r->joined = mor__plan_take(c, nb, 1, 1);                      // [n_batch]
+    // routing scratch
+    s->rt.z = mor__plan_take(c, nb * n_rec, sizeof(float), 1);      // [n_batch][n_rec]
+    s->rt.z_aux = mor__plan_take(c, nb * n_rec, sizeof(float), 1);  // [n_batch][n_rec]
+    s->rt.hid = mor__plan_take(c, nb * (hp->router_mlp ? 2 * d : d), sizeof(float), 1);
+    s->rt.score = mor__plan_take(c, nb, sizeof(float), 1);          // [n_batch]
+    s->rt.conf = mor__plan_take(c, nb, sizeof(float), 1);           // [n_batch]
+    s->rt.pos = mor__plan_take(c, nb, sizeof(int32_t), 1);          // [n_batch]
+    s->rt.keep = mor__plan_take(c, nb, 1, 1);                       // [n_batch]
+    // the KV_SYNC stack and the one being rebuilt
+    mor__stack *stacks[] = {&s->stack, &s->stack_next};
+    for (int i = 0; i < 2; i++) {
+        mor__stack *k = stacks[i];
+        k->pos = mor__plan_take(c, nb, sizeof(int32_t), 1);     // [n_batch]
+        k->step = mor__plan_take(c, nb, sizeof(int32_t), 1);    // [n_batch]
+        k->top = mor__plan_take(c, nb, sizeof(int32_t), 1);     // [n_batch]
+        k->conf = mor__plan_take(c, nb, sizeof(float), 1);      // [n_batch]
+        k->h = mor__plan_take(c, nb * d, sizeof(float), 1);     // [n_batch][d]
     }
-    s->tokens = take(c, ctx, sizeof(int32_t), 1);
-    s->logits = take(c, (p->flags & MOR_SESSION_LOGITS_ALL ? nb : 1) * V, sizeof(float), 1);
-    s->depths = take(c, nb, sizeof(int32_t), 1);
-    s->depth_all = take(c, nb, sizeof(int32_t), 1);
-    s->x = take(c, nb * d, sizeof(float), 1);
-    s->xb = take(c, nb * d, sizeof(float), 1);
-    s->q = take(c, nb * qdim, sizeof(float), 1);
-    s->k = take(c, nb * kvdim, sizeof(float), 1);
-    s->v = take(c, nb * kvdim, sizeof(float), 1);
-    s->ao = take(c, nb * qdim, sizeof(float), 1);
-    s->hb = take(c, nb * wide, sizeof(float), 1);
-    s->hb2 = take(c, nb * wide, sizeof(float), 1);
-    s->tmp = take(c, nb * wide, sizeof(float), 1);
-    s->lora = take(c, nb * rank, sizeof(float), 1);
-    s->att = take(c, ctx * (uint64_t)p->n_threads, sizeof(float), 1);
-    s->row_stride = (size_t)((MOR__MAX(maxcols, rank) + 15) & ~(uint64_t)15);
-    s->row = take(c, (uint64_t)s->row_stride * (uint64_t)p->n_threads, sizeof(float), 1);
-    s->rope_cos = take(c, nb * (uint64_t)(hp->head_dim / 2), sizeof(float), 1);
-    s->rope_sin = take(c, nb * (uint64_t)(hp->head_dim / 2), sizeof(float), 1);
-    s->h_in = take(c, nb * d, sizeof(float), 1);
-    s->xa = take(c, nb * d, sizeof(float), 1);
-    s->gate = take(c, nb, sizeof(float), 1);
-    s->router_h = take(c, nb * (uint64_t)MOR__MAX(hp->n_rec, 2), sizeof(float), 1);
-    s->act = take(c, nb, sizeof(int32_t), 1);
-    s->act_pos = take(c, nb, sizeof(int32_t), 1);
-    s->tok_depth = take(c, nb, sizeof(int32_t), 1);
-    s->tok_choice = take(c, nb, sizeof(int32_t), 1);
-    s->alive = take(c, 2 * nb, 1, 1);
-    s->tpos = take(c, nb, sizeof(int32_t), 1);
-    s->row_start = take(c, nb, sizeof(int32_t), 1);
-    s->joined = take(c, nb, 1, 1);
-    s->exit_step = take(c, nb, sizeof(int32_t), 1);
-    s->conf = take(c, nb, sizeof(float), 1);
-    s->cosv = take(c, nb, sizeof(float), 1);
-    s->rscore = take(c, nb, sizeof(float), 1);
-    s->cap = take(c, 2 * nb, sizeof(int32_t), 1);
-    s->h_step = take(c, nb * d, sizeof(float), 1);
-    s->h_exit = take(c, nb * d, sizeof(float), 1);
-    s->vocab_buf = take(c, V, sizeof(float), 1);
-    s->shallow_top = take(c, nb, sizeof(int32_t), 1);
-    s->row_head = take(c, nb, sizeof(int32_t), 1);
-    s->slot_of = take(c, (uint64_t)hp->n_layer, sizeof(int32_t), 1);
-    s->slot_write = take(c, (uint64_t)hp->n_layer, 1, 1);
-    s->stack_pos = take(c, nb, sizeof(int32_t), 1);
-    s->stack_step = take(c, nb, sizeof(int32_t), 1);
-    s->stack_top = take(c, nb, sizeof(int32_t), 1);
-    s->stack_conf = take(c, nb, sizeof(float), 1);
-    s->stack_h = take(c, nb * d, sizeof(float), 1);
-    s->trace.depth = take(c, ctx, 1, 1);
-    s->trace.score = take(c, ctx, sizeof(float), 1);
-    s->trace.kv = take(c, ctx, 1, 1);
-    s->trace.given = take(c, ctx, 1, 1);
-    s->budget_ring = take(c, MOR__BUDGET_MAX_WINDOW, sizeof(int32_t), 1);
-    s->bmm = take(c, 1, sizeof(mor__bmm), 1);
-    s->probs = take(c, V, sizeof(float), 1);
-    s->cand = take(c, V, sizeof(int32_t), 1);
+    mor__work_plan(c, &s->w, hp, p->n_batch, (size_t)p->n_ctx, p->n_threads);
+    // policy state
+    s->vocab_row = mor__plan_take(c, V, sizeof(float), 1);      // [n_vocab] exit-head logits
+    s->budget.ring = mor__plan_take(c, MOR__BUDGET_MAX_WINDOW, sizeof(int32_t), 1);
+    s->bmm = mor__plan_take(c, 1, sizeof(mor__bmm), 1);
+    // sampler scratch
+    s->probs = mor__plan_take(c, V, sizeof(float), 1);          // [n_vocab]
+    s->cand = mor__plan_take(c, V, sizeof(int32_t), 1);         // [n_vocab]
 }
 
 // Parameters with their defaults filled in and checked; the message goes to err.
@@ -209,8 +161,9 @@ int mor_session_memory_size(const mor_model *m, const mor_session_params *params
     mor_session_params p;
     int st = session_params(m, params, &p, err, err_n);
     if (st) return st;
-    plan c = {0};
-    session_plan(&c, m, &p);
+    mor_session dummy = {0};
+    mor__plan c = {0};
+    session_plan(&c, &dummy, m, &p);
     if (c.fail) return mor__errf(err, err_n, MOR_E_LIMIT, "a session of %d tokens overflows the address space", p.n_ctx);
     *bytes = c.bytes;
     return MOR_OK;
@@ -227,8 +180,9 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     const mor__hparams *hp = &m->hp;
     // Count before allocating: a file claiming a huge context or depth is refused here, with
     // the figure, instead of exhausting the host's memory.
-    plan c = {0};
-    session_plan(&c, m, &p);
+    mor_session dummy = {0};
+    mor__plan c = {0};
+    session_plan(&c, &dummy, m, &p);
     const uint64_t cap = p.max_bytes == 0 ? default_cap(m) : p.max_bytes < 0 ? UINT64_MAX : (uint64_t)p.max_bytes;
     if (c.fail || c.bytes > cap)
         return mor__errf(err, err_n, MOR_E_LIMIT,
@@ -237,8 +191,14 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
                          p.n_ctx, hp->n_layer, c.fail ? INFINITY : (double)c.bytes / 1048576.0, (double)cap / 1048576.0);
 
     const mor_allocator *a = mor__alloc_custom(&p.allocator) ? &p.allocator : &m->alloc;
-    mor_session *s = mor__alloc(a, 1, sizeof *s, 1);
-    if (!s) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
+    // One block for everything the plan counted (this struct at its start).
+    char *block = c.bytes <= SIZE_MAX ? mor__alloc(a, (size_t)c.bytes, 1, 0) : NULL;
+    if (!block)
+        return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory allocating a session of %d tokens (%.1f MiB)", p.n_ctx,
+                         (double)c.bytes / 1048576.0);
+    mor_session *s = (mor_session *)block;
+    c = (mor__plan){.base = block};
+    session_plan(&c, s, m, &p);
     s->alloc = *a;
     s->model = m;
     s->kern = p.flags & MOR_SESSION_REF_KERNELS ? mor__kernels_ref() : mor__kernels_best();
@@ -246,25 +206,19 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     s->n_batch = p.n_batch;
     s->n_threads = p.n_threads;
     s->flags = p.flags;
-    c = (plan){.s = s};
-    session_plan(&c, m, &p);
     s->conf_group = 1;
-    if (c.fail) {
-        mor_session_free(s);
-        return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory allocating a session of %d tokens (%.1f MiB)", p.n_ctx,
-                         (double)c.bytes / 1048576.0);
-    }
+    s->vocab_buf = s->vocab_row;
     int ps = mor__pool_create_with(&s->pool, p.n_threads, &s->alloc);
     if (ps) {
         mor_session_free(s);
         return mor__errf(err, err_n, ps, "cannot start %d compute threads", p.n_threads);
     }
-    s->w = (mor__work){s->xb, s->q, s->k, s->v, s->ao, s->hb, s->hb2, s->tmp, s->lora, s->att, (size_t)p.n_ctx,
-                       s->row, s->row_stride, s->pool, s->kern, p.n_batch};
+    s->w.pool = s->pool;
+    s->w.kern = s->kern;
     sampler_from(&s->sampler, NULL);
     s->rng = s->sampler.seed;
     mor__policy_default(m, &s->policy);
-    mor__apply_kv(s);
+    mor__kv_map(&s->kv, m, s->policy.kv == MOR_KV_SHARE);
     s->rollback_to = -1;
     mor__model_ref(m);
     s->model_ref = 1;
@@ -305,18 +259,23 @@ int32_t mor__session_chunk(const mor_session *s, int32_t n, int32_t off) {
 void mor__session_prepare(mor_session *s, const int32_t *tokens, int32_t T, int given, int32_t off) {
     int all = (s->flags & MOR_SESSION_LOGITS_ALL) != 0;
     s->logit_row0 = all && s->policy.kv == MOR_KV_SYNC ? off : 0;
-    s->ring_save_next = s->budget_next, s->ring_save_n = s->budget_n;
+    s->budget.save_next = s->budget.next, s->budget.save_n = s->budget.n;
     for (int32_t i = 0; i < T; i++) {
         s->trace.given[s->n_past + i] = (uint8_t)given;
         s->tokens[s->n_past + i] = tokens[i];
     }
 }
 
-int mor__session_abort(mor_session *s, int st) {
-    mor__truncate_slots(s, s->n_past);  // drop what the pass appended, keep the session usable
-    s->budget_next = s->ring_save_next, s->budget_n = s->ring_save_n;
+void mor__session_abandon(mor_session *s) {
+    s->ps.active = 0;
+    mor__session_truncate(s, s->n_past);  // drop what the pass appended, keep the session usable
+    s->budget.next = s->budget.save_next, s->budget.n = s->budget.save_n;
     s->n_last = 0;
     s->n_logits = 0;
+}
+
+int mor__session_abort(mor_session *s, int st) {
+    mor__session_abandon(s);
     if (!s->err[0]) mor__session_fail(s, st, "forward pass failed");
     return st;
 }
@@ -331,8 +290,8 @@ int mor__session_commit(mor_session *s, int32_t T, int32_t off) {
     // The deep pass disagreed with an emitted token: back to it, with the deep logits there.
     int32_t to = s->rollback_to;
     s->rolled_back = s->n_past - to;
-    s->st_rollbacks++;
-    mor__truncate_slots(s, to);
+    s->st.rollbacks++;
+    mor__session_truncate(s, to);
     s->n_past = to;
     s->n_last = 1;
     s->n_logits = 1;  // the deep logits at the new end were left in row 0
@@ -353,7 +312,7 @@ int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
     if (!s) return MOR_E_INVALID;
     MOR__REFUSE_BUSY(s);
     s->err[0] = 0;
-    if (s->sched) return mor__session_fail(s, MOR_E_INVALID, "the session belongs to a scheduler: submit work there");
+    if (s->owner.owner) return mor__session_fail(s, MOR_E_INVALID, "the session belongs to a scheduler: submit work there");
     int st = mor__session_check(s, tokens, n, 0);
     if (st) return st;
     s->n_last = 0;
@@ -401,31 +360,20 @@ int32_t mor_session_n_past(const mor_session *s) { return s ? s->n_past : -1; }
 int32_t mor_session_n_ctx(const mor_session *s) { return s ? s->n_ctx : -1; }
 int32_t mor_session_n_last(const mor_session *s) { return s ? s->n_last : -1; }
 
-int64_t mor__session_kv_bytes(const mor_session *s) {
-    const mor__hparams *hp = &s->model->hp;
-    const int64_t per = (int64_t)hp->n_head_kv * hp->head_dim * 2 * (int64_t)sizeof(float);
-    int64_t b = 0;
-    for (int32_t l = 0; l < hp->n_layer; l++) b += (int64_t)s->slots[l].len * per;
-    return b;
-}
-
-void mor__truncate_slots(mor_session *s, int32_t n_keep) {
-    for (int32_t l = 0; l < s->model->hp.n_layer; l++) {
-        mor__kv_slot *sl = &s->slots[l];
-        while (sl->len > 0 && sl->pos[sl->len - 1] >= n_keep) sl->len--;
-    }
-    int32_t k = 0;  // stacked tokens past the cut go too
-    for (int32_t j = 0; j < s->n_stack; j++) {
-        if (s->stack_pos[j] >= n_keep) continue;
-        if (k != j) {
-            s->stack_pos[k] = s->stack_pos[j], s->stack_step[k] = s->stack_step[j];
-            s->stack_top[k] = s->stack_top[j], s->stack_conf[k] = s->stack_conf[j];
-            memmove(s->stack_h + (size_t)k * s->model->hp.n_embd, s->stack_h + (size_t)j * s->model->hp.n_embd,
-                    (size_t)s->model->hp.n_embd * sizeof(float));
+void mor__session_truncate(mor_session *s, int32_t n_keep) {
+    mor__kv_truncate(&s->kv, n_keep);
+    mor__stack *k = &s->stack;  // stacked tokens past the cut go too
+    const size_t d = (size_t)s->model->hp.n_embd;
+    int32_t n = 0;
+    for (int32_t j = 0; j < k->n; j++) {
+        if (k->pos[j] >= n_keep) continue;
+        if (n != j) {
+            k->pos[n] = k->pos[j], k->step[n] = k->step[j], k->top[n] = k->top[j], k->conf[n] = k->conf[j];
+            memmove(k->h + (size_t)n * d, k->h + (size_t)j * d, d * sizeof(float));
         }
-        k++;
+        n++;
     }
-    s->n_stack = k;
+    k->n = n;
 }
 
 int mor_session_rewind(mor_session *s, int32_t n_keep) {
@@ -435,7 +383,7 @@ int mor_session_rewind(mor_session *s, int32_t n_keep) {
     if (s->ps.active) return mor__session_fail(s, MOR_E_INVALID, "a token of this session is being computed by its scheduler");
     if (n_keep < 0 || n_keep > s->n_past)
         return mor__session_fail(s, MOR_E_INVALID, "n_keep = %d: must be 0..%d", n_keep, s->n_past);
-    mor__truncate_slots(s, n_keep);
+    mor__session_truncate(s, n_keep);
     s->n_past = n_keep;
     s->n_last = 0;
     s->n_logits = 0;
@@ -456,10 +404,10 @@ void mor_session_reset(mor_session *s) {
     }
     if (mor_session_rewind(s, 0) == MOR_E_CANCELLED) return;  // its reset callback freed it
     s->rng = s->sampler.seed;
-    s->n_stack = 0;
-    s->st_tokens = s->st_steps = s->st_evals = s->st_evals_full = s->st_deep = s->st_rollbacks = 0;
-    memset(s->st_hist, 0, sizeof s->st_hist);
-    s->budget_n = s->budget_next = 0;
+    s->stack.n = 0;
+    s->st.tokens = s->st.steps = s->st.evals = s->st.evals_full = s->st.deep = s->st.rollbacks = 0;
+    memset(s->st.hist, 0, sizeof s->st.hist);
+    s->budget.n = s->budget.next = 0;
     if (s->policy.policy == MOR_EXIT_FREE && s->policy.adaptive) mor__bmm_refit(s);  // a new sequence
 }
 

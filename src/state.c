@@ -102,119 +102,48 @@ static uint64_t model_fingerprint(const mor_model *m) {
     return mix64(h);
 }
 
-typedef struct {
-    uint8_t *p;
-    size_t   n, cap;
-} wbuf;
-
-static void put(wbuf *w, const void *src, size_t n) {
-    if (n && w->p && w->n + n <= w->cap) memcpy(w->p + w->n, src, n);
-    w->n += n;
-}
-static void put_u32(wbuf *w, uint32_t v) {
-    uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
-    put(w, b, 4);
-}
-static void put_u64(wbuf *w, uint64_t v) {
-    put_u32(w, (uint32_t)v);
-    put_u32(w, (uint32_t)(v >> 32));
-}
-static uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static float u2f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-// Arrays are little-endian in the format: copied as they are on a little-endian host, element
-// by element on any other.
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define HOST_LE 1
-#else
-#define HOST_LE 0
-#endif
-
-// Halves, two per 32-bit word; an odd count is padded with a zero half.
-static void put_arr16(wbuf *w, const uint16_t *src, size_t n) {
-    if (HOST_LE) {
-        static const uint16_t zero = 0;
-        put(w, src, 2 * n);
-        if (n & 1) put(w, &zero, 2);
-        return;
-    }
-    for (size_t i = 0; i < n; i += 2) put_u32(w, (uint32_t)src[i] | (i + 1 < n ? (uint32_t)src[i + 1] << 16 : 0));
-}
-
-static void put_arr32(wbuf *w, const void *src, size_t n) {
-    if (HOST_LE) {
-        put(w, src, 4 * n);
-        return;
-    }
-    const uint8_t *p = src;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t v;
-        memcpy(&v, p + 4 * i, 4);
-        put_u32(w, v);
-    }
-}
-
 static size_t serialize(const mor_session *s, uint64_t fingerprint, void *buf, size_t cap) {
     const mor__hparams *hp = &s->model->hp;
     uint32_t kvdim = (uint32_t)(hp->n_head_kv * hp->head_dim);
-    wbuf w = {buf, 0, cap};
-    put_u32(&w, STATE_MAGIC);
-    put_u32(&w, STATE_VERSION);
-    put_u32(&w, (uint32_t)hp->n_layer);
-    put_u32(&w, kvdim);
-    put_u32(&w, (uint32_t)hp->n_vocab);
-    put_u32(&w, (uint32_t)s->n_past);
-    put_u32(&w, (uint32_t)hp->n_embd);
-    put_u32(&w, s->slots[0].k16 != NULL);  // K/V element: 0 F32, 1 F16
-    put_u64(&w, fingerprint);
-    const mor__policy *p = &s->policy;
-    uint32_t pol[13] = {(uint32_t)p->policy, (uint32_t)p->depth, f2u(p->threshold), (uint32_t)p->min_depth,
-                        (uint32_t)p->metric, f2u(p->decay_tau), (uint32_t)p->decay_len, (uint32_t)p->shallow,
-                        (uint32_t)p->adaptive, (uint32_t)p->kv, f2u(p->budget), (uint32_t)p->budget_window,
-                        f2u(p->rollback)};
-    for (int i = 0; i < 13; i++) put_u32(&w, pol[i]);
-    put_u32(&w, f2u(s->sampler.temperature));
-    put_u32(&w, (uint32_t)s->sampler.top_k);
-    put_u32(&w, f2u(s->sampler.top_p));
-    put_u32(&w, f2u(s->sampler.min_p));
-    put_u32(&w, f2u(s->sampler.repeat_penalty));
-    put_u32(&w, (uint32_t)s->sampler.repeat_last_n);
-    put_u64(&w, s->sampler.seed);
-    put_u64(&w, s->rng);
-    put_arr32(&w, s->tokens, (size_t)s->n_past);
+    mor__wbuf w = {buf, 0, cap};
+    mor__put_u32(&w, STATE_MAGIC);
+    mor__put_u32(&w, STATE_VERSION);
+    mor__put_u32(&w, (uint32_t)hp->n_layer);
+    mor__put_u32(&w, kvdim);
+    mor__put_u32(&w, (uint32_t)hp->n_vocab);
+    mor__put_u32(&w, (uint32_t)s->n_past);
+    mor__put_u32(&w, (uint32_t)hp->n_embd);
+    mor__put_u32(&w, (uint32_t)s->kv.f16);  // K/V element: 0 F32, 1 F16
+    mor__put_u64(&w, fingerprint);
+    const mor_exit_policy *p = &s->policy;
+    uint32_t pol[13] = {(uint32_t)p->policy, (uint32_t)p->depth, mor__f32_bits(p->threshold), (uint32_t)p->min_depth,
+                        (uint32_t)p->metric, mor__f32_bits(p->decay_tau), (uint32_t)p->decay_len, (uint32_t)p->shallow,
+                        (uint32_t)p->adaptive, (uint32_t)p->kv, mor__f32_bits(p->budget), (uint32_t)p->budget_window,
+                        mor__f32_bits(p->rollback)};
+    for (int i = 0; i < 13; i++) mor__put_u32(&w, pol[i]);
+    mor__put_u32(&w, mor__f32_bits(s->sampler.temperature));
+    mor__put_u32(&w, (uint32_t)s->sampler.top_k);
+    mor__put_u32(&w, mor__f32_bits(s->sampler.top_p));
+    mor__put_u32(&w, mor__f32_bits(s->sampler.min_p));
+    mor__put_u32(&w, mor__f32_bits(s->sampler.repeat_penalty));
+    mor__put_u32(&w, (uint32_t)s->sampler.repeat_last_n);
+    mor__put_u64(&w, s->sampler.seed);
+    mor__put_u64(&w, s->rng);
+    mor__put_arr32(&w, s->tokens, (size_t)s->n_past);
     for (int32_t i = 0; i < s->n_past; i++) {
-        put_u32(&w, (uint32_t)(int32_t)s->trace.depth[i]);
-        put_u32(&w, f2u(s->trace.score[i]));
-        put_u32(&w, s->trace.kv[i] | (uint32_t)s->trace.given[i] << 8);
+        mor__put_u32(&w, (uint32_t)(int32_t)s->trace.depth[i]);
+        mor__put_u32(&w, mor__f32_bits(s->trace.score[i]));
+        mor__put_u32(&w, s->trace.kv[i] | (uint32_t)s->trace.given[i] << 8);
     }
-    put_u32(&w, (uint32_t)s->n_stack);
-    for (int32_t j = 0; j < s->n_stack; j++) {
-        put_u32(&w, (uint32_t)s->stack_pos[j]);
-        put_u32(&w, (uint32_t)s->stack_step[j]);
-        put_u32(&w, (uint32_t)s->stack_top[j]);
-        put_u32(&w, f2u(s->stack_conf[j]));
-        put_arr32(&w, s->stack_h + (size_t)j * hp->n_embd, (size_t)hp->n_embd);
+    mor__put_u32(&w, (uint32_t)s->stack.n);
+    for (int32_t j = 0; j < s->stack.n; j++) {
+        mor__put_u32(&w, (uint32_t)s->stack.pos[j]);
+        mor__put_u32(&w, (uint32_t)s->stack.step[j]);
+        mor__put_u32(&w, (uint32_t)s->stack.top[j]);
+        mor__put_u32(&w, mor__f32_bits(s->stack.conf[j]));
+        mor__put_arr32(&w, s->stack.h + (size_t)j * hp->n_embd, (size_t)hp->n_embd);
     }
-    for (int32_t l = 0; l < hp->n_layer; l++) {
-        const mor__kv_slot *sl = &s->slots[l];
-        uint32_t len = (uint32_t)sl->len;
-        put_u32(&w, len);
-        put_arr32(&w, sl->pos, len);
-        if (sl->k16) {  // two halves per 32-bit word, little-endian; an odd count is padded
-            put_arr16(&w, sl->k16, (size_t)len * kvdim);
-            put_arr16(&w, sl->v16, (size_t)len * kvdim);
-        } else {
-            put_arr32(&w, sl->k, (size_t)len * kvdim);
-            put_arr32(&w, sl->v, (size_t)len * kvdim);
-        }
-    }
+    mor__kv_save(&s->kv, &w);
     return w.n;
 }
 
@@ -229,58 +158,6 @@ int mor_session_state_save(const mor_session *s, void *buf, size_t cap, size_t *
     return MOR_OK;
 }
 
-typedef struct {
-    const uint8_t *p;
-    size_t         n, off;
-    int            bad;
-} rbuf;
-
-static uint32_t get_u32(rbuf *r) {
-    if (r->bad || r->n - r->off < 4) {
-        r->bad = 1;
-        return 0;
-    }
-    const uint8_t *b = r->p + r->off;
-    r->off += 4;
-    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-}
-static uint64_t get_u64(rbuf *r) {
-    uint64_t lo = get_u32(r);
-    return lo | (uint64_t)get_u32(r) << 32;
-}
-static void get_arr16(rbuf *r, uint16_t *dst, size_t n) {
-    if (HOST_LE) {
-        size_t words = (n + 1) / 2;
-        if (r->bad || (r->n - r->off) / 4 < words) {
-            r->bad = 1;
-            return;
-        }
-        if (n) memcpy(dst, r->p + r->off, 2 * n);
-        r->off += 4 * words;
-        return;
-    }
-    for (size_t i = 0; i < n; i += 2) {
-        uint32_t v = get_u32(r);
-        dst[i] = (uint16_t)v;
-        if (i + 1 < n) dst[i + 1] = (uint16_t)(v >> 16);
-    }
-}
-
-static int get_arr32(rbuf *r, void *dst, size_t n) {
-    if (r->bad || (r->n - r->off) / 4 < n) return r->bad = 1, 0;
-    if (HOST_LE) {
-        if (n) memcpy(dst, r->p + r->off, 4 * n);
-        r->off += 4 * n;
-        return 1;
-    }
-    uint8_t *d = dst;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t v = get_u32(r);
-        memcpy(d + 4 * i, &v, 4);
-    }
-    return 1;
-}
-
 // Loading validates the whole buffer first (pass 1) without writing to the session, then
 // applies it (pass 2): a refused state leaves every part of the session as it was, including
 // its policy, budget window and FREE calibration.
@@ -293,24 +170,24 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     const mor__hparams *hp = &s->model->hp;
     uint32_t kvdim = (uint32_t)(hp->n_head_kv * hp->head_dim);
     // Pass 1: validate everything without touching the session.
-    rbuf r = {buf, size, 0, 0};
-    if (get_u32(&r) != STATE_MAGIC) return mor__session_fail(s, MOR_E_STATE, "state: bad magic");
-    uint32_t ver = get_u32(&r);
+    mor__rbuf r = {buf, size, 0, 0};
+    if (mor__get_u32(&r) != STATE_MAGIC) return mor__session_fail(s, MOR_E_STATE, "state: bad magic");
+    uint32_t ver = mor__get_u32(&r);
     if (r.bad || (ver != STATE_VERSION && ver != STATE_VERSION_NO_FINGERPRINT))
         return mor__session_fail(s, MOR_E_STATE, "state: version %u, expected %u (or %u)", ver, STATE_VERSION,
                                  STATE_VERSION_NO_FINGERPRINT);
-    uint32_t nl = get_u32(&r), kd = get_u32(&r), nv = get_u32(&r), np = get_u32(&r), ne = get_u32(&r);
-    uint32_t kv16 = get_u32(&r);
-    if (!r.bad && kv16 != (s->slots[0].k16 != NULL))
+    uint32_t nl = mor__get_u32(&r), kd = mor__get_u32(&r), nv = mor__get_u32(&r), np = mor__get_u32(&r), ne = mor__get_u32(&r);
+    uint32_t kv16 = mor__get_u32(&r);
+    if (!r.bad && kv16 != (uint32_t)s->kv.f16)
         return mor__session_fail(s, MOR_E_STATE, "state: K/V saved in %s, this session keeps %s", kv16 ? "F16" : "F32",
-                                 s->slots[0].k16 ? "F16" : "F32");
+                                 s->kv.f16 ? "F16" : "F32");
     if (r.bad || nl != (uint32_t)hp->n_layer || kd != kvdim || nv != (uint32_t)hp->n_vocab || ne != (uint32_t)hp->n_embd)
         return mor__session_fail(s, MOR_E_STATE,
                                  "state: saved for a model with %u layers, kv dim %u, vocab %u, width %u; this one has "
                                  "%d, %u, %d, %d",
                                  nl, kd, nv, ne, hp->n_layer, kvdim, hp->n_vocab, hp->n_embd);
     if (ver == STATE_VERSION) {
-        uint64_t fp = get_u64(&r), mine = model_fingerprint(s->model);
+        uint64_t fp = mor__get_u64(&r), mine = model_fingerprint(s->model);
         if (r.bad) return mor__session_fail(s, MOR_E_STATE, "state: truncated header");
         if (fp != mine)
             return mor__session_fail(s, MOR_E_STATE,
@@ -320,22 +197,22 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     if (np > (uint32_t)s->n_ctx)
         return mor__session_fail(s, MOR_E_STATE, "state: %u tokens do not fit the context of %d", np, s->n_ctx);
     uint32_t pv[13];
-    for (int i = 0; i < 13; i++) pv[i] = get_u32(&r);
+    for (int i = 0; i < 13; i++) pv[i] = mor__get_u32(&r);
     mor_exit_policy q;
     mor_exit_policy_init(&q);
-    q.policy = (int32_t)pv[0], q.depth = (int32_t)pv[1], q.threshold = u2f(pv[2]), q.min_depth = (int32_t)pv[3];
-    q.metric = (int32_t)pv[4], q.decay_tau = u2f(pv[5]), q.decay_len = (int32_t)pv[6], q.shallow = (int32_t)pv[7];
-    q.adaptive = (int32_t)pv[8], q.kv = (int32_t)pv[9], q.budget = u2f(pv[10]), q.budget_window = (int32_t)pv[11];
-    q.rollback = u2f(pv[12]);
+    q.policy = (int32_t)pv[0], q.depth = (int32_t)pv[1], q.threshold = mor__bits_f32(pv[2]), q.min_depth = (int32_t)pv[3];
+    q.metric = (int32_t)pv[4], q.decay_tau = mor__bits_f32(pv[5]), q.decay_len = (int32_t)pv[6], q.shallow = (int32_t)pv[7];
+    q.adaptive = (int32_t)pv[8], q.kv = (int32_t)pv[9], q.budget = mor__bits_f32(pv[10]), q.budget_window = (int32_t)pv[11];
+    q.rollback = mor__bits_f32(pv[12]);
     mor__sampler sm;
-    sm.temperature = u2f(get_u32(&r));
-    sm.top_k = (int32_t)get_u32(&r);
-    sm.top_p = u2f(get_u32(&r));
-    sm.min_p = u2f(get_u32(&r));
-    sm.repeat_penalty = u2f(get_u32(&r));
-    sm.repeat_last_n = (int32_t)get_u32(&r);
-    sm.seed = get_u64(&r);
-    uint64_t rng = get_u64(&r);
+    sm.temperature = mor__bits_f32(mor__get_u32(&r));
+    sm.top_k = (int32_t)mor__get_u32(&r);
+    sm.top_p = mor__bits_f32(mor__get_u32(&r));
+    sm.min_p = mor__bits_f32(mor__get_u32(&r));
+    sm.repeat_penalty = mor__bits_f32(mor__get_u32(&r));
+    sm.repeat_last_n = (int32_t)mor__get_u32(&r);
+    sm.seed = mor__get_u64(&r);
+    uint64_t rng = mor__get_u64(&r);
     if (r.bad) return mor__session_fail(s, MOR_E_STATE, "state: truncated header");
     if (q.policy == MOR_EXIT_CUSTOM && !s->has_router)
         return mor__session_fail(s, MOR_E_STATE, "state: saved with a custom router; set one on this session first");
@@ -343,7 +220,7 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     // mor_session_set_sampler. The KV strategy may differ from the session's: the state
     // replaces its tokens and K/V.
     char why[sizeof s->err];
-    mor__policy pol;
+    mor_exit_policy pol;
     if (mor__policy_check(s->model, &q, s->has_router, s->n_batch, &pol, why, sizeof why))
         return mor__session_fail(s, MOR_E_STATE, "state: invalid policy: %s", why);
     if (mor__sampler_check(&sm, why, sizeof why))
@@ -352,14 +229,14 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     if ((r.n - r.off) / 4 < np) return mor__session_fail(s, MOR_E_STATE, "state: truncated token list");
     r.off += (size_t)np * 4;
     for (uint32_t i = 0; i < np; i++) {
-        rbuf tr = {r.p + tok_off + 4 * i, 4, 0, 0};
-        int32_t t = (int32_t)get_u32(&tr);
+        mor__rbuf tr = {r.p + tok_off + 4 * i, 4, 0, 0};
+        int32_t t = (int32_t)mor__get_u32(&tr);
         if (t < 0 || t >= hp->n_vocab) return mor__session_fail(s, MOR_E_STATE, "state: token %d out of range", t);
     }
     size_t trace_off = r.off;
     if ((r.n - r.off) / 12 < np) return mor__session_fail(s, MOR_E_STATE, "state: truncated trace");
     r.off += (size_t)np * 12;
-    uint32_t ns = get_u32(&r);
+    uint32_t ns = mor__get_u32(&r);
     if (r.bad || ns > (uint32_t)s->n_batch || ns > np)
         return mor__session_fail(s, MOR_E_STATE, "state: %u stacked tokens (at most %d)", ns, s->n_batch);
     if (ns > 0 && pol.kv != MOR_KV_SYNC)
@@ -367,29 +244,15 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     size_t stack_off = r.off, per = 16 + (size_t)hp->n_embd * 4;
     if ((r.n - r.off) / per < ns) return mor__session_fail(s, MOR_E_STATE, "state: truncated stack");
     for (int32_t j = 0, prev = -1; j < (int32_t)ns; j++) {
-        rbuf e = {r.p + r.off + (size_t)j * per, 8, 0, 0};
-        int32_t sp = (int32_t)get_u32(&e), ss = (int32_t)get_u32(&e);
+        mor__rbuf e = {r.p + r.off + (size_t)j * per, 8, 0, 0};
+        int32_t sp = (int32_t)mor__get_u32(&e), ss = (int32_t)mor__get_u32(&e);
         if (sp <= prev || sp >= (int32_t)np || ss < 0 || ss > s->model->n_steps)
             return mor__session_fail(s, MOR_E_STATE, "state: stacked token %d out of range or order", j);
         prev = sp;
     }
     r.off += ns * per;
     size_t slot_off = r.off;
-    for (int32_t l = 0; l < hp->n_layer; l++) {
-        uint32_t len = get_u32(&r);
-        if (r.bad || len > np)
-            return mor__session_fail(s, MOR_E_STATE, "state: slot %d has %u entries (at most %u)", l, len, np);
-        int32_t prev = -1;
-        for (uint32_t e = 0; e < len; e++) {
-            int32_t p = (int32_t)get_u32(&r);
-            if (r.bad || p <= prev || p >= (int32_t)np)
-                return mor__session_fail(s, MOR_E_STATE, "state: slot %d: positions not increasing within 0..%u", l, np);
-            prev = p;
-        }
-        size_t words = kv16 ? 2 * (((size_t)len * kvdim + 1) / 2) : (size_t)len * kvdim * 2;
-        if ((r.n - r.off) / 4 < words) return mor__session_fail(s, MOR_E_STATE, "state: slot %d truncated", l);
-        r.off += words * 4;
-    }
+    if (mor__kv_check(&s->kv, &r, np, s->err, sizeof s->err)) return MOR_E_STATE;
     if (r.off != r.n) return mor__session_fail(s, MOR_E_STATE, "state: %zu trailing bytes", r.n - r.off);
     // Pass 2: apply. The policy is installed as mor_session_set_exit_policy would.
     mor__policy_install(s, &pol);
@@ -398,38 +261,26 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     s->n_past = (int32_t)np;
     s->n_last = 0;
     s->n_logits = 0;
-    rbuf t2 = {r.p, r.n, tok_off, 0};
-    get_arr32(&t2, s->tokens, np);
-    rbuf tr = {r.p, r.n, trace_off, 0};
+    mor__rbuf t2 = {r.p, r.n, tok_off, 0};
+    mor__get_arr32(&t2, s->tokens, np);
+    mor__rbuf tr = {r.p, r.n, trace_off, 0};
     for (uint32_t i = 0; i < np; i++) {
-        s->trace.depth[i] = (int8_t)(int32_t)get_u32(&tr);
-        s->trace.score[i] = u2f(get_u32(&tr));
-        uint32_t kvg = get_u32(&tr);
+        s->trace.depth[i] = (int8_t)(int32_t)mor__get_u32(&tr);
+        s->trace.score[i] = mor__bits_f32(mor__get_u32(&tr));
+        uint32_t kvg = mor__get_u32(&tr);
         s->trace.kv[i] = (uint8_t)(kvg & 0xff);
         s->trace.given[i] = (uint8_t)((kvg >> 8) & 1);
     }
-    rbuf st = {r.p, r.n, stack_off, 0};
-    s->n_stack = (int32_t)ns;
+    mor__rbuf st = {r.p, r.n, stack_off, 0};
+    s->stack.n = (int32_t)ns;
     for (uint32_t j = 0; j < ns; j++) {
-        s->stack_pos[j] = (int32_t)get_u32(&st);
-        s->stack_step[j] = (int32_t)get_u32(&st);
-        s->stack_top[j] = (int32_t)get_u32(&st);
-        s->stack_conf[j] = u2f(get_u32(&st));
-        get_arr32(&st, s->stack_h + (size_t)j * hp->n_embd, (size_t)hp->n_embd);
+        s->stack.pos[j] = (int32_t)mor__get_u32(&st);
+        s->stack.step[j] = (int32_t)mor__get_u32(&st);
+        s->stack.top[j] = (int32_t)mor__get_u32(&st);
+        s->stack.conf[j] = mor__bits_f32(mor__get_u32(&st));
+        mor__get_arr32(&st, s->stack.h + (size_t)j * hp->n_embd, (size_t)hp->n_embd);
     }
-    rbuf s2 = {r.p, r.n, slot_off, 0};
-    for (int32_t l = 0; l < hp->n_layer; l++) {
-        mor__kv_slot *sl = &s->slots[l];
-        uint32_t len = get_u32(&s2);
-        get_arr32(&s2, sl->pos, len);
-        if (sl->k16) {
-            get_arr16(&s2, sl->k16, (size_t)len * kvdim);
-            get_arr16(&s2, sl->v16, (size_t)len * kvdim);
-        } else {
-            get_arr32(&s2, sl->k, (size_t)len * kvdim);
-            get_arr32(&s2, sl->v, (size_t)len * kvdim);
-        }
-        sl->len = (int32_t)len;
-    }
+    mor__rbuf s2 = {r.p, r.n, slot_off, 0};
+    mor__kv_load(&s->kv, &s2);
     return MOR_OK;
 }

@@ -174,7 +174,7 @@ static double kv_max_diff(const mor_session *a, const mor_session *b, int32_t up
     double mx = 0;
     *missing = 0;
     for (int32_t l = 0; l < hp->n_layer; l++) {
-        const mor__kv_slot *x = &a->slots[l], *y = &b->slots[l];
+        const mor__kv_slot *x = &a->kv.slots[l], *y = &b->kv.slots[l];
         int32_t i = 0, j = 0;
         while (i < x->len && j < y->len && x->pos[i] < upto && y->pos[j] < upto) {
             if (x->pos[i] != y->pos[j]) {
@@ -372,7 +372,7 @@ TEST(propagation_fills_skipped_layers) {
     ASSERT_OK(mor_session_set_exit_policy(s, &ep));
     ASSERT_EQ(run_greedy(s, 10, NULL), 0);
     int32_t n = mor_session_n_past(s);
-    for (int32_t l = 0; l < m->hp.n_layer; l++) ASSERT_EQ(s->slots[l].len, n);  // every layer, every token
+    for (int32_t l = 0; l < m->hp.n_layer; l++) ASSERT_EQ(s->kv.slots[l].len, n);  // every layer, every token
     int32_t kv;
     ASSERT_OK(mor_session_token_info(s, n - 1, NULL, NULL, &kv));
     ASSERT_EQ(kv, MOR_KVSTAT_PROPAGATED);
@@ -382,7 +382,7 @@ TEST(propagation_fills_skipped_layers) {
     ASSERT_OK(mor_session_set_exit_policy(s, &ep));
     ASSERT_EQ(run_greedy(s, 10, NULL), 0);
     for (int32_t l = 0; l < m->hp.n_layer; l++)
-        ASSERT_EQ(s->slots[l].len, m->layer_step[l] >= 1 ? 0 : n);
+        ASSERT_EQ(s->kv.slots[l].len, m->layer_step[l] >= 1 ? 0 : n);
     mor_session_free(s);
     mor_model_free(m);
 }
