@@ -7,6 +7,24 @@
 
 #define ALIGN 64
 
+// Under AddressSanitizer every buffer carved from a plan's block is followed by a poisoned
+// redzone, so an overflow from one buffer into the next is reported as it would be between
+// separate allocations.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOR__ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(MOR__ASAN)
+#define MOR__ASAN 1
+#endif
+#ifdef MOR__ASAN
+#include <sanitizer/asan_interface.h>
+#define REDZONE ALIGN
+#else
+#define REDZONE 0
+#endif
+
 int mor__alloc_custom(const mor_allocator *a) { return a && a->alloc && a->free; }
 
 static int bytes_of(size_t n, size_t elem, size_t *out) {
@@ -58,9 +76,22 @@ void *mor__plan_take(mor__plan *p, uint64_t n, size_t elem, int zero) {
         p->fail = 1;
         return NULL;
     }
-    b = (b + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
-    void *q = p->base ? p->base + p->bytes : NULL;
+    const uint64_t used = b;
+    b = ((b + ALIGN - 1) & ~(uint64_t)(ALIGN - 1)) + REDZONE;
+    char *q = p->base ? p->base + p->bytes : NULL;
     p->bytes += b;
-    if (q && zero) memset(q, 0, (size_t)b);
+    if (q && zero) memset(q, 0, (size_t)used);
+#ifdef MOR__ASAN
+    if (q) ASAN_POISON_MEMORY_REGION(q + used, (size_t)(b - used));
+#endif
     return q;
+}
+
+void mor__plan_free(const mor_allocator *a, void *block, uint64_t bytes) {
+#ifdef MOR__ASAN
+    if (block) ASAN_UNPOISON_MEMORY_REGION(block, (size_t)bytes);  // a host allocator may reuse it
+#else
+    (void)bytes;
+#endif
+    mor__free(a, block);
 }

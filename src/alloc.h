@@ -37,5 +37,7 @@ typedef struct {
 // n elements of elem bytes; zeroed when `zero` (a buffer left unzeroed costs address space
 // until it is written, not memory). NULL when counting or after an overflow.
 void *mor__plan_take(mor__plan *p, uint64_t n, size_t elem, int zero);
+// Frees a block carved by a plan of `bytes` (with mor__alloc from a).
+void  mor__plan_free(const mor_allocator *a, void *block, uint64_t bytes);
 
 #endif

@@ -45,6 +45,7 @@ struct mor_sched {
     int32_t           n, cap;
     mor__work         w;             // the batch's workspace, in one block (work_mem)
     void             *work_mem;
+    uint64_t          work_bytes;
     mor__pool        *pool;
     event            *ev;
     int32_t           ev_head, ev_len, ev_cap;
@@ -98,8 +99,9 @@ static int alloc_work(mor_sched *sc, size_t att_len) {
     if (!mem) return MOR_E_NOMEM;
     c = (mor__plan){.base = mem};
     mor__work_plan(&c, &w, hp, sc->p.max_batch, att_len, sc->p.n_threads);
-    mor__free(&sc->alloc, sc->work_mem);
+    mor__plan_free(&sc->alloc, sc->work_mem, sc->work_bytes);
     sc->work_mem = mem;
+    sc->work_bytes = c.bytes;
     w.pool = sc->pool;
     w.kern = mor__kernels_best();
     sc->w = w;
@@ -208,7 +210,8 @@ void mor_sched_free(mor_sched *sc) {
         mor__free(&sc->alloc, sc->e[i].given);
     }
     mor__free(&sc->alloc, sc->e);
-    void *bufs[] = {sc->work_mem, sc->ev, sc->parts, sc->part_s, sc->head, sc->logits, sc->first_use, sc->depths,
+    mor__plan_free(&sc->alloc, sc->work_mem, sc->work_bytes);
+    void *bufs[] = {sc->ev, sc->parts, sc->part_s, sc->head, sc->logits, sc->first_use, sc->depths,
                     sc->conf_tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mor__free(&sc->alloc, bufs[i]);
     mor__pool_free(sc->pool);

@@ -28,7 +28,7 @@ void mor_session_free(mor_session *s) {
     const mor_allocator a = s->alloc;
     const mor_model *m = s->model;
     int counted = s->model_ref;
-    mor__free(&a, s);  // the session's block: this struct and every buffer of the plan
+    mor__plan_free(&a, s, s->block_bytes);  // this struct and every buffer of the plan
     if (counted) mor__model_unref(m);
 }
 
@@ -200,6 +200,7 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     c = (mor__plan){.base = block};
     session_plan(&c, s, m, &p);
     s->alloc = *a;
+    s->block_bytes = c.bytes;
     s->model = m;
     s->kern = p.flags & MOR_SESSION_REF_KERNELS ? mor__kernels_ref() : mor__kernels_best();
     s->n_ctx = p.n_ctx;

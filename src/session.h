@@ -93,6 +93,7 @@ typedef struct {
 
 struct mor_session {
     mor_allocator       alloc;       // the session's one block (and the exceptions) come from it
+    uint64_t            block_bytes; // size of that block (this struct is at its start)
     const mor_model    *model;
     const mor__kernels *kern;
     int32_t             n_ctx, n_batch, n_threads;
