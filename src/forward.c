@@ -366,6 +366,32 @@ static void finish_rows(mor_session *s, pass *ps, const int32_t *tokens) {
 
 // ---- the pass, one layer at a time ---------------------------------------------------------
 
+// Rows still in the steps ran them all.
+static void leave_steps(mor_session *s) {
+    const mor_model *m = s->model;
+    pass *ps = &s->ps;
+    for (int32_t t = 0; t < ps->R; t++)
+        if (s->r.alive[t]) {
+            if (m->hp.router == MOR_ROUTER_TOKEN) stop_row(s, ps, t, m->n_steps);
+            s->r.alive[t] = 0;
+            s->r.exit_step[t] = m->n_steps;
+        }
+}
+
+// A layer every joined row runs: their list, gathered when some rows do not take part.
+static void gather_joined(mor_session *s) {
+    pass *ps = &s->ps;
+    const int d = s->model->hp.n_embd;
+    int32_t n = 0;
+    for (int32_t t = 0; t < ps->R; t++)
+        if (s->r.joined[t]) s->r.act[n++] = t;
+    ps->n_act = n;
+    ps->gathered = n != ps->R;
+    if (ps->gathered)
+        for (int32_t i = 0; i < n; i++)
+            memcpy(s->r.xa + (size_t)i * d, s->r.x + (size_t)s->r.act[i] * d, (size_t)d * sizeof(float));
+}
+
 // Moves the cursor to the next layer that has rows to run: opens steps (the policy decides
 // who runs them), skips steps nobody runs, finalizes rows before a unique last layer, and
 // gathers the rows of unique layers when not every row takes part.
@@ -373,27 +399,14 @@ static int settle(mor_session *s) {
     const mor_model *m = s->model;
     const mor__hparams *hp = &m->hp;
     pass *ps = &s->ps;
-    const int d = hp->n_embd;
     while (ps->l < hp->n_layer) {
         int32_t l = ps->l, lk = m->layer_step[l];
         if (lk < 0) {
-            if (ps->seen_steps == 1) {  // leaving the steps: rows still in them ran them all
-                for (int32_t t = 0; t < ps->R; t++)
-                    if (s->r.alive[t]) {
-                        if (hp->router == MOR_ROUTER_TOKEN) stop_row(s, ps, t, m->n_steps);
-                        s->r.alive[t] = 0;
-                        s->r.exit_step[t] = m->n_steps;
-                    }
+            if (ps->seen_steps == 1) {  // leaving the steps
+                leave_steps(s);
                 ps->seen_steps = 2;
             }
-            int32_t n = 0;
-            for (int32_t t = 0; t < ps->R; t++)
-                if (s->r.joined[t]) s->r.act[n++] = t;
-            ps->n_act = n;
-            ps->gathered = n != ps->R;
-            if (ps->gathered)
-                for (int32_t i = 0; i < n; i++)
-                    memcpy(s->r.xa + (size_t)i * d, s->r.x + (size_t)s->r.act[i] * d, (size_t)d * sizeof(float));
+            gather_joined(s);
             return MOR_OK;
         }
         if (!ps->seen_steps) ps->seen_steps = 1;
@@ -403,14 +416,7 @@ static int settle(mor_session *s) {
                 ps->l++;
                 continue;
             }
-            int32_t n = 0;
-            for (int32_t t = 0; t < ps->R; t++)
-                if (s->r.joined[t]) s->r.act[n++] = t;
-            ps->n_act = n;
-            ps->gathered = n != ps->R;
-            if (ps->gathered)
-                for (int32_t i = 0; i < n; i++)
-                    memcpy(s->r.xa + (size_t)i * d, s->r.x + (size_t)s->r.act[i] * d, (size_t)d * sizeof(float));
+            gather_joined(s);
             return MOR_OK;
         }
         if (l == m->step_begin[lk]) {
@@ -484,16 +490,12 @@ int mor__pass_advance(mor_session *s) {
     return settle(s);
 }
 
-// Rows still in the steps ran them all.
+// At the end of the layers: rows still in the steps ran them all; with interleaved steps a
+// row's depth is the steps it ran.
 static void close_steps(mor_session *s) {
     const mor_model *m = s->model;
     pass *ps = &s->ps;
-    for (int32_t t = 0; t < ps->R; t++)
-        if (s->r.alive[t]) {
-            if (m->hp.router == MOR_ROUTER_TOKEN) stop_row(s, ps, t, m->n_steps);
-            s->r.alive[t] = 0;
-            s->r.exit_step[t] = m->n_steps;
-        }
+    leave_steps(s);
     if (m->steps_interleaved)
         for (int32_t t = 0; t < ps->T; t++) s->r.exit_step[t] = s->r.tok_depth[t];
 }
