@@ -1,6 +1,6 @@
-// policy.c: exit policies and KV strategies of a session: validation against the model,
-// the slot map of each strategy, custom routers, telemetry, and the Beta-mixture threshold of
-// FREE. The per-token decisions themselves run inside the forward pass (forward.c).
+// policy.c: a session's exit policy and KV strategy: validation against the model,
+// installation (slot map, budget and calibration restarts), custom routers, telemetry, and the
+// Beta-mixture threshold of FREE. The per-token decisions are the exit rules of route.c.
 #include "session.h"
 
 #include <stdlib.h>

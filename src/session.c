@@ -1,5 +1,5 @@
-// session.c: sessions: creation (all buffers allocated once), stepping in batches, context
-// limits, rewind and reset, exit policy, and the state save/load format.
+// session.c: sessions: the memory plan and creation (one block), stepping in chunks, context
+// limits, rewind and reset. The exit policy lives in policy.c, the state format in state.c.
 #include "session.h"
 
 #include <math.h>
