@@ -953,12 +953,12 @@ int mor__vocab_detokenize(const mor__vocab *v, const int32_t *tokens, size_t n_t
 
 // ---- public API -----------------------------------------------------------------------------
 
-static const mor__vocab *model_vocab(const mor_model *m) { return m ? mor__model_vocab(m) : NULL; }
+const mor__vocab *mor__model_vocab(const mor_model *m) { return m ? (const mor__vocab *)m->vocab : NULL; }
 
 MOR_API int mor_tokenize(const mor_model *model, const char *text, size_t text_len, int32_t *tokens,
                          size_t capacity, uint32_t flags, size_t *n_tokens) {
     if (!model || !n_tokens) return MOR_E_INVALID;
-    const mor__vocab *v = model_vocab(model);
+    const mor__vocab *v = mor__model_vocab(model);
     if (!v) return MOR_E_NOT_FOUND;
     return mor__vocab_tokenize(v, text, text_len, tokens, capacity, flags, n_tokens);
 }
@@ -966,7 +966,7 @@ MOR_API int mor_tokenize(const mor_model *model, const char *text, size_t text_l
 MOR_API int mor_token_to_piece(const mor_model *model, int32_t token, char *buf, size_t capacity,
                                uint32_t flags, size_t *n_bytes) {
     if (!model || !n_bytes) return MOR_E_INVALID;
-    const mor__vocab *v = model_vocab(model);
+    const mor__vocab *v = mor__model_vocab(model);
     if (!v) return MOR_E_NOT_FOUND;
     return mor__vocab_piece(v, token, buf, capacity, flags, n_bytes);
 }
@@ -974,25 +974,25 @@ MOR_API int mor_token_to_piece(const mor_model *model, int32_t token, char *buf,
 MOR_API int mor_detokenize(const mor_model *model, const int32_t *tokens, size_t n_tokens, char *buf,
                            size_t capacity, uint32_t flags, size_t *n_bytes) {
     if (!model || !n_bytes) return MOR_E_INVALID;
-    const mor__vocab *v = model_vocab(model);
+    const mor__vocab *v = mor__model_vocab(model);
     if (!v) return MOR_E_NOT_FOUND;
     return mor__vocab_detokenize(v, tokens, n_tokens, buf, capacity, flags, n_bytes);
 }
 
 MOR_API int32_t mor_model_n_vocab(const mor_model *model) {
-    const mor__vocab *v = model_vocab(model);
+    const mor__vocab *v = mor__model_vocab(model);
     return v ? v->n_tokens : -1;
 }
-MOR_API int32_t mor_model_token_bos(const mor_model *model) { return mor__vocab_special(model_vocab(model), MOR__SP_BOS); }
-MOR_API int32_t mor_model_token_eos(const mor_model *model) { return mor__vocab_special(model_vocab(model), MOR__SP_EOS); }
-MOR_API int32_t mor_model_token_unk(const mor_model *model) { return mor__vocab_special(model_vocab(model), MOR__SP_UNK); }
-MOR_API int32_t mor_model_token_pad(const mor_model *model) { return mor__vocab_special(model_vocab(model), MOR__SP_PAD); }
-MOR_API int32_t mor_model_token_eot(const mor_model *model) { return mor__vocab_special(model_vocab(model), MOR__SP_EOT); }
+MOR_API int32_t mor_model_token_bos(const mor_model *model) { return mor__vocab_special(mor__model_vocab(model), MOR__SP_BOS); }
+MOR_API int32_t mor_model_token_eos(const mor_model *model) { return mor__vocab_special(mor__model_vocab(model), MOR__SP_EOS); }
+MOR_API int32_t mor_model_token_unk(const mor_model *model) { return mor__vocab_special(mor__model_vocab(model), MOR__SP_UNK); }
+MOR_API int32_t mor_model_token_pad(const mor_model *model) { return mor__vocab_special(mor__model_vocab(model), MOR__SP_PAD); }
+MOR_API int32_t mor_model_token_eot(const mor_model *model) { return mor__vocab_special(mor__model_vocab(model), MOR__SP_EOT); }
 MOR_API int mor_model_token_is_eog(const mor_model *model, int32_t token) {
-    return mor__vocab_is_eog(model_vocab(model), token);
+    return mor__vocab_is_eog(mor__model_vocab(model), token);
 }
 MOR_API int mor_model_token_type(const mor_model *model, int32_t token) {
-    return mor__vocab_token_type(model_vocab(model), token);
+    return mor__vocab_token_type(mor__model_vocab(model), token);
 }
 
 // Streaming detokenizer.
@@ -1009,7 +1009,7 @@ MOR_API int mor_detok_create(const mor_model *model, uint32_t flags, mor_detok *
     if (!out) return MOR_E_INVALID;
     *out = NULL;
     if (!model) return MOR_E_INVALID;
-    const mor__vocab *v = model_vocab(model);
+    const mor__vocab *v = mor__model_vocab(model);
     if (!v) return MOR_E_NOT_FOUND;
     mor_detok *d = mor__alloc(v->alloc, 1, sizeof *d, 1);
     if (!d) return MOR_E_NOMEM;
