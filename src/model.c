@@ -909,27 +909,15 @@ int mor_model_meta_str(const mor_model *m, const char *key, char *buf, size_t ca
     case MOR__GGUF_BOOL:
         len = (size_t)snprintf(tmp, sizeof tmp, "%s", kv->data[0] ? "true" : "false");
         break;
-    default: {
-        int64_t v = 0;
+    default: {  // the integers (the parser admits no other type)
         uint64_t u = 0;
-        const uint8_t *p = kv->data;
-        int nb = kv->type <= MOR__GGUF_INT8 ? 1 : kv->type <= MOR__GGUF_INT16 ? 2 : kv->type <= MOR__GGUF_INT32 ? 4 : 8;
-        for (int i = nb - 1; i >= 0; i--) u = (u << 8) | p[i];
-        switch (kv->type) {
-        case MOR__GGUF_UINT8: v = p[0]; break;
-        case MOR__GGUF_INT8: v = (int8_t)p[0]; break;
-        case MOR__GGUF_UINT16: v = (uint16_t)(p[0] | p[1] << 8); break;
-        case MOR__GGUF_INT16: v = (int16_t)(uint16_t)(p[0] | p[1] << 8); break;
-        case MOR__GGUF_UINT32: v = (uint32_t)(u & 0xffffffffu); break;
-        case MOR__GGUF_INT32: v = (int32_t)(uint32_t)(u & 0xffffffffu); break;
-        case MOR__GGUF_UINT64: len = (size_t)snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)u); goto have;
-        default: v = (int64_t)u; break;
-        }
-        len = (size_t)snprintf(tmp, sizeof tmp, "%lld", (long long)v);
+        int sg = 0;
+        mor__gguf_decode_int(kv->data, kv->type, &u, &sg);
+        len = sg ? (size_t)snprintf(tmp, sizeof tmp, "%lld", (long long)(int64_t)u)
+                 : (size_t)snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)u);
         break;
     }
     }
-have:
     if (n_bytes) *n_bytes = len;
     if (len + 1 > cap) return MOR_E_BUFFER_SMALL;
     memcpy(buf, src, len);

@@ -699,8 +699,8 @@ static int gguf_str_array(const mor__gguf *g, const mor__gguf_kv *kv, const char
     const uint8_t *p = kv->data, *end = g->image + g->size;
     for (uint64_t i = 0; i < kv->arr_n; i++) {
         if ((uint64_t)(end - p) < 8) goto bad;
-        uint64_t len = 0;
-        for (int k = 7; k >= 0; k--) len = (len << 8) | p[k];
+        uint64_t len;
+        mor__gguf_decode_int(p, MOR__GGUF_UINT64, &len, NULL);
         p += 8;
         if (len > (uint64_t)(end - p) || len > 0xFFFFFFFFu) goto bad;
         ptrs[i] = (const char *)p;
@@ -717,23 +717,12 @@ static int gguf_str_array(const mor__gguf *g, const mor__gguf_kv *kv, const char
 static int gguf_int_key(const mor__gguf *g, const char *key, int64_t *out, char *err, size_t err_n) {
     const mor__gguf_kv *kv = mor__gguf_find_kv(g, key);
     if (!kv) return MOR_E_NOT_FOUND;
-    const uint8_t *p = kv->data;
-    uint64_t u = 0;
-    int size;
-    switch (kv->type) {
-    case MOR__GGUF_UINT8: case MOR__GGUF_INT8: size = 1; break;
-    case MOR__GGUF_UINT16: case MOR__GGUF_INT16: size = 2; break;
-    case MOR__GGUF_UINT32: case MOR__GGUF_INT32: size = 4; break;
-    case MOR__GGUF_UINT64: case MOR__GGUF_INT64: size = 8; break;
-    default:
+    uint64_t u;
+    int is_signed;
+    if (mor__gguf_decode_int(kv->data, kv->type, &u, &is_signed))
         return mor__errf(err, err_n, MOR_E_FORMAT, "%s: expected an integer (type %u)", key, kv->type);
-    }
-    for (int k = size - 1; k >= 0; k--) u = (u << 8) | p[k];
-    int is_signed = kv->type == MOR__GGUF_INT8 || kv->type == MOR__GGUF_INT16 ||
-                    kv->type == MOR__GGUF_INT32 || kv->type == MOR__GGUF_INT64;
-    if (is_signed && size < 8 && (u >> (size * 8 - 1)) & 1) u |= ~0ull << (size * 8);
     if (is_signed) *out = (int64_t)u;
-    else if (size == 4 && u == 0xFFFFFFFFu) *out = -1;  // "none", as converters write it
+    else if (kv->type == MOR__GGUF_UINT32 && u == 0xFFFFFFFFu) *out = -1;  // "none", as converters write it
     else *out = u > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)u;
     return MOR_OK;
 }
