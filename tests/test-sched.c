@@ -3,6 +3,7 @@
 // strategies and samplers, with sessions joining and leaving at random rounds (seeded); a
 // session whose router fails or whose context is full gets its error while the others go on;
 // the baselines (static, sequential) give the same results; the batch really is shared.
+#define MOR_NO_DEPRECATION_WARNINGS  // mor_sched_stats, deprecated, is checked against its replacement
 #include "harness.h"
 
 #include "../tools/randmodel.h"
