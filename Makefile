@@ -158,6 +158,7 @@ test: all $(TEST_BIN)
 	fi; \
 	$(MAKE) --no-print-directory test-python B=$(B) L=$(L) || fail=1; \
 	$(MAKE) --no-print-directory check-exports B=$(B) L=$(L) || fail=1; \
+	$(MAKE) --no-print-directory check-deps || fail=1; \
 	$(MAKE) --no-print-directory check-header B=$(B) || fail=1; \
 	$(MAKE) --no-print-directory fuzz-replay B=$(B) L=$(L) || fail=1; \
 	if [ $$fail = 0 ]; then echo "all test programs passed"; else echo "SOME TESTS FAILED"; exit 1; fi
@@ -179,6 +180,11 @@ check-exports: $(SHARED)
 	n=$$(nm -D --defined-only $(SHARED) | awk '{print $$3}' | grep -c '^mor_'); \
 	echo "exports: $$n mor_ symbols, nothing else"; \
 	readelf -d $(SHARED) | grep -q "SONAME.*\[$(SONAME)\]" && echo "soname: $(SONAME)"
+
+## check-deps: dependencies in src/ point one way, down the layer table of tools/check-deps.sh
+check-deps:
+	@sh tools/check-deps.sh
+.PHONY: check-deps
 
 ## check-header: mor.h compiles alone as strict C11 and as C++
 check-header:

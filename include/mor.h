@@ -23,6 +23,18 @@ extern "C" {
 #  define MOR_API
 #endif
 
+/* MOR_DEPRECATED(msg) marks a call that is kept, and exported, for existing callers but has a
+ * replacement: gcc and clang warn where it is used (-Wdeprecated-declarations), other compilers
+ * say nothing. A program that still calls one on purpose defines MOR_NO_DEPRECATION_WARNINGS
+ * before including mor.h; the library's own build never warns. */
+#if defined(MOR_BUILD_SHARED) || defined(MOR_BUILD) || defined(MOR_NO_DEPRECATION_WARNINGS)
+#  define MOR_DEPRECATED(msg)
+#elif defined(__GNUC__) || defined(__clang__)
+#  define MOR_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#else
+#  define MOR_DEPRECATED(msg)
+#endif
+
 /*-************************************************************************************************
  *  Status
  **************************************************************************************************/
@@ -695,7 +707,10 @@ MOR_API int32_t mor_sched_pending(const mor_sched *sched);
 MOR_API int  mor_sched_poll(mor_sched *sched, mor_session **session, int32_t *token, int32_t *status);
 
 /* Counters since creation: rounds run, token rows processed by batched layers, and the mean
- * number of rows per batched layer (batch occupancy). */
+ * number of rows per batched layer (batch occupancy).
+ * Deprecated: use mor_sched_get_counters(), which has these and more (rounds, layer_rows, and
+ * the mean as layer_rows / layer_runs). This call stays exported and keeps working. */
+MOR_DEPRECATED("use mor_sched_get_counters")
 MOR_API int  mor_sched_stats(const mor_sched *sched, int64_t *rounds, int64_t *layer_rows, double *mean_rows);
 
 /* All counters since creation (a struct that may grow: set size). */

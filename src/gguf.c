@@ -558,24 +558,39 @@ const mor__gguf_tensor *mor__gguf_find_tensor(const mor__gguf *g, const char *na
     return i < 0 ? NULL : &g->tensors[i];
 }
 
-// Converts a scalar at p of type t to int64 (returns 0) or fails (returns 1).
-static int scalar_i64(const uint8_t *p, uint32_t t, int64_t *out) {
+// Every GGUF integer of the library is decoded here (gguf.h).
+int mor__gguf_decode_int(const uint8_t *p, uint32_t t, uint64_t *bits, int *is_signed) {
+    int n, sg;
     switch (t) {
-    case MOR__GGUF_UINT8: case MOR__GGUF_BOOL: *out = p[0]; return 0;
-    case MOR__GGUF_INT8: *out = (int8_t)p[0]; return 0;
-    case MOR__GGUF_UINT16: *out = (uint16_t)rd_le(p, 2); return 0;
-    case MOR__GGUF_INT16: *out = (int16_t)(uint16_t)rd_le(p, 2); return 0;
-    case MOR__GGUF_UINT32: *out = (uint32_t)rd_le(p, 4); return 0;
-    case MOR__GGUF_INT32: *out = (int32_t)(uint32_t)rd_le(p, 4); return 0;
-    case MOR__GGUF_UINT64: {
-        uint64_t v = rd_le(p, 8);
-        if (v > INT64_MAX) return 1;
-        *out = (int64_t)v;
+    case MOR__GGUF_UINT8: n = 1, sg = 0; break;
+    case MOR__GGUF_INT8: n = 1, sg = 1; break;
+    case MOR__GGUF_UINT16: n = 2, sg = 0; break;
+    case MOR__GGUF_INT16: n = 2, sg = 1; break;
+    case MOR__GGUF_UINT32: n = 4, sg = 0; break;
+    case MOR__GGUF_INT32: n = 4, sg = 1; break;
+    case MOR__GGUF_UINT64: n = 8, sg = 0; break;
+    case MOR__GGUF_INT64: n = 8, sg = 1; break;
+    default: return MOR_E_FORMAT;
+    }
+    uint64_t u = rd_le(p, n);
+    if (sg && n < 8 && (u >> (8 * n - 1)) & 1) u |= ~0ull << (8 * n);
+    *bits = u;
+    if (is_signed) *is_signed = sg;
+    return MOR_OK;
+}
+
+// Converts a scalar at p of type t (an integer or BOOL) to int64 (returns 0) or fails (returns
+// 1, also for a UINT64 above INT64_MAX).
+static int scalar_i64(const uint8_t *p, uint32_t t, int64_t *out) {
+    if (t == MOR__GGUF_BOOL) {
+        *out = p[0];
         return 0;
     }
-    case MOR__GGUF_INT64: *out = (int64_t)rd_le(p, 8); return 0;
-    default: return 1;
-    }
+    uint64_t u;
+    int sg;
+    if (mor__gguf_decode_int(p, t, &u, &sg) || (!sg && u > INT64_MAX)) return 1;
+    *out = (int64_t)u;
+    return 0;
 }
 
 static int scalar_f64(const uint8_t *p, uint32_t t, double *out) {

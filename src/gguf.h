@@ -92,6 +92,14 @@ const mor__gguf_tensor *mor__gguf_find_tensor(const mor__gguf *g, const char *na
 // deterministic measure of the parse and lookup work, for the tests.
 uint64_t mor__gguf_name_compares(void);
 
+// The one decoder of GGUF integers: the value at p (its bytes, little-endian) of value type t,
+// UINT8 to INT64 (BOOL and the floats are not integers). MOR_OK with its 64 bits in *bits,
+// sign-extended for the signed types and zero-extended for the unsigned ones, and *is_signed
+// (may be NULL) tells which, so a caller reads *bits as int64_t or uint64_t; MOR_E_FORMAT,
+// touching nothing, for another type. The getters below and every other reader of integer
+// values (the tokenizer's special ids, mor_model_meta_str) go through it.
+int mor__gguf_decode_int(const uint8_t *p, uint32_t t, uint64_t *bits, int *is_signed);
+
 // Typed getters. Return MOR_OK, or MOR_E_FORMAT with a message naming the key when the value
 // has the wrong type (integers of any width convert when the value fits). When the key is
 // absent: return MOR_E_NOT_FOUND (callers turn that into a default or an error).

@@ -3,7 +3,9 @@
 // that points shared layers at one copy of their weights.
 //
 // Nothing here computes; the forward pass lives in forward.c. Every failure names the key or
-// tensor and the expected and found values (docs/FORMAT.md).
+// tensor and the expected and found values (docs/FORMAT.md). Nor does it know the tokenizer,
+// which sits above the model: load.c runs the steps declared in model.h with the vocabulary
+// read in between, and attaches it to the model.
 #include "model.h"
 #include "kernels.h"
 
@@ -14,13 +16,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#if defined(__has_include)
-#if !defined(MOR_NO_TOKENIZER) && __has_include("tokenizer.h") && __has_include("tokenizer.c")
-#include "tokenizer.h"
-#define MOR__HAVE_TOKENIZER 1
-#endif
-#endif
 
 #define MAX_LAYERS 4096
 #define MAX_DIM    (1 << 20)
@@ -646,9 +641,7 @@ static int bind_all(loader *ld) {
 // ---- load ----------------------------------------------------------------------------------
 
 static void model_destroy(mor_model *m) {
-#ifdef MOR__HAVE_TOKENIZER
-    mor__vocab_free(m->vocab);
-#endif
+    if (m->vocab_free) m->vocab_free(m->vocab);
     mor__gguf_free(&m->gguf);
     void *bufs[] = {m->layers, m->layer_step, m->routers, m->routers_aux, m->exits, m->step_begin, m->step_end,
                     m->step_exit, m->f32_copies, m->rope_inv_freq, m->name, m->heap};
@@ -677,9 +670,8 @@ void mor_model_free(mor_model *m) {
     mor__model_unref(m);
 }
 
-const struct mor__vocab *mor__model_vocab(const mor_model *m) { return m ? m->vocab : NULL; }
-
-static int build(mor_model *m, const void *image, size_t size, uint32_t flags, char *err, size_t err_n) {
+// The first step of a load: the GGUF header, the architecture and the name.
+static int open_image(mor_model *m, const void *image, size_t size, uint32_t flags, char *err, size_t err_n) {
     int s = mor__gguf_parse_with(&m->gguf, &m->alloc, image, size, err, err_n);
     if (s) return s;
     mor__gguf_str a;
@@ -695,49 +687,28 @@ static int build(mor_model *m, const void *image, size_t size, uint32_t flags, c
         return s;
     m->name = mor__strndup(&m->alloc, nm.ptr, nm.len);
     if (!m->name) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
+    m->vocab_only = (flags & MOR_MODEL_VOCAB_ONLY) != 0;
+    return MOR_OK;
+}
 
-#ifdef MOR__HAVE_TOKENIZER
-    // The tokenizer matches these names by their bytes; a NUL inside is refused here, naming the
-    // key, rather than reported as an unknown name that prints cut short.
-    static const char *const tok_names[] = {"tokenizer.ggml.model", "tokenizer.ggml.pre"};
-    for (size_t i = 0; i < sizeof tok_names / sizeof tok_names[0]; i++) {
-        mor__gguf_str t;
-        s = mor__gguf_get_cstr(&m->gguf, tok_names[i], &t, err, err_n);
-        if (s && s != MOR_E_NOT_FOUND) return s;
-    }
-    s = mor__vocab_load(&m->vocab, &m->gguf, &m->alloc, err, err_n);
-    if (s && s != MOR_E_NOT_FOUND) return s;
-#endif
-    if (flags & MOR_MODEL_VOCAB_ONLY) {
-        m->vocab_only = 1;
-        if (!m->vocab) return mor__errf(err, err_n, MOR_E_FORMAT, "vocab-only load: the file has no tokenizer");
-        return MOR_OK;
-    }
-    if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "mor") != 0)
+int mor__model_bind(mor_model *m, char *err, size_t err_n) {
+    if (m->vocab_only) return MOR_OK;
+    if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "mor") != 0) {
+        mor__gguf_str a;  // the whole value: m->arch holds its first 15 bytes
+        mor__gguf_get_str(&m->gguf, "general.architecture", &a, NULL, 0);
         return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
                          "unknown architecture '%.*s' (supported: llama, mor)", (int)MOR__MIN(a.len, 64), a.ptr);
+    }
     loader ld = {m, err, err_n, "", NULL, NULL, NULL, NULL};
     snprintf(ld.prefix, sizeof ld.prefix, "%s.", m->arch);
     ld.used = mor__alloc(&m->alloc, (size_t)m->gguf.n_tensors, 1, 1);
     ld.vec = mor__alloc(&m->alloc, (size_t)m->gguf.n_tensors, sizeof *ld.vec, 1);
-    s = ld.used && ld.vec ? MOR_OK : mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
+    int s = ld.used && ld.vec ? MOR_OK : mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
     if (!s) s = read_hparams(&ld);
     if (!s) s = bind_all(&ld);
     mor__free(&m->alloc, ld.used);
     mor__free(&m->alloc, ld.vec);
-    if (s) return s;
-#ifdef MOR__HAVE_TOKENIZER
-    // One vocabulary size: mor_model_n_vocab() (the token list) is what callers size logits
-    // and validate ids with, so it must equal the rows of the embedding and of every output
-    // head (bind_all checked those equal): fewer tokens would let sampling return ids that
-    // detokenize refuses, more would name ids the model has no row for.
-    if (m->vocab && mor__vocab_n_tokens(m->vocab) != m->hp.n_vocab)
-        return mor__errf(err, err_n, MOR_E_FORMAT,
-                         "tokenizer.ggml.tokens has %d tokens but token_embd.weight and the output "
-                         "head have %d rows; they must be equal",
-                         mor__vocab_n_tokens(m->vocab), m->hp.n_vocab);
-#endif
-    return MOR_OK;
+    return s;
 }
 
 static uint32_t params_flags(const mor_model_params *p, mor_allocator *alloc) {
@@ -757,10 +728,8 @@ static mor_model *new_model(const mor_allocator *a) {
     return m;
 }
 
-int mor_model_load_memory(const void *data, size_t size, const mor_model_params *params,
-                          mor_model **out, char *err, size_t err_size) {
-    if (err && err_size) err[0] = 0;
-    if (!out) return mor__errf(err, err_size, MOR_E_INVALID, "out is NULL");
+int mor__model_open_memory(const void *data, size_t size, const mor_model_params *params, mor_model **out,
+                           char *err, size_t err_size) {
     *out = NULL;
     if (!data) return mor__errf(err, err_size, MOR_E_INVALID, "data is NULL");
     if (params && params->kind != MOR_PARAMS_MODEL)
@@ -785,7 +754,7 @@ int mor_model_load_memory(const void *data, size_t size, const mor_model_params 
         memcpy(m->heap, data, size);
         data = m->heap;
     }
-    int s = build(m, data, size, flags, err, err_size);
+    int s = open_image(m, data, size, flags, err, err_size);
     if (s) {
         mor_model_free(m);
         return s;
@@ -794,10 +763,8 @@ int mor_model_load_memory(const void *data, size_t size, const mor_model_params 
     return MOR_OK;
 }
 
-int mor_model_load(const char *path, const mor_model_params *params, mor_model **out, char *err,
-                   size_t err_size) {
-    if (err && err_size) err[0] = 0;
-    if (!out) return mor__errf(err, err_size, MOR_E_INVALID, "out is NULL");
+int mor__model_open_file(const char *path, const mor_model_params *params, mor_model **out, char *err,
+                         size_t err_size) {
     *out = NULL;
     if (!path) return mor__errf(err, err_size, MOR_E_INVALID, "path is NULL");
     if (params && params->kind != MOR_PARAMS_MODEL)
@@ -852,7 +819,7 @@ int mor_model_load(const char *path, const mor_model_params *params, mor_model *
         image = m->heap;
     }
     close(fd);
-    int s = build(m, image, size, flags, err, err_size);
+    int s = open_image(m, image, size, flags, err, err_size);
     if (s) {
         mor_model_free(m);
         return s;
@@ -942,27 +909,15 @@ int mor_model_meta_str(const mor_model *m, const char *key, char *buf, size_t ca
     case MOR__GGUF_BOOL:
         len = (size_t)snprintf(tmp, sizeof tmp, "%s", kv->data[0] ? "true" : "false");
         break;
-    default: {
-        int64_t v = 0;
+    default: {  // the integers (the parser admits no other type)
         uint64_t u = 0;
-        const uint8_t *p = kv->data;
-        int nb = kv->type <= MOR__GGUF_INT8 ? 1 : kv->type <= MOR__GGUF_INT16 ? 2 : kv->type <= MOR__GGUF_INT32 ? 4 : 8;
-        for (int i = nb - 1; i >= 0; i--) u = (u << 8) | p[i];
-        switch (kv->type) {
-        case MOR__GGUF_UINT8: v = p[0]; break;
-        case MOR__GGUF_INT8: v = (int8_t)p[0]; break;
-        case MOR__GGUF_UINT16: v = (uint16_t)(p[0] | p[1] << 8); break;
-        case MOR__GGUF_INT16: v = (int16_t)(uint16_t)(p[0] | p[1] << 8); break;
-        case MOR__GGUF_UINT32: v = (uint32_t)(u & 0xffffffffu); break;
-        case MOR__GGUF_INT32: v = (int32_t)(uint32_t)(u & 0xffffffffu); break;
-        case MOR__GGUF_UINT64: len = (size_t)snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)u); goto have;
-        default: v = (int64_t)u; break;
-        }
-        len = (size_t)snprintf(tmp, sizeof tmp, "%lld", (long long)v);
+        int sg = 0;
+        mor__gguf_decode_int(kv->data, kv->type, &u, &sg);
+        len = sg ? (size_t)snprintf(tmp, sizeof tmp, "%lld", (long long)(int64_t)u)
+                 : (size_t)snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)u);
         break;
     }
     }
-have:
     if (n_bytes) *n_bytes = len;
     if (len + 1 > cap) return MOR_E_BUFFER_SMALL;
     memcpy(buf, src, len);

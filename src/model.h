@@ -12,8 +12,6 @@
 #include "gguf.h"
 #include "internal.h"
 
-struct mor__vocab;
-
 // A weight matrix view: `rows` output rows of `cols` inputs, row-major, in the file's type.
 typedef struct {
     const void *data;   // borrowed from the image; NULL when absent
@@ -105,7 +103,11 @@ struct mor_model {
     float             *f32_copies;    // backing store for the 1-D tensors above (owned)
     double            *rope_inv_freq; // [head_dim / 2]: theta^(-2i / head_dim)
     uint64_t           n_params, n_params_unrolled, weight_bytes;
-    struct mor__vocab *vocab;         // NULL when the file has no tokenizer
+    // The vocabulary read from the same file, which the loader above the model (load.c)
+    // attaches; NULL when the file has no tokenizer. Opaque here: the model only hands it back
+    // to vocab_free when its last reference goes.
+    void              *vocab;
+    void             (*vocab_free)(void *vocab);
 };
 
 // References held by the model's users (sessions, schedulers, detokenizers): the last unref
@@ -113,7 +115,17 @@ struct mor_model {
 void mor__model_ref(const mor_model *m);
 void mor__model_unref(const mor_model *m);
 
-// The vocabulary of a model (NULL if none). Declared for the tokenizer module.
-const struct mor__vocab *mor__model_vocab(const mor_model *m);
+// Loading, in the steps that the loader above the model (load.c: mor_model_load and
+// mor_model_load_memory) runs with the vocabulary read in between:
+//   open_file / open_memory: read, map, borrow or copy the image into a new model and parse its
+//     GGUF header, general.architecture and general.name. *out is the model or NULL on failure.
+//   bind: read the hyperparameters and bind every tensor (nothing for a vocab-only load, which
+//     open records in m->vocab_only). On failure the caller frees the model.
+// out is not NULL; every failure returns a status with a message in err.
+int mor__model_open_file(const char *path, const mor_model_params *params, mor_model **out, char *err,
+                         size_t err_size);
+int mor__model_open_memory(const void *data, size_t size, const mor_model_params *params, mor_model **out,
+                           char *err, size_t err_size);
+int mor__model_bind(mor_model *m, char *err, size_t err_n);
 
 #endif

@@ -122,6 +122,19 @@ void mor_exit_policy_init(mor_exit_policy *p) {
     p->budget_window = 32;
 }
 
+// The scheduler's defaults, the same as mor_sched_params_init's (sched.c; test-sched compares
+// the two). They are written out here so that the parameter code, at the bottom of the library,
+// calls nothing of the scheduler above it (docs/ARCHITECTURE.md, "Dependencies").
+static void sched_params_init(mor_sched_params *p) {
+    memset(p, 0, sizeof *p);
+    p->size = sizeof *p;
+    p->kind = MOR_PARAMS_SCHED;
+    p->max_batch = 64;
+    p->n_threads = 1;
+    p->mode = MOR_SCHED_CONTINUOUS;
+    p->prompt_chunk = 16;
+}
+
 enum { F_U32, F_I32, F_F32, F_U64, F_I64 };
 typedef struct {
     uint32_t    kind;
@@ -184,7 +197,7 @@ int mor_params_init(void *p, uint32_t kind) {
     case MOR_PARAMS_SESSION: mor_session_params_init(p); return MOR_OK;
     case MOR_PARAMS_SAMPLER: mor_sampler_params_init(p); return MOR_OK;
     case MOR_PARAMS_EXIT: mor_exit_policy_init(p); return MOR_OK;
-    case MOR_PARAMS_SCHED: mor_sched_params_init(p); return MOR_OK;
+    case MOR_PARAMS_SCHED: sched_params_init(p); return MOR_OK;
     default: return MOR_E_INVALID;
     }
 }

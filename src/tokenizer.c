@@ -699,8 +699,8 @@ static int gguf_str_array(const mor__gguf *g, const mor__gguf_kv *kv, const char
     const uint8_t *p = kv->data, *end = g->image + g->size;
     for (uint64_t i = 0; i < kv->arr_n; i++) {
         if ((uint64_t)(end - p) < 8) goto bad;
-        uint64_t len = 0;
-        for (int k = 7; k >= 0; k--) len = (len << 8) | p[k];
+        uint64_t len;
+        mor__gguf_decode_int(p, MOR__GGUF_UINT64, &len, NULL);
         p += 8;
         if (len > (uint64_t)(end - p) || len > 0xFFFFFFFFu) goto bad;
         ptrs[i] = (const char *)p;
@@ -717,23 +717,12 @@ static int gguf_str_array(const mor__gguf *g, const mor__gguf_kv *kv, const char
 static int gguf_int_key(const mor__gguf *g, const char *key, int64_t *out, char *err, size_t err_n) {
     const mor__gguf_kv *kv = mor__gguf_find_kv(g, key);
     if (!kv) return MOR_E_NOT_FOUND;
-    const uint8_t *p = kv->data;
-    uint64_t u = 0;
-    int size;
-    switch (kv->type) {
-    case MOR__GGUF_UINT8: case MOR__GGUF_INT8: size = 1; break;
-    case MOR__GGUF_UINT16: case MOR__GGUF_INT16: size = 2; break;
-    case MOR__GGUF_UINT32: case MOR__GGUF_INT32: size = 4; break;
-    case MOR__GGUF_UINT64: case MOR__GGUF_INT64: size = 8; break;
-    default:
+    uint64_t u;
+    int is_signed;
+    if (mor__gguf_decode_int(kv->data, kv->type, &u, &is_signed))
         return mor__errf(err, err_n, MOR_E_FORMAT, "%s: expected an integer (type %u)", key, kv->type);
-    }
-    for (int k = size - 1; k >= 0; k--) u = (u << 8) | p[k];
-    int is_signed = kv->type == MOR__GGUF_INT8 || kv->type == MOR__GGUF_INT16 ||
-                    kv->type == MOR__GGUF_INT32 || kv->type == MOR__GGUF_INT64;
-    if (is_signed && size < 8 && (u >> (size * 8 - 1)) & 1) u |= ~0ull << (size * 8);
     if (is_signed) *out = (int64_t)u;
-    else if (size == 4 && u == 0xFFFFFFFFu) *out = -1;  // "none", as converters write it
+    else if (kv->type == MOR__GGUF_UINT32 && u == 0xFFFFFFFFu) *out = -1;  // "none", as converters write it
     else *out = u > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)u;
     return MOR_OK;
 }
@@ -953,12 +942,12 @@ int mor__vocab_detokenize(const mor__vocab *v, const int32_t *tokens, size_t n_t
 
 // ---- public API -----------------------------------------------------------------------------
 
-static const mor__vocab *model_vocab(const mor_model *m) { return m ? mor__model_vocab(m) : NULL; }
+const mor__vocab *mor__model_vocab(const mor_model *m) { return m ? (const mor__vocab *)m->vocab : NULL; }
 
 MOR_API int mor_tokenize(const mor_model *model, const char *text, size_t text_len, int32_t *tokens,
                          size_t capacity, uint32_t flags, size_t *n_tokens) {
     if (!model || !n_tokens) return MOR_E_INVALID;
-    const mor__vocab *v = model_vocab(model);
+    const mor__vocab *v = mor__model_vocab(model);
     if (!v) return MOR_E_NOT_FOUND;
     return mor__vocab_tokenize(v, text, text_len, tokens, capacity, flags, n_tokens);
 }
@@ -966,7 +955,7 @@ MOR_API int mor_tokenize(const mor_model *model, const char *text, size_t text_l
 MOR_API int mor_token_to_piece(const mor_model *model, int32_t token, char *buf, size_t capacity,
                                uint32_t flags, size_t *n_bytes) {
     if (!model || !n_bytes) return MOR_E_INVALID;
-    const mor__vocab *v = model_vocab(model);
+    const mor__vocab *v = mor__model_vocab(model);
     if (!v) return MOR_E_NOT_FOUND;
     return mor__vocab_piece(v, token, buf, capacity, flags, n_bytes);
 }
@@ -974,25 +963,25 @@ MOR_API int mor_token_to_piece(const mor_model *model, int32_t token, char *buf,
 MOR_API int mor_detokenize(const mor_model *model, const int32_t *tokens, size_t n_tokens, char *buf,
                            size_t capacity, uint32_t flags, size_t *n_bytes) {
     if (!model || !n_bytes) return MOR_E_INVALID;
-    const mor__vocab *v = model_vocab(model);
+    const mor__vocab *v = mor__model_vocab(model);
     if (!v) return MOR_E_NOT_FOUND;
     return mor__vocab_detokenize(v, tokens, n_tokens, buf, capacity, flags, n_bytes);
 }
 
 MOR_API int32_t mor_model_n_vocab(const mor_model *model) {
-    const mor__vocab *v = model_vocab(model);
+    const mor__vocab *v = mor__model_vocab(model);
     return v ? v->n_tokens : -1;
 }
-MOR_API int32_t mor_model_token_bos(const mor_model *model) { return mor__vocab_special(model_vocab(model), MOR__SP_BOS); }
-MOR_API int32_t mor_model_token_eos(const mor_model *model) { return mor__vocab_special(model_vocab(model), MOR__SP_EOS); }
-MOR_API int32_t mor_model_token_unk(const mor_model *model) { return mor__vocab_special(model_vocab(model), MOR__SP_UNK); }
-MOR_API int32_t mor_model_token_pad(const mor_model *model) { return mor__vocab_special(model_vocab(model), MOR__SP_PAD); }
-MOR_API int32_t mor_model_token_eot(const mor_model *model) { return mor__vocab_special(model_vocab(model), MOR__SP_EOT); }
+MOR_API int32_t mor_model_token_bos(const mor_model *model) { return mor__vocab_special(mor__model_vocab(model), MOR__SP_BOS); }
+MOR_API int32_t mor_model_token_eos(const mor_model *model) { return mor__vocab_special(mor__model_vocab(model), MOR__SP_EOS); }
+MOR_API int32_t mor_model_token_unk(const mor_model *model) { return mor__vocab_special(mor__model_vocab(model), MOR__SP_UNK); }
+MOR_API int32_t mor_model_token_pad(const mor_model *model) { return mor__vocab_special(mor__model_vocab(model), MOR__SP_PAD); }
+MOR_API int32_t mor_model_token_eot(const mor_model *model) { return mor__vocab_special(mor__model_vocab(model), MOR__SP_EOT); }
 MOR_API int mor_model_token_is_eog(const mor_model *model, int32_t token) {
-    return mor__vocab_is_eog(model_vocab(model), token);
+    return mor__vocab_is_eog(mor__model_vocab(model), token);
 }
 MOR_API int mor_model_token_type(const mor_model *model, int32_t token) {
-    return mor__vocab_token_type(model_vocab(model), token);
+    return mor__vocab_token_type(mor__model_vocab(model), token);
 }
 
 // Streaming detokenizer.
@@ -1009,7 +998,7 @@ MOR_API int mor_detok_create(const mor_model *model, uint32_t flags, mor_detok *
     if (!out) return MOR_E_INVALID;
     *out = NULL;
     if (!model) return MOR_E_INVALID;
-    const mor__vocab *v = model_vocab(model);
+    const mor__vocab *v = mor__model_vocab(model);
     if (!v) return MOR_E_NOT_FOUND;
     mor_detok *d = mor__alloc(v->alloc, 1, sizeof *d, 1);
     if (!d) return MOR_E_NOMEM;

@@ -70,6 +70,9 @@ int  mor__vocab_load(mor__vocab **out, const mor__gguf *g, const mor_allocator *
 int  mor__vocab_build(mor__vocab **out, const mor__vocab_desc *d, char *err, size_t err_n);
 void mor__vocab_free(mor__vocab *v);
 
+// The vocabulary of a model (NULL if none), which the loader (load.c) attached to it.
+const mor__vocab *mor__model_vocab(const mor_model *m);
+
 int32_t     mor__vocab_n_tokens(const mor__vocab *v);
 // "<0xNN>" with two uppercase or lowercase hex digits -> the byte, else -1 (what a byte token's
 // text must be; the llama2.c importer types its pieces by the same rule).

@@ -3,6 +3,7 @@
 // strategies and samplers, with sessions joining and leaving at random rounds (seeded); a
 // session whose router fails or whose context is full gets its error while the others go on;
 // the baselines (static, sequential) give the same results; the batch really is shared.
+#define MOR_NO_DEPRECATION_WARNINGS  // mor_sched_stats, deprecated, is checked against its replacement
 #include "harness.h"
 
 #include "../tools/randmodel.h"
@@ -551,6 +552,9 @@ TEST(params_by_name) {
     mor_sched_params p;
     ASSERT_OK(mor_params_init(&p, MOR_PARAMS_SCHED));
     ASSERT_EQ(p.max_batch, 64);
+    mor_sched_params d;  // the by-kind defaults (status.c) are mor_sched_params_init's
+    mor_sched_params_init(&d);
+    ASSERT(memcmp(&p, &d, sizeof p) == 0);
     ASSERT_OK(mor_params_set(&p, "max_batch", 8));
     ASSERT_OK(mor_params_set(&p, "kv_budget", 1099511627776.0 * 3));
     ASSERT_OK(mor_params_set(&p, "mode", MOR_SCHED_STATIC));

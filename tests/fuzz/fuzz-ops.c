@@ -12,6 +12,7 @@
 // the vocabulary; a request ends with one end event; the state of a session reloads into it;
 // no crash, no leak (ASan), and at the end, after the scheduler is freed and the router
 // cleared, every session still steps and samples.
+#define MOR_NO_DEPRECATION_WARNINGS  // mor_sched_stats, deprecated, is still exercised
 #include "fuzz.h"
 
 #define N_MODELS 3
