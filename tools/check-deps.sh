@@ -20,17 +20,19 @@
 # ---- the layer table ------------------------------------------------------------------------
 # part     rank  files, as patterns relative to src/ (`*` matches any characters, `/` included)
 LAYERS='
-base       0     alloc.c alloc.h internal.h status.c unicode*.c unicode.h
+base       0     alloc.c alloc.h bytes.h dtype.h internal.h status.c unicode*.c unicode.h
 thread     1     thread.c thread.h
 kernels    2     kernels.h kernels/* quant.c quant.h
 model      3     gguf.c gguf.h gguf-write.c gguf-write.h model.c model.h
-text       4     tokenizer*.c tokenizer*.h pretok.c
-kv         4     kv.c kv.h
-route      4     route.c route.h policy.c
-load       5     load.c
-import     5     llama2c.c llama2c.h
-session    6     session.c session.h forward.c layer.c sampler.c state.c
-sched      7     sched.c
+work       4     work.c work.h
+text       5     tokenizer*.c tokenizer*.h pretok.c
+kv         5     kv.c kv.h
+route      5     route.c route.h
+load       6     load.c
+layer      6     layer.c layer.h
+import     6     llama2c.c llama2c.h
+session    7     session.c session.h forward.c policy.c sampler.c state.c
+sched      8     sched.c
 '
 # ---------------------------------------------------------------------------------------------
 
