@@ -30,6 +30,18 @@ static inline int mor__add_u64(uint64_t a, uint64_t b, uint64_t *out) {
     return __builtin_add_overflow(a, b, out);
 }
 
+// The fields of the public params structs (status.c), in declaration order within each kind:
+// what mor_params_set/get reach by name and how the state format writes a policy (state.c).
+enum { MOR__F_U32, MOR__F_I32, MOR__F_F32, MOR__F_U64, MOR__F_I64 };
+typedef struct {
+    uint32_t    kind;    // MOR_PARAMS_*
+    const char *name;
+    size_t      offset;
+    int         type;    // MOR__F_*
+} mor__field;
+// The whole table; *n receives its length.
+const mor__field *mor__params_fields(size_t *n);
+
 // Library log (see mor_log_set). level: 0 error, 1 warn, 2 info, 3 debug.
 void mor__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

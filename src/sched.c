@@ -78,17 +78,6 @@ struct mor_sched {
                        : MOR_E_BUSY;                                                              \
     } while (0)
 
-void mor_sched_params_init(mor_sched_params *p) {
-    if (!p) return;
-    memset(p, 0, sizeof *p);
-    p->size = sizeof *p;
-    p->kind = MOR_PARAMS_SCHED;
-    p->max_batch = 64;
-    p->n_threads = 1;
-    p->mode = MOR_SCHED_CONTINUOUS;
-    p->prompt_chunk = 16;
-}
-
 // (Re)plans the batch workspace: max_batch rows attending to up to att_len entries.
 static int alloc_work(mor_sched *sc, size_t att_len) {
     const mor__hparams *hp = &sc->model->hp;

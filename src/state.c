@@ -6,9 +6,11 @@
 
 // Layout (little-endian): "MORS", u32 version (4), u32 n_layer, u32 kv_dim, u32 n_vocab,
 // u32 n_past, u32 n_embd, u32 kv element (0 F32, 1 F16: entries then packed two per word),
-// u64 model fingerprint (version 4 only; see model_fingerprint), policy (13 x u32: policy,
-// depth, threshold, min_depth, metric, decay_tau, decay_len, shallow, adaptive, kv, budget,
-// budget_window, rollback; floats as their bits), sampler (6 x u32 + u64 seed), u64 rng,
+// u64 model fingerprint (version 4 only; see model_fingerprint), policy (the fields of
+// mor_exit_policy after size and kind, in declaration order, as u32 bits: policy, depth,
+// threshold, min_depth, metric, decay_tau, decay_len, shallow, adaptive, kv, budget,
+// budget_window, rollback; see put_policy: a field appended to the struct changes the
+// format, so it comes with a new version), sampler (6 x u32 + u64 seed), u64 rng,
 // tokens[n_past] (i32), per position depth (i32), score (f32), kv status (u32), u32 n_stack and
 // per stacked token pos, step, top (i32), conf (f32), h[n_embd] (f32), then per slot: u32 len,
 // pos[len] (i32), k[len*kv_dim] (f32), v[len*kv_dim] (f32).
@@ -102,6 +104,44 @@ static uint64_t model_fingerprint(const mor_model *m) {
     return mix64(h);
 }
 
+// The exit policy in the state: the fields of mor_exit_policy after size and kind, in their
+// declaration order, from the one field table (status.c); each as its bits, u32 or u64.
+static int wide_field(const mor__field *f) { return f->type == MOR__F_U64 || f->type == MOR__F_I64; }
+
+static void put_policy(mor__wbuf *w, const mor_exit_policy *p) {
+    size_t n;
+    const mor__field *f = mor__params_fields(&n);
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].kind != MOR_PARAMS_EXIT) continue;
+        const char *at = (const char *)p + f[i].offset;
+        if (wide_field(&f[i])) {
+            uint64_t v;
+            memcpy(&v, at, 8);
+            mor__put_u64(w, v);
+        } else {
+            uint32_t v;
+            memcpy(&v, at, 4);
+            mor__put_u32(w, v);
+        }
+    }
+}
+
+static void get_policy(mor__rbuf *r, mor_exit_policy *p) {
+    size_t n;
+    const mor__field *f = mor__params_fields(&n);
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].kind != MOR_PARAMS_EXIT) continue;
+        char *at = (char *)p + f[i].offset;
+        if (wide_field(&f[i])) {
+            uint64_t v = mor__get_u64(r);
+            memcpy(at, &v, 8);
+        } else {
+            uint32_t v = mor__get_u32(r);
+            memcpy(at, &v, 4);
+        }
+    }
+}
+
 static size_t serialize(const mor_session *s, uint64_t fingerprint, void *buf, size_t cap) {
     const mor__hparams *hp = &s->model->hp;
     uint32_t kvdim = (uint32_t)(hp->n_head_kv * hp->head_dim);
@@ -115,12 +155,7 @@ static size_t serialize(const mor_session *s, uint64_t fingerprint, void *buf, s
     mor__put_u32(&w, (uint32_t)hp->n_embd);
     mor__put_u32(&w, (uint32_t)s->kv.f16);  // K/V element: 0 F32, 1 F16
     mor__put_u64(&w, fingerprint);
-    const mor_exit_policy *p = &s->policy;
-    uint32_t pol[13] = {(uint32_t)p->policy, (uint32_t)p->depth, mor__f32_bits(p->threshold), (uint32_t)p->min_depth,
-                        (uint32_t)p->metric, mor__f32_bits(p->decay_tau), (uint32_t)p->decay_len, (uint32_t)p->shallow,
-                        (uint32_t)p->adaptive, (uint32_t)p->kv, mor__f32_bits(p->budget), (uint32_t)p->budget_window,
-                        mor__f32_bits(p->rollback)};
-    for (int i = 0; i < 13; i++) mor__put_u32(&w, pol[i]);
+    put_policy(&w, &s->policy);
     mor__put_u32(&w, mor__f32_bits(s->sampler.temperature));
     mor__put_u32(&w, (uint32_t)s->sampler.top_k);
     mor__put_u32(&w, mor__f32_bits(s->sampler.top_p));
@@ -196,14 +231,9 @@ int mor_session_state_load(mor_session *s, const void *buf, size_t size) {
     }
     if (np > (uint32_t)s->n_ctx)
         return mor__session_fail(s, MOR_E_STATE, "state: %u tokens do not fit the context of %d", np, s->n_ctx);
-    uint32_t pv[13];
-    for (int i = 0; i < 13; i++) pv[i] = mor__get_u32(&r);
     mor_exit_policy q;
     mor_exit_policy_init(&q);
-    q.policy = (int32_t)pv[0], q.depth = (int32_t)pv[1], q.threshold = mor__bits_f32(pv[2]), q.min_depth = (int32_t)pv[3];
-    q.metric = (int32_t)pv[4], q.decay_tau = mor__bits_f32(pv[5]), q.decay_len = (int32_t)pv[6], q.shallow = (int32_t)pv[7];
-    q.adaptive = (int32_t)pv[8], q.kv = (int32_t)pv[9], q.budget = mor__bits_f32(pv[10]), q.budget_window = (int32_t)pv[11];
-    q.rollback = mor__bits_f32(pv[12]);
+    get_policy(&r, &q);
     mor__sampler sm;
     sm.temperature = mor__bits_f32(mor__get_u32(&r));
     sm.top_k = (int32_t)mor__get_u32(&r);

@@ -122,10 +122,8 @@ void mor_exit_policy_init(mor_exit_policy *p) {
     p->budget_window = 32;
 }
 
-// The scheduler's defaults, the same as mor_sched_params_init's (sched.c; test-sched compares
-// the two). They are written out here so that the parameter code, at the bottom of the library,
-// calls nothing of the scheduler above it (docs/ARCHITECTURE.md, "Dependencies").
-static void sched_params_init(mor_sched_params *p) {
+void mor_sched_params_init(mor_sched_params *p) {
+    if (!p) return;
     memset(p, 0, sizeof *p);
     p->size = sizeof *p;
     p->kind = MOR_PARAMS_SCHED;
@@ -135,49 +133,47 @@ static void sched_params_init(mor_sched_params *p) {
     p->prompt_chunk = 16;
 }
 
-enum { F_U32, F_I32, F_F32, F_U64, F_I64 };
-typedef struct {
-    uint32_t    kind;
-    const char *name;
-    size_t      offset;
-    int         type;
-} field_desc;
 
 #define FD(k, T, f, t) {k, #f, offsetof(T, f), t}
-static const field_desc fields[] = {
-    FD(MOR_PARAMS_MODEL, mor_model_params, flags, F_U32),
-    FD(MOR_PARAMS_SESSION, mor_session_params, n_ctx, F_I32),
-    FD(MOR_PARAMS_SESSION, mor_session_params, n_batch, F_I32),
-    FD(MOR_PARAMS_SESSION, mor_session_params, n_threads, F_I32),
-    FD(MOR_PARAMS_SESSION, mor_session_params, flags, F_U32),
-    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, temperature, F_F32),
-    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, top_k, F_I32),
-    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, top_p, F_F32),
-    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, min_p, F_F32),
-    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, repeat_penalty, F_F32),
-    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, repeat_last_n, F_I32),
-    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, seed, F_U64),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, policy, F_I32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, depth, F_I32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, threshold, F_F32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, min_depth, F_I32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, metric, F_I32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, decay_tau, F_F32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, decay_len, F_I32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, shallow, F_I32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, adaptive, F_I32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, kv, F_I32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, budget, F_F32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, budget_window, F_I32),
-    FD(MOR_PARAMS_EXIT, mor_exit_policy, rollback, F_F32),
-    FD(MOR_PARAMS_SESSION, mor_session_params, max_bytes, F_I64),
-    FD(MOR_PARAMS_SCHED, mor_sched_params, max_batch, F_I32),
-    FD(MOR_PARAMS_SCHED, mor_sched_params, n_threads, F_I32),
-    FD(MOR_PARAMS_SCHED, mor_sched_params, kv_budget, F_I64),
-    FD(MOR_PARAMS_SCHED, mor_sched_params, mode, F_I32),
-    FD(MOR_PARAMS_SCHED, mor_sched_params, prompt_chunk, F_I32),
+static const mor__field fields[] = {
+    FD(MOR_PARAMS_MODEL, mor_model_params, flags, MOR__F_U32),
+    FD(MOR_PARAMS_SESSION, mor_session_params, n_ctx, MOR__F_I32),
+    FD(MOR_PARAMS_SESSION, mor_session_params, n_batch, MOR__F_I32),
+    FD(MOR_PARAMS_SESSION, mor_session_params, n_threads, MOR__F_I32),
+    FD(MOR_PARAMS_SESSION, mor_session_params, flags, MOR__F_U32),
+    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, temperature, MOR__F_F32),
+    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, top_k, MOR__F_I32),
+    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, top_p, MOR__F_F32),
+    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, min_p, MOR__F_F32),
+    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, repeat_penalty, MOR__F_F32),
+    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, repeat_last_n, MOR__F_I32),
+    FD(MOR_PARAMS_SAMPLER, mor_sampler_params, seed, MOR__F_U64),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, policy, MOR__F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, depth, MOR__F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, threshold, MOR__F_F32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, min_depth, MOR__F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, metric, MOR__F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, decay_tau, MOR__F_F32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, decay_len, MOR__F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, shallow, MOR__F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, adaptive, MOR__F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, kv, MOR__F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, budget, MOR__F_F32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, budget_window, MOR__F_I32),
+    FD(MOR_PARAMS_EXIT, mor_exit_policy, rollback, MOR__F_F32),
+    FD(MOR_PARAMS_SESSION, mor_session_params, max_bytes, MOR__F_I64),
+    FD(MOR_PARAMS_SCHED, mor_sched_params, max_batch, MOR__F_I32),
+    FD(MOR_PARAMS_SCHED, mor_sched_params, n_threads, MOR__F_I32),
+    FD(MOR_PARAMS_SCHED, mor_sched_params, kv_budget, MOR__F_I64),
+    FD(MOR_PARAMS_SCHED, mor_sched_params, mode, MOR__F_I32),
+    FD(MOR_PARAMS_SCHED, mor_sched_params, prompt_chunk, MOR__F_I32),
 };
 #undef FD
+
+const mor__field *mor__params_fields(size_t *n) {
+    *n = sizeof fields / sizeof fields[0];
+    return fields;
+}
 
 size_t mor_params_size(uint32_t kind) {
     switch (kind) {
@@ -197,17 +193,17 @@ int mor_params_init(void *p, uint32_t kind) {
     case MOR_PARAMS_SESSION: mor_session_params_init(p); return MOR_OK;
     case MOR_PARAMS_SAMPLER: mor_sampler_params_init(p); return MOR_OK;
     case MOR_PARAMS_EXIT: mor_exit_policy_init(p); return MOR_OK;
-    case MOR_PARAMS_SCHED: sched_params_init(p); return MOR_OK;
+    case MOR_PARAMS_SCHED: mor_sched_params_init(p); return MOR_OK;
     default: return MOR_E_INVALID;
     }
 }
 
-static const field_desc *find_field(const void *p, const char *name) {
+static const mor__field *find_field(const void *p, const char *name) {
     uint32_t hdr[2];
     memcpy(hdr, p, sizeof hdr);
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         if (fields[i].kind == hdr[1] && strcmp(fields[i].name, name) == 0 &&
-            fields[i].offset + (fields[i].type >= F_U64 ? 8 : 4) <= hdr[0])
+            fields[i].offset + (fields[i].type >= MOR__F_U64 ? 8 : 4) <= hdr[0])
             return &fields[i];
     return NULL;
 }
@@ -215,34 +211,34 @@ static const field_desc *find_field(const void *p, const char *name) {
 int mor_params_set(void *p, const char *field, double v) {
     if (!p || !field || isnan(v)) return MOR_E_INVALID;
     if (!mor_params_size(((uint32_t *)p)[1])) return MOR_E_INVALID;
-    const field_desc *f = find_field(p, field);
+    const mor__field *f = find_field(p, field);
     if (!f) return MOR_E_NOT_FOUND;
     char *at = (char *)p + f->offset;
     switch (f->type) {
-    case F_U32: {
+    case MOR__F_U32: {
         if (v < 0 || v > 4294967295.0 || v != floor(v)) return MOR_E_INVALID;
         uint32_t x = (uint32_t)v;
         memcpy(at, &x, 4);
         return MOR_OK;
     }
-    case F_I32: {
+    case MOR__F_I32: {
         if (v < -2147483648.0 || v > 2147483647.0 || v != floor(v)) return MOR_E_INVALID;
         int32_t x = (int32_t)v;
         memcpy(at, &x, 4);
         return MOR_OK;
     }
-    case F_F32: {
+    case MOR__F_F32: {
         float x = (float)v;
         memcpy(at, &x, 4);
         return MOR_OK;
     }
-    case F_U64: {
+    case MOR__F_U64: {
         if (v < 0 || v >= 18446744073709551616.0 || v != floor(v)) return MOR_E_INVALID;
         uint64_t x = (uint64_t)v;
         memcpy(at, &x, 8);
         return MOR_OK;
     }
-    case F_I64: {
+    case MOR__F_I64: {
         if (v < -9223372036854775808.0 || v >= 9223372036854775808.0 || v != floor(v)) return MOR_E_INVALID;
         int64_t x = (int64_t)v;
         memcpy(at, &x, 8);
@@ -255,15 +251,15 @@ int mor_params_set(void *p, const char *field, double v) {
 int mor_params_get(const void *p, const char *field, double *v) {
     if (!p || !field || !v) return MOR_E_INVALID;
     if (!mor_params_size(((const uint32_t *)p)[1])) return MOR_E_INVALID;
-    const field_desc *f = find_field(p, field);
+    const mor__field *f = find_field(p, field);
     if (!f) return MOR_E_NOT_FOUND;
     const char *at = (const char *)p + f->offset;
     switch (f->type) {
-    case F_U32: { uint32_t x; memcpy(&x, at, 4); *v = x; return MOR_OK; }
-    case F_I32: { int32_t x; memcpy(&x, at, 4); *v = x; return MOR_OK; }
-    case F_F32: { float x; memcpy(&x, at, 4); *v = x; return MOR_OK; }
-    case F_U64: { uint64_t x; memcpy(&x, at, 8); *v = (double)x; return MOR_OK; }
-    case F_I64: { int64_t x; memcpy(&x, at, 8); *v = (double)x; return MOR_OK; }
+    case MOR__F_U32: { uint32_t x; memcpy(&x, at, 4); *v = x; return MOR_OK; }
+    case MOR__F_I32: { int32_t x; memcpy(&x, at, 4); *v = x; return MOR_OK; }
+    case MOR__F_F32: { float x; memcpy(&x, at, 4); *v = x; return MOR_OK; }
+    case MOR__F_U64: { uint64_t x; memcpy(&x, at, 8); *v = (double)x; return MOR_OK; }
+    case MOR__F_I64: { int64_t x; memcpy(&x, at, 8); *v = (double)x; return MOR_OK; }
     }
     return MOR_E_INTERNAL;
 }
