@@ -59,9 +59,6 @@ typedef void (*mor__matmul_fn)(const void *W, int64_t cols, int64_t r0, int64_t 
 typedef struct mor__kernels {
     const char    *name;                    // "ref", "avx2", "avx512", "neon"
     mor__matmul_fn matmul[MOR__KT_COUNT];
-    float (*dot)(const float *a, const float *b, int64_t n);
-    // y += a * x
-    void (*axpy)(float *y, float a, const float *x, int64_t n);
     // Convert n elements of a row of the given type to float (n a multiple of 32 for Q types).
     void (*to_f32[MOR__KT_COUNT])(const void *src, float *dst, int64_t n);
 
@@ -75,8 +72,6 @@ typedef struct mor__kernels {
     void (*rmsnorm)(float *o, const float *x, const float *w, int64_t n, float eps);
     // g = silu(g) * u = g / (1 + exp(-g)) * u.
     void (*swiglu)(float *g, const float *u, int64_t n);
-    // x = softmax(x) in place (max subtracted); n >= 1.
-    void (*softmax)(float *x, int64_t n);
     // Rotary embedding of n_heads heads of hd values (pairs (2i, 2i+1), or halves (i, i+hd/2)
     // when neox), angle i given by c[i] = cos, s[i] = sin (hd / 2 of each).
     void (*rope)(float *v, int64_t n_heads, int64_t hd, const float *c, const float *s, int neox);
@@ -97,12 +92,6 @@ typedef struct mor__kernels {
 // The reference table (always available) and the best table for this CPU (filled once).
 const mor__kernels *mor__kernels_ref(void);
 const mor__kernels *mor__kernels_best(void);
-
-// Greedy decoding without the logits: the index and value of the largest of W[r] . x over rows
-// [r0, r1) of a kt matrix (ties: the lowest row), computed with table k in chunks; `row` as for
-// matmul. Threads each take a row range and the caller keeps the best (value, then lowest row).
-void mor__matvec_argmax(const mor__kernels *k, int kt, const void *W, int64_t cols, int64_t r0,
-                        int64_t r1, const float *x, float *row, int64_t *best, float *best_val);
 
 // Scalar conversions used outside the kernels.
 float    mor__f16_to_f32(uint16_t h);

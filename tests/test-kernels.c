@@ -21,9 +21,9 @@
 
 // Tolerances (relative to sum |a_i * b_i| of the terms, or to the magnitude named).
 #define TOL_MATMUL    2e-5  // matmul, every type: float summation order; integer block sums exact
-#define TOL_DOT       2e-5  // dot, axpy, attention
+#define TOL_DOT       2e-5  // attention
 #define TOL_RMSNORM   2e-6  // relative to |w * x * scale|
-#define TOL_EXP       4e-6  // swiglu, softmax: relative to the value (a polynomial exp)
+#define TOL_EXP       4e-6  // swiglu, expsum: relative to the value (a polynomial exp)
 #define TOL_LOGITS    2e-3  // whole model, relative to max |logit| (F32 activations through 30 layers)
 
 static const char *isas[] = {"avx2", "avx512", "neon"};
@@ -253,7 +253,7 @@ TEST(activation_quantization_bit_exact) {
 TEST(vector_ops_within_tolerance) {
     const mor__kernels *ref = mor__kernels_ref();
     int fails = 0;
-    static const int64_t ns[] = {0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 576, 1537};
+    static const int64_t ns[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 576, 1537};
     for (int ii = 0; ii < N_ISA; ii++) {
         const mor__kernels *k = mor__kernels_isa(isas[ii]);
         if (!k) continue;
@@ -262,20 +262,6 @@ TEST(vector_ops_within_tolerance) {
             float *a = falloc((size_t)n + 1), *b = falloc((size_t)n + 1), *w = falloc((size_t)n + 1);
             float *o1 = falloc((size_t)n + 1), *o2 = falloc((size_t)n + 1);
             fill(a, (size_t)n + 1, 2.0f), fill(b, (size_t)n + 1, 2.0f), fill(w, (size_t)n + 1, 1.5f);
-            double s = 1e-30;
-            for (int64_t i = 0; i < n; i++) s += fabs((double)a[i + 1] * b[i + 1]);
-            // dot
-            float d1 = k->dot(a + 1, b + 1, n), d2 = ref->dot(a + 1, b + 1, n);
-            if (!(fabs((double)d1 - d2) <= TOL_DOT * s)) fails++, printf("#   %s dot n %lld\n", k->name, (long long)n);
-            // axpy
-            memcpy(o1, w, (size_t)(n + 1) * 4), memcpy(o2, w, (size_t)(n + 1) * 4);
-            k->axpy(o1 + 1, 0.37f, a + 1, n), ref->axpy(o2 + 1, 0.37f, a + 1, n);
-            for (int64_t i = 0; i <= n; i++)
-                if (fabsf(o1[i] - o2[i]) > TOL_DOT * (fabsf(w[i]) + fabsf(a[i]))) fails++, printf("#   %s axpy\n", k->name), i = n;
-            if (n == 0) {
-                free(a), free(b), free(w), free(o1), free(o2);
-                continue;
-            }
             // rmsnorm
             k->rmsnorm(o1, a + 1, w + 1, n, 1e-5f), ref->rmsnorm(o2, a + 1, w + 1, n, 1e-5f);
             for (int64_t i = 0; i < n; i++)
@@ -286,11 +272,6 @@ TEST(vector_ops_within_tolerance) {
             k->swiglu(o1, b + 1, n), ref->swiglu(o2, b + 1, n);
             for (int64_t i = 0; i < n; i++)
                 if (fabsf(o1[i] - o2[i]) > TOL_EXP * (fabsf(o2[i]) + 1e-6f)) fails++, printf("#   %s swiglu %g %g\n", k->name, o1[i], o2[i]), i = n;
-            // softmax
-            for (int64_t i = 0; i < n; i++) o1[i] = o2[i] = 20.0f * a[i + 1];
-            k->softmax(o1, n), ref->softmax(o2, n);
-            for (int64_t i = 0; i < n; i++)
-                if (fabsf(o1[i] - o2[i]) > TOL_EXP * (fabsf(o2[i]) + 1e-7f)) fails++, printf("#   %s softmax\n", k->name), i = n;
             // argmax: exact, ties to the first, NaN never wins
             for (int64_t i = 0; i < n; i++) o1[i] = floorf(4.0f * a[i + 1]);
             if (n > 3) o1[0] = NAN;
@@ -345,23 +326,6 @@ TEST(rope_and_attention_within_tolerance) {
             }
     }
     ASSERT_EQ(fails, 0);
-}
-
-TEST(matvec_argmax_is_argmax_of_matmul) {
-    const mor__kernels *k = mor__kernels_best();
-    for (int kt = 0; kt < MOR__KT_COUNT; kt++) {
-        int64_t rows = 1000, cols = 96;
-        float *deq = falloc((size_t)(rows * cols)), *x = falloc((size_t)cols), *y = falloc((size_t)rows), *row = falloc((size_t)cols);
-        uint8_t *W = make_w(kt, rows, cols, 0, deq);
-        fill(x, (size_t)cols, 1.0f);
-        k->matmul[kt](W, cols, 0, rows, x, 1, cols, y, rows, row);
-        int64_t want = k->argmax(y + 3, rows - 3) + 3, got;
-        float v;
-        mor__matvec_argmax(k, kt, W, cols, 3, rows, x, row, &got, &v);
-        ASSERT_EQ(got, want);
-        ASSERT(v == y[want]);
-        free(deq), free(x), free(y), free(row), free(W);
-    }
 }
 
 // ---- weight quantization ------------------------------------------------------------------------
@@ -511,7 +475,7 @@ TEST(dispatch_names_and_switches) {
 }
 
 TEST_MAIN(matmul_every_isa_type_and_shape, matmul_batch_independent_bit_exact, row_conversions_bit_exact, activation_quantization_bit_exact,
-          vector_ops_within_tolerance, rope_and_attention_within_tolerance, matvec_argmax_is_argmax_of_matmul,
+          vector_ops_within_tolerance, rope_and_attention_within_tolerance,
           weight_quantization_round_trip_bounds, weight_quantization_matches_llama_cpp,
           model_logits_best_vs_reference_kernels, quantized_model_logits_best_vs_reference_kernels,
           dispatch_names_and_switches)

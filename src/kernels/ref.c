@@ -64,8 +64,9 @@ uint16_t mor__f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-// Eight partial sums in a fixed order: the result does not depend on how the caller splits
-// rows among threads, and compilers vectorize the inner loop.
+// The dot product of the float products and the attention scores below. Eight partial sums in
+// a fixed order: the result does not depend on how the caller splits rows among threads, and
+// compilers vectorize the inner loop.
 static float ref_dot(const float *a, const float *b, int64_t n) {
     float acc[8] = {0};
     int64_t i = 0;
@@ -75,6 +76,7 @@ static float ref_dot(const float *a, const float *b, int64_t n) {
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+// y += a * x (the attention's weighted sum of values).
 static void ref_axpy(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
@@ -214,14 +216,6 @@ static void ref_swiglu(float *g, const float *u, int64_t n) {
     for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-static void ref_softmax(float *x, int64_t n) {
-    float mx = x[0], sum = 0;
-    for (int64_t i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    for (int64_t i = 0; i < n; i++) sum += (x[i] = expf(x[i] - mx));
-    float inv = 1.0f / sum;
-    for (int64_t i = 0; i < n; i++) x[i] *= inv;
-}
-
 static void ref_rope(float *v, int64_t n_heads, int64_t hd, const float *c, const float *sn, int neox) {
     int64_t half = hd / 2;
     for (int64_t h = 0; h < n_heads; h++, v += hd) {
@@ -294,31 +288,13 @@ static double ref_expsum(const float *x, int64_t n, float m, double *zsum) {
     return s;
 }
 
-void mor__matvec_argmax(const mor__kernels *k, int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
-                        const float *x, float *row, int64_t *best, float *best_val) {
-    float buf[256];
-    int64_t rb = mor__kt_row_bytes(kt, cols), b = r0;
-    float bv = -INFINITY;
-    for (int64_t r = r0; r < r1; r += 256) {
-        int64_t c = r1 - r < 256 ? r1 - r : 256;
-        k->matmul[kt]((const uint8_t *)W + (size_t)(r * rb), cols, 0, c, x, 1, cols, buf, c, row);
-        int64_t i = k->argmax(buf, c);
-        if (buf[i] > bv) bv = buf[i], b = r + i;
-    }
-    *best = b;
-    *best_val = bv;
-}
-
 static const mor__kernels ref_table = {
     .name = "ref",
     .matmul = {ref_matmul_f32, ref_matmul_f16, ref_matmul_bf16, ref_matmul_q8_0, ref_matmul_q4_0},
-    .dot = ref_dot,
-    .axpy = ref_axpy,
     .to_f32 = {f32_row, f16_row, bf16_row, q8_0_row, q4_0_row},
     .quant_act = ref_quant_act,
     .rmsnorm = ref_rmsnorm,
     .swiglu = ref_swiglu,
-    .softmax = ref_softmax,
     .rope = ref_rope,
     .attend = ref_attend,
     .attend_f16 = ref_attend_f16,

@@ -13,27 +13,6 @@ static inline float rd_f16(const uint8_t *p) {
     return mor__f16_to_f32(h);
 }
 
-static float neon_dot(const float *a, const float *b, int64_t n) {
-    float32x4_t s0 = vdupq_n_f32(0), s1 = s0, s2 = s0, s3 = s0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
-        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
-        s2 = vfmaq_f32(s2, vld1q_f32(a + i + 8), vld1q_f32(b + i + 8));
-        s3 = vfmaq_f32(s3, vld1q_f32(a + i + 12), vld1q_f32(b + i + 12));
-    }
-    for (; i + 4 <= n; i += 4) s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
-    float s = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static void neon_axpy(float *y, float a, const float *x, int64_t n) {
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
 static inline float32x4_t ld4(int kt, const void *w, int64_t i) {
     if (kt == MOR__KT_F32) return vld1q_f32((const float *)w + i);
     uint16x4_t h = vld1_u16((const uint16_t *)w + i);
@@ -164,8 +143,6 @@ void mor__kernels_install_neon(mor__kernels *k) {
     k->matmul[MOR__KT_BF16] = neon_matmul_bf16;
     k->matmul[MOR__KT_Q8_0] = neon_matmul_q8_0;
     k->matmul[MOR__KT_Q4_0] = neon_matmul_q4_0;
-    k->dot = neon_dot;
-    k->axpy = neon_axpy;
     k->to_f32[MOR__KT_F16] = neon_f16_row;
     k->quant_act = neon_quant_act;
 }

@@ -16,26 +16,6 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-static float avx2_dot(const float *a, const float *b, int64_t n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float s = hsum(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static void avx2_axpy(float *y, float a, const float *x, int64_t n) {
-    __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
 // Loads 8 weights of each type as floats.
 static inline __m256 ld_f32(const void *w, int64_t i) { return _mm256_loadu_ps((const float *)w + i); }
 static inline __m256 ld_f16(const void *w, int64_t i) {
@@ -213,8 +193,6 @@ void mor__kernels_install_avx2(mor__kernels *k) {
     k->matmul[MOR__KT_F32] = avx2_matmul_f32;
     k->matmul[MOR__KT_F16] = avx2_matmul_f16;
     k->matmul[MOR__KT_BF16] = avx2_matmul_bf16;
-    k->dot = avx2_dot;
-    k->axpy = avx2_axpy;
     k->to_f32[MOR__KT_F16] = avx2_f16_row;
     k->to_f32[MOR__KT_BF16] = avx2_bf16_row;
     k->matmul[MOR__KT_Q8_0] = avx2_matmul_q8_0;

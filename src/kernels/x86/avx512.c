@@ -50,29 +50,7 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-// ---- vector helpers ------------------------------------------------------------------------
-
-static float avx512_dot(const float *a, const float *b, int64_t n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-    }
-    for (; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-}
-
-static void avx512_axpy(float *y, float a, const float *x, int64_t n) {
-    __m512 va = _mm512_set1_ps(a);
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
-        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
-    }
-}
+// ---- weights as floats ----------------------------------------------------------------------
 
 // 16 weights (masked) as floats.
 static inline __m512 ld_w(int kt, const void *w, int64_t i, __mmask16 m) {
@@ -658,7 +636,8 @@ static void avx512_swiglu(float *g, const float *u, int64_t n) {
     }
 }
 
-static void avx512_softmax(float *x, int64_t n) {
+// x = softmax(x) in place (max subtracted), the scores of attend_kt below; n >= 1.
+static void softmax(float *x, int64_t n) {
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
@@ -700,7 +679,7 @@ static inline __attribute__((always_inline)) void attend_kt(int kt, const float 
         hsum_n(acc, ne, att + e0);
         for (int j = 0; j < ne; j++) att[e0 + j] *= scale;
     }
-    avx512_softmax(att, n);
+    softmax(att, n);
     for (int64_t i0 = 0; i0 < hd; i0 += 64) {
         __m512 o[4];
         __mmask16 m[4];
@@ -776,8 +755,6 @@ void mor__kernels_install_avx512(mor__kernels *k) {
     k->matmul[MOR__KT_BF16] = avx512_matmul_bf16;
     k->matmul[MOR__KT_Q8_0] = avx512_matmul_q8_0;
     k->matmul[MOR__KT_Q4_0] = avx512_matmul_q4_0;
-    k->dot = avx512_dot;
-    k->axpy = avx512_axpy;
     k->to_f32[MOR__KT_F16] = avx512_f16_row;
     k->to_f32[MOR__KT_BF16] = avx512_bf16_row;
     k->to_f32[MOR__KT_Q8_0] = avx512_q8_0_row;
@@ -785,7 +762,6 @@ void mor__kernels_install_avx512(mor__kernels *k) {
     k->quant_act = avx512_quant_act;
     k->rmsnorm = avx512_rmsnorm;
     k->swiglu = avx512_swiglu;
-    k->softmax = avx512_softmax;
     k->attend = avx512_attend;
     k->attend_f16 = avx512_attend_f16;
     k->argmax = avx512_argmax;
