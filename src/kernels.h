@@ -2,7 +2,8 @@
 //
 // src/kernels/ref.c holds the scalar reference of every entry: plain C11, the test oracle and
 // the portable fallback. ISA-specific files (src/kernels/<arch>/<isa>.c) override the entries
-// they speed up after a run-time CPU check. Kernels never allocate and never fail.
+// they speed up; src/kernels/dispatch.c checks the CPU once and builds the tables. Kernels never
+// allocate and never fail.
 // docs/KERNELS.md gives the table, the tolerances and how to add an ISA.
 #ifndef MOR_KERNELS_H
 #define MOR_KERNELS_H
@@ -89,18 +90,18 @@ typedef struct mor__kernels {
     double (*expsum)(const float *x, int64_t n, float m, double *zsum);
 } mor__kernels;
 
-// The reference table (always available) and the best table for this CPU (filled once).
+// The reference table (ref.c, always available) and the best table for this CPU (dispatch.c,
+// filled once).
 const mor__kernels *mor__kernels_ref(void);
 const mor__kernels *mor__kernels_best(void);
+// The table of one ISA by name ("ref", "avx2", "avx512", "neon"); NULL when the build or the
+// CPU lacks it. The oracle test runs each against the reference.
+const mor__kernels *mor__kernels_isa(const char *name);
 
-// Scalar conversions used outside the kernels.
+// Scalar conversions (ref.c), used by the kernels and the rest of the library.
 float    mor__f16_to_f32(uint16_t h);
 uint16_t mor__f32_to_f16(float f);
 float    mor__bf16_to_f32(uint16_t h);
 uint16_t mor__f32_to_bf16(float f);
-
-// ISA tables known to this build (NULL when the build or the CPU lacks the ISA): the oracle
-// test runs each against the reference.
-const mor__kernels *mor__kernels_isa(const char *name);
 
 #endif

@@ -1,5 +1,8 @@
-// kernels/ref.c: scalar reference kernels: the specification and test oracle for every
-// optimized kernel, and the portable fallback. Plain C11, no intrinsics.
+// kernels/ref.c: the scalar reference of every kernel table entry, plain C11 without
+// intrinsics, always compiled. It is the specification, the oracle every ISA kernel is tested
+// against (tests/test-kernels.c) and the table used where no ISA applies. Also here: the scalar
+// f16/bf16 conversions the ISA files and the rest of the library share. Which table runs is
+// decided in dispatch.c.
 #include "kernels.h"
 
 #include <math.h>
@@ -303,74 +306,3 @@ static const mor__kernels ref_table = {
 };
 
 const mor__kernels *mor__kernels_ref(void) { return &ref_table; }
-
-// ---- dispatch: the reference table, overridden by what this CPU supports -------------------
-//
-// Each ISA's table is the reference table with the ISA's entries installed over it (AVX-512
-// over AVX2 over the reference); the best table is the last one this CPU runs.
-
-#if !defined(MOR_NO_SIMD) && defined(__x86_64__)
-void mor__kernels_install_avx2(mor__kernels *k);
-void mor__kernels_install_avx512(mor__kernels *k);
-#define HAVE_X86 1
-#endif
-#if !defined(MOR_NO_SIMD) && defined(__aarch64__)
-void mor__kernels_install_neon(mor__kernels *k);
-#define HAVE_NEON 1
-#endif
-
-enum { ISA_AVX2, ISA_AVX512, ISA_NEON, ISA_COUNT };
-static mor__kernels isa_table[ISA_COUNT];
-static int          isa_ok[ISA_COUNT];
-static mor__kernels best_table;
-
-static void fill_best(void) {
-    best_table = ref_table;
-#ifdef HAVE_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        isa_table[ISA_AVX2] = ref_table;
-        mor__kernels_install_avx2(&isa_table[ISA_AVX2]);
-        isa_ok[ISA_AVX2] = 1;
-        best_table = isa_table[ISA_AVX2];
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-            __builtin_cpu_supports("avx512vnni")) {
-            isa_table[ISA_AVX512] = isa_table[ISA_AVX2];
-            mor__kernels_install_avx512(&isa_table[ISA_AVX512]);
-            isa_ok[ISA_AVX512] = 1;
-            best_table = isa_table[ISA_AVX512];
-        }
-    }
-#endif
-#ifdef HAVE_NEON
-    isa_table[ISA_NEON] = ref_table;
-    mor__kernels_install_neon(&isa_table[ISA_NEON]);
-    isa_ok[ISA_NEON] = 1;
-    best_table = isa_table[ISA_NEON];
-#endif
-}
-
-#if defined(MOR_NO_THREADS)
-static int best_done;
-const mor__kernels *mor__kernels_best(void) {
-    if (!best_done) fill_best(), best_done = 1;
-    return &best_table;
-}
-#else
-#include <pthread.h>
-static pthread_once_t best_once = PTHREAD_ONCE_INIT;
-const mor__kernels *mor__kernels_best(void) {
-    pthread_once(&best_once, fill_best);
-    return &best_table;
-}
-#endif
-
-const mor__kernels *mor__kernels_isa(const char *name) {
-    static const char *names[ISA_COUNT] = {"avx2", "avx512", "neon"};
-    mor__kernels_best();
-    if (!strcmp(name, "ref")) return &ref_table;
-    for (int i = 0; i < ISA_COUNT; i++)
-        if (!strcmp(name, names[i])) return isa_ok[i] ? &isa_table[i] : NULL;
-    return NULL;
-}
