@@ -8,45 +8,9 @@
 #ifndef MOR_KERNELS_H
 #define MOR_KERNELS_H
 
+#include "dtype.h"
+
 #include <stdint.h>
-
-// Weight types the kernels compute with.
-enum { MOR__KT_F32, MOR__KT_F16, MOR__KT_BF16, MOR__KT_Q8_0, MOR__KT_Q4_0, MOR__KT_COUNT };
-
-// Quantized blocks, exactly as GGUF stores them (ggml's block_q8_0 and block_q4_0), 32 weights
-// each, packed without padding (34 and 18 bytes: a block's fields may be misaligned, so
-// kernels read `d` with memcpy):
-//   Q8_0: uint16 d (IEEE half), int8 qs[32];             weight j = d * qs[j]
-//   Q4_0: uint16 d (IEEE half), uint8 qs[16] (nibbles);  weight j = d * (nib_j - 8), where
-//         nib_j = qs[j] & 15 for j < 16 and qs[j - 16] >> 4 for j >= 16.
-#define MOR__QK        32
-#define MOR__Q8_0_SIZE 34
-#define MOR__Q4_0_SIZE 18
-
-// GGUF tensor type ids (gguf.h's MOR__DT_*) to kernel types; -1 for a type the kernels do not
-// compute with.
-static inline int mor__kt_of_dtype(uint32_t dt) {
-    switch (dt) {
-    case 0: return MOR__KT_F32;
-    case 1: return MOR__KT_F16;
-    case 30: return MOR__KT_BF16;
-    case 8: return MOR__KT_Q8_0;
-    case 2: return MOR__KT_Q4_0;
-    default: return -1;
-    }
-}
-
-// Bytes of a row of n elements of kernel type kt (n a multiple of 32 for Q8_0/Q4_0).
-static inline int64_t mor__kt_row_bytes(int kt, int64_t n) {
-    switch (kt) {
-    case MOR__KT_F32: return n * 4;
-    case MOR__KT_F16:
-    case MOR__KT_BF16: return n * 2;
-    case MOR__KT_Q8_0: return n / MOR__QK * MOR__Q8_0_SIZE;
-    case MOR__KT_Q4_0: return n / MOR__QK * MOR__Q4_0_SIZE;
-    default: return 0;
-    }
-}
 
 // y[t*ldy + r] = sum_i W[r][i] * x[t*ldx + i]  for rows r in [r0, r1), tokens t in [0, T).
 // W is row-major with `cols` elements per row in the kernel's type (cols a multiple of 32 for
@@ -58,10 +22,12 @@ typedef void (*mor__matmul_fn)(const void *W, int64_t cols, int64_t r0, int64_t 
                                float *row);
 
 typedef struct mor__kernels {
-    const char    *name;                    // "ref", "avx2", "avx512", "neon"
-    mor__matmul_fn matmul[MOR__KT_COUNT];
+    const char *name;  // "ref", "avx2", "avx512", "neon"
+    // matmul and to_f32 are indexed by type id (dtype.h): set for the types mor__dtype_computed()
+    // accepts, NULL for the others.
+    mor__matmul_fn matmul[MOR__DT_COUNT];
     // Convert n elements of a row of the given type to float (n a multiple of 32 for Q types).
-    void (*to_f32[MOR__KT_COUNT])(const void *src, float *dst, int64_t n);
+    void (*to_f32[MOR__DT_COUNT])(const void *src, float *dst, int64_t n);
 
     // Activation quantization for the Q8_0/Q4_0 products, per block of 32 (n a multiple of
     // 32): amax = max |x|, d = f16(amax / 127), q = round-to-nearest-even(x * (127 / amax))
