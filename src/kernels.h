@@ -1,4 +1,5 @@
-// kernels.h: the compute kernels the forward pass calls, as a table of function pointers.
+// kernels.h: the compute kernels of the forward pass, the sampler and the exit metrics, as a
+// table of function pointers.
 //
 // src/kernels/ref.c holds the scalar reference of every entry: plain C11, the test oracle and
 // the portable fallback. ISA-specific files (src/kernels/<arch>/<isa>.c) override the entries
@@ -32,7 +33,8 @@ typedef struct mor__kernels {
     // Activation quantization for the Q8_0/Q4_0 products, per block of 32 (n a multiple of
     // 32): amax = max |x|, d = f16(amax / 127), q = round-to-nearest-even(x * (127 / amax))
     // (q = 0 when amax = 0); writes q[n] and the f16-rounded scales as floats, d[n / 32].
-    // Every ISA gives the same bytes as the reference.
+    // Every ISA gives the same bytes as the reference. Each file's Q8_0/Q4_0 products call their
+    // own; the entry is here for the oracle test.
     void (*quant_act)(const float *x, int64_t n, int8_t *q, float *d);
 
     // o = w * x / sqrt(mean(x^2) + eps) (sum of squares in double).

@@ -293,8 +293,9 @@ static double ref_expsum(const float *x, int64_t n, float m, double *zsum) {
 
 static const mor__kernels ref_table = {
     .name = "ref",
-    .matmul = {[MOR__DT_F32] = ref_matmul_f32, [MOR__DT_F16] = ref_matmul_f16, [MOR__DT_BF16] = ref_matmul_bf16,
-               [MOR__DT_Q8_0] = ref_matmul_q8_0, [MOR__DT_Q4_0] = ref_matmul_q4_0},
+    .matmul = {[MOR__DT_F32] = ref_matmul_f32, [MOR__DT_F16] = ref_matmul_f16,
+               [MOR__DT_BF16] = ref_matmul_bf16, [MOR__DT_Q8_0] = ref_matmul_q8_0,
+               [MOR__DT_Q4_0] = ref_matmul_q4_0},
     .to_f32 = {[MOR__DT_F32] = f32_row, [MOR__DT_F16] = f16_row, [MOR__DT_BF16] = bf16_row,
                [MOR__DT_Q8_0] = q8_0_row, [MOR__DT_Q4_0] = q4_0_row},
     .quant_act = ref_quant_act,

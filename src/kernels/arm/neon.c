@@ -1,6 +1,6 @@
 // kernels/arm/neon.c: AArch64 Advanced SIMD (NEON) kernels. NEON is part of the AArch64
-// baseline, so this file needs no extra flags and its table is installed unconditionally on
-// AArch64. Each kernel computes what its reference in kernels/ref.c computes: the activation
+// baseline, so this file needs no extra flags and dispatch.c installs it over the reference
+// table on every AArch64 CPU. Each kernel computes what its reference in kernels/ref.c computes: the activation
 // quantization and the integer block sums bit for bit, float sums up to summation order.
 #include "kernels.h"
 

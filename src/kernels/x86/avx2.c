@@ -1,6 +1,7 @@
 // kernels/x86/avx2.c: AVX2 + FMA + F16C kernels. Compiled with -mavx2 -mfma -mf16c (this file
-// only) and installed at run time when the CPU has those features. Each kernel computes what
-// its reference in kernels/ref.c computes, up to float summation order.
+// only) and installed over the reference table at run time (dispatch.c) when the CPU has those
+// features. Each kernel computes what its reference in kernels/ref.c computes, up to float
+// summation order.
 #include "kernels.h"
 
 #include <immintrin.h>

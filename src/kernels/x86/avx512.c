@@ -1,7 +1,8 @@
 // kernels/x86/avx512.c: AVX-512 (F, BW, VL, DQ) + VNNI kernels. Compiled with the AVX-512 flags
-// (this file only) and installed over the AVX2 table when the CPU has them. Each kernel
-// computes what its reference in kernels/ref.c computes: the integer parts of the quantized
-// products and the activation quantization bit for bit, float sums up to summation order.
+// (this file only) and installed over the AVX2 table (dispatch.c) when the CPU has them. Each
+// kernel computes what its reference in kernels/ref.c computes: the integer parts of the
+// quantized products and the activation quantization bit for bit, float sums up to summation
+// order.
 //
 // Matrix products are batch-independent: the value of y[t][r] is computed by the same
 // sequence of operations whatever T, the token's place among the call's tokens and the row
