@@ -232,8 +232,8 @@ static void load_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     const mor_exit_policy *p = &s->policy;
     for (int32_t t = 0; t < ps->T; t++) {
         const uint8_t *row = (const uint8_t *)m->tok_embd.data +
-                             (size_t)tokens[t] * (size_t)mor__kt_row_bytes(mor__kt_of_dtype(m->tok_embd.type), d);
-        s->kern->to_f32[mor__kt_of_dtype(m->tok_embd.type)](row, s->r.x + (size_t)t * d, d);
+                             (size_t)tokens[t] * (size_t)mor__dtype_row_bytes(m->tok_embd.type, d);
+        s->kern->to_f32[m->tok_embd.type](row, s->r.x + (size_t)t * d, d);
         s->r.tpos[t] = s->n_past + t;
         s->r.row_start[t] = 0;
         s->r.joined[t] = 1;

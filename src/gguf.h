@@ -8,6 +8,7 @@
 #ifndef MOR_GGUF_H
 #define MOR_GGUF_H
 
+#include "dtype.h"
 #include "mor.h"
 
 #include <stddef.h>
@@ -24,11 +25,6 @@ enum mor__gguf_vtype {
     MOR__GGUF_UINT32 = 4, MOR__GGUF_INT32 = 5, MOR__GGUF_FLOAT32 = 6, MOR__GGUF_BOOL = 7,
     MOR__GGUF_STRING = 8, MOR__GGUF_ARRAY = 9, MOR__GGUF_UINT64 = 10, MOR__GGUF_INT64 = 11,
     MOR__GGUF_FLOAT64 = 12, MOR__GGUF_VTYPE_COUNT = 13
-};
-
-// ggml tensor type ids (only those the engine knows by name).
-enum mor__dtype {
-    MOR__DT_F32 = 0, MOR__DT_F16 = 1, MOR__DT_Q4_0 = 2, MOR__DT_Q8_0 = 8, MOR__DT_BF16 = 30,
 };
 
 typedef struct {
@@ -49,7 +45,7 @@ typedef struct {
     char          name[MOR__GGUF_MAX_NAME + 1];  // NUL-terminated copy
     uint32_t      n_dims;
     uint64_t      dims[4];    // innermost first; unused dims are 1
-    uint32_t      type;       // ggml type id (a known one; see mor__dtype_name)
+    uint32_t      type;       // GGUF type id, any GGUF defines (mor__dtype_name); dtype.h names those computed
     uint64_t      n_elems;
     uint64_t      size;       // bytes
     uint64_t      offset;     // absolute offset in the image

@@ -84,9 +84,6 @@ static int get_str(loader *ld, const char *key, char *buf, size_t n, const char 
 
 // ---- tensor binding ------------------------------------------------------------------------
 
-// Types the kernels compute with (kernels.h): F32, F16, BF16, Q8_0, Q4_0.
-static int tensor_usable(uint32_t t) { return mor__kt_of_dtype(t) >= 0; }
-
 // What a tensor's address must be a multiple of for the kernels, which read weights in place:
 // F32 as floats (4), F16 and BF16 as 16-bit words (2), Q8_0 and Q4_0 blocks as ggml's block
 // structs, which start with a 16-bit scale (2). Rows are whole multiples of these sizes, so an
@@ -122,7 +119,7 @@ static int bind_mat(loader *ld, const char *name, int64_t rows, int64_t cols, in
                          "tensor '%s' has shape [%llu, %llu%s], expected [%lld, %lld]", name,
                          (unsigned long long)t->dims[0], (unsigned long long)t->dims[1],
                          t->n_dims > 2 ? ", ..." : "", (long long)cols, (long long)rows);
-    if (!tensor_usable(t->type))
+    if (!mor__dtype_computed(t->type))
         return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
                          "tensor '%s' has type %s; this version computes with F32, F16, BF16, Q8_0 and Q4_0",
                          name, mor__dtype_name(t->type));
@@ -154,7 +151,7 @@ static int bind_vec(loader *ld, const char *name, int64_t n, int required, const
                          "tensor '%s' has %llu elements (first dim %llu), expected a vector of %lld",
                          name, (unsigned long long)t->n_elems, (unsigned long long)t->dims[0],
                          (long long)n);
-    if (!tensor_usable(t->type))
+    if (!mor__dtype_computed(t->type))
         return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
                          "tensor '%s' has type %s; this version computes with F32, F16, BF16, Q8_0 and Q4_0",
                          name, mor__dtype_name(t->type));
@@ -163,7 +160,7 @@ static int bind_vec(loader *ld, const char *name, int64_t n, int required, const
     if (ld->f32_end - ld->f32_next < n)
         return mor__errf(ld->err, ld->err_n, MOR_E_INTERNAL, "vector store exhausted at '%s'", name);
     float *dst = ld->f32_next;
-    mor__kernels_ref()->to_f32[mor__kt_of_dtype(t->type)](t->data, dst, n);
+    mor__kernels_ref()->to_f32[t->type](t->data, dst, n);
     ld->f32_next += n;
     ld->vec[ti] = dst;
     *out = dst;

@@ -15,7 +15,7 @@
 // A weight matrix view: `rows` output rows of `cols` inputs, row-major, in the file's type.
 typedef struct {
     const void *data;   // borrowed from the image; NULL when absent
-    uint32_t    type;   // MOR__DT_F32 / F16 / BF16
+    uint32_t    type;   // a type the kernels compute with (dtype.h)
     int64_t     rows;
     int64_t     cols;
 } mor__mat;

@@ -98,7 +98,7 @@ static int alloc_work(mor_sched *sc, size_t att_len) {
 }
 
 static double mat_bytes(const mor__mat *w) {
-    return w->data ? (double)w->rows * (double)mor__kt_row_bytes(mor__kt_of_dtype(w->type), w->cols) : 0.0;
+    return w->data ? (double)w->rows * (double)mor__dtype_row_bytes(w->type, w->cols) : 0.0;
 }
 
 static double layer_bytes(const mor__layer *ly) {

@@ -34,7 +34,7 @@ static void mm_part(void *c, int part, int n_parts, int tid) {
     long r0, r1;
     mor__split((long)t->W->rows, part, n_parts, &r0, &r1);
     if (r0 < r1)
-        t->w->kern->matmul[mor__kt_of_dtype(t->W->type)](t->W->data, t->W->cols, r0, r1, t->x, t->T, t->W->cols, t->y,
+        t->w->kern->matmul[t->W->type](t->W->data, t->W->cols, r0, r1, t->x, t->T, t->W->cols, t->y,
                                                           t->W->rows, t->w->row + (size_t)tid * t->w->row_stride);
 }
 
@@ -42,7 +42,7 @@ static void mm_part(void *c, int part, int n_parts, int tid) {
 // (waking workers costs more than they save).
 void mor__matmul(mor__work *w, const mor__mat *W, const float *x, int64_t T, float *y) {
     mm_task t = {w, W, x, T, y};
-    const int kt = mor__kt_of_dtype(W->type), quant = kt == MOR__KT_Q8_0 || kt == MOR__KT_Q4_0;
+    const int quant = W->type == MOR__DT_Q8_0 || W->type == MOR__DT_Q4_0;
     if (W->rows * W->cols * T < 32768 || mor__pool_size(w->pool) == 1) mm_part(&t, 0, 1, 0);
     else mor__pool_run_parts(w->pool, mm_part, &t, quant ? 1 : 4);  // each part quantizes all of x
 }

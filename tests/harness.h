@@ -2,7 +2,8 @@
 //
 // Each tests/test-<module>.c is one executable. It defines tests with TEST(name) and ends with
 // TEST_MAIN(name, name, ...). Running it with no argument runs every test; with a name, only
-// that one. Output is TAP plus a closing "N passed, N failed" line. MOR_TEST_SEED overrides
+// that one. A test that cannot run here (hardware or build lacking) calls TEST_SKIP(reason).
+// Output is TAP plus a closing "N passed, N failed, N skipped" line. MOR_TEST_SEED overrides
 // the seed given to tests that draw random inputs (printed on failure).
 #ifndef MOR_TEST_HARNESS_H
 #define MOR_TEST_HARNESS_H
@@ -20,6 +21,8 @@ typedef struct {
 } test_entry;
 
 static int      test__failed;
+static int      test__skipped;
+static char     test__skip_reason[200];
 static uint64_t test__seed = 0x6d6f7221u;
 
 #define TEST(name) static void test_##name(void)
@@ -30,6 +33,14 @@ static uint64_t test__seed = 0x6d6f7221u;
         printf(__VA_ARGS__);                                                            \
         printf("\n");                                                                   \
         test__failed = 1;                                                               \
+        return;                                                                         \
+    } while (0)
+
+// Ends the running test as skipped: TAP "ok N - name # SKIP reason" (printf-style reason).
+#define TEST_SKIP(...)                                                                  \
+    do {                                                                                \
+        snprintf(test__skip_reason, sizeof test__skip_reason, __VA_ARGS__);             \
+        test__skipped = 1;                                                              \
         return;                                                                         \
     } while (0)
 
@@ -108,7 +119,7 @@ static inline int test__run(const test_entry *tests, int n, int argc, char **arg
     const char *only = argc > 1 ? argv[1] : NULL;
     const char *seed = getenv("MOR_TEST_SEED");
     if (seed) test__seed = strtoull(seed, NULL, 0);
-    int n_run = 0, n_fail = 0;
+    int n_run = 0, n_fail = 0, n_skip = 0;
     for (int i = 0; i < n; i++)
         if (!only || strcmp(only, tests[i].name) == 0) n_run++;
     printf("1..%d\n", n_run);
@@ -116,17 +127,21 @@ static inline int test__run(const test_entry *tests, int n, int argc, char **arg
     for (int i = 0; i < n; i++) {
         if (only && strcmp(only, tests[i].name) != 0) continue;
         test__failed = 0;
+        test__skipped = 0;
         tests[i].fn();
         k++;
         if (test__failed) {
             n_fail++;
             printf("not ok %d - %s (seed %llu)\n", k, tests[i].name, (unsigned long long)test__seed);
+        } else if (test__skipped) {
+            n_skip++;
+            printf("ok %d - %s # SKIP %s\n", k, tests[i].name, test__skip_reason);
         } else {
             printf("ok %d - %s\n", k, tests[i].name);
         }
         fflush(stdout);
     }
-    printf("%d passed, %d failed\n", n_run - n_fail, n_fail);
+    printf("%d passed, %d failed, %d skipped\n", n_run - n_fail - n_skip, n_fail, n_skip);
     return n_fail ? 1 : (n_run ? 0 : 1);
 }
 

@@ -460,7 +460,7 @@ static int ref_read_weights(const mor_model *m) {
         for (int r = 0; r < MOR__N_PROJ; r++) {
             const mor__mat *w = &m->layers[l].w[r];
             if (w->cols > 64 || w->rows > 64) return MOR_E_INTERNAL;
-            mor__kernels_ref()->matmul[mor__kt_of_dtype(w->type)](w->data, w->cols, 0, w->rows, x, 1,
+            mor__kernels_ref()->matmul[w->type](w->data, w->cols, 0, w->rows, x, 1,
                                                                  w->cols, y, w->rows, row);
         }
     return MOR_OK;

@@ -36,7 +36,11 @@ static float randf(void) {  // uniform in [-1, 1)
     return (float)((double)(rng >> 40) / (double)(1ull << 23) - 1.0);
 }
 
-static const char *type_names[MOR__KT_COUNT] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
+static const struct {
+    const char *name;
+    int         dt;
+} type_list[] = {{"f32", MOR__DT_F32}, {"f16", MOR__DT_F16}, {"bf16", MOR__DT_BF16}, {"q8_0", MOR__DT_Q8_0},
+                 {"q4_0", MOR__DT_Q4_0}};
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -61,8 +65,8 @@ static void free_off(void *p) {
     if (p) free((uint8_t *)p - offset);
 }
 
-static void *make_weights(int kt, int64_t rows, int64_t cols) {
-    int64_t rb = mor__kt_row_bytes(kt, cols);
+static void *make_weights(int dt, int64_t rows, int64_t cols) {
+    int64_t rb = mor__dtype_row_bytes(dt, cols);
     uint8_t *W = alloc_off((size_t)(rows * rb));
     float *f = malloc((size_t)cols * sizeof(float));
     if (!W || !f) {
@@ -72,22 +76,22 @@ static void *make_weights(int kt, int64_t rows, int64_t cols) {
     for (int64_t r = 0; r < rows; r++) {
         uint8_t *dst = W + r * rb;
         for (int64_t i = 0; i < cols; i++) f[i] = 0.05f * randf();
-        switch (kt) {
-        case MOR__KT_F32: memcpy(dst, f, (size_t)cols * 4); break;
-        case MOR__KT_F16:
+        switch (dt) {
+        case MOR__DT_F32: memcpy(dst, f, (size_t)cols * 4); break;
+        case MOR__DT_F16:
             for (int64_t i = 0; i < cols; i++) {
                 uint16_t h = mor__f32_to_f16(f[i]);
                 memcpy(dst + 2 * i, &h, 2);
             }
             break;
-        case MOR__KT_BF16:
+        case MOR__DT_BF16:
             for (int64_t i = 0; i < cols; i++) {
                 uint16_t h = mor__f32_to_bf16(f[i]);
                 memcpy(dst + 2 * i, &h, 2);
             }
             break;
-        case MOR__KT_Q8_0: mor__quantize_q8_0(f, dst, cols); break;
-        case MOR__KT_Q4_0: mor__quantize_q4_0(f, dst, cols); break;
+        case MOR__DT_Q8_0: mor__quantize_q8_0(f, dst, cols); break;
+        case MOR__DT_Q4_0: mor__quantize_q4_0(f, dst, cols); break;
         }
     }
     free(f);
@@ -129,10 +133,10 @@ int main(int argc, char **argv) {
            reps, min_ms, offset);
     printf("%-5s %13s %4s %9s %8s %10s\n", "type", "rows x cols", "T", "GFLOP/s", "GB/s", "us/call");
     for (int ti = 0; ti < nty; ti++) {
-        int kt = -1;
-        for (int j = 0; j < MOR__KT_COUNT; j++)
-            if (!strcmp(types[ti], type_names[j])) kt = j;
-        if (kt < 0) {
+        int dt = -1;
+        for (size_t j = 0; j < sizeof type_list / sizeof *type_list; j++)
+            if (!strcmp(types[ti], type_list[j].name)) dt = type_list[j].dt;
+        if (dt < 0) {
             fprintf(stderr, "unknown type %s\n", types[ti]);
             return 2;
         }
@@ -142,9 +146,9 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "bad shape %s\n", shapes[si]);
                 return 2;
             }
-            if ((kt == MOR__KT_Q8_0 || kt == MOR__KT_Q4_0) && cols % MOR__QK) continue;
-            void *W = make_weights(kt, rows, cols);
-            double wbytes = (double)mor__kt_row_bytes(kt, cols) * (double)rows;
+            if ((dt == MOR__DT_Q8_0 || dt == MOR__DT_Q4_0) && cols % MOR__QK) continue;
+            void *W = make_weights(dt, rows, cols);
+            double wbytes = (double)mor__dtype_row_bytes(dt, cols) * (double)rows;
             for (int tj = 0; tj < nts; tj++) {
                 int64_t T = atoll(ts[tj]);
                 if (T < 1) continue;
@@ -156,13 +160,13 @@ int main(int argc, char **argv) {
                     return 1;
                 }
                 for (int64_t i = 0; i < T * cols; i++) x[i] = randf();
-                k->matmul[kt](W, cols, 0, rows, x, T, cols, y, rows, row);  // warm-up
+                k->matmul[dt](W, cols, 0, rows, x, T, cols, y, rows, row);  // warm-up
                 double *per = malloc((size_t)reps * sizeof(double));
                 for (int rep = 0; rep < reps; rep++) {
                     int calls = 0;
                     double t0 = cpu_now(), t1;
                     do {
-                        k->matmul[kt](W, cols, 0, rows, x, T, cols, y, rows, row);
+                        k->matmul[dt](W, cols, 0, rows, x, T, cols, y, rows, row);
                         calls++;
                         t1 = cpu_now();
                     } while ((t1 - t0) * 1e3 < min_ms);
@@ -170,7 +174,7 @@ int main(int argc, char **argv) {
                 }
                 qsort(per, (size_t)reps, sizeof(double), cmp_double);
                 double t = per[reps / 2];
-                printf("%-5s %6lldx%-6lld %4lld %9.1f %8.1f %10.1f\n", type_names[kt], rows, cols, (long long)T,
+                printf("%-5s %6lldx%-6lld %4lld %9.1f %8.1f %10.1f\n", types[ti], rows, cols, (long long)T,
                        2.0 * (double)rows * (double)cols * (double)T / t * 1e-9, wbytes / t * 1e-9, t * 1e6);
                 fflush(stdout);
                 free(per), free_off(x), free_off(y), free(row);

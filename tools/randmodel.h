@@ -87,15 +87,14 @@ static inline int randmodel_add(mor__gguf_writer *w, randmodel_rng *r, const cha
         }
     }
     if (quant) {  // in place: a quantized row is shorter than its floats, and rows go in order
-        int kt = mor__kt_of_dtype(type);
         for (uint64_t row = 0; row < rows; row++) {
             float tmp[4096];
             const float *src = (const float *)(void *)buf + row * cols;
-            unsigned char *dst = buf + row * (uint64_t)mor__kt_row_bytes(kt, (int64_t)cols);
+            unsigned char *dst = buf + row * (uint64_t)mor__dtype_row_bytes(type, (int64_t)cols);
             for (uint64_t c0 = 0; c0 < cols; c0 += 4096) {
                 uint64_t c = cols - c0 < 4096 ? cols - c0 : 4096;
                 memcpy(tmp, src + c0, c * 4);
-                unsigned char *o = dst + (uint64_t)mor__kt_row_bytes(kt, (int64_t)c0);
+                unsigned char *o = dst + (uint64_t)mor__dtype_row_bytes(type, (int64_t)c0);
                 if (type == MOR__DT_Q8_0) mor__quantize_q8_0(tmp, o, (int64_t)c);
                 else mor__quantize_q4_0(tmp, o, (int64_t)c);
             }

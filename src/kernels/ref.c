@@ -1,5 +1,8 @@
-// kernels/ref.c: scalar reference kernels: the specification and test oracle for every
-// optimized kernel, and the portable fallback. Plain C11, no intrinsics.
+// kernels/ref.c: the scalar reference of every kernel table entry, plain C11 without
+// intrinsics, always compiled. It is the specification, the oracle every ISA kernel is tested
+// against (tests/test-kernels.c) and the table used where no ISA applies. Also here: the scalar
+// f16/bf16 conversions the ISA files and the rest of the library share. Which table runs is
+// decided in dispatch.c.
 #include "kernels.h"
 
 #include <math.h>
@@ -64,8 +67,9 @@ uint16_t mor__f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-// Eight partial sums in a fixed order: the result does not depend on how the caller splits
-// rows among threads, and compilers vectorize the inner loop.
+// The dot product of the float products and the attention scores below. Eight partial sums in
+// a fixed order: the result does not depend on how the caller splits rows among threads, and
+// compilers vectorize the inner loop.
 static float ref_dot(const float *a, const float *b, int64_t n) {
     float acc[8] = {0};
     int64_t i = 0;
@@ -75,6 +79,7 @@ static float ref_dot(const float *a, const float *b, int64_t n) {
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+// y += a * x (the attention's weighted sum of values).
 static void ref_axpy(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
@@ -214,14 +219,6 @@ static void ref_swiglu(float *g, const float *u, int64_t n) {
     for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-static void ref_softmax(float *x, int64_t n) {
-    float mx = x[0], sum = 0;
-    for (int64_t i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    for (int64_t i = 0; i < n; i++) sum += (x[i] = expf(x[i] - mx));
-    float inv = 1.0f / sum;
-    for (int64_t i = 0; i < n; i++) x[i] *= inv;
-}
-
 static void ref_rope(float *v, int64_t n_heads, int64_t hd, const float *c, const float *sn, int neox) {
     int64_t half = hd / 2;
     for (int64_t h = 0; h < n_heads; h++, v += hd) {
@@ -294,31 +291,16 @@ static double ref_expsum(const float *x, int64_t n, float m, double *zsum) {
     return s;
 }
 
-void mor__matvec_argmax(const mor__kernels *k, int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
-                        const float *x, float *row, int64_t *best, float *best_val) {
-    float buf[256];
-    int64_t rb = mor__kt_row_bytes(kt, cols), b = r0;
-    float bv = -INFINITY;
-    for (int64_t r = r0; r < r1; r += 256) {
-        int64_t c = r1 - r < 256 ? r1 - r : 256;
-        k->matmul[kt]((const uint8_t *)W + (size_t)(r * rb), cols, 0, c, x, 1, cols, buf, c, row);
-        int64_t i = k->argmax(buf, c);
-        if (buf[i] > bv) bv = buf[i], b = r + i;
-    }
-    *best = b;
-    *best_val = bv;
-}
-
 static const mor__kernels ref_table = {
     .name = "ref",
-    .matmul = {ref_matmul_f32, ref_matmul_f16, ref_matmul_bf16, ref_matmul_q8_0, ref_matmul_q4_0},
-    .dot = ref_dot,
-    .axpy = ref_axpy,
-    .to_f32 = {f32_row, f16_row, bf16_row, q8_0_row, q4_0_row},
+    .matmul = {[MOR__DT_F32] = ref_matmul_f32, [MOR__DT_F16] = ref_matmul_f16,
+               [MOR__DT_BF16] = ref_matmul_bf16, [MOR__DT_Q8_0] = ref_matmul_q8_0,
+               [MOR__DT_Q4_0] = ref_matmul_q4_0},
+    .to_f32 = {[MOR__DT_F32] = f32_row, [MOR__DT_F16] = f16_row, [MOR__DT_BF16] = bf16_row,
+               [MOR__DT_Q8_0] = q8_0_row, [MOR__DT_Q4_0] = q4_0_row},
     .quant_act = ref_quant_act,
     .rmsnorm = ref_rmsnorm,
     .swiglu = ref_swiglu,
-    .softmax = ref_softmax,
     .rope = ref_rope,
     .attend = ref_attend,
     .attend_f16 = ref_attend_f16,
@@ -327,74 +309,3 @@ static const mor__kernels ref_table = {
 };
 
 const mor__kernels *mor__kernels_ref(void) { return &ref_table; }
-
-// ---- dispatch: the reference table, overridden by what this CPU supports -------------------
-//
-// Each ISA's table is the reference table with the ISA's entries installed over it (AVX-512
-// over AVX2 over the reference); the best table is the last one this CPU runs.
-
-#if !defined(MOR_NO_SIMD) && defined(__x86_64__)
-void mor__kernels_install_avx2(mor__kernels *k);
-void mor__kernels_install_avx512(mor__kernels *k);
-#define HAVE_X86 1
-#endif
-#if !defined(MOR_NO_SIMD) && defined(__aarch64__)
-void mor__kernels_install_neon(mor__kernels *k);
-#define HAVE_NEON 1
-#endif
-
-enum { ISA_AVX2, ISA_AVX512, ISA_NEON, ISA_COUNT };
-static mor__kernels isa_table[ISA_COUNT];
-static int          isa_ok[ISA_COUNT];
-static mor__kernels best_table;
-
-static void fill_best(void) {
-    best_table = ref_table;
-#ifdef HAVE_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        isa_table[ISA_AVX2] = ref_table;
-        mor__kernels_install_avx2(&isa_table[ISA_AVX2]);
-        isa_ok[ISA_AVX2] = 1;
-        best_table = isa_table[ISA_AVX2];
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-            __builtin_cpu_supports("avx512vnni")) {
-            isa_table[ISA_AVX512] = isa_table[ISA_AVX2];
-            mor__kernels_install_avx512(&isa_table[ISA_AVX512]);
-            isa_ok[ISA_AVX512] = 1;
-            best_table = isa_table[ISA_AVX512];
-        }
-    }
-#endif
-#ifdef HAVE_NEON
-    isa_table[ISA_NEON] = ref_table;
-    mor__kernels_install_neon(&isa_table[ISA_NEON]);
-    isa_ok[ISA_NEON] = 1;
-    best_table = isa_table[ISA_NEON];
-#endif
-}
-
-#if defined(MOR_NO_THREADS)
-static int best_done;
-const mor__kernels *mor__kernels_best(void) {
-    if (!best_done) fill_best(), best_done = 1;
-    return &best_table;
-}
-#else
-#include <pthread.h>
-static pthread_once_t best_once = PTHREAD_ONCE_INIT;
-const mor__kernels *mor__kernels_best(void) {
-    pthread_once(&best_once, fill_best);
-    return &best_table;
-}
-#endif
-
-const mor__kernels *mor__kernels_isa(const char *name) {
-    static const char *names[ISA_COUNT] = {"avx2", "avx512", "neon"};
-    mor__kernels_best();
-    if (!strcmp(name, "ref")) return &ref_table;
-    for (int i = 0; i < ISA_COUNT; i++)
-        if (!strcmp(name, names[i])) return isa_ok[i] ? &isa_table[i] : NULL;
-    return NULL;
-}

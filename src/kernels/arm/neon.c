@@ -1,6 +1,6 @@
 // kernels/arm/neon.c: AArch64 Advanced SIMD (NEON) kernels. NEON is part of the AArch64
-// baseline, so this file needs no extra flags and its table is installed unconditionally on
-// AArch64. Each kernel computes what its reference in kernels/ref.c computes: the activation
+// baseline, so this file needs no extra flags and dispatch.c installs it over the reference
+// table on every AArch64 CPU. Each kernel computes what its reference in kernels/ref.c computes: the activation
 // quantization and the integer block sums bit for bit, float sums up to summation order.
 #include "kernels.h"
 
@@ -13,45 +13,24 @@ static inline float rd_f16(const uint8_t *p) {
     return mor__f16_to_f32(h);
 }
 
-static float neon_dot(const float *a, const float *b, int64_t n) {
-    float32x4_t s0 = vdupq_n_f32(0), s1 = s0, s2 = s0, s3 = s0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
-        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
-        s2 = vfmaq_f32(s2, vld1q_f32(a + i + 8), vld1q_f32(b + i + 8));
-        s3 = vfmaq_f32(s3, vld1q_f32(a + i + 12), vld1q_f32(b + i + 12));
-    }
-    for (; i + 4 <= n; i += 4) s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
-    float s = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static void neon_axpy(float *y, float a, const float *x, int64_t n) {
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
-static inline float32x4_t ld4(int kt, const void *w, int64_t i) {
-    if (kt == MOR__KT_F32) return vld1q_f32((const float *)w + i);
+static inline float32x4_t ld4(int dt, const void *w, int64_t i) {
+    if (dt == MOR__DT_F32) return vld1q_f32((const float *)w + i);
     uint16x4_t h = vld1_u16((const uint16_t *)w + i);
-    if (kt == MOR__KT_F16) return vcvt_f32_f16(vreinterpret_f16_u16(h));
+    if (dt == MOR__DT_F16) return vcvt_f32_f16(vreinterpret_f16_u16(h));
     return vreinterpretq_f32_u32(vshll_n_u16(h, 16));
 }
 
-static inline float sc1(int kt, const void *w, int64_t i) {
-    if (kt == MOR__KT_F32) return ((const float *)w)[i];
+static inline float sc1(int dt, const void *w, int64_t i) {
+    if (dt == MOR__DT_F32) return ((const float *)w)[i];
     uint16_t h;
     memcpy(&h, (const uint8_t *)w + 2 * i, 2);
-    return kt == MOR__KT_F16 ? mor__f16_to_f32(h) : mor__bf16_to_f32(h);
+    return dt == MOR__DT_F16 ? mor__f16_to_f32(h) : mor__bf16_to_f32(h);
 }
 
 // Four rows against one token at a time; the weights stream once per token.
-static inline __attribute__((always_inline)) void fgemv(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
+static inline __attribute__((always_inline)) void fgemv(int dt, const void *W, int64_t cols, int64_t r0, int64_t r1,
                                                         const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy) {
-    size_t rb = (size_t)mor__kt_row_bytes(kt, cols);
+    size_t rb = (size_t)mor__dtype_row_bytes(dt, cols);
     for (int64_t t = 0; t < T; t++) {
         const float *xt = x + t * ldx;
         int64_t r = r0;
@@ -61,42 +40,42 @@ static inline __attribute__((always_inline)) void fgemv(int kt, const void *W, i
             int64_t i = 0;
             for (; i + 4 <= cols; i += 4) {
                 float32x4_t xv = vld1q_f32(xt + i);
-                a0 = vfmaq_f32(a0, ld4(kt, w0, i), xv);
-                a1 = vfmaq_f32(a1, ld4(kt, w0 + rb, i), xv);
-                a2 = vfmaq_f32(a2, ld4(kt, w0 + 2 * rb, i), xv);
-                a3 = vfmaq_f32(a3, ld4(kt, w0 + 3 * rb, i), xv);
+                a0 = vfmaq_f32(a0, ld4(dt, w0, i), xv);
+                a1 = vfmaq_f32(a1, ld4(dt, w0 + rb, i), xv);
+                a2 = vfmaq_f32(a2, ld4(dt, w0 + 2 * rb, i), xv);
+                a3 = vfmaq_f32(a3, ld4(dt, w0 + 3 * rb, i), xv);
             }
             float s[4] = {vaddvq_f32(a0), vaddvq_f32(a1), vaddvq_f32(a2), vaddvq_f32(a3)};
             for (; i < cols; i++)
-                for (int a = 0; a < 4; a++) s[a] += sc1(kt, w0 + a * rb, i) * xt[i];
+                for (int a = 0; a < 4; a++) s[a] += sc1(dt, w0 + a * rb, i) * xt[i];
             for (int a = 0; a < 4; a++) y[t * ldy + r + a] = s[a];
         }
         for (; r < r1; r++) {
             const uint8_t *w0 = (const uint8_t *)W + r * rb;
             float32x4_t a0 = vdupq_n_f32(0);
             int64_t i = 0;
-            for (; i + 4 <= cols; i += 4) a0 = vfmaq_f32(a0, ld4(kt, w0, i), vld1q_f32(xt + i));
+            for (; i + 4 <= cols; i += 4) a0 = vfmaq_f32(a0, ld4(dt, w0, i), vld1q_f32(xt + i));
             float s = vaddvq_f32(a0);
-            for (; i < cols; i++) s += sc1(kt, w0, i) * xt[i];
+            for (; i < cols; i++) s += sc1(dt, w0, i) * xt[i];
             y[t * ldy + r] = s;
         }
     }
 }
 
-#define FMATMUL(NAME, KT)                                                                                \
+#define FMATMUL(NAME, DT)                                                                                \
     static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,   \
                      int64_t ldx, float *y, int64_t ldy, float *row) {                                 \
         (void)row;                                                                                     \
-        fgemv(KT, W, cols, r0, r1, x, T, ldx, y, ldy);                                                 \
+        fgemv(DT, W, cols, r0, r1, x, T, ldx, y, ldy);                                                 \
     }
-FMATMUL(neon_matmul_f32, MOR__KT_F32)
-FMATMUL(neon_matmul_f16, MOR__KT_F16)
-FMATMUL(neon_matmul_bf16, MOR__KT_BF16)
+FMATMUL(neon_matmul_f32, MOR__DT_F32)
+FMATMUL(neon_matmul_f16, MOR__DT_F16)
+FMATMUL(neon_matmul_bf16, MOR__DT_BF16)
 
 static void neon_f16_row(const void *src, float *dst, int64_t n) {
     int64_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, ld4(MOR__KT_F16, src, i));
-    for (; i < n; i++) dst[i] = sc1(MOR__KT_F16, src, i);
+    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, ld4(MOR__DT_F16, src, i));
+    for (; i < n; i++) dst[i] = sc1(MOR__DT_F16, src, i);
 }
 
 // ---- quantized ------------------------------------------------------------------------------
@@ -159,13 +138,11 @@ QMATMUL(neon_matmul_q4_0, MOR__Q4_0_SIZE, 1)
 void mor__kernels_install_neon(mor__kernels *k);
 void mor__kernels_install_neon(mor__kernels *k) {
     k->name = "neon";
-    k->matmul[MOR__KT_F32] = neon_matmul_f32;
-    k->matmul[MOR__KT_F16] = neon_matmul_f16;
-    k->matmul[MOR__KT_BF16] = neon_matmul_bf16;
-    k->matmul[MOR__KT_Q8_0] = neon_matmul_q8_0;
-    k->matmul[MOR__KT_Q4_0] = neon_matmul_q4_0;
-    k->dot = neon_dot;
-    k->axpy = neon_axpy;
-    k->to_f32[MOR__KT_F16] = neon_f16_row;
+    k->matmul[MOR__DT_F32] = neon_matmul_f32;
+    k->matmul[MOR__DT_F16] = neon_matmul_f16;
+    k->matmul[MOR__DT_BF16] = neon_matmul_bf16;
+    k->matmul[MOR__DT_Q8_0] = neon_matmul_q8_0;
+    k->matmul[MOR__DT_Q4_0] = neon_matmul_q4_0;
+    k->to_f32[MOR__DT_F16] = neon_f16_row;
     k->quant_act = neon_quant_act;
 }

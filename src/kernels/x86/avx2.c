@@ -1,6 +1,7 @@
 // kernels/x86/avx2.c: AVX2 + FMA + F16C kernels. Compiled with -mavx2 -mfma -mf16c (this file
-// only) and installed at run time when the CPU has those features. Each kernel computes what
-// its reference in kernels/ref.c computes, up to float summation order.
+// only) and installed over the reference table at run time (dispatch.c) when the CPU has those
+// features. Each kernel computes what its reference in kernels/ref.c computes, up to float
+// summation order.
 #include "kernels.h"
 
 #include <immintrin.h>
@@ -14,26 +15,6 @@ static inline float hsum(__m256 v) {
     lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
     lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
     return _mm_cvtss_f32(lo);
-}
-
-static float avx2_dot(const float *a, const float *b, int64_t n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float s = hsum(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static void avx2_axpy(float *y, float a, const float *x, int64_t n) {
-    __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * x[i];
 }
 
 // Loads 8 weights of each type as floats.
@@ -56,20 +37,20 @@ static inline float sc_bf16(const void *w, int64_t i) { return mor__bf16_to_f32(
 // in order, the last one zero-padded, then hsum(). Tiles of 4 rows x up to 3 tokens only decide
 // which dot products share loads, so T, the token's place and the row range never change a bit.
 
-// 8 weights of type kt at element i as floats; n < 8: the first n, zeros above.
-static inline __attribute__((always_inline)) __m256 ld_w8(int kt, const void *w, int64_t i, int64_t n) {
-    if (n >= 8) return kt == MOR__KT_F32 ? ld_f32(w, i) : kt == MOR__KT_F16 ? ld_f16(w, i) : ld_bf16(w, i);
-    if (kt == MOR__KT_F32) {
+// 8 weights of type dt at element i as floats; n < 8: the first n, zeros above.
+static inline __attribute__((always_inline)) __m256 ld_w8(int dt, const void *w, int64_t i, int64_t n) {
+    if (n >= 8) return dt == MOR__DT_F32 ? ld_f32(w, i) : dt == MOR__DT_F16 ? ld_f16(w, i) : ld_bf16(w, i);
+    if (dt == MOR__DT_F32) {
         float tmp[8] = {0};
         memcpy(tmp, (const float *)w + i, (size_t)n * 4);
         return _mm256_loadu_ps(tmp);
     }
     uint16_t tmp[8] = {0};
     memcpy(tmp, (const uint16_t *)w + i, (size_t)n * 2);
-    return kt == MOR__KT_F16 ? ld_f16(tmp, 0) : ld_bf16(tmp, 0);
+    return dt == MOR__DT_F16 ? ld_f16(tmp, 0) : ld_bf16(tmp, 0);
 }
 
-static inline __attribute__((always_inline)) void ftile8(int kt, const uint8_t *w, size_t rb, int64_t cols, const float *x,
+static inline __attribute__((always_inline)) void ftile8(int dt, const uint8_t *w, size_t rb, int64_t cols, const float *x,
                                                          int64_t ldx, float *y, int64_t ldy, int R, int C) {
     __m256 acc[4][3];
     UNROLL for (int a = 0; a < R; a++) UNROLL for (int c = 0; c < C; c++) acc[a][c] = _mm256_setzero_ps();
@@ -78,7 +59,7 @@ static inline __attribute__((always_inline)) void ftile8(int kt, const uint8_t *
         __m256 xv[3];
         UNROLL for (int c = 0; c < C; c++) xv[c] = _mm256_loadu_ps(x + c * ldx + i);
         UNROLL for (int a = 0; a < R; a++) {
-            __m256 wv = ld_w8(kt, w + a * rb, i, 8);
+            __m256 wv = ld_w8(dt, w + a * rb, i, 8);
             if (C > 1) __asm__("" : "+x"(wv));  // one load, not a memory operand of each FMA
             UNROLL for (int c = 0; c < C; c++) acc[a][c] = _mm256_fmadd_ps(wv, xv[c], acc[a][c]);
         }
@@ -91,28 +72,28 @@ static inline __attribute__((always_inline)) void ftile8(int kt, const uint8_t *
             xv[c] = _mm256_loadu_ps(tmp);
         }
         UNROLL for (int a = 0; a < R; a++) {
-            __m256 wv = ld_w8(kt, w + a * rb, i, cols - i);
+            __m256 wv = ld_w8(dt, w + a * rb, i, cols - i);
             UNROLL for (int c = 0; c < C; c++) acc[a][c] = _mm256_fmadd_ps(wv, xv[c], acc[a][c]);
         }
     }
     UNROLL for (int a = 0; a < R; a++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + a] = hsum(acc[a][c]);
 }
 
-#define FTILE8(KT, NAME, R, C)                                                                                   \
+#define FTILE8(DT, NAME, R, C)                                                                                   \
     static void NAME##_##R##x##C(const uint8_t *w, size_t rb, int64_t cols, const float *x, int64_t ldx, float *y, \
                                  int64_t ldy) {                                                                  \
-        ftile8(KT, w, rb, cols, x, ldx, y, ldy, R, C);                                                           \
+        ftile8(DT, w, rb, cols, x, ldx, y, ldy, R, C);                                                           \
     }
-#define FMATMUL8(NAME, KT)                                                                                        \
-    FTILE8(KT, NAME, 1, 1) FTILE8(KT, NAME, 1, 2) FTILE8(KT, NAME, 1, 3)                                          \
-    FTILE8(KT, NAME, 4, 1) FTILE8(KT, NAME, 4, 2) FTILE8(KT, NAME, 4, 3)                                          \
+#define FMATMUL8(NAME, DT)                                                                                        \
+    FTILE8(DT, NAME, 1, 1) FTILE8(DT, NAME, 1, 2) FTILE8(DT, NAME, 1, 3)                                          \
+    FTILE8(DT, NAME, 4, 1) FTILE8(DT, NAME, 4, 2) FTILE8(DT, NAME, 4, 3)                                          \
     static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx, \
                      float *y, int64_t ldy, float *row) {                                                        \
         (void)row;                                                                                               \
         typedef void (*fn)(const uint8_t *, size_t, int64_t, const float *, int64_t, float *, int64_t);          \
         static const fn tab[2][4] = {{NULL, NAME##_1x1, NAME##_1x2, NAME##_1x3},                                  \
                                      {NULL, NAME##_4x1, NAME##_4x2, NAME##_4x3}};                                 \
-        const size_t rb = (size_t)mor__kt_row_bytes(KT, cols);                                                   \
+        const size_t rb = (size_t)mor__dtype_row_bytes(DT, cols);                                                   \
         for (int64_t r = r0; r < r1;) {                                                                          \
             int R4 = r1 - r >= 4;                                                                                \
             for (int64_t t = 0; t < T; t += 3) {                                                                 \
@@ -123,9 +104,9 @@ static inline __attribute__((always_inline)) void ftile8(int kt, const uint8_t *
         }                                                                                                        \
     }
 
-FMATMUL8(avx2_matmul_f32, MOR__KT_F32)
-FMATMUL8(avx2_matmul_f16, MOR__KT_F16)
-FMATMUL8(avx2_matmul_bf16, MOR__KT_BF16)
+FMATMUL8(avx2_matmul_f32, MOR__DT_F32)
+FMATMUL8(avx2_matmul_f16, MOR__DT_F16)
+FMATMUL8(avx2_matmul_bf16, MOR__DT_BF16)
 
 static void avx2_f16_row(const void *src, float *dst, int64_t n) {
     int64_t i = 0;
@@ -210,14 +191,12 @@ QMATMUL(avx2_matmul_q4_0, 18, ld_q4_0)
 void mor__kernels_install_avx2(mor__kernels *k);
 void mor__kernels_install_avx2(mor__kernels *k) {
     k->name = "avx2";
-    k->matmul[MOR__KT_F32] = avx2_matmul_f32;
-    k->matmul[MOR__KT_F16] = avx2_matmul_f16;
-    k->matmul[MOR__KT_BF16] = avx2_matmul_bf16;
-    k->dot = avx2_dot;
-    k->axpy = avx2_axpy;
-    k->to_f32[MOR__KT_F16] = avx2_f16_row;
-    k->to_f32[MOR__KT_BF16] = avx2_bf16_row;
-    k->matmul[MOR__KT_Q8_0] = avx2_matmul_q8_0;
-    k->matmul[MOR__KT_Q4_0] = avx2_matmul_q4_0;
+    k->matmul[MOR__DT_F32] = avx2_matmul_f32;
+    k->matmul[MOR__DT_F16] = avx2_matmul_f16;
+    k->matmul[MOR__DT_BF16] = avx2_matmul_bf16;
+    k->to_f32[MOR__DT_F16] = avx2_f16_row;
+    k->to_f32[MOR__DT_BF16] = avx2_bf16_row;
+    k->matmul[MOR__DT_Q8_0] = avx2_matmul_q8_0;
+    k->matmul[MOR__DT_Q4_0] = avx2_matmul_q4_0;
     k->quant_act = avx2_quant_act;
 }

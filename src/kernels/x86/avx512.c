@@ -1,7 +1,8 @@
 // kernels/x86/avx512.c: AVX-512 (F, BW, VL, DQ) + VNNI kernels. Compiled with the AVX-512 flags
-// (this file only) and installed over the AVX2 table when the CPU has them. Each kernel
-// computes what its reference in kernels/ref.c computes: the integer parts of the quantized
-// products and the activation quantization bit for bit, float sums up to summation order.
+// (this file only) and installed over the AVX2 table (dispatch.c) when the CPU has them. Each
+// kernel computes what its reference in kernels/ref.c computes: the integer parts of the
+// quantized products and the activation quantization bit for bit, float sums up to summation
+// order.
 //
 // Matrix products are batch-independent: the value of y[t][r] is computed by the same
 // sequence of operations whatever T, the token's place among the call's tokens and the row
@@ -50,49 +51,27 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-// ---- vector helpers ------------------------------------------------------------------------
-
-static float avx512_dot(const float *a, const float *b, int64_t n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-    }
-    for (; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-}
-
-static void avx512_axpy(float *y, float a, const float *x, int64_t n) {
-    __m512 va = _mm512_set1_ps(a);
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
-        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
-    }
-}
+// ---- weights as floats ----------------------------------------------------------------------
 
 // 16 weights (masked) as floats.
-static inline __m512 ld_w(int kt, const void *w, int64_t i, __mmask16 m) {
-    if (kt == MOR__KT_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + i);
+static inline __m512 ld_w(int dt, const void *w, int64_t i, __mmask16 m) {
+    if (dt == MOR__DT_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + i);
     __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + i);
-    if (kt == MOR__KT_F16) return _mm512_cvtph_ps(h);
+    if (dt == MOR__DT_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 static void avx512_f16_row(const void *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
-        _mm512_mask_storeu_ps(dst + i, m, ld_w(MOR__KT_F16, src, i, m));
+        _mm512_mask_storeu_ps(dst + i, m, ld_w(MOR__DT_F16, src, i, m));
     }
 }
 
 static void avx512_bf16_row(const void *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
-        _mm512_mask_storeu_ps(dst + i, m, ld_w(MOR__KT_BF16, src, i, m));
+        _mm512_mask_storeu_ps(dst + i, m, ld_w(MOR__DT_BF16, src, i, m));
     }
 }
 
@@ -131,13 +110,13 @@ static inline __attribute__((always_inline)) void hsum_n(const __m512 *v, int n,
     UNROLL for (int j = 0; j < n; j++) out[j] = tmp[j];
 }
 
-// One tile: R rows (row a at w + a * rb bytes, elements of type kt) x C tokens (token c at
+// One tile: R rows (row a at w + a * rb bytes, elements of type dt) x C tokens (token c at
 // x + c * ldx), over the 16-float slices of [i0, i1). `last`: the chunk ends the row at `cols`
 // (a masked slice when cols is not a multiple of 16). The accumulators start at zero (`first`)
 // or from accs, and go back to accs (not `last`) or, summed, to y[c * ldy + a]: a row walked in
 // chunks is the same sequence of FMAs on the same lanes as a row walked at once.
 // Modes (compile time): FT_DIRECT reads W; FT_SAVE also writes the weights, as floats, to
-// save + a * FKC + (i - i0) for the tiles that follow; FT_BUF reads that buffer (kt F32,
+// save + a * FKC + (i - i0) for the tiles that follow; FT_BUF reads that buffer (dt F32,
 // rb = FKC * 4, a constant). While the tile runs it prefetches pf_n lines from pf on, pf_per
 // a slice (the next row block's weights).
 typedef struct {
@@ -158,7 +137,7 @@ typedef struct {
 enum { FT_DIRECT, FT_SAVE, FT_BUF };
 #define FKC 640  // longest k-chunk (floats) of the many-token path: 8 x 2.5 KiB of weights + 3 x 2.5 KiB of x in L1
 
-static inline __attribute__((always_inline)) void ftile(const ftile_args *p, int kt, int mode, int R, int C) {
+static inline __attribute__((always_inline)) void ftile(const ftile_args *p, int dt, int mode, int R, int C) {
     const uint8_t *w = p->w;
     const size_t rb = mode == FT_BUF ? FKC * 4 : p->rb;
     const int64_t i0 = p->i0, i1 = p->i1, ldx = p->ldx, per = p->pf_per;
@@ -174,7 +153,7 @@ static inline __attribute__((always_inline)) void ftile(const ftile_args *p, int
         __m512 xv[3];
         UNROLL for (int c = 0; c < C; c++) xv[c] = _mm512_loadu_ps(x + c * ldx + i);
         UNROLL for (int a = 0; a < R; a++) {
-            __m512 wv = mode == FT_BUF ? _mm512_load_ps((const float *)(w + a * rb) + (i - i0)) : ld_w(kt, w + a * rb, i, 0xffff);
+            __m512 wv = mode == FT_BUF ? _mm512_load_ps((const float *)(w + a * rb) + (i - i0)) : ld_w(dt, w + a * rb, i, 0xffff);
             if (C > 1) __asm__("" : "+v"(wv));  // one load, not a memory operand of each FMA
             if (mode == FT_SAVE) _mm512_store_ps(save + a * FKC + (i - i0), wv);
             UNROLL for (int c = 0; c < C; c++) acc[a * C + c] = _mm512_fmadd_ps(wv, xv[c], acc[a * C + c]);
@@ -189,7 +168,7 @@ static inline __attribute__((always_inline)) void ftile(const ftile_args *p, int
         __m512 xv[3];
         UNROLL for (int c = 0; c < C; c++) xv[c] = _mm512_maskz_loadu_ps(m, x + c * ldx + i);
         UNROLL for (int a = 0; a < R; a++) {
-            __m512 wv = mode == FT_BUF ? _mm512_maskz_load_ps(m, (const float *)(w + a * rb) + (i - i0)) : ld_w(kt, w + a * rb, i, m);
+            __m512 wv = mode == FT_BUF ? _mm512_maskz_load_ps(m, (const float *)(w + a * rb) + (i - i0)) : ld_w(dt, w + a * rb, i, m);
             if (mode == FT_SAVE) _mm512_store_ps(save + a * FKC + (i - i0), wv);
             UNROLL for (int c = 0; c < C; c++) acc[a * C + c] = _mm512_fmadd_ps(wv, xv[c], acc[a * C + c]);
         }
@@ -201,23 +180,24 @@ static inline __attribute__((always_inline)) void ftile(const ftile_args *p, int
 }
 
 typedef void (*ftile_fn)(const ftile_args *p);
-#define FTILE(KT, MODE, NAME, R, C) \
-    static void ft_##NAME##_##R##x##C(const ftile_args *p) { ftile(p, KT, MODE, R, C); }
-#define FTILES_R(KT, MODE, NAME, R) FTILE(KT, MODE, NAME, R, 1) FTILE(KT, MODE, NAME, R, 2) FTILE(KT, MODE, NAME, R, 3)
-#define FTILES(KT, MODE, NAME) \
-    FTILES_R(KT, MODE, NAME, 1) FTILES_R(KT, MODE, NAME, 2) FTILES_R(KT, MODE, NAME, 4) FTILES_R(KT, MODE, NAME, 8)
-FTILES(MOR__KT_F32, FT_DIRECT, f32)
-FTILES(MOR__KT_F16, FT_DIRECT, f16)
-FTILES(MOR__KT_BF16, FT_DIRECT, bf16)
-FTILES(MOR__KT_F32, FT_SAVE, f32s)
-FTILES(MOR__KT_F16, FT_SAVE, f16s)
-FTILES(MOR__KT_BF16, FT_SAVE, bf16s)
-FTILES(MOR__KT_F32, FT_BUF, buf)
+#define FTILE(DT, MODE, NAME, R, C) \
+    static void ft_##NAME##_##R##x##C(const ftile_args *p) { ftile(p, DT, MODE, R, C); }
+#define FTILES_R(DT, MODE, NAME, R) FTILE(DT, MODE, NAME, R, 1) FTILE(DT, MODE, NAME, R, 2) FTILE(DT, MODE, NAME, R, 3)
+#define FTILES(DT, MODE, NAME) \
+    FTILES_R(DT, MODE, NAME, 1) FTILES_R(DT, MODE, NAME, 2) FTILES_R(DT, MODE, NAME, 4) FTILES_R(DT, MODE, NAME, 8)
+FTILES(MOR__DT_F32, FT_DIRECT, f32)
+FTILES(MOR__DT_F16, FT_DIRECT, f16)
+FTILES(MOR__DT_BF16, FT_DIRECT, bf16)
+FTILES(MOR__DT_F32, FT_SAVE, f32s)
+FTILES(MOR__DT_F16, FT_SAVE, f16s)
+FTILES(MOR__DT_BF16, FT_SAVE, bf16s)
+FTILES(MOR__DT_F32, FT_BUF, buf)
 #define FROW(NAME, R) {NULL, ft_##NAME##_##R##x1, ft_##NAME##_##R##x2, ft_##NAME##_##R##x3}
 #define FTAB(NAME) {{NULL}, FROW(NAME, 1), FROW(NAME, 2), {NULL}, FROW(NAME, 4), {NULL}, {NULL}, {NULL}, FROW(NAME, 8)}
-// ft_tab[mode][kt][R][C]: R in {1, 2, 4, 8}, C in 1..3 (FT_BUF: kt F32 only).
+// ft_tab[mode][ft_type(dt)][R][C]: R in {1, 2, 4, 8}, C in 1..3 (FT_BUF: dt F32 only).
 static const ftile_fn ft_tab[3][3][9][4] = {
     {FTAB(f32), FTAB(f16), FTAB(bf16)}, {FTAB(f32s), FTAB(f16s), FTAB(bf16s)}, {FTAB(buf)}};
+static inline int ft_type(int dt) { return dt == MOR__DT_F32 ? 0 : dt == MOR__DT_F16 ? 1 : 2; }
 
 // Tiles are 8 rows x up to 3 tokens (24 accumulators, 3 x vectors and one weight vector live;
 // row tails 4, 2, 1). Up to 3 tokens (decode) stream 8 weight rows at once over the whole row
@@ -231,15 +211,15 @@ static const ftile_fn ft_tab[3][3][9][4] = {
 #define FC      3   // tokens per tile, at most
 #define FNB_MAX 32  // token blocks per pass (T up to 96 per pass: 48 KiB of accumulators)
 
-static void fmatmul(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
+static void fmatmul(int dt, const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
                     int64_t ldx, float *y, int64_t ldy) {
-    const size_t rb = (size_t)mor__kt_row_bytes(kt, cols);
+    const size_t rb = (size_t)mor__dtype_row_bytes(dt, cols);
     if (T <= FC) {  // few tokens: stream 8 rows at a time, the whole row length
         for (int64_t r = r0; r < r1;) {
             int R = r1 - r >= FR ? FR : r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
             ftile_args p = {(const uint8_t *)W + (size_t)r * rb, rb, 0, cols, cols, x, ldx, NULL, NULL, 1, 1, y + r, ldy,
                             NULL, 0, 0};
-            ft_tab[FT_DIRECT][kt][R][T](&p);
+            ft_tab[FT_DIRECT][ft_type(dt)][R][T](&p);
             r += R;
         }
         return;
@@ -252,7 +232,7 @@ static void fmatmul(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
         const int64_t nblk = (Tp + FC - 1) / FC;  // token blocks of nearly equal size
         // F16/BF16 are always widened into the buffer; F32 rows off 64-byte boundaries are copied
         // once there are 3 token blocks or more to pay for it (split-line loads otherwise).
-        const int copy = kt != MOR__KT_F32 || (((uintptr_t)W | rb) % 64 && nblk >= 3);
+        const int copy = dt != MOR__DT_F32 || (((uintptr_t)W | rb) % 64 && nblk >= 3);
         for (int64_t r = r0; r < r1;) {
             int R = r1 - r >= FR ? FR : r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
             // The next row block's weights, prefetched over this one's tiles (slots: one per
@@ -272,7 +252,7 @@ static void fmatmul(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
                     int C = (int)(Tp / nblk + (b < Tp % nblk));
                     p.x = x + t * ldx + xoff, p.y = y + t * ldy + r, p.accs = accs[b];
                     p.pf = pf, p.pf_n = per * ((k1 - k0) / 16) < pf_lines ? per * ((k1 - k0) / 16) : pf_lines;
-                    ft_tab[mode][mode == FT_BUF ? 0 : kt][R][C](&p);
+                    ft_tab[mode][mode == FT_BUF ? 0 : ft_type(dt)][R][C](&p);
                     pf += 64 * p.pf_n, pf_lines -= p.pf_n;
                     if (mode == FT_SAVE) {  // the others read the buffer: elements k0.. from 0
                         p.w = (const uint8_t *)wbuf, p.i0 = 0, p.i1 = k1 - k0, p.cols = cols - k0;
@@ -286,15 +266,15 @@ static void fmatmul(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
     }
 }
 
-#define FMATMUL(NAME, KT)                                                                              \
+#define FMATMUL(NAME, DT)                                                                              \
     static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T, \
                      int64_t ldx, float *y, int64_t ldy, float *row) {                               \
         (void)row;                                                                                   \
-        fmatmul(KT, W, cols, r0, r1, x, T, ldx, y, ldy);                                             \
+        fmatmul(DT, W, cols, r0, r1, x, T, ldx, y, ldy);                                             \
     }
-FMATMUL(avx512_matmul_f32, MOR__KT_F32)
-FMATMUL(avx512_matmul_f16, MOR__KT_F16)
-FMATMUL(avx512_matmul_bf16, MOR__KT_BF16)
+FMATMUL(avx512_matmul_f32, MOR__DT_F32)
+FMATMUL(avx512_matmul_f16, MOR__DT_F16)
+FMATMUL(avx512_matmul_bf16, MOR__DT_BF16)
 
 #define TLQ 64   // tokens per tile of the quantized products
 
@@ -353,14 +333,14 @@ typedef struct {
     const int32_t *c;
 } qtok;
 
-static qtok qtok_prepare(int kt, const float *x, int64_t cols, uint8_t *buf) {
+static qtok qtok_prepare(int dt, const float *x, int64_t cols, uint8_t *buf) {
     int64_t nb = cols / MOR__QK;
     int8_t *q = (int8_t *)buf;
     float *d = (float *)(buf + cols);  // cols is a multiple of 32: aligned as the scratch
     int32_t *c = (int32_t *)(d + nb);
     for (int64_t b = 0; b < nb; b++) {
         d[b] = quant_block(x + b * MOR__QK, q + b * MOR__QK);
-        c[b] = (kt == MOR__KT_Q8_0 ? -128 : -8) * sum_s8(_mm256_loadu_si256((const __m256i *)(q + b * MOR__QK)));
+        c[b] = (dt == MOR__DT_Q8_0 ? -128 : -8) * sum_s8(_mm256_loadu_si256((const __m256i *)(q + b * MOR__QK)));
     }
     return (qtok){q, d, c};
 }
@@ -369,8 +349,8 @@ static qtok qtok_prepare(int kt, const float *x, int64_t cols, uint8_t *buf) {
 // block b only, zeros for b + 1). Q8_0: [w_b + 128 | w_b+1 + 128]. Q4_0, in 16-byte quarters:
 // [low nibbles of b, low of b + 1, high of b, high of b + 1] (elements 0..15 of b, of b + 1,
 // 16..31 of b, of b + 1; one cross-lane instruction), x is arranged to match (qx_two).
-static inline __m512i qw_two(int kt, const uint8_t *p, int two) {
-    if (kt == MOR__KT_Q8_0) {
+static inline __m512i qw_two(int dt, const uint8_t *p, int two) {
+    if (dt == MOR__DT_Q8_0) {
         __m256i lo = _mm256_loadu_si256((const __m256i *)(p + 2));
         __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(p + MOR__Q8_0_SIZE + 2)) : _mm256_set1_epi8((char)0x80);
         return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), _mm512_set1_epi8((char)0x80));
@@ -383,20 +363,20 @@ static inline __m512i qw_two(int kt, const uint8_t *p, int two) {
 
 // The signed side: the quantized x of blocks b, b + 1 (zeros for b + 1 when not `two`), in
 // qw_two's order.
-static inline __m512i qx_two(int kt, const int8_t *q, int two) {
+static inline __m512i qx_two(int dt, const int8_t *q, int two) {
     __m512i xv = two ? _mm512_loadu_si512(q) : _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q));
     if (!two) xv = _mm512_inserti64x4(xv, _mm256_setzero_si256(), 1);
-    if (kt == MOR__KT_Q4_0) xv = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), xv);
+    if (dt == MOR__DT_Q4_0) xv = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), xv);
     return xv;
 }
 
 // v[a]: row a's 16 lanes of partial sums (Q8_0: lanes 0..7 block b, 8..15 block b + 1; Q4_0:
 // lanes 0..3 and 8..11 block b, 4..7 and 12..15 block b + 1). Returns the 16 rows' sums of block
 // b in *s0 and of block b + 1 in *s1, row a in lane a.
-static inline __attribute__((always_inline)) void qreduce16(int kt, const __m512i *v, __m512i *s0, __m512i *s1) {
+static inline __attribute__((always_inline)) void qreduce16(int dt, const __m512i *v, __m512i *s0, __m512i *s1) {
     __m512i u[8], w[4], z[2];
     UNROLL for (int p = 0; p < 8; p++)  // [row 2p: b, b+1; row 2p+1: b, b+1], 4 partials each
-        u[p] = kt == MOR__KT_Q8_0
+        u[p] = dt == MOR__DT_Q8_0
                    ? _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0x88), _mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0xdd))
                    : _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0x44), _mm512_shuffle_i32x4(v[2 * p], v[2 * p + 1], 0xee));
     UNROLL for (int p = 0; p < 4; p++)  // 2 partials each
@@ -411,9 +391,9 @@ static inline __attribute__((always_inline)) void qreduce16(int kt, const __m512
 }
 
 // 16 rows (n < 16: rows from n on repeat row n - 1 and are not stored) x C tokens.
-static inline __attribute__((always_inline)) void qrows16(int kt, const uint8_t *w, size_t rb, int n, int64_t nb,
+static inline __attribute__((always_inline)) void qrows16(int dt, const uint8_t *w, size_t rb, int n, int64_t nb,
                                                           const qtok *xt, float *y, int64_t ldy, int C) {
-    const int bs = kt == MOR__KT_Q8_0 ? MOR__Q8_0_SIZE : MOR__Q4_0_SIZE;
+    const int bs = dt == MOR__DT_Q8_0 ? MOR__Q8_0_SIZE : MOR__Q4_0_SIZE;
     const uint8_t *wr[16];
     UNROLL for (int a = 0; a < 16; a++) wr[a] = w + (size_t)(a < n ? a : n - 1) * rb;
     __m512i ridx = _mm512_mullo_epi32(_mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -427,13 +407,13 @@ static inline __attribute__((always_inline)) void qrows16(int kt, const uint8_t 
         __m512 dw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off, 1)));
         __m512 dw1 = two ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off + bs, 1))) : dw0;
         UNROLL for (int c = 0; c < C; c++) {
-            __m512i xv = qx_two(kt, xt[c].q + b * MOR__QK, two);
+            __m512i xv = qx_two(dt, xt[c].q + b * MOR__QK, two);
             __m512i v[16], s0, s1;
             UNROLL for (int a = 0; a < 16; a++) {
                 if (c == 0) _mm_prefetch((const char *)wr[a] + 16 * rb + off, _MM_HINT_T0);
-                v[a] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qw_two(kt, wr[a] + off, two), xv);
+                v[a] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qw_two(dt, wr[a] + off, two), xv);
             }
-            qreduce16(kt, v, &s0, &s1);
+            qreduce16(dt, v, &s0, &s1);
             s0 = _mm512_add_epi32(s0, _mm512_set1_epi32(xt[c].c[b]));
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(dw0, _mm512_set1_ps(xt[c].d[b])), acc[c]);
             if (two) {
@@ -446,23 +426,23 @@ static inline __attribute__((always_inline)) void qrows16(int kt, const uint8_t 
     UNROLL for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + c * ldy, m, acc[c]);
 }
 
-static inline __attribute__((always_inline)) void qfew(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1,
+static inline __attribute__((always_inline)) void qfew(int dt, const void *W, int64_t cols, int64_t r0, int64_t r1,
                                                        const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                                                        float *row) {
     const int64_t nb = cols / MOR__QK, per = cols + cols / 4;  // scratch bytes a token
-    const size_t rb = (size_t)mor__kt_row_bytes(kt, cols);
+    const size_t rb = (size_t)mor__dtype_row_bytes(dt, cols);
     const int64_t ng = (T + 2) / 3;  // groups of nearly equal size, up to 3 tokens (the scratch holds 3)
     for (int64_t g = 0, t0 = 0; g < ng; g++) {
         int64_t C = T / ng + (g < T % ng);
         qtok xt[3];
-        for (int64_t t = 0; t < C; t++) xt[t] = qtok_prepare(kt, x + (t0 + t) * ldx, cols, (uint8_t *)row + t * per);
+        for (int64_t t = 0; t < C; t++) xt[t] = qtok_prepare(dt, x + (t0 + t) * ldx, cols, (uint8_t *)row + t * per);
         for (int64_t r = r0; r < r1; r += 16) {
             int n = r1 - r >= 16 ? 16 : (int)(r1 - r);
             const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
             float *yt = y + t0 * ldy + r;
-            if (C == 1) qrows16(kt, w, rb, n, nb, xt, yt, ldy, 1);
-            else if (C == 2) qrows16(kt, w, rb, n, nb, xt, yt, ldy, 2);
-            else qrows16(kt, w, rb, n, nb, xt, yt, ldy, 3);
+            if (C == 1) qrows16(dt, w, rb, n, nb, xt, yt, ldy, 1);
+            else if (C == 2) qrows16(dt, w, rb, n, nb, xt, yt, ldy, 2);
+            else qrows16(dt, w, rb, n, nb, xt, yt, ldy, 3);
         }
         t0 += C;
     }
@@ -484,7 +464,7 @@ typedef struct {
 } qpack;
 
 
-static inline __attribute__((always_inline)) void qlane_tile(int kt, const uint8_t *w, size_t rb, int64_t b0,
+static inline __attribute__((always_inline)) void qlane_tile(int dt, const uint8_t *w, size_t rb, int64_t b0,
                                                              int64_t nbc, const qpack *pk, float *y, int64_t ldy,
                                                              __m512i idx, int64_t nt, int first, int RR, int NT) {
     __m512 facc[12][4];  // a later k-chunk continues the chain from y
@@ -493,7 +473,7 @@ static inline __attribute__((always_inline)) void qlane_tile(int kt, const uint8
         __mmask16 m = left >= 16 ? 0xffff : tail16(left);
         facc[a][j] = first ? _mm512_setzero_ps() : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, y + 16 * j * ldy + a, 4);
     }
-    const int bs = kt == MOR__KT_Q8_0 ? MOR__Q8_0_SIZE : MOR__Q4_0_SIZE;
+    const int bs = dt == MOR__DT_Q8_0 ? MOR__Q8_0_SIZE : MOR__Q4_0_SIZE;
     for (int64_t b = 0; b < nbc; b++) {
         const uint8_t *wq[12];
         _Alignas(32) uint8_t un[12][32];
@@ -504,7 +484,7 @@ static inline __attribute__((always_inline)) void qlane_tile(int kt, const uint8
             _mm_prefetch((const char *)blk + (size_t)RR * rb, _MM_HINT_T0);  // the next tile's rows
             dw[a] = rd_f16(blk);
             __m256i v;
-            if (kt == MOR__KT_Q8_0) {
+            if (dt == MOR__DT_Q8_0) {
                 wq[a] = blk + 2;
                 v = _mm256_loadu_si256((const __m256i *)wq[a]);
             } else {
@@ -514,7 +494,7 @@ static inline __attribute__((always_inline)) void qlane_tile(int kt, const uint8
             }
             __m512i c = _mm512_set1_epi32(-128 * sum_s8(v));
             UNROLL for (int j = 0; j < NT; j++)
-                iacc[a][j] = kt == MOR__KT_Q8_0 ? c : _mm512_add_epi32(c, _mm512_load_si512(pk->xc + b * 16 * NT + 16 * j));
+                iacc[a][j] = dt == MOR__DT_Q8_0 ? c : _mm512_add_epi32(c, _mm512_load_si512(pk->xc + b * 16 * NT + 16 * j));
         }
         UNROLL for (int g = 0; g < 8; g++) {
             __m512i xv[4];
@@ -539,19 +519,19 @@ static inline __attribute__((always_inline)) void qlane_tile(int kt, const uint8
     }
 }
 
-static inline __attribute__((always_inline)) void qlane_rows(int kt, const uint8_t *W, size_t rb, int64_t b0,
+static inline __attribute__((always_inline)) void qlane_rows(int dt, const uint8_t *W, size_t rb, int64_t b0,
                                                              int64_t nbc, int64_t r0, int64_t r1, const qpack *pk,
                                                              float *y, int64_t ldy, __m512i idx, int64_t nt,
                                                              int first, int RR, int NT) {
     int64_t r = r0;
-    for (; r + RR <= r1; r += RR) qlane_tile(kt, W + (size_t)r * rb, rb, b0, nbc, pk, y + r, ldy, idx, nt, first, RR, NT);
-    for (; r < r1; r++) qlane_tile(kt, W + (size_t)r * rb, rb, b0, nbc, pk, y + r, ldy, idx, nt, first, 1, NT);
+    for (; r + RR <= r1; r += RR) qlane_tile(dt, W + (size_t)r * rb, rb, b0, nbc, pk, y + r, ldy, idx, nt, first, RR, NT);
+    for (; r < r1; r++) qlane_tile(dt, W + (size_t)r * rb, rb, b0, nbc, pk, y + r, ldy, idx, nt, first, 1, NT);
 }
 
-static void qgemm_lanes(int kt, const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
+static void qgemm_lanes(int dt, const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
                         int64_t ldx, float *y, int64_t ldy) {
     _Alignas(64) qpack pk;
-    size_t rb = (size_t)mor__kt_row_bytes(kt, cols);
+    size_t rb = (size_t)mor__dtype_row_bytes(dt, cols);
     __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                      _mm512_set1_epi32((int)ldy));
     for (int64_t t0 = 0; t0 < T; t0 += TLQ) {
@@ -584,10 +564,10 @@ static void qgemm_lanes(int kt, const void *W, int64_t cols, int64_t r0, int64_t
             // rows prefetched, 8 rows ran a 49152 x 576 head 20-30 % slower (measured with
             // mor-kbench; 4 and 8 are equal on matrices that stay in L2).
             switch (NT) {
-            case 1: qlane_rows(kt, w, rb, k0 / MOR__QK, nbc, r0, r1, &pk, yt, ldy, idx, nt, first, 4, 1); break;
-            case 2: qlane_rows(kt, w, rb, k0 / MOR__QK, nbc, r0, r1, &pk, yt, ldy, idx, nt, first, 5, 2); break;
-            case 3: qlane_rows(kt, w, rb, k0 / MOR__QK, nbc, r0, r1, &pk, yt, ldy, idx, nt, first, 4, 3); break;
-            default: qlane_rows(kt, w, rb, k0 / MOR__QK, nbc, r0, r1, &pk, yt, ldy, idx, nt, first, 3, 4); break;
+            case 1: qlane_rows(dt, w, rb, k0 / MOR__QK, nbc, r0, r1, &pk, yt, ldy, idx, nt, first, 4, 1); break;
+            case 2: qlane_rows(dt, w, rb, k0 / MOR__QK, nbc, r0, r1, &pk, yt, ldy, idx, nt, first, 5, 2); break;
+            case 3: qlane_rows(dt, w, rb, k0 / MOR__QK, nbc, r0, r1, &pk, yt, ldy, idx, nt, first, 4, 3); break;
+            default: qlane_rows(dt, w, rb, k0 / MOR__QK, nbc, r0, r1, &pk, yt, ldy, idx, nt, first, 3, 4); break;
             }
         }
     }
@@ -597,14 +577,14 @@ static void qgemm_lanes(int kt, const void *W, int64_t cols, int64_t r0, int64_t
 
 static void avx512_matmul_q8_0(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
                                int64_t ldx, float *y, int64_t ldy, float *row) {
-    if (T >= QLANE_MIN_T && ldy < (1 << 24)) qgemm_lanes(MOR__KT_Q8_0, W, cols, r0, r1, x, T, ldx, y, ldy);
-    else qfew(MOR__KT_Q8_0, W, cols, r0, r1, x, T, ldx, y, ldy, row);
+    if (T >= QLANE_MIN_T && ldy < (1 << 24)) qgemm_lanes(MOR__DT_Q8_0, W, cols, r0, r1, x, T, ldx, y, ldy);
+    else qfew(MOR__DT_Q8_0, W, cols, r0, r1, x, T, ldx, y, ldy, row);
 }
 
 static void avx512_matmul_q4_0(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
                                int64_t ldx, float *y, int64_t ldy, float *row) {
-    if (T >= QLANE_MIN_T && ldy < (1 << 24)) qgemm_lanes(MOR__KT_Q4_0, W, cols, r0, r1, x, T, ldx, y, ldy);
-    else qfew(MOR__KT_Q4_0, W, cols, r0, r1, x, T, ldx, y, ldy, row);
+    if (T >= QLANE_MIN_T && ldy < (1 << 24)) qgemm_lanes(MOR__DT_Q4_0, W, cols, r0, r1, x, T, ldx, y, ldy);
+    else qfew(MOR__DT_Q4_0, W, cols, r0, r1, x, T, ldx, y, ldy, row);
 }
 
 static void avx512_q8_0_row(const void *src, float *dst, int64_t n) {
@@ -658,7 +638,8 @@ static void avx512_swiglu(float *g, const float *u, int64_t n) {
     }
 }
 
-static void avx512_softmax(float *x, int64_t n) {
+// x = softmax(x) in place (max subtracted), the scores of attend_kt below; n >= 1.
+static void softmax(float *x, int64_t n) {
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? 0xffff : tail16(n - i);
@@ -678,14 +659,14 @@ static void avx512_softmax(float *x, int64_t n) {
     }
 }
 
-// One head over n cache entries of type kt (F32 or F16). Scores 16 entries at a time: one
+// One head over n cache entries of type dt (F32 or F16). Scores 16 entries at a time: one
 // accumulator per entry over the head's 16-float slices, the 16 summed together by hsum_n's
 // transposed tree (no reduction per entry). Values: the head's slices in groups of up to 4
 // accumulators (independent chains) over the entries.
-static inline __attribute__((always_inline)) void attend_kt(int kt, const float *q, const void *k, const void *v,
+static inline __attribute__((always_inline)) void attend_kt(int dt, const float *q, const void *k, const void *v,
                                                             int64_t n, int64_t hd, int64_t stride, float scale,
                                                             float *att, float *out) {
-    const size_t es = kt == MOR__KT_F32 ? 4 : 2;  // bytes per cache element
+    const size_t es = dt == MOR__DT_F32 ? 4 : 2;  // bytes per cache element
     const char *kb = k, *vb = v;
     for (int64_t e0 = 0; e0 < n; e0 += 16) {
         const int ne = n - e0 >= 16 ? 16 : (int)(n - e0);
@@ -695,12 +676,12 @@ static inline __attribute__((always_inline)) void attend_kt(int kt, const float 
             __mmask16 m = hd - i >= 16 ? 0xffff : tail16(hd - i);
             __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
             UNROLL for (int j = 0; j < 16; j++)
-                if (j < ne) acc[j] = _mm512_fmadd_ps(qv, ld_w(kt, kb + (size_t)(e0 + j) * stride * es, i, m), acc[j]);
+                if (j < ne) acc[j] = _mm512_fmadd_ps(qv, ld_w(dt, kb + (size_t)(e0 + j) * stride * es, i, m), acc[j]);
         }
         hsum_n(acc, ne, att + e0);
         for (int j = 0; j < ne; j++) att[e0 + j] *= scale;
     }
-    avx512_softmax(att, n);
+    softmax(att, n);
     for (int64_t i0 = 0; i0 < hd; i0 += 64) {
         __m512 o[4];
         __mmask16 m[4];
@@ -713,7 +694,7 @@ static inline __attribute__((always_inline)) void attend_kt(int kt, const float 
             __m512 a = _mm512_set1_ps(att[e]);
             const char *ve = vb + (size_t)e * stride * es;
             UNROLL for (int c = 0; c < 4; c++)
-                if (m[c]) o[c] = _mm512_fmadd_ps(a, ld_w(kt, ve, i0 + 16 * c, m[c]), o[c]);
+                if (m[c]) o[c] = _mm512_fmadd_ps(a, ld_w(dt, ve, i0 + 16 * c, m[c]), o[c]);
         }
         UNROLL for (int c = 0; c < 4; c++)
             if (m[c]) _mm512_mask_storeu_ps(out + i0 + 16 * c, m[c], o[c]);
@@ -722,12 +703,12 @@ static inline __attribute__((always_inline)) void attend_kt(int kt, const float 
 
 static void avx512_attend(const float *q, const float *k, const float *v, int64_t n, int64_t hd, int64_t stride,
                           float scale, float *att, float *out) {
-    attend_kt(MOR__KT_F32, q, k, v, n, hd, stride, scale, att, out);
+    attend_kt(MOR__DT_F32, q, k, v, n, hd, stride, scale, att, out);
 }
 
 static void avx512_attend_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t hd,
                               int64_t stride, float scale, float *att, float *out) {
-    attend_kt(MOR__KT_F16, q, k, v, n, hd, stride, scale, att, out);
+    attend_kt(MOR__DT_F16, q, k, v, n, hd, stride, scale, att, out);
 }
 
 static int64_t avx512_argmax(const float *x, int64_t n) {
@@ -771,21 +752,18 @@ static double avx512_expsum(const float *x, int64_t n, float m, double *zsum) {
 void mor__kernels_install_avx512(mor__kernels *k);
 void mor__kernels_install_avx512(mor__kernels *k) {
     k->name = "avx512";
-    k->matmul[MOR__KT_F32] = avx512_matmul_f32;
-    k->matmul[MOR__KT_F16] = avx512_matmul_f16;
-    k->matmul[MOR__KT_BF16] = avx512_matmul_bf16;
-    k->matmul[MOR__KT_Q8_0] = avx512_matmul_q8_0;
-    k->matmul[MOR__KT_Q4_0] = avx512_matmul_q4_0;
-    k->dot = avx512_dot;
-    k->axpy = avx512_axpy;
-    k->to_f32[MOR__KT_F16] = avx512_f16_row;
-    k->to_f32[MOR__KT_BF16] = avx512_bf16_row;
-    k->to_f32[MOR__KT_Q8_0] = avx512_q8_0_row;
-    k->to_f32[MOR__KT_Q4_0] = avx512_q4_0_row;
+    k->matmul[MOR__DT_F32] = avx512_matmul_f32;
+    k->matmul[MOR__DT_F16] = avx512_matmul_f16;
+    k->matmul[MOR__DT_BF16] = avx512_matmul_bf16;
+    k->matmul[MOR__DT_Q8_0] = avx512_matmul_q8_0;
+    k->matmul[MOR__DT_Q4_0] = avx512_matmul_q4_0;
+    k->to_f32[MOR__DT_F16] = avx512_f16_row;
+    k->to_f32[MOR__DT_BF16] = avx512_bf16_row;
+    k->to_f32[MOR__DT_Q8_0] = avx512_q8_0_row;
+    k->to_f32[MOR__DT_Q4_0] = avx512_q4_0_row;
     k->quant_act = avx512_quant_act;
     k->rmsnorm = avx512_rmsnorm;
     k->swiglu = avx512_swiglu;
-    k->softmax = avx512_softmax;
     k->attend = avx512_attend;
     k->attend_f16 = avx512_attend_f16;
     k->argmax = avx512_argmax;
