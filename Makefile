@@ -66,6 +66,17 @@ endif
 LIB_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC) $(LIB_SRC_ISA))
 HDRS     := include/mor.h $(wildcard src/*.h) $(wildcard src/kernels/*.h)
 
+# Code the tools, tests and fuzz targets share but the library never calls (the GGUF writer,
+# the llama2.c importer, the quantizer): tools/lib/, built with the library's internal headers
+# into $(B)/libmor-tools.a, which those programs link before libmor.a. Not installed.
+TLIB_SRC := $(wildcard tools/lib/*.c)
+TLIB_OBJ := $(patsubst tools/lib/%.c,$(B)/obj-tools/%.o,$(TLIB_SRC))
+TLIB     := $(B)/libmor-tools.a
+# Headers of the programs built on the internals: tools/lib/ and the shared generators of
+# tests/support/.
+INT_HDRS := $(HDRS) $(wildcard tools/lib/*.h) $(wildcard tests/support/*.h)
+INT_CFLAGS := $(ALL_CFLAGS) -Itools/lib
+
 TEST_SRC := $(wildcard tests/test-*.c)
 TEST_BIN := $(patsubst tests/%.c,$(B)/%,$(TEST_SRC))
 TOOL_SRC := $(wildcard tools/*.c)
@@ -105,6 +116,17 @@ $(B)/obj/kernels/x86/avx512.o: src/kernels/x86/avx512.c $(HDRS) Makefile
 	@$(if $(Q),echo "  CC      $< (AVX-512)")
 	$(Q)$(CC) $(LIB_CFLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -c $< -o $@
 
+$(B)/obj-tools/%.o: tools/lib/%.c $(HDRS) $(wildcard tools/lib/*.h) Makefile
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(LIB_CFLAGS) -Itools/lib -c $< -o $@
+
+$(TLIB): $(TLIB_OBJ)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@
+	$(Q)ar rcs $@ $^
+
 $(STATIC): $(LIB_OBJ)
 	@mkdir -p $(L)
 	@$(if $(Q),echo "  AR      $@")
@@ -128,9 +150,9 @@ $(L)/pkgconfig/mor.pc: pkgconfig/mor.pc.in Makefile
 
 ## tools: mor-run and the converters (build/)
 tools: $(TOOL_BIN)
-$(B)/%: tools/%.c $(STATIC) include/mor.h $(wildcard tools/*.h)
+$(B)/%: tools/%.c $(TLIB) $(STATIC) $(INT_HDRS)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+	$(Q)$(CC) $(INT_CFLAGS) $< -o $@ $(TLIB) $(STATIC) $(LDFLAGS) $(LIBS)
 
 ## examples: the programs in examples/, built exactly as a user would (mor.h + libmor)
 examples: $(EX_BIN)
@@ -139,9 +161,9 @@ $(B)/example-%: examples/%.c $(STATIC) include/mor.h
 	$(Q)$(CC) $(ALL_CFLAGS) -Iinclude $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
 
 # Tests link the static library so they can reach internal mor__ symbols.
-$(B)/test-%: tests/test-%.c tests/harness.h $(STATIC) $(HDRS)
+$(B)/test-%: tests/test-%.c tests/harness.h $(TLIB) $(STATIC) $(INT_HDRS)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+	$(Q)$(CC) $(INT_CFLAGS) $< -o $@ $(TLIB) $(STATIC) $(LDFLAGS) $(LIBS)
 
 ## test: build and run every test, then check the exported symbols
 # TEST_JOBS=N runs N test programs at once (each one's output is printed whole, in order);
@@ -276,12 +298,12 @@ fuzz-replay: $(patsubst %,$(B)/fuzz-%-replay,$(FUZZ_NAMES))
 	done; exit $$fail
 
 # Fuzz targets: with libFuzzer (build-fuzz/) or with the replay main() (any compiler and build).
-$(B)/fuzz-%-replay: tests/fuzz/fuzz-%.c tests/fuzz/replay.c tests/fuzz/fuzz.h $(STATIC) $(HDRS)
+$(B)/fuzz-%-replay: tests/fuzz/fuzz-%.c tests/fuzz/replay.c tests/fuzz/fuzz.h $(TLIB) $(STATIC) $(INT_HDRS)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(ALL_CFLAGS) $< tests/fuzz/replay.c -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
-$(B)/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzz.h $(STATIC) $(HDRS)
+	$(Q)$(CC) $(INT_CFLAGS) $< tests/fuzz/replay.c -o $@ $(TLIB) $(STATIC) $(LDFLAGS) $(LIBS)
+$(B)/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzz.h $(TLIB) $(STATIC) $(INT_HDRS)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+	$(Q)$(CC) $(INT_CFLAGS) -fsanitize=fuzzer $< -o $@ $(TLIB) $(STATIC) $(LDFLAGS) $(LIBS)
 .PHONY: fuzz fuzz-build fuzz-run fuzz-replay
 
 ## run: generate a continuation from the default model

@@ -1,7 +1,7 @@
 // gen-seeds.c: writes the small hand-made seeds of tests/fuzz/corpus/{gguf,llama2c}/.
 //
-//   cc -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -Isrc -Itools
-//       tests/fuzz/gen-seeds.c lib/libmor.a -lm -pthread -o build/gen-seeds
+//   cc -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -Isrc -Itools/lib -Itools
+//       tests/fuzz/gen-seeds.c build/libmor-tools.a lib/libmor.a -lm -pthread -o build/gen-seeds
 //   ./build/gen-seeds tests/fuzz/corpus
 //
 // gguf: tiny random-weight models (a `llama` model in F32, `mor` models in Q8_0 and Q4_0 and
