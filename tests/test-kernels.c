@@ -8,7 +8,7 @@
 // Q8_0/Q4_0 weight quantizer's error bounds and llama.cpp-identical bytes.
 #include "harness.h"
 
-#include "../tools/randmodel.h"
+#include "support/randmodel.h"
 #include "kernels.h"
 #include "mor.h"
 #include "quant.h"

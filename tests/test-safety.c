@@ -5,7 +5,7 @@
 #include "harness.h"
 #include "mor.h"
 
-#include "../tools/randmodel.h"
+#include "support/randmodel.h"
 
 #include <stdio.h>
 #include <unistd.h>

@@ -5,7 +5,7 @@
 // the baselines (static, sequential) give the same results; the batch really is shared.
 #include "harness.h"
 
-#include "../tools/randmodel.h"
+#include "support/randmodel.h"
 #include "mor.h"
 
 #include <stddef.h>

@@ -1,6 +1,6 @@
 // gen-seeds.c: writes the small hand-made seeds of tests/fuzz/corpus/{gguf,llama2c}/.
 //
-//   cc -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -Isrc -Itools/lib -Itools
+//   cc -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -Isrc -Itools/lib
 //       tests/fuzz/gen-seeds.c build/libmor-tools.a lib/libmor.a -lm -pthread -o build/gen-seeds
 //   ./build/gen-seeds tests/fuzz/corpus
 //
@@ -12,7 +12,7 @@
 #include "gguf.h"
 #include "llama2c.h"
 #include "mor.h"
-#include "randmodel.h"
+#include "../support/randmodel.h"
 
 #include <stdio.h>
 #include <stdlib.h>

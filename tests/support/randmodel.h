@@ -1,5 +1,6 @@
 // randmodel.h: random-weight models of known shapes (header-only; static functions), shared
-// by mor-randmodel and mor-bench so that benchmarks need no download.
+// by the tests (test-kernels, test-safety, test-sched, the fuzz seed generator) and by the tools
+// mor-randmodel and mor-bench, so that neither needs a download.
 //
 // Shapes: smollm-135m (576/1536/30 layers/9 heads/3 kv/49152, tied), smollm-360m
 // (960/2560/32/15/5/49152), stories15m (288/768/6/6/6/32000), tiny (64/160/4/4/2/256).
@@ -11,8 +12,8 @@
 // The files carry `tokenizer.ggml.model = "none"` and `<arch>.vocab_size`, which is what
 // llama.cpp needs to load a vocabulary-less model (it then adds dummy tokens), so llama-bench
 // and mor-bench can run the very same `llama` file. mor treats "none" as "no vocabulary".
-#ifndef MOR_TOOLS_RANDMODEL_H
-#define MOR_TOOLS_RANDMODEL_H
+#ifndef MOR_SUPPORT_RANDMODEL_H
+#define MOR_SUPPORT_RANDMODEL_H
 
 #include "gguf-write.h"
 #include "kernels.h"
