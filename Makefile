@@ -190,14 +190,14 @@ test: all $(TEST_BIN)
 	$(MAKE) --no-print-directory fuzz-replay B=$(B) L=$(L) || fail=1; \
 	if [ $$fail = 0 ]; then echo "all test programs passed"; else echo "SOME TESTS FAILED"; exit 1; fi
 
-## test-python: the Python tests (ctypes bindings, converter); needs python3 (stdlib only)
+## test-python: the Python tests (ctypes bindings, converter); needs python3 (stdlib only),
+## skipped with a note when it is missing
 PYTHON ?= python3
 PY_TESTS := $(wildcard tests/test_*.py)
 test-python: $(SHARED) tools
-	@command -v $(PYTHON) >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    echo "installing python3 for the Python tests" && apt-get update -qq && apt-get install -y -qq python3 >/dev/null; } || \
-	    { echo "python3 is needed for the Python tests: apt-get install python3"; exit 1; }
-	@fail=0; for t in $(PY_TESTS); do echo "# $$t"; MOR_LIB=$(CURDIR)/$(SHARED) MOR_BUILD_DIR=$(CURDIR)/$(B) MOR_RUN=$(CURDIR)/$(B)/mor-run \
+	@if [ -n "$(strip $(PY_TESTS))" ] && ! command -v $(PYTHON) >/dev/null; then \
+	    echo "# SKIP python tests: $(PYTHON) not found"; exit 0; fi; \
+	fail=0; for t in $(PY_TESTS); do echo "# $$t"; MOR_LIB=$(CURDIR)/$(SHARED) MOR_BUILD_DIR=$(CURDIR)/$(B) MOR_RUN=$(CURDIR)/$(B)/mor-run \
 	    $(TEST_WRAP_PY) $(PYTHON) $$t || fail=1; done; exit $$fail
 
 ## check-exports: the shared library exports only mor_* symbols, under the MOR_0 version node
