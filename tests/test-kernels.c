@@ -8,10 +8,10 @@
 // Q8_0/Q4_0 weight quantizer's error bounds and llama.cpp-identical bytes.
 #include "harness.h"
 
-#include "support/randmodel.h"
 #include "kernels.h"
 #include "mor.h"
 #include "quant.h"
+#include "support/randmodel.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -5,8 +5,8 @@
 // the baselines (static, sequential) give the same results; the batch really is shared.
 #include "harness.h"
 
-#include "support/randmodel.h"
 #include "mor.h"
+#include "support/randmodel.h"
 
 #include <stddef.h>
 #include <unistd.h>

@@ -8,11 +8,11 @@
 // F16), and vocab-only images converted from a small llama.2c tokenizer. llama2c: checkpoints of
 // versions 0, 1 and 2 (dim 8, one layer, 8 tokens) with that tokenizer, in the input layout of
 // fuzz-llama2c.c, and the tokenizer alone (vocab-only mode).
+#include "../support/randmodel.h"
 #include "gguf-write.h"
 #include "gguf.h"
 #include "llama2c.h"
 #include "mor.h"
-#include "../support/randmodel.h"
 
 #include <stdio.h>
 #include <stdlib.h>
