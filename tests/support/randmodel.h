@@ -43,7 +43,7 @@ static inline const randmodel_shape *randmodel_find(const char *name) {
 }
 
 // "f32", "f16", "bf16", "q8_0", "q4_0" -> MOR__DT_*; -1 for a type the generator cannot write.
-// Quantized types apply to the matrices (llama.cpp's reference rounding, src/quant.h); the
+// Quantized types apply to the matrices (llama.cpp's reference rounding, tools/lib/quant.h); the
 // norms stay F32.
 static inline int randmodel_type(const char *s) {
     if (!strcmp(s, "f32")) return MOR__DT_F32;
