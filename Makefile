@@ -1,5 +1,6 @@
 # mor: one plain, non-recursive Makefile. `make` builds the library, tools and examples;
-# `make test` builds and runs every test. `make list` prints the targets.
+# `make test` builds and runs every test. `make list` prints the targets. Warnings are errors
+# only with WERROR=1 (CI passes it), so a new compiler's new warning never breaks a plain build.
 
 VERSION_MAJOR := $(shell sed -n 's/^\#define MOR_VERSION_MAJOR \([0-9]*\).*/\1/p' include/mor.h)
 VERSION_MINOR := $(shell sed -n 's/^\#define MOR_VERSION_MINOR \([0-9]*\).*/\1/p' include/mor.h)
@@ -22,13 +23,18 @@ L       ?= lib
 # SIMD=0    compile the scalar reference kernels only (the oracle), no ISA-specific files.
 # THREADS=0 build without pthreads, for hosts that forbid threads.
 # DEBUG=1   -O0 -g and internal debug logging.
+# WERROR=1  turn every compiler warning into an error (.ci/run passes it to every make).
 OPENMP  ?= 0
 SIMD    ?= 1
 THREADS ?= 1
 DEBUG   ?= 0
+WERROR  ?= 0
 
-WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wpointer-arith -Wvla -Wformat=2 -Wundef -Wwrite-strings -Wno-format-nonliteral
+ifeq ($(WERROR),1)
+WARN    += -Werror
+endif
 OPT     := -O2
 ifeq ($(DEBUG),1)
 OPT     := -O0 -g -DMOR_DEBUG=2
@@ -65,6 +71,17 @@ endif
 endif
 LIB_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC) $(LIB_SRC_ISA))
 HDRS     := include/mor.h $(wildcard src/*.h) $(wildcard src/kernels/*.h)
+
+# Code the tools, tests and fuzz targets share but the library never calls (the GGUF writer,
+# the llama2.c importer, the quantizer): tools/lib/, built with the library's internal headers
+# into $(B)/libmor-tools.a, which those programs link before libmor.a. Not installed.
+TLIB_SRC := $(wildcard tools/lib/*.c)
+TLIB_OBJ := $(patsubst tools/lib/%.c,$(B)/obj-tools/%.o,$(TLIB_SRC))
+TLIB     := $(B)/libmor-tools.a
+# Headers of the programs built on the internals: tools/lib/ and the shared generators of
+# tests/support/.
+INT_HDRS := $(HDRS) $(wildcard tools/lib/*.h) $(wildcard tests/support/*.h)
+INT_CFLAGS := $(ALL_CFLAGS) -Itools/lib
 
 TEST_SRC := $(wildcard tests/test-*.c)
 TEST_BIN := $(patsubst tests/%.c,$(B)/%,$(TEST_SRC))
@@ -105,6 +122,17 @@ $(B)/obj/kernels/x86/avx512.o: src/kernels/x86/avx512.c $(HDRS) Makefile
 	@$(if $(Q),echo "  CC      $< (AVX-512)")
 	$(Q)$(CC) $(LIB_CFLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -c $< -o $@
 
+$(B)/obj-tools/%.o: tools/lib/%.c $(HDRS) $(wildcard tools/lib/*.h) Makefile
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(LIB_CFLAGS) -Itools/lib -c $< -o $@
+
+$(TLIB): $(TLIB_OBJ)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@
+	$(Q)ar rcs $@ $^
+
 $(STATIC): $(LIB_OBJ)
 	@mkdir -p $(L)
 	@$(if $(Q),echo "  AR      $@")
@@ -128,9 +156,9 @@ $(L)/pkgconfig/mor.pc: pkgconfig/mor.pc.in Makefile
 
 ## tools: mor-run and the converters (build/)
 tools: $(TOOL_BIN)
-$(B)/%: tools/%.c $(STATIC) include/mor.h $(wildcard tools/*.h)
+$(B)/%: tools/%.c $(TLIB) $(STATIC) $(INT_HDRS)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+	$(Q)$(CC) $(INT_CFLAGS) $< -o $@ $(TLIB) $(STATIC) $(LDFLAGS) $(LIBS)
 
 ## examples: the programs in examples/, built exactly as a user would (mor.h + libmor)
 examples: $(EX_BIN)
@@ -139,9 +167,9 @@ $(B)/example-%: examples/%.c $(STATIC) include/mor.h
 	$(Q)$(CC) $(ALL_CFLAGS) -Iinclude $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
 
 # Tests link the static library so they can reach internal mor__ symbols.
-$(B)/test-%: tests/test-%.c tests/harness.h $(STATIC) $(HDRS)
+$(B)/test-%: tests/test-%.c tests/harness.h $(TLIB) $(STATIC) $(INT_HDRS)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+	$(Q)$(CC) $(INT_CFLAGS) $< -o $@ $(TLIB) $(STATIC) $(LDFLAGS) $(LIBS)
 
 ## test: build and run every test, then check the exported symbols
 # TEST_JOBS=N runs N test programs at once (each one's output is printed whole, in order);
@@ -163,14 +191,14 @@ test: all $(TEST_BIN)
 	$(MAKE) --no-print-directory fuzz-replay B=$(B) L=$(L) || fail=1; \
 	if [ $$fail = 0 ]; then echo "all test programs passed"; else echo "SOME TESTS FAILED"; exit 1; fi
 
-## test-python: the Python tests (ctypes bindings, converter); needs python3 (stdlib only)
+## test-python: the Python tests (ctypes bindings, converter); needs python3 (stdlib only),
+## skipped with a note when it is missing
 PYTHON ?= python3
 PY_TESTS := $(wildcard tests/test_*.py)
 test-python: $(SHARED) tools
-	@command -v $(PYTHON) >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    echo "installing python3 for the Python tests" && apt-get update -qq && apt-get install -y -qq python3 >/dev/null; } || \
-	    { echo "python3 is needed for the Python tests: apt-get install python3"; exit 1; }
-	@fail=0; for t in $(PY_TESTS); do echo "# $$t"; MOR_LIB=$(CURDIR)/$(SHARED) MOR_BUILD_DIR=$(CURDIR)/$(B) MOR_RUN=$(CURDIR)/$(B)/mor-run \
+	@if [ -n "$(strip $(PY_TESTS))" ] && ! command -v $(PYTHON) >/dev/null; then \
+	    echo "# SKIP python tests: $(PYTHON) not found"; exit 0; fi; \
+	fail=0; for t in $(PY_TESTS); do echo "# $$t"; MOR_LIB=$(CURDIR)/$(SHARED) MOR_BUILD_DIR=$(CURDIR)/$(B) MOR_RUN=$(CURDIR)/$(B)/mor-run \
 	    $(TEST_WRAP_PY) $(PYTHON) $$t || fail=1; done; exit $$fail
 
 ## check-exports: the shared library exports only mor_* symbols, under the MOR_0 version node
@@ -282,12 +310,12 @@ fuzz-replay: $(patsubst %,$(B)/fuzz-%-replay,$(FUZZ_NAMES))
 	done; exit $$fail
 
 # Fuzz targets: with libFuzzer (build-fuzz/) or with the replay main() (any compiler and build).
-$(B)/fuzz-%-replay: tests/fuzz/fuzz-%.c tests/fuzz/replay.c tests/fuzz/fuzz.h $(STATIC) $(HDRS)
+$(B)/fuzz-%-replay: tests/fuzz/fuzz-%.c tests/fuzz/replay.c tests/fuzz/fuzz.h $(TLIB) $(STATIC) $(INT_HDRS)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(ALL_CFLAGS) $< tests/fuzz/replay.c -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
-$(B)/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzz.h $(STATIC) $(HDRS)
+	$(Q)$(CC) $(INT_CFLAGS) $< tests/fuzz/replay.c -o $@ $(TLIB) $(STATIC) $(LDFLAGS) $(LIBS)
+$(B)/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzz.h $(TLIB) $(STATIC) $(INT_HDRS)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer $< -o $@ $(STATIC) $(LDFLAGS) $(LIBS)
+	$(Q)$(CC) $(INT_CFLAGS) -fsanitize=fuzzer $< -o $@ $(TLIB) $(STATIC) $(LDFLAGS) $(LIBS)
 .PHONY: fuzz fuzz-build fuzz-run fuzz-replay
 
 ## run: generate a continuation from the default model

@@ -766,15 +766,15 @@ TEST(tensor_type_known_unsupported) {
     static const struct {
         uint32_t    id;
         const char *name;
-        uint64_t    d0;
-    } known[] = {{12, "Q4_K", 256}, {14, "Q6_K", 256}, {3, "Q4_1", 32}, {28, "F64", 4}};
+        uint64_t    d0, size;  // elements, and their bytes
+    } known[] = {{12, "Q4_K", 256, 144}, {14, "Q6_K", 256, 210}, {3, "Q4_1", 32, 20}, {28, "F64", 4, 32}};
     for (size_t i = 0; i < sizeof known / sizeof *known; i++) {
         uint64_t dims[1] = {known[i].d0};
         mor__gguf_writer *w = base_writer();
         uint8_t *data = calloc(1, 4096);
         ASSERT(data != NULL);
         uint64_t sz = mor__dtype_size(known[i].id, known[i].d0);
-        ASSERT(sz > 0);
+        ASSERT_EQ(sz, known[i].size);
         mor__gguf_w_raw_tensor(w, "tens.q", 6, known[i].id, 1, dims, data, sz, MOR__GGUF_W_AUTO);
         free(data);
         uint64_t n;

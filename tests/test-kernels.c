@@ -9,10 +9,10 @@
 // error bounds and llama.cpp-identical bytes.
 #include "harness.h"
 
-#include "../tools/randmodel.h"
 #include "kernels.h"
 #include "mor.h"
 #include "quant.h"
+#include "support/randmodel.h"
 
 #include <math.h>
 #include <stdio.h>

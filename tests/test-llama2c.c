@@ -1,4 +1,4 @@
-// test-llama2c.c: the llama2.c converter (src/llama2c.c). Converting stories260K.bin +
+// test-llama2c.c: the llama2.c converter (tools/lib/llama2c.c). Converting stories260K.bin +
 // tok512.bin must give, tensor for tensor and token for token, what llama.cpp's converter wrote
 // in tests/data/stories260K.gguf; checkpoint versions 1 and 2 and a separate classifier are
 // checked on files synthesized from the same weights; malformed inputs must be refused with

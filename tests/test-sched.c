@@ -6,8 +6,8 @@
 #define MOR_NO_DEPRECATION_WARNINGS  // mor_sched_stats, deprecated, is checked against its replacement
 #include "harness.h"
 
-#include "../tools/randmodel.h"
 #include "mor.h"
+#include "support/randmodel.h"
 
 #include <stddef.h>
 #include <unistd.h>

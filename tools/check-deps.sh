@@ -22,15 +22,14 @@
 LAYERS='
 base       0     alloc.c alloc.h bytes.h dtype.h internal.h status.c unicode*.c unicode.h
 thread     1     thread.c thread.h
-kernels    2     kernels.h kernels/* quant.c quant.h
-model      3     gguf.c gguf.h gguf-write.c gguf-write.h model.c model.h
+kernels    2     kernels.h kernels/*
+model      3     gguf.c gguf.h model.c model.h
 work       4     work.c work.h
 text       5     tokenizer*.c tokenizer*.h pretok.c
 kv         5     kv.c kv.h
 route      5     route.c route.h
 load       6     load.c
 layer      6     layer.c layer.h
-import     6     llama2c.c llama2c.h
 session    7     session.c session.h forward.c policy.c sampler.c state.c
 sched      8     sched.c
 '

@@ -16,8 +16,8 @@
 // each test precedes the r timed repetitions. Each model runs in its own child process, so the
 // peak RSS (VmHWM, else ru_maxrss) is that model's alone; the parent stays small (generation
 // also happens in a child). Figures: tokens/s per repetition -> mean ± sample sd, and median.
-#include "randmodel.h"
-#include "schedbench.h"
+#include "../tests/support/randmodel.h"
+#include "../tests/support/schedbench.h"
 
 #include <errno.h>
 #include <math.h>

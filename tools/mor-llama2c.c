@@ -6,7 +6,7 @@
 // The output matches llama.cpp's convert-llama2c-to-ggml (keys, tensor names, order, F32
 // data, no Q/K permutation) except that llama.context_length is the checkpoint's seq_len
 // unless --ctx overrides it (llama.cpp writes 2048). Checkpoints of llama2.c export versions
-// 0 (legacy), 1 and 2 (int8, dequantized to F32) are accepted. See src/llama2c.h.
+// 0 (legacy), 1 and 2 (int8, dequantized to F32) are accepted. See tools/lib/llama2c.h.
 // Exit status: 0 on success, 1 on any error (message on stderr), 2 on bad usage.
 #include "gguf-write.h"
 #include "llama2c.h"

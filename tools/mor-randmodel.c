@@ -9,7 +9,7 @@
 // (middle_cycle: the layers between the unique first and last are split into N recursions of
 // shared weights). Weights are N(0, 0.02)-ish from a fixed seed. The generator is in
 // randmodel.h (shared with mor-bench).
-#include "randmodel.h"
+#include "../tests/support/randmodel.h"
 
 int main(int argc, char **argv) {
     if (argc < 3) {

@@ -1,4 +1,4 @@
-// fuzz-llama2c.c: the llama2.c importer (src/llama2c.h, tool code that reads untrusted
+// fuzz-llama2c.c: the llama2.c importer (tools/lib/llama2c.h, tool code that reads untrusted
 // checkpoint and tokenizer files) on arbitrary bytes.
 //
 // Input: one flags byte (bit 0: vocab-only, no checkpoint; bit 1: a context_length override

@@ -1,18 +1,18 @@
 // gen-seeds.c: writes the small hand-made seeds of tests/fuzz/corpus/{gguf,llama2c}/.
 //
-//   cc -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -Isrc -Itools
-//       tests/fuzz/gen-seeds.c lib/libmor.a -lm -pthread -o build/gen-seeds
+//   cc -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -Isrc -Itools/lib
+//       tests/fuzz/gen-seeds.c build/libmor-tools.a lib/libmor.a -lm -pthread -o build/gen-seeds
 //   ./build/gen-seeds tests/fuzz/corpus
 //
 // gguf: tiny random-weight models (a `llama` model in F32, `mor` models in Q8_0 and Q4_0 and
 // F16), and vocab-only images converted from a small llama.2c tokenizer. llama2c: checkpoints of
 // versions 0, 1 and 2 (dim 8, one layer, 8 tokens) with that tokenizer, in the input layout of
 // fuzz-llama2c.c, and the tokenizer alone (vocab-only mode).
+#include "../support/randmodel.h"
 #include "gguf-write.h"
 #include "gguf.h"
 #include "llama2c.h"
 #include "mor.h"
-#include "randmodel.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,6 @@
 // randmodel.h: random-weight models of known shapes (header-only; static functions), shared
-// by mor-randmodel and mor-bench so that benchmarks need no download.
+// by the tests (test-kernels, test-safety, test-sched, the fuzz seed generator) and by the tools
+// mor-randmodel and mor-bench, so that neither needs a download.
 //
 // Shapes: smollm-135m (576/1536/30 layers/9 heads/3 kv/49152, tied), smollm-360m
 // (960/2560/32/15/5/49152), stories15m (288/768/6/6/6/32000), tiny (64/160/4/4/2/256).
@@ -11,8 +12,8 @@
 // The files carry `tokenizer.ggml.model = "none"` and `<arch>.vocab_size`, which is what
 // llama.cpp needs to load a vocabulary-less model (it then adds dummy tokens), so llama-bench
 // and mor-bench can run the very same `llama` file. mor treats "none" as "no vocabulary".
-#ifndef MOR_TOOLS_RANDMODEL_H
-#define MOR_TOOLS_RANDMODEL_H
+#ifndef MOR_SUPPORT_RANDMODEL_H
+#define MOR_SUPPORT_RANDMODEL_H
 
 #include "gguf-write.h"
 #include "kernels.h"
@@ -42,7 +43,7 @@ static inline const randmodel_shape *randmodel_find(const char *name) {
 }
 
 // "f32", "f16", "bf16", "q8_0", "q4_0" -> MOR__DT_*; -1 for a type the generator cannot write.
-// Quantized types apply to the matrices (llama.cpp's reference rounding, src/quant.h); the
+// Quantized types apply to the matrices (llama.cpp's reference rounding, tools/lib/quant.h); the
 // norms stay F32.
 static inline int randmodel_type(const char *s) {
     if (!strcmp(s, "f32")) return MOR__DT_F32;

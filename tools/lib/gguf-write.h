@@ -1,6 +1,6 @@
 // gguf-write.h: the GGUF writer's extra entry points, beyond the core set in gguf.h.
 //
-// The writer (src/gguf-write.c) builds GGUF v3 images for the converters and the tests. The
+// The writer (tools/lib/gguf-write.c) builds GGUF v3 images for the converters and the tests. The
 // typed calls in gguf.h validate their arguments; the calls here add file output, the
 // remaining value types, and "raw" records that write exactly what they are given, so that
 // tests can build deliberately malformed files (bad type ids, n_dims 0, misaligned offsets,

@@ -2,8 +2,8 @@
 #include "llama2c.h"
 
 #include "gguf-write.h"
-#include "tokenizer.h"
 #include "internal.h"
+#include "tokenizer.h"
 
 #include <math.h>
 #include <stdio.h>
