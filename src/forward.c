@@ -224,7 +224,7 @@ void mor__pass_conf_logits(mor_session *s, const float *logits) { s->conf_logits
 
 // ---- the pass ------------------------------------------------------------------------------
 
-// Loads the new tokens and the stack into rows; returns the row count.
+// Loads the new tokens and the stack into rows (ps->R: their count).
 static void load_rows(mor_session *s, pass *ps, const int32_t *tokens) {
     const mor_model *m = s->model;
     const mor__hparams *hp = &m->hp;

@@ -121,23 +121,4 @@ const char *mor__dtype_name(uint32_t t);
 // Bytes for n elements of type t (n a multiple of the block size), 0 on overflow/unknown.
 uint64_t    mor__dtype_size(uint32_t t, uint64_t n);
 
-// ---- writer (tools and tests) -------------------------------------------------------------
-// Builds a GGUF image in memory. Keys and tensors are appended in call order; tensor data is
-// copied. mor__gguf_writer_finish() returns a malloc'd image (caller frees) or NULL on OOM.
-typedef struct mor__gguf_writer mor__gguf_writer;
-mor__gguf_writer *mor__gguf_writer_create(void);
-void mor__gguf_writer_free(mor__gguf_writer *w);
-int  mor__gguf_w_u32(mor__gguf_writer *w, const char *key, uint32_t v);
-int  mor__gguf_w_i32(mor__gguf_writer *w, const char *key, int32_t v);
-int  mor__gguf_w_f32(mor__gguf_writer *w, const char *key, float v);
-int  mor__gguf_w_bool(mor__gguf_writer *w, const char *key, int v);
-int  mor__gguf_w_str(mor__gguf_writer *w, const char *key, const char *v);
-int  mor__gguf_w_arr_str(mor__gguf_writer *w, const char *key, const char *const *v, const uint32_t *lens, uint64_t n);
-int  mor__gguf_w_arr_f32(mor__gguf_writer *w, const char *key, const float *v, uint64_t n);
-int  mor__gguf_w_arr_i32(mor__gguf_writer *w, const char *key, const int32_t *v, uint64_t n);
-int  mor__gguf_w_arr_u32(mor__gguf_writer *w, const char *key, const uint32_t *v, uint64_t n);
-int  mor__gguf_w_tensor(mor__gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
-                        const uint64_t *dims, const void *data);
-void *mor__gguf_writer_finish(mor__gguf_writer *w, uint64_t *size);
-
 #endif

@@ -1,8 +1,8 @@
-// gguf-write.h: the GGUF writer's extra entry points, beyond the core set in gguf.h.
+// gguf-write.h: the GGUF writer (tools/lib/gguf-write.c), for the converters and the tests;
+// the library itself only reads GGUF (src/gguf.h).
 //
-// The writer (tools/lib/gguf-write.c) builds GGUF v3 images for the converters and the tests. The
-// typed calls in gguf.h validate their arguments; the calls here add file output, the
-// remaining value types, and "raw" records that write exactly what they are given, so that
+// The writer builds GGUF v3 images. The typed calls validate their arguments; the others add
+// file output, the remaining value types, and "raw" records that write exactly what they are given, so that
 // tests can build deliberately malformed files (bad type ids, n_dims 0, misaligned offsets,
 // BOOL 2, an overridden version...).
 //
@@ -18,6 +18,26 @@
 #define MOR_GGUF_WRITE_H
 
 #include "gguf.h"
+
+// ---- the core calls ---------------------------------------------------------------------
+// Builds a GGUF image in memory. Keys and tensors are appended in call order; tensor data is
+// copied. mor__gguf_writer_finish() returns a malloc'd image (caller frees) or NULL on OOM.
+typedef struct mor__gguf_writer mor__gguf_writer;
+mor__gguf_writer *mor__gguf_writer_create(void);
+void mor__gguf_writer_free(mor__gguf_writer *w);
+int  mor__gguf_w_u32(mor__gguf_writer *w, const char *key, uint32_t v);
+int  mor__gguf_w_i32(mor__gguf_writer *w, const char *key, int32_t v);
+int  mor__gguf_w_f32(mor__gguf_writer *w, const char *key, float v);
+int  mor__gguf_w_bool(mor__gguf_writer *w, const char *key, int v);
+int  mor__gguf_w_str(mor__gguf_writer *w, const char *key, const char *v);
+int  mor__gguf_w_arr_str(mor__gguf_writer *w, const char *key, const char *const *v, const uint32_t *lens, uint64_t n);
+int  mor__gguf_w_arr_f32(mor__gguf_writer *w, const char *key, const float *v, uint64_t n);
+int  mor__gguf_w_arr_i32(mor__gguf_writer *w, const char *key, const int32_t *v, uint64_t n);
+int  mor__gguf_w_arr_u32(mor__gguf_writer *w, const char *key, const uint32_t *v, uint64_t n);
+int  mor__gguf_w_tensor(mor__gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
+                        const uint64_t *dims, const void *data);
+void *mor__gguf_writer_finish(mor__gguf_writer *w, uint64_t *size);
+
 
 // An `offset` argument of mor__gguf_w_raw_tensor meaning "place the data normally".
 #define MOR__GGUF_W_AUTO UINT64_MAX

@@ -39,7 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gguf.h"
+#include "gguf-write.h"
 
 // Appends the converted keys and tensors to `w` (normally a fresh writer). model == NULL (and
 // model_size 0) builds a vocab-only file: the tokenizer keys and general.* keys, no tensors,
