@@ -137,10 +137,7 @@ static uint64_t resident_bytes(void) {
 }
 
 TEST(kv_cache_is_not_touched_up_front) {
-    if (!resident_bytes()) {
-        printf("# SKIP no /proc/self/statm\n");
-        return;
-    }
+    if (!resident_bytes()) TEST_SKIP("no /proc/self/statm to read resident memory from");
     mor_model *m = load("stories260K.gguf");
     ASSERT(m);
     // A context far beyond what is used: 256 MiB of K/V reserved by one session.
