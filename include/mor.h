@@ -14,7 +14,7 @@ extern "C" {
  **************************************************************************************************/
 #define MOR_VERSION_MAJOR 0
 #define MOR_VERSION_MINOR 3
-#define MOR_VERSION_PATCH 0
+#define MOR_VERSION_PATCH 1
 #define MOR_VERSION_NUMBER (MOR_VERSION_MAJOR * 10000 + MOR_VERSION_MINOR * 100 + MOR_VERSION_PATCH)
 
 #if defined(MOR_BUILD_SHARED) || defined(MOR_BUILD)
@@ -601,7 +601,9 @@ typedef struct mor_session_stats {
     int64_t  steps_run;           /* sum of the steps each token ran */
     int64_t  layer_evals;         /* layer applications executed (deep passes included) */
     int64_t  layer_evals_full;    /* layer applications full depth would have executed */
-    int64_t  kv_bytes;            /* bytes of K/V entries held now */
+    int64_t  kv_bytes;            /* bytes of K/V entries held now, keys and values in the
+                                     cache's element type (F16 entries: 2 bytes each; before
+                                     0.3.1 every entry was counted as 4) */
     int64_t  deep_passes;         /* KV_SYNC: deep passes run */
     int64_t  rollbacks;           /* KV_SYNC: rollbacks */
     float    mean_depth;          /* steps_run / n_tokens */
@@ -657,7 +659,8 @@ typedef struct mor_sched_params {
     uint32_t kind;          /* MOR_PARAMS_SCHED */
     int32_t  max_batch;     /* most token rows in flight together; default 64 */
     int32_t  n_threads;     /* compute threads of the scheduler; default 1 */
-    int64_t  kv_budget;     /* bytes of K/V the sessions may hold together; 0 = no limit */
+    int64_t  kv_budget;     /* bytes of K/V the sessions may hold together (counted as
+                               mor_session_stats.kv_bytes is); 0 = no limit */
     int32_t  mode;          /* MOR_SCHED_*; default CONTINUOUS */
     int32_t  prompt_chunk;  /* most prompt tokens a session brings to one pass; default 16 */
     /* appended in 0.3: */
