@@ -68,7 +68,7 @@ uint64_t mor__dtype_size(uint32_t t, uint64_t n) {
     return out;
 }
 
-static uint32_t vtype_size(uint32_t t) {
+uint32_t mor__gguf_vtype_size(uint32_t t) {
     switch (t) {
     case MOR__GGUF_UINT8: case MOR__GGUF_INT8: case MOR__GGUF_BOOL: return 1;
     case MOR__GGUF_UINT16: case MOR__GGUF_INT16: return 2;
@@ -169,7 +169,7 @@ static int skip_value(cursor *c, uint32_t t, int depth, const mor__gguf_str *key
                              "key '%.*s': array length %llu exceeds the limit %u at offset %llu",
                              (int)key->len, key->ptr, (unsigned long long)n, MOR__GGUF_MAX_ARRAY,
                              (unsigned long long)at);
-        uint32_t es = vtype_size(et);
+        uint32_t es = mor__gguf_vtype_size(et);
         if (es) {
             uint64_t bytes;
             if (mor__mul_u64(n, es, &bytes) || bytes > c->size - c->off)
@@ -201,7 +201,7 @@ static int skip_value(cursor *c, uint32_t t, int depth, const mor__gguf_str *key
         }
         return MOR_OK;
     }
-    uint32_t sz = vtype_size(t);
+    uint32_t sz = mor__gguf_vtype_size(t);
     if (!sz)
         return mor__errf(c->err, c->err_n, MOR_E_FORMAT, "key '%.*s': bad value type %u at offset %llu",
                          (int)key->len, key->ptr, t, (unsigned long long)at);
@@ -699,7 +699,7 @@ static int arr_numeric(const mor__gguf *g, const char *key, uint64_t n, const mo
                        char *err, size_t err_n) {
     const mor__gguf_kv *kv = mor__gguf_find_kv(g, key);
     if (!kv) return MOR_E_NOT_FOUND;
-    if (kv->type != MOR__GGUF_ARRAY || !vtype_size(kv->arr_type))
+    if (kv->type != MOR__GGUF_ARRAY || !mor__gguf_vtype_size(kv->arr_type))
         return mor__errf(err, err_n, MOR_E_FORMAT, "key '%s' is not a numeric array", key);
     if (kv->arr_n != n)
         return mor__errf(err, err_n, MOR_E_FORMAT, "key '%s' has %llu elements, expected %llu", key,
@@ -713,7 +713,7 @@ int mor__gguf_arr_f32(const mor__gguf *g, const char *key, float *out, uint64_t 
     const mor__gguf_kv *kv;
     int s = arr_numeric(g, key, n, &kv, err, err_n);
     if (s) return s;
-    uint32_t es = vtype_size(kv->arr_type);
+    uint32_t es = mor__gguf_vtype_size(kv->arr_type);
     for (uint64_t i = 0; i < n; i++) {
         double v;
         if (kv->arr_type == MOR__GGUF_BOOL || scalar_f64(kv->data + i * es, kv->arr_type, &v))
@@ -729,7 +729,7 @@ int mor__gguf_arr_i32(const mor__gguf *g, const char *key, int32_t *out, uint64_
     const mor__gguf_kv *kv;
     int s = arr_numeric(g, key, n, &kv, err, err_n);
     if (s) return s;
-    uint32_t es = vtype_size(kv->arr_type);
+    uint32_t es = mor__gguf_vtype_size(kv->arr_type);
     for (uint64_t i = 0; i < n; i++) {
         int64_t v;
         if (scalar_i64(kv->data + i * es, kv->arr_type, &v))

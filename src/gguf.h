@@ -117,6 +117,9 @@ mor__gguf_str mor__gguf_arr_str(const mor__gguf *g, const mor__gguf_kv *kv, uint
 int mor__gguf_arr_f32(const mor__gguf *g, const char *key, float *out, uint64_t n, char *err, size_t err_n);
 int mor__gguf_arr_i32(const mor__gguf *g, const char *key, int32_t *out, uint64_t n, char *err, size_t err_n);
 
+// Bytes of a fixed-size value type (UINT8 .. FLOAT64, BOOL); 0 for STRING, ARRAY or unknown.
+uint32_t    mor__gguf_vtype_size(uint32_t t);
+
 const char *mor__dtype_name(uint32_t t);
 // Bytes for n elements of type t (n a multiple of the block size), 0 on overflow/unknown.
 uint64_t    mor__dtype_size(uint32_t t, uint64_t n);

@@ -55,16 +55,6 @@ static void put_le(buf *b, uint64_t v, int n) {
     for (int i = 0; i < n; i++) b->p[b->len++] = (uint8_t)(v >> (8 * i));
 }
 
-static uint32_t vsize(uint32_t t) {
-    switch (t) {
-    case MOR__GGUF_UINT8: case MOR__GGUF_INT8: case MOR__GGUF_BOOL: return 1;
-    case MOR__GGUF_UINT16: case MOR__GGUF_INT16: return 2;
-    case MOR__GGUF_UINT32: case MOR__GGUF_INT32: case MOR__GGUF_FLOAT32: return 4;
-    case MOR__GGUF_UINT64: case MOR__GGUF_INT64: case MOR__GGUF_FLOAT64: return 8;
-    default: return 0;
-    }
-}
-
 // Reads one host value of fixed-size type t at p as little-endian-ready bits.
 static uint64_t host_bits(const void *p, uint32_t sz) {
     switch (sz) {
@@ -131,7 +121,7 @@ int mor__gguf_w_raw_kv(mor__gguf_writer *w, const char *key, uint64_t key_len, u
 }
 
 int mor__gguf_w_val(mor__gguf_writer *w, const char *key, uint32_t type, const void *v) {
-    uint32_t sz = vsize(type);
+    uint32_t sz = mor__gguf_vtype_size(type);
     if (check_key(w, key) || !v || !sz) return MOR_E_INVALID;
     uint64_t bits = host_bits(v, sz);
     int s = kv_begin(w, key, strlen(key), type, sz);
@@ -180,7 +170,7 @@ int mor__gguf_w_str(mor__gguf_writer *w, const char *key, const char *v) {
 
 int mor__gguf_w_arr(mor__gguf_writer *w, const char *key, uint32_t elem_type, const void *v,
                     uint64_t n) {
-    uint32_t sz = vsize(elem_type);
+    uint32_t sz = mor__gguf_vtype_size(elem_type);
     if (check_key(w, key) || !sz || (n && !v)) return MOR_E_INVALID;
     if (n > (SIZE_MAX - 12) / sz) return MOR_E_NOMEM;
     size_t bytes = (size_t)n * sz;
