@@ -56,30 +56,14 @@ static void sampler_from(mor__sampler *d, const mor_sampler_params *p) {
 //
 // Only the K/V entries are left unzeroed (a slot's length bounds every read): a context that
 // is never filled costs address space, not memory.
-static void session_plan(mor__plan *c, mor_session *s, const mor_model *m, const mor_session_params *p) {
-    const mor__hparams *hp = &m->hp;
-    const uint64_t nb = (uint64_t)p->n_batch, d = (uint64_t)hp->n_embd, V = (uint64_t)hp->n_vocab,
-                   ctx = (uint64_t)p->n_ctx, n_rec = (uint64_t)MOR__MAX(hp->n_rec, 1);
-    mor__plan_take(c, 1, sizeof(mor_session), 1);  // the struct itself, at the start
-    mor__kv_plan(c, &s->kv, hp->n_layer, p->n_ctx, hp->n_head_kv * hp->head_dim, (p->flags & MOR_SESSION_KV_F16) != 0);
-    // the sequence
-    s->tokens = mor__plan_take(c, ctx, sizeof(int32_t), 1);      // [n_ctx]
-    s->trace.depth = mor__plan_take(c, ctx, 1, 1);               // [n_ctx]
-    s->trace.score = mor__plan_take(c, ctx, sizeof(float), 1);   // [n_ctx]
-    s->trace.kv = mor__plan_take(c, ctx, 1, 1);                  // [n_ctx]
-    s->trace.given = mor__plan_take(c, ctx, 1, 1);               // [n_ctx]
-    // the last step
-    s->logits = mor__plan_take(c, (p->flags & MOR_SESSION_LOGITS_ALL ? nb : 1) * V, sizeof(float), 1);
-    s->depths = mor__plan_take(c, nb, sizeof(int32_t), 1);       // [n_batch]
-    s->depth_all = mor__plan_take(c, nb, sizeof(int32_t), 1);    // [n_batch]
-    // pass rows
-    mor__rows *r = &s->r;
-    const uint64_t half = (uint64_t)(hp->head_dim / 2);
-    r->x = mor__plan_take(c, nb * d, sizeof(float), 1);          // [n_batch][d]
-    r->xa = mor__plan_take(c, nb * d, sizeof(float), 1);         // [n_batch][d]
-    r->h_step = mor__plan_take(c, nb * d, sizeof(float), 1);     // [n_batch][d]
-    r->h_exit = mor__plan_take(c, nb * d, sizeof(float), 1);     // [n_batch][d]
-    r->h_in = mor__plan_take(c, nb * d, sizeof(float), 1);       // [n_batch][d]
+// Pass rows: n_batch of each (route.h).
+static void plan_rows(mor__plan *c, mor__rows *r, const mor__hparams *hp, uint64_t nb) {
+    const uint64_t d = (uint64_t)hp->n_embd, half = (uint64_t)(hp->head_dim / 2);
+    r->x = mor__plan_take(c, nb * d, sizeof(float), 1);            // [n_batch][d]
+    r->xa = mor__plan_take(c, nb * d, sizeof(float), 1);           // [n_batch][d]
+    r->h_step = mor__plan_take(c, nb * d, sizeof(float), 1);       // [n_batch][d]
+    r->h_exit = mor__plan_take(c, nb * d, sizeof(float), 1);       // [n_batch][d]
+    r->h_in = mor__plan_take(c, nb * d, sizeof(float), 1);         // [n_batch][d]
     r->rope_cos = mor__plan_take(c, nb * half, sizeof(float), 1);  // [n_batch][head_dim / 2]
     r->rope_sin = mor__plan_take(c, nb * half, sizeof(float), 1);  // [n_batch][head_dim / 2]
     r->depth_p = mor__plan_take(c, nb * (uint64_t)MOR__MAX(hp->n_rec, 2), sizeof(float), 1);
@@ -88,34 +72,59 @@ static void session_plan(mor__plan *c, mor_session *s, const mor_model *m, const
     int32_t **ri[] = {&r->tpos, &r->row_start, &r->exit_step, &r->step_cap, &r->shallow_top,
                       &r->row_head, &r->tok_depth, &r->tok_choice, &r->act, &r->act_pos};  // [n_batch] each
     for (size_t i = 0; i < sizeof ri / sizeof ri[0]; i++) *ri[i] = mor__plan_take(c, nb, sizeof(int32_t), 1);
-    r->alive = mor__plan_take(c, nb, 1, 1);                       // [n_batch]
-    r->joined = mor__plan_take(c, nb, 1, 1);                      // [n_batch]
-    // routing scratch
-    s->rt.z = mor__plan_take(c, nb * n_rec, sizeof(float), 1);      // [n_batch][n_rec]
-    s->rt.z_aux = mor__plan_take(c, nb * n_rec, sizeof(float), 1);  // [n_batch][n_rec]
-    s->rt.hid = mor__plan_take(c, nb * (hp->router_mlp ? 2 * d : d), sizeof(float), 1);
-    s->rt.score = mor__plan_take(c, nb, sizeof(float), 1);          // [n_batch]
-    s->rt.conf = mor__plan_take(c, nb, sizeof(float), 1);           // [n_batch]
-    s->rt.pos = mor__plan_take(c, nb, sizeof(int32_t), 1);          // [n_batch]
-    s->rt.keep = mor__plan_take(c, nb, 1, 1);                       // [n_batch]
-    // the KV_SYNC stack and the one being rebuilt
-    mor__stack *stacks[] = {&s->stack, &s->stack_next};
-    for (int i = 0; i < 2; i++) {
-        mor__stack *k = stacks[i];
-        k->pos = mor__plan_take(c, nb, sizeof(int32_t), 1);     // [n_batch]
-        k->step = mor__plan_take(c, nb, sizeof(int32_t), 1);    // [n_batch]
-        k->top = mor__plan_take(c, nb, sizeof(int32_t), 1);     // [n_batch]
-        k->conf = mor__plan_take(c, nb, sizeof(float), 1);      // [n_batch]
-        k->h = mor__plan_take(c, nb * d, sizeof(float), 1);     // [n_batch][d]
-    }
+    r->alive = mor__plan_take(c, nb, 1, 1);                        // [n_batch]
+    r->joined = mor__plan_take(c, nb, 1, 1);                       // [n_batch]
+}
+
+// Routing scratch (route.h).
+static void plan_route_tmp(mor__plan *c, mor__route_tmp *t, const mor__hparams *hp, uint64_t nb) {
+    const uint64_t d = (uint64_t)hp->n_embd, n_rec = (uint64_t)MOR__MAX(hp->n_rec, 1);
+    t->z = mor__plan_take(c, nb * n_rec, sizeof(float), 1);        // [n_batch][n_rec]
+    t->z_aux = mor__plan_take(c, nb * n_rec, sizeof(float), 1);    // [n_batch][n_rec]
+    t->hid = mor__plan_take(c, nb * (hp->router_mlp ? 2 * d : d), sizeof(float), 1);
+    t->score = mor__plan_take(c, nb, sizeof(float), 1);            // [n_batch]
+    t->conf = mor__plan_take(c, nb, sizeof(float), 1);             // [n_batch]
+    t->pos = mor__plan_take(c, nb, sizeof(int32_t), 1);            // [n_batch]
+    t->keep = mor__plan_take(c, nb, 1, 1);                         // [n_batch]
+}
+
+// A KV_SYNC stack of up to n_batch tokens.
+static void plan_stack(mor__plan *c, mor__stack *k, uint64_t d, uint64_t nb) {
+    k->pos = mor__plan_take(c, nb, sizeof(int32_t), 1);            // [n_batch]
+    k->step = mor__plan_take(c, nb, sizeof(int32_t), 1);           // [n_batch]
+    k->top = mor__plan_take(c, nb, sizeof(int32_t), 1);            // [n_batch]
+    k->conf = mor__plan_take(c, nb, sizeof(float), 1);             // [n_batch]
+    k->h = mor__plan_take(c, nb * d, sizeof(float), 1);            // [n_batch][d]
+}
+
+static void session_plan(mor__plan *c, mor_session *s, const mor_model *m, const mor_session_params *p) {
+    const mor__hparams *hp = &m->hp;
+    const uint64_t nb = (uint64_t)p->n_batch, V = (uint64_t)hp->n_vocab, ctx = (uint64_t)p->n_ctx;
+    mor__plan_take(c, 1, sizeof(mor_session), 1);  // the struct itself, at the start
+    mor__kv_plan(c, &s->kv, hp->n_layer, p->n_ctx, hp->n_head_kv * hp->head_dim, (p->flags & MOR_SESSION_KV_F16) != 0);
+    // the sequence
+    s->tokens = mor__plan_take(c, ctx, sizeof(int32_t), 1);        // [n_ctx]
+    s->trace.depth = mor__plan_take(c, ctx, 1, 1);                 // [n_ctx]
+    s->trace.score = mor__plan_take(c, ctx, sizeof(float), 1);     // [n_ctx]
+    s->trace.kv = mor__plan_take(c, ctx, 1, 1);                    // [n_ctx]
+    s->trace.given = mor__plan_take(c, ctx, 1, 1);                 // [n_ctx]
+    // the last step
+    s->logits = mor__plan_take(c, (p->flags & MOR_SESSION_LOGITS_ALL ? nb : 1) * V, sizeof(float), 1);
+    s->depths = mor__plan_take(c, nb, sizeof(int32_t), 1);         // [n_batch]
+    s->depth_all = mor__plan_take(c, nb, sizeof(int32_t), 1);      // [n_batch]
+    // the pass
+    plan_rows(c, &s->r, hp, nb);
+    plan_route_tmp(c, &s->rt, hp, nb);
+    plan_stack(c, &s->stack, (uint64_t)hp->n_embd, nb);
+    plan_stack(c, &s->stack_next, (uint64_t)hp->n_embd, nb);
     mor__work_plan(c, &s->w, hp, p->n_batch, (size_t)p->n_ctx, p->n_threads);
     // policy state
-    s->vocab_row = mor__plan_take(c, V, sizeof(float), 1);      // [n_vocab] exit-head logits
+    s->vocab_row = mor__plan_take(c, V, sizeof(float), 1);         // [n_vocab] exit-head logits
     s->budget.ring = mor__plan_take(c, MOR__BUDGET_MAX_WINDOW, sizeof(int32_t), 1);
     s->bmm = mor__plan_take(c, 1, sizeof(mor__bmm), 1);
     // sampler scratch
-    s->probs = mor__plan_take(c, V, sizeof(float), 1);          // [n_vocab]
-    s->cand = mor__plan_take(c, V, sizeof(int32_t), 1);         // [n_vocab]
+    s->probs = mor__plan_take(c, V, sizeof(float), 1);             // [n_vocab]
+    s->cand = mor__plan_take(c, V, sizeof(int32_t), 1);            // [n_vocab]
 }
 
 // Parameters with their defaults filled in and checked; the message goes to err.
