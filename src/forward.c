@@ -2,7 +2,9 @@
 // copied), depth steps whose rows the exit rules of route.c choose, the KV strategies for
 // skipped layers, final norm and output projection.
 //
-// Semantics (docs/DESIGN.md, docs/FORMAT.md §3.4, docs/POLICIES.md):
+// Semantics (docs/DESIGN.md, docs/FORMAT.md §3.4 and §4, docs/POLICIES.md):
+// - The embedding row is scaled and the logits of every head soft-capped when the
+//   architecture says so (arch.h).
 // - Unrolled layer l runs the weights of stored layer s(l) with the overrides and LoRA of
 //   (s(l), r(l)). Layers outside the steps (the unique first and last layers of the middle
 //   strategies) run on every row.
@@ -29,6 +31,7 @@ static void head_logits(mor_session *s, int32_t head, const float *h, float *out
     const mor__mat *w = head >= 0 ? &m->exits[head].out : &m->output;
     s->kern->rmsnorm(s->w.xb, h, norm, m->hp.n_embd, m->hp.rms_eps);
     mm(s, w, s->w.xb, 1, out);
+    mor__arch_softcap(out, m->hp.n_vocab, m->hp.final_softcap);
 }
 
 // ---- step decisions ------------------------------------------------------------------------
@@ -182,6 +185,7 @@ static void end_step(mor_session *s, pass *ps, int32_t k, int32_t n) {
             }
             if (g == G || (t < 0 && g > 0)) {
                 mm(s, head >= 0 ? &m->exits[head].out : &m->output, s->w.xb, g, s->vocab_buf);
+                mor__arch_softcap(s->vocab_buf, (int64_t)g * hp->n_vocab, hp->final_softcap);
                 for (int32_t q = 0; q < g; q++)
                     s->r.conf[rows[q]] = mor__confidence(s->kern, s->vocab_buf + (size_t)q * hp->n_vocab, hp->n_vocab, p->metric,
                                                   &s->r.shallow_top[rows[q]]);
@@ -234,6 +238,8 @@ static void load_rows(mor_session *s, pass *ps, const int32_t *tokens) {
         const uint8_t *row = (const uint8_t *)m->tok_embd.data +
                              (size_t)tokens[t] * (size_t)mor__dtype_row_bytes(m->tok_embd.type, d);
         s->kern->to_f32[m->tok_embd.type](row, s->r.x + (size_t)t * d, d);
+        if (hp->embd_scale != 1.0f)
+            for (int j = 0; j < d; j++) s->r.x[(size_t)t * d + j] *= hp->embd_scale;
         s->r.tpos[t] = s->n_past + t;
         s->r.row_start[t] = 0;
         s->r.joined[t] = 1;
@@ -541,6 +547,7 @@ void mor__pass_finish(mor_session *s) {
         for (int32_t t = first; t < T; t++)
             s->kern->rmsnorm(s->w.xb + (size_t)(t - first) * d, s->r.x + (size_t)t * d, m->output_norm, d, hp->rms_eps);
         mm(s, &m->output, s->w.xb, T - first, lout);
+        mor__arch_softcap(lout, (int64_t)(T - first) * hp->n_vocab, hp->final_softcap);
     } else {
         for (int32_t t = first; t < T; t++)
             head_logits(s, s->r.row_head[t], s->r.x + (size_t)t * d, lout + (size_t)(t - first) * hp->n_vocab);

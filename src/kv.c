@@ -1,5 +1,8 @@
 // kv.c: the K/V cache of a session (kv.h): slots, insertion and lookup, truncation, the slot
 // map of KV sharing, state propagation and the cache's part of the state format.
+//
+// Propagation recomputes a layer's K and V the way the layer does (layer.c): norm, projection,
+// LoRA, the architecture's biases, RoPE.
 #include "kv.h"
 
 void mor__kv_plan(mor__plan *c, mor__kv *kv, int32_t n_layer, int32_t n_ctx, int32_t kv_dim, int f16) {
@@ -103,6 +106,12 @@ void mor__kv_propagate(mor__kv *kv, mor__work *w, const mor_model *m, int32_t l,
         mor__matmul(w, &ly->lora_a[role], w->xb, 1, w->lora);
         mor__matmul(w, &ly->lora_b[role], w->lora, 1, w->tmp);
         for (int i = 0; i < kv_dim; i++) y[i] += hp->lora_scale * w->tmp[i];
+    }
+    for (int role = MOR__ROLE_K; role <= MOR__ROLE_V; role++) {  // biases, as the layer adds them
+        const float *bias = ly->bias[role];
+        float *y = role == MOR__ROLE_K ? w->k : w->v;
+        if (bias)
+            for (int i = 0; i < kv_dim; i++) y[i] += bias[i];
     }
     w->kern->rope(w->k, hp->n_head_kv, hp->head_dim, cos, sin, hp->rope_neox);
     mor__kv_put(&kv->slots[l], pos, w->k, w->v, kv_dim);

@@ -1,5 +1,9 @@
 // layer.c: one transformer layer on the rows of one or several sessions (pre-norm attention
-// with RoPE and grouped-query heads over each session's KV slot, then a SwiGLU MLP).
+// with RoPE and grouped-query heads over each session's KV slot, then a gated MLP).
+//
+// What differs between architectures is data of the model (arch.h): Q/K/V biases, the layer's
+// sliding window, attention soft-cap and query scale, the MLP activation (SiLU or tanh GELU),
+// and norms of the attention and MLP outputs. Absent, each costs nothing.
 //
 // Rows of different sessions share every projection whose weights are the same memory: the
 // shared block of a recursive model is one weight set at every recursion, so tokens of
@@ -61,6 +65,33 @@ static void proj(mor__work *w, const batch *b, int role, const float *x, int64_t
 
 // ---- attention -----------------------------------------------------------------------------
 
+// One head with soft-capped scores (score = cap * tanh(scale * q.k / cap)) over n entries of an
+// F32 or F16 cache: the attend kernel's steps with the cap between the product and the softmax.
+static void attend_capped(const float *q, const float *k, const uint16_t *k16, const float *v, const uint16_t *v16,
+                          int64_t n, int64_t hd, int64_t stride, float scale, float cap, float *att, float *out) {
+    float mx = -INFINITY, sum = 0;
+    const float inv_cap = 1.0f / cap;
+    for (int64_t e = 0; e < n; e++) {
+        float acc = 0;
+        if (k16)
+            for (int64_t i = 0; i < hd; i++) acc += q[i] * mor__f16_to_f32(k16[e * stride + i]);
+        else
+            for (int64_t i = 0; i < hd; i++) acc += q[i] * k[e * stride + i];
+        att[e] = cap * tanhf(acc * scale * inv_cap);
+        if (att[e] > mx) mx = att[e];
+    }
+    for (int64_t e = 0; e < n; e++) sum += (att[e] = expf(att[e] - mx));
+    const float inv = 1.0f / sum;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int64_t e = 0; e < n; e++) {
+        const float a = att[e] * inv;
+        if (v16)
+            for (int64_t i = 0; i < hd; i++) out[i] += a * mor__f16_to_f32(v16[e * stride + i]);
+        else
+            for (int64_t i = 0; i < hd; i++) out[i] += a * v[e * stride + i];
+    }
+}
+
 typedef struct {
     mor__work   *w;
     const batch *b;
@@ -68,13 +99,13 @@ typedef struct {
 } att_task;
 
 // (row, head) pairs split among threads: each row sees its slot's entries at positions up to
-// its own.
+// its own (and, in a layer with a sliding window W, above its own minus W).
 static void att_part(void *c, int part, int n_parts, int tid) {
     const att_task *t = c;
     const mor__hparams *hp = &t->b->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
     const int qdim = nh * hd, kvdim = nkv * hd, rep = nh / nkv;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = hp->attn_scale, cap = hp->attn_softcap;
     const mor__kernels *kern = t->w->kern;
     float *att = t->w->att + (size_t)tid * t->w->att_stride;
     long lo, hi;
@@ -86,34 +117,79 @@ static void att_part(void *c, int part, int n_parts, int tid) {
         while (row >= t->b->off[pi + 1]) pi++;
         const mor__layer_rows *p = &t->b->parts[pi];
         const mor__kv_slot *sl = &p->kv->slots[p->kv->slot_of[p->l]];
-        int32_t nv = mor__kv_visible(sl, p->tpos[p->idx[row - t->b->off[pi]]]);
+        const int32_t pos = p->tpos[p->idx[row - t->b->off[pi]]], win = t->b->m->layers[p->l].window;
+        int32_t nv = mor__kv_visible(sl, pos);
+        const int32_t e0 = win > 0 && pos >= win ? mor__kv_visible(sl, pos - win) : 0;  // entries before the window
+        const size_t off = (size_t)e0 * kvdim + (size_t)kh * hd;
+        nv -= e0;
         const float *qh = t->w->q + (size_t)row * qdim + (size_t)h * hd;
         float *o = t->w->ao + (size_t)row * qdim + (size_t)h * hd;
-        if (sl->k16) {
-            kern->attend_f16(qh, sl->k16 + (size_t)kh * hd, sl->v16 + (size_t)kh * hd, nv, hd, kvdim, scale, att, o);
+        if (cap > 0) {
+            attend_capped(qh, sl->k ? sl->k + off : NULL, sl->k16 ? sl->k16 + off : NULL, sl->v ? sl->v + off : NULL,
+                          sl->v16 ? sl->v16 + off : NULL, nv, hd, kvdim, scale, cap, att, o);
             continue;
         }
-        kern->attend(qh, sl->k + (size_t)kh * hd, sl->v + (size_t)kh * hd, nv, hd, kvdim, scale, att, o);
+        if (sl->k16) {
+            kern->attend_f16(qh, sl->k16 + off, sl->v16 + off, nv, hd, kvdim, scale, att, o);
+            continue;
+        }
+        kern->attend(qh, sl->k + off, sl->v + off, nv, hd, kvdim, scale, att, o);
     }
 }
 
 // ---- the layer -----------------------------------------------------------------------------
 
-// g = SiLU(g) * u over n elements, split among threads: the kernel is elementwise, so each
-// element comes out the same whatever the split.
+// g = act(g) * u over n elements, split among threads: SiLU through the kernel, or the tanh
+// approximation of GELU. Elementwise, so each element comes out the same whatever the split.
 typedef struct {
     const mor__kernels *kern;
     float              *g;
     const float        *u;
     long                n;
+    int                 act;
 } swiglu_task;
+
+static void geglu(float *g, const float *u, long n) {
+    const float c = 0.7978845608028654f;  // sqrt(2 / pi)
+    for (long i = 0; i < n; i++) {
+        const float x = g[i];
+        g[i] = 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x))) * u[i];
+    }
+}
 
 static void swiglu_part(void *c, int part, int n_parts, int tid) {
     const swiglu_task *t = c;
     (void)tid;
     long lo, hi;
     mor__split(t->n, part, n_parts, &lo, &hi);
-    if (lo < hi) t->kern->swiglu(t->g + lo, t->u + lo, hi - lo);
+    if (lo >= hi) return;
+    if (t->act == MOR__ACT_GELU_TANH) geglu(t->g + lo, t->u + lo, hi - lo);
+    else t->kern->swiglu(t->g + lo, t->u + lo, hi - lo);
+}
+
+// y[r] += bias over the n rows of width `width` of each selected part whose layer has a bias
+// for projection `which` (0 Q, 1 K, 2 V); only_writers as for proj().
+static void add_bias(const batch *b, int which, float *y, int64_t width, int only_writers) {
+    for (int i = 0; i < b->n_parts; i++) {
+        const float *bias = layer_of(b, i)->bias[which];
+        if (!bias || (only_writers && !b->parts[i].kv->slot_write[b->parts[i].l])) continue;
+        for (int32_t r = b->off[i]; r < b->off[i + 1]; r++) {
+            float *yr = y + (size_t)r * width;
+            for (int64_t e = 0; e < width; e++) yr[e] += bias[e];
+        }
+    }
+}
+
+// Rows of each part normalized in place by its layer's post-norm (attention output: post 0,
+// MLP output: post 1), when the layer has one.
+static void post_norm(mor__work *w, const batch *b, int which, float *y, int64_t d) {
+    const float eps = b->m->hp.rms_eps;
+    for (int i = 0; i < b->n_parts; i++) {
+        const mor__layer *ly = layer_of(b, i);
+        const float *nw = which ? ly->ffn_post_norm : ly->attn_post_norm;
+        if (!nw) continue;
+        for (int32_t r = b->off[i]; r < b->off[i + 1]; r++) w->kern->rmsnorm(y + (size_t)r * d, y + (size_t)r * d, nw, d, eps);
+    }
 }
 
 static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
@@ -132,6 +208,9 @@ static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
     proj(w, b, MOR__ROLE_Q, w->xb, d, w->q, qdim, 0);
     proj(w, b, MOR__ROLE_K, w->xb, d, w->k, kvdim, 1);
     proj(w, b, MOR__ROLE_V, w->xb, d, w->v, kvdim, 1);
+    add_bias(b, 0, w->q, qdim, 0);
+    add_bias(b, 1, w->k, kvdim, 1);
+    add_bias(b, 2, w->v, kvdim, 1);
     long work = 0;
     for (int i = 0; i < b->n_parts; i++) {
         const mor__layer_rows *p = &b->parts[i];
@@ -149,6 +228,7 @@ static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
     if (work * nh < 4096 || mor__pool_size(w->pool) == 1) att_part(&at, 0, 1, 0);
     else mor__pool_run(w->pool, att_part, &at);
     proj(w, b, MOR__ROLE_O, w->ao, qdim, w->hb2, d, 0);
+    post_norm(w, b, 0, w->hb2, d);
     for (int i = 0; i < b->n_parts; i++) {
         const mor__layer_rows *p = &b->parts[i];
         const float *o = w->hb2 + (size_t)b->off[i] * d;
@@ -159,10 +239,11 @@ static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
     }
     proj(w, b, MOR__ROLE_GATE, w->xb, d, w->hb, ff, 0);
     proj(w, b, MOR__ROLE_UP, w->xb, d, w->hb2, ff, 0);
-    swiglu_task sg = {w->kern, w->hb, w->hb2, (long)N * ff};
+    swiglu_task sg = {w->kern, w->hb, w->hb2, (long)N * ff, hp->act};
     if (sg.n < 16384 || mor__pool_size(w->pool) == 1) swiglu_part(&sg, 0, 1, 0);
     else mor__pool_run(w->pool, swiglu_part, &sg);
     proj(w, b, MOR__ROLE_DOWN, w->hb, ff, w->hb2, d, 0);
+    post_norm(w, b, 1, w->hb2, d);
     for (int i = 0; i < b->n_parts; i++) {
         const mor__layer_rows *p = &b->parts[i];
         const float *o = w->hb2 + (size_t)b->off[i] * d;

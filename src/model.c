@@ -1,6 +1,7 @@
-// model.c: load a GGUF model: map the file, read hyperparameters of the `llama` and `mor`
-// architectures, bind every tensor with its shape checked, and build the unrolled-layer table
-// that points shared layers at one copy of their weights.
+// model.c: load a GGUF model: map the file, read the hyperparameters of its architecture (the
+// rows of arch.c: `llama`, `mor`, `qwen2`, `phi3`, `gemma2`), bind every tensor with its shape
+// checked (fused matrices as views into one tensor), and build the unrolled-layer table that
+// points shared layers at one copy of their weights.
 //
 // Nothing here computes; the forward pass lives in forward.c. Every failure names the key or
 // tensor and the expected and found values (docs/FORMAT.md). Nor does it know the tokenizer,
@@ -24,7 +25,8 @@ typedef struct {
     mor_model *m;
     char      *err;
     size_t     err_n;
-    char       prefix[24];   // "llama." or "mor."
+    char       prefix[24];   // the architecture's name and a dot: "llama.", "mor.", ...
+    double     rope_linear;  // linear RoPE scaling factor (positions divided by it), 1: none
     float     *f32_next;     // next free float in m->f32_copies
     float     *f32_end;
     uint8_t   *used;         // [n_tensors]: bound by a known name
@@ -132,8 +134,9 @@ static int bind_mat(loader *ld, const char *name, int64_t rows, int64_t cols, in
     return MOR_OK;
 }
 
-// A 1-D tensor of n floats, converted to an F32 copy. Absent: required → error, else NULL.
-static int bind_vec(loader *ld, const char *name, int64_t n, int required, const float **out) {
+// A 1-D tensor of n floats, converted to an F32 copy with `add` added to every element (the
+// architecture's norm weight offset; 0 for anything else). Absent: required → error, else NULL.
+static int bind_vec_add(loader *ld, const char *name, int64_t n, int required, float add, const float **out) {
     *out = NULL;
     const mor__gguf_tensor *t = mor__gguf_find_tensor(&ld->m->gguf, name);
     if (!t) {
@@ -161,9 +164,39 @@ static int bind_vec(loader *ld, const char *name, int64_t n, int required, const
         return mor__errf(ld->err, ld->err_n, MOR_E_INTERNAL, "vector store exhausted at '%s'", name);
     float *dst = ld->f32_next;
     mor__kernels_ref()->to_f32[t->type](t->data, dst, n);
+    if (add != 0.0f)
+        for (int64_t i = 0; i < n; i++) dst[i] += add;
     ld->f32_next += n;
     ld->vec[ti] = dst;
     *out = dst;
+    return MOR_OK;
+}
+
+static int bind_vec(loader *ld, const char *name, int64_t n, int required, const float **out) {
+    return bind_vec_add(ld, name, n, required, 0.0f, out);
+}
+
+// A norm weight vector: the architecture's offset applies.
+static int bind_norm(loader *ld, const char *name, int64_t n, int required, const float **out) {
+    return bind_vec_add(ld, name, n, required, ld->m->ar->norm_offset, out);
+}
+
+// A matrix stored as row blocks of several projections (fused QKV, fused gate/up): each
+// out[i] is a view of rows[i] rows into the one tensor, in order; nothing is copied.
+static int bind_split(loader *ld, const char *name, int64_t cols, int n, const int64_t *rows, mor__mat *const *out) {
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += rows[i];
+    mor__mat whole;
+    int s = bind_mat(ld, name, total, cols, 1, &whole);
+    if (s) return s;
+    const int64_t rb = mor__dtype_row_bytes(whole.type, cols);
+    int64_t r0 = 0;
+    for (int i = 0; i < n; i++) {
+        *out[i] = whole;
+        out[i]->data = (const uint8_t *)whole.data + r0 * rb;
+        out[i]->rows = rows[i];
+        r0 += rows[i];
+    }
     return MOR_OK;
 }
 
@@ -198,10 +231,55 @@ static void map_layer(const mor__hparams *hp, int32_t l, int32_t *stored, int32_
 
 // ---- hyperparameters -----------------------------------------------------------------------
 
+// What the architecture's row adds to the Llama hyperparameters (arch.h, docs/FORMAT.md §4).
+static int read_arch_hparams(loader *ld) {
+    mor_model *m = ld->m;
+    mor__hparams *hp = &m->hp;
+    const mor__arch *A = m->ar;
+    int s;
+    hp->act = A->act;
+    hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    if (A->qscale_embd_layers && hp->n_layer == A->qscale_embd_layers)
+        hp->attn_scale = 1.0f / sqrtf((float)(hp->n_embd / hp->n_head));
+    hp->embd_scale = A->embd_scale ? sqrtf((float)hp->n_embd) : 1.0f;
+    if (A->flags & MOR__ARCH_SOFTCAP) {
+        if ((s = get_f32(ld, "attn_logit_softcapping", &hp->attn_softcap, A->attn_cap_def))) return s;
+        if ((s = get_f32(ld, "final_logit_softcapping", &hp->final_softcap, A->final_cap_def))) return s;
+        if (!(hp->attn_softcap > 0) || !(hp->final_softcap > 0))
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                             "%sattn_logit_softcapping = %g and %sfinal_logit_softcapping = %g must be positive",
+                             ld->prefix, hp->attn_softcap, ld->prefix, hp->final_softcap);
+    }
+    if (A->swa != MOR__SWA_NONE) {
+        uint32_t w;
+        if ((s = get_u32(ld, "attention.sliding_window", &w, A->swa_def < 0, (uint32_t)MOR__MAX(A->swa_def, 0))))
+            return s;
+        hp->swa = w > (uint32_t)INT32_MAX ? INT32_MAX : (int32_t)w;  // 0: no window
+    }
+    ld->rope_linear = 1.0;
+    if (A->flags & MOR__ARCH_ROPE_SCALING) {
+        char type[32];
+        if ((s = get_str(ld, "rope.scaling.type", type, sizeof type, "none"))) return s;
+        if (strcmp(type, "linear") == 0) {
+            float f;
+            if ((s = get_f32(ld, "rope.scaling.factor", &f, 1.0f))) return s;
+            if (!(f > 0))
+                return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "%srope.scaling.factor = %g must be positive",
+                                 ld->prefix, f);
+            ld->rope_linear = f;
+        } else if (strcmp(type, "none") != 0) {
+            return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
+                             "%srope.scaling.type is '%s': this version computes none and linear", ld->prefix, type);
+        }
+    }
+    return MOR_OK;
+}
+
 static int read_hparams(loader *ld) {
     mor_model *m = ld->m;
     mor__hparams *hp = &m->hp;
-    int mor = strcmp(m->arch, "mor") == 0;
+    const mor__arch *A = m->ar;
+    int mor = (A->flags & MOR__ARCH_RECURSIVE) != 0;
     uint32_t v;
     int s;
 #define U32(key, field, req, def)                                                                 \
@@ -236,7 +314,11 @@ static int read_hparams(loader *ld) {
                          "embedding length %d is not a multiple of the head count %d", hp->n_embd,
                          hp->n_head);
     U32("attention.key_length", head_dim, 0, (uint32_t)(hp->n_embd / hp->n_head));
-    if (hp->head_dim != hp->n_embd / hp->n_head || hp->head_dim % 2)
+    if (A->flags & MOR__ARCH_FREE_HEAD) {  // the head size is its own hyperparameter
+        if (hp->head_dim < 2 || hp->head_dim % 2)
+            return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED, "head size %sattention.key_length = %d: expected "
+                             "an even number", ld->prefix, hp->head_dim);
+    } else if (hp->head_dim != hp->n_embd / hp->n_head || hp->head_dim % 2)
         return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
                          "head size %d: expected an even embedding/heads = %d", hp->head_dim,
                          hp->n_embd / hp->n_head);
@@ -259,6 +341,7 @@ static int read_hparams(loader *ld) {
     if (!(hp->rms_eps > 0) || !(hp->rope_theta > 0))
         return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "RMS eps %g and RoPE base %g must be positive",
                          hp->rms_eps, hp->rope_theta);
+    if ((s = read_arch_hparams(ld))) return s;
 
     hp->n_rec = 1;
     hp->sharing = MOR_SHARING_NONE;
@@ -266,7 +349,7 @@ static int read_hparams(loader *ld) {
     snprintf(m->sharing_name, sizeof m->sharing_name, "none");
     snprintf(m->router_name, sizeof m->router_name, "none");
     if (!mor) {
-        hp->rope_neox = 0;
+        hp->rope_neox = A->rope == MOR__ROPE_NEOX;
         hp->block = hp->n_layer;
         hp->n_stored = hp->n_layer;
         return MOR_OK;
@@ -362,10 +445,53 @@ static void proj_shape(const mor__hparams *hp, int role, int64_t *rows, int64_t 
 
 static uint64_t mat_params(const mor__mat *w) { return w->data ? (uint64_t)w->rows * (uint64_t)w->cols : 0; }
 
+// The seven projections of stored layer i: separate tensors, or views into the fused ones.
+static int bind_proj(loader *ld, int32_t i, mor__layer *ly) {
+    const mor__hparams *hp = &ld->m->hp;
+    const uint32_t f = ld->m->ar->flags;
+    char name[MOR__GGUF_MAX_NAME + 32];
+    int s;
+    for (int r = 0; r < MOR__N_PROJ; r++) {
+        if ((f & MOR__ARCH_FUSED_QKV) && r <= MOR__ROLE_V) continue;
+        if ((f & MOR__ARCH_FUSED_UP) && (r == MOR__ROLE_GATE || r == MOR__ROLE_UP)) continue;
+        int64_t rows, cols;
+        proj_shape(hp, r, &rows, &cols);
+        snprintf(name, sizeof name, "blk.%d.%s.weight", i, role_names[r]);
+        if ((s = bind_mat(ld, name, rows, cols, 1, &ly->w[r]))) return s;
+    }
+    const int64_t q = (int64_t)hp->n_head * hp->head_dim, kv = (int64_t)hp->n_head_kv * hp->head_dim;
+    if (f & MOR__ARCH_FUSED_QKV) {  // Q rows, then K, then V
+        const int64_t rows[3] = {q, kv, kv};
+        mor__mat *const out[3] = {&ly->w[MOR__ROLE_Q], &ly->w[MOR__ROLE_K], &ly->w[MOR__ROLE_V]};
+        snprintf(name, sizeof name, "blk.%d.attn_qkv.weight", i);
+        if ((s = bind_split(ld, name, hp->n_embd, 3, rows, out))) return s;
+    }
+    if (f & MOR__ARCH_FUSED_UP) {  // gate rows, then up rows
+        const int64_t rows[2] = {hp->n_ff, hp->n_ff};
+        mor__mat *const out[2] = {&ly->w[MOR__ROLE_GATE], &ly->w[MOR__ROLE_UP]};
+        snprintf(name, sizeof name, "blk.%d.ffn_up.weight", i);
+        if ((s = bind_split(ld, name, hp->n_embd, 2, rows, out))) return s;
+    }
+    if (f & MOR__ARCH_QKV_BIAS) {
+        static const char *bn[3] = {"attn_q", "attn_k", "attn_v"};
+        for (int r = 0; r < 3; r++) {
+            snprintf(name, sizeof name, "blk.%d.%s.bias", i, bn[r]);
+            if ((s = bind_vec(ld, name, r == 0 ? q : kv, 1, &ly->bias[r]))) return s;
+        }
+    }
+    if (f & MOR__ARCH_POST_NORMS) {
+        snprintf(name, sizeof name, "blk.%d.post_attention_norm.weight", i);
+        if ((s = bind_norm(ld, name, hp->n_embd, 1, &ly->attn_post_norm))) return s;
+        snprintf(name, sizeof name, "blk.%d.post_ffw_norm.weight", i);
+        if ((s = bind_norm(ld, name, hp->n_embd, 1, &ly->ffn_post_norm))) return s;
+    }
+    return MOR_OK;
+}
+
 static int bind_layers(loader *ld) {
     mor_model *m = ld->m;
     mor__hparams *hp = &m->hp;
-    int mor = strcmp(m->arch, "mor") == 0;
+    int mor = (m->ar->flags & MOR__ARCH_RECURSIVE) != 0;
     int64_t d = hp->n_embd;
     char name[MOR__GGUF_MAX_NAME + 32];
     int s;
@@ -375,16 +501,12 @@ static int bind_layers(loader *ld) {
     for (int32_t l = 0; l < hp->n_layer; l++) {
         mor__layer *ly = &m->layers[l];
         map_layer(hp, l, &ly->stored, &ly->rec, &ly->in_middle);
-        for (int r = 0; r < MOR__N_PROJ; r++) {
-            int64_t rows, cols;
-            proj_shape(hp, r, &rows, &cols);
-            snprintf(name, sizeof name, "blk.%d.%s.weight", ly->stored, role_names[r]);
-            if ((s = bind_mat(ld, name, rows, cols, 1, &ly->w[r]))) return s;
-        }
+        if ((s = bind_proj(ld, ly->stored, ly))) return s;
         snprintf(name, sizeof name, "blk.%d.attn_norm.weight", ly->stored);
-        if ((s = bind_vec(ld, name, d, 1, &ly->attn_norm))) return s;
+        if ((s = bind_norm(ld, name, d, 1, &ly->attn_norm))) return s;
         snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", ly->stored);
-        if ((s = bind_vec(ld, name, d, 1, &ly->ffn_norm))) return s;
+        if ((s = bind_norm(ld, name, d, 1, &ly->ffn_norm))) return s;
+        if (m->ar->swa == MOR__SWA_ALL || (m->ar->swa == MOR__SWA_EVEN && l % 2 == 0)) ly->window = hp->swa;
         if (!mor) continue;
         // Per-recursion overrides and LoRA.
         for (int r = 0; r < MOR__N_PROJ; r++) {
@@ -484,7 +606,7 @@ static int bind_routers(loader *ld) {
 static int bind_exits(loader *ld) {
     mor_model *m = ld->m;
     const mor__gguf_kv *kv = mor__gguf_find_kv(&m->gguf, "mor.exit.layers");
-    if (!kv || strcmp(m->arch, "mor") != 0) return MOR_OK;
+    if (!kv || !(m->ar->flags & MOR__ARCH_RECURSIVE)) return MOR_OK;
     uint64_t n;
     uint32_t et;
     int s = mor__gguf_get_arr(&m->gguf, "mor.exit.layers", &et, &n, ld->err, ld->err_n);
@@ -596,7 +718,7 @@ static int bind_all(loader *ld) {
     if ((s = bind_mat(ld, "output.weight", hp->n_vocab, hp->n_embd, 0, &m->output))) return s;
     int tied = m->output.data == NULL;
     if (tied) m->output = m->tok_embd;
-    if ((s = bind_vec(ld, "output_norm.weight", hp->n_embd, 1, &m->output_norm))) return s;
+    if ((s = bind_norm(ld, "output_norm.weight", hp->n_embd, 1, &m->output_norm))) return s;
     if ((s = bind_layers(ld))) return s;
     if ((s = bind_routers(ld))) return s;
     if ((s = bind_exits(ld))) return s;
@@ -605,13 +727,25 @@ static int bind_all(loader *ld) {
     if (!m->rope_inv_freq) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
     for (int i = 0; i < hp->head_dim / 2; i++)
         m->rope_inv_freq[i] = pow((double)hp->rope_theta, -2.0 * i / hp->head_dim);
+    if (m->ar->flags & MOR__ARCH_ROPE_FREQS) {  // Llama 3.x: per-frequency factors divide them
+        const float *ff;
+        if ((s = bind_vec(ld, "rope_freqs.weight", hp->head_dim / 2, 0, &ff))) return s;
+        for (int i = 0; ff && i < hp->head_dim / 2; i++) {
+            if (!(ff[i] > 0) || !isfinite(ff[i]))
+                return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                                 "rope_freqs.weight[%d] = %g: frequency factors must be positive", i, ff[i]);
+            m->rope_inv_freq[i] /= ff[i];
+        }
+    }
+    if (ld->rope_linear != 1.0)
+        for (int i = 0; i < hp->head_dim / 2; i++) m->rope_inv_freq[i] /= ld->rope_linear;
 
     for (uint64_t i = 0; i < m->gguf.n_tensors; i++) {
         const mor__gguf_tensor *t = &m->gguf.tensors[i];
         m->n_params += t->n_elems;
         m->weight_bytes += t->size;
         if (ld->used[i]) continue;
-        if (strcmp(m->arch, "mor") == 0)
+        if (m->ar->flags & MOR__ARCH_STRICT)
             return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
                              "unexpected tensor '%s' (not part of this model's layout; see "
                              "docs/FORMAT.md)",
@@ -626,6 +760,9 @@ static int bind_all(loader *ld) {
         for (int r = 0; r < MOR__N_PROJ; r++)
             u += mat_params(&ly->w[r]) + mat_params(&ly->lora_a[r]) + mat_params(&ly->lora_b[r]);
         u += 2 * (uint64_t)hp->n_embd;
+        u += (ly->attn_post_norm ? (uint64_t)hp->n_embd : 0) + (ly->ffn_post_norm ? (uint64_t)hp->n_embd : 0);
+        if (ly->bias[0])
+            u += (uint64_t)(hp->n_head + 2 * hp->n_head_kv) * (uint64_t)hp->head_dim;
     }
     if (m->routers) {
         int n = hp->router == MOR_ROUTER_EXPERT ? hp->n_rec : 1;
@@ -690,13 +827,16 @@ static int open_image(mor_model *m, const void *image, size_t size, uint32_t fla
 
 int mor__model_bind(mor_model *m, char *err, size_t err_n) {
     if (m->vocab_only) return MOR_OK;
-    if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "mor") != 0) {
+    m->ar = mor__arch_find(m->arch);
+    if (!m->ar) {
         mor__gguf_str a;  // the whole value: m->arch holds its first 15 bytes
         mor__gguf_get_str(&m->gguf, "general.architecture", &a, NULL, 0);
-        return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
-                         "unknown architecture '%.*s' (supported: llama, mor)", (int)MOR__MIN(a.len, 64), a.ptr);
+        char names[128];
+        mor__arch_names(names, sizeof names);
+        return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "unknown architecture '%.*s' (supported: %s)",
+                         (int)MOR__MIN(a.len, 64), a.ptr, names);
     }
-    loader ld = {m, err, err_n, "", NULL, NULL, NULL, NULL};
+    loader ld = {m, err, err_n, "", 1.0, NULL, NULL, NULL, NULL};
     snprintf(ld.prefix, sizeof ld.prefix, "%s.", m->arch);
     ld.used = mor__alloc(&m->alloc, (size_t)m->gguf.n_tensors, 1, 1);
     ld.vec = mor__alloc(&m->alloc, (size_t)m->gguf.n_tensors, sizeof *ld.vec, 1);

@@ -9,6 +9,7 @@
 
 #include <stdatomic.h>
 
+#include "arch.h"
 #include "gguf.h"
 #include "internal.h"
 
@@ -31,6 +32,10 @@ typedef struct {
     mor__mat     lora_b[MOR__N_PROJ];   // (out, rank)
     const float *attn_norm;             // (d) F32
     const float *ffn_norm;              // (d) F32
+    const float *bias[3];               // Q, K, V biases (F32, added after the projection) or NULL
+    const float *attn_post_norm;        // (d) F32 norm of the attention output, or NULL
+    const float *ffn_post_norm;         // (d) F32 norm of the MLP output, or NULL
+    int32_t      window;                // sliding window: attends to positions > pos - window (0: all)
     int32_t      stored;                // s(l)
     int32_t      rec;                   // r(l): recursion index (0 outside the shared middle)
     int32_t      in_middle;             // 1 if the layer belongs to a recursion block
@@ -62,13 +67,20 @@ typedef struct {
     int32_t router_func;   // 0 none, 1 sigmoid, 2 tanh, 3 softmax
     int32_t router_additive;
     int32_t lora_rank;     // largest rank
+    int32_t act;           // MLP activation MOR__ACT_* (arch.h)
     float   rms_eps, rope_theta, lora_scale, router_alpha, router_temp;
+    float   attn_scale;    // multiplies q.k: 1/sqrt(head_dim) unless the architecture says otherwise
+    float   attn_softcap;  // scores = cap * tanh(scores / cap) before the softmax; 0: none
+    float   final_softcap; // the same on the logits of the output head; 0: none
+    float   embd_scale;    // multiplies the embedding row (1: none)
+    int32_t swa;           // sliding window of the layers that have one (arch.h), 0: none
 } mor__hparams;
 
 struct mor_model {
     mor_allocator      alloc;         // the model's memory, and its sessions' by default (alloc.h)
     _Atomic int32_t    refs;          // the owner's reference + one per session, scheduler, detok
     mor__hparams       hp;
+    const mor__arch   *ar;            // the architecture's row (arch.h); NULL for a vocab-only load
     char               arch[16];
     char               sharing_name[24];
     char               router_name[8];
@@ -101,7 +113,7 @@ struct mor_model {
     int32_t            steps_interleaved;
     int32_t            has_last;      // a unique last layer runs after the steps (middle sharing)
     float             *f32_copies;    // backing store for the 1-D tensors above (owned)
-    double            *rope_inv_freq; // [head_dim / 2]: theta^(-2i / head_dim)
+    double            *rope_inv_freq; // [head_dim / 2]: theta^(-2i / head_dim), / rope_freqs[i], / linear factor
     uint64_t           n_params, n_params_unrolled, weight_bytes;
     // The vocabulary read from the same file, which the loader above the model (load.c)
     // attaches; NULL when the file has no tokenizer. Opaque here: the model only hands it back

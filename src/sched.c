@@ -566,6 +566,7 @@ static void conf_heads(mor_sched *sc, int32_t np) {
             cnt[i] = -1;  // in this product
         }
         mor__matmul(&sc->w, h >= 0 ? &m->exits[h].out : &m->output, sc->w.xb, rows, sc->logits);
+        mor__arch_softcap(sc->logits, (int64_t)rows * m->hp.n_vocab, m->hp.final_softcap);
         sc->head_runs++;
         sc->head_rows += rows;
         for (int32_t i = 0; i < np; i++) {
@@ -690,6 +691,7 @@ static void round_run(mor_sched *sc) {
     }
     if (nh) {
         mor__matmul(&sc->w, &sc->model->output, sc->w.xb, nh, sc->logits);
+        mor__arch_softcap(sc->logits, (int64_t)nh * hp->n_vocab, hp->final_softcap);
         sc->head_runs++;
         sc->head_rows += nh;
         for (int32_t j = 0; j < nh; j++) complete(sc, &sc->e[sc->head[j]], sc->logits + (size_t)j * hp->n_vocab);
