@@ -92,7 +92,26 @@ SPECS = [
     ("middle_cycle-kvshare", dict(sharing="middle_cycle", L=8, kv_sharing=True)),
     ("expert", dict(sharing="middle_cycle", L=8, router="expert")),
     ("token", dict(sharing="middle_cycle", L=8, router="token")),
+    # the other GGUF architectures (docs/FORMAT.md §4), two layers each
+    ("llama-rope-freqs", dict(arch="llama", L=2, tied=True, rope_freqs=True)),
+    ("qwen2", dict(arch="qwen2", L=2, tied=True)),
+    ("phi3", dict(arch="phi3", L=2, tied=False)),
+    ("gemma2", dict(arch="gemma2", L=2, tied=True)),
 ]
+
+# Llama 3.x RoPE frequency factors of llama-rope-freqs.gguf: the rule the converters apply
+# (factor 8, low / high frequency factors 1 and 4) with an original context of 64 positions, so
+# that the 6 factors of a head of 12 take the three kinds of value (1, smoothed, 8).
+LLAMA3_ROPE = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64)
+# Per-architecture settings of the fixtures: sliding windows short enough to matter over the
+# 48 positions, soft-caps low enough to bend the scores and logits, Gemma 2's head size 16
+# (not d / n_h = 12).
+PHI3_WINDOW = 10
+# Its embedding is drawn smaller: times sqrt(d), at EMB_STD it would outweigh the normalized
+# block outputs, and the tied output would only repeat the input token.
+GEMMA2 = dict(window=6, head=16, attn_cap=5.0, final_cap=3.0, emb_std=0.06)
+BIAS_STD = {"attn_q": 0.3, "attn_k": 0.3, "attn_v": 0.05}
 
 DESCRIPTIONS = {
     "vanilla": "arch llama, L=4, separate output matrix",
@@ -121,13 +140,20 @@ DESCRIPTIONS = {
               "(depths 0..3 per token)",
     "token": "middle_cycle + token-choice linear softmax router with router.bias, alpha 1.0 "
              "(depths 1..3 per token)",
+    "llama-rope-freqs": "arch llama, L=2, tied, rope_freqs.weight (Llama 3 rule, factor 8, "
+                        "original context 64)",
+    "qwen2": "arch qwen2, L=2, tied, Q/K/V biases, rotate-half RoPE",
+    "phi3": "arch phi3, L=2, separate output, fused attn_qkv and gate/up ffn_up, sliding window "
+            "10 on every layer",
+    "gemma2": "arch gemma2, L=2, tied, head size 16, GeGLU, post-norms, embedding x sqrt(d), "
+              "attention soft-cap 5, final soft-cap 3, sliding window 6 on layer 0",
 }
 
 
 class Spec(object):
     def __init__(self, name, arch="mor", L=8, tied=True, sharing="cycle", n_rec=3, lora=0,
                  untied=False, rope="neox", ttype=F32, kv_sharing=False, router=None,
-                 explicit=True):
+                 explicit=True, rope_freqs=False):
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -144,6 +170,104 @@ class Spec(object):
         if self.arch == "llama":
             return self.L
         return self.B + 2 if self.middle else self.B
+
+
+def llama3_rope_factors(d_h, base):
+    """The factors a converter writes to rope_freqs.weight for a Llama 3.x rope_scaling."""
+    import math
+    p = LLAMA3_ROPE
+    lo_wl = p["original_max_position_embeddings"] / p["low_freq_factor"]
+    hi_wl = p["original_max_position_embeddings"] / p["high_freq_factor"]
+    out = []
+    for i in range(0, d_h, 2):
+        wavelen = 2 * math.pi * base ** (i / d_h)
+        if wavelen < hi_wl:
+            out.append(1.0)
+        elif wavelen > lo_wl:
+            out.append(p["factor"])
+        else:
+            smooth = (p["original_max_position_embeddings"] / wavelen - p["low_freq_factor"]) / (
+                p["high_freq_factor"] - p["low_freq_factor"])
+            out.append(1.0 / ((1 - smooth) / p["factor"] + smooth))
+    return out
+
+
+def build_arch_model(spec, attempt):
+    """A GGUFWriter for the llama-rope-freqs, qwen2, phi3 and gemma2 specs: the keys and tensor
+    names their converters write, weights drawn like build_model's."""
+    rng = random.Random("%s:%d" % (spec.name, attempt))
+
+    def gauss(n, std):
+        return [rng.gauss(0.0, std) for _ in range(n)]
+
+    def norm(n):
+        return [1.0 + rng.gauss(0.0, NORM_STD) for _ in range(n)]
+
+    arch = spec.arch
+    d_h = GEMMA2["head"] if arch == "gemma2" else D_H
+    dq, dkv = N_H * d_h, N_KV * d_h
+    w = morgguf.GGUFWriter()
+    w.add_string("general.architecture", arch)
+    w.add_string("general.name", "mor test model %s" % spec.name)
+    p = arch + "."
+    w.add_uint32(p + "context_length", CTX)
+    w.add_uint32(p + "embedding_length", D)
+    w.add_uint32(p + "feed_forward_length", D_FF)
+    w.add_uint32(p + "block_count", spec.L)
+    w.add_uint32(p + "attention.head_count", N_H)
+    w.add_uint32(p + "attention.head_count_kv", N_KV)
+    w.add_float32(p + "attention.layer_norm_rms_epsilon", 1e-5 if arch != "gemma2" else 1e-6)
+    w.add_float32(p + "rope.freq_base", 10000.0)
+    w.add_uint32(p + "rope.dimension_count", d_h)
+    if arch == "phi3":
+        w.add_uint32(p + "attention.sliding_window", PHI3_WINDOW)
+    if arch == "gemma2":
+        w.add_uint32(p + "attention.key_length", d_h)
+        w.add_uint32(p + "attention.value_length", d_h)
+        w.add_float32(p + "attn_logit_softcapping", GEMMA2["attn_cap"])
+        w.add_float32(p + "final_logit_softcapping", GEMMA2["final_cap"])
+        w.add_uint32(p + "attention.sliding_window", GEMMA2["window"])
+    w.add_tensor("token_embd.weight", gauss(V * D, GEMMA2["emb_std"] if arch == "gemma2" else EMB_STD),
+                 shape=(V, D))
+    if arch == "llama":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(d_h, 10000.0), shape=(d_h // 2,))
+    w.add_tensor("output_norm.weight", norm(D), shape=(D,))
+    if not spec.tied:
+        w.add_tensor("output.weight", gauss(V * D, OUT_STD), shape=(V, D))
+    shapes = {"attn_q": (dq, D), "attn_k": (dkv, D), "attn_v": (dkv, D), "attn_output": (D, dq),
+              "ffn_gate": (D_FF, D), "ffn_up": (D_FF, D), "ffn_down": (D, D_FF)}
+    for i in range(spec.L):
+        b = "blk.%d." % i
+        w.add_tensor(b + "attn_norm.weight", norm(D), shape=(D,))
+        if arch == "phi3":   # Q rows, then K, then V; gate rows, then up
+            qkv = []
+            for role in ("attn_q", "attn_k", "attn_v"):
+                o, n = shapes[role]
+                qkv += gauss(o * n, PROJ_STD[role])
+            w.add_tensor(b + "attn_qkv.weight", qkv, shape=(dq + 2 * dkv, D))
+        else:
+            for role in ("attn_q", "attn_k", "attn_v"):
+                o, n = shapes[role]
+                w.add_tensor(b + role + ".weight", gauss(o * n, PROJ_STD[role]), shape=(o, n))
+                if arch == "qwen2":
+                    w.add_tensor(b + role + ".bias", gauss(o, BIAS_STD[role]), shape=(o,))
+        o, n = shapes["attn_output"]
+        w.add_tensor(b + "attn_output.weight", gauss(o * n, PROJ_STD["attn_output"]), shape=(o, n))
+        if arch == "gemma2":
+            w.add_tensor(b + "post_attention_norm.weight", norm(D), shape=(D,))
+        w.add_tensor(b + "ffn_norm.weight", norm(D), shape=(D,))
+        if arch == "phi3":
+            gu = gauss(D_FF * D, PROJ_STD["ffn_gate"]) + gauss(D_FF * D, PROJ_STD["ffn_up"])
+            w.add_tensor(b + "ffn_up.weight", gu, shape=(2 * D_FF, D))
+        else:
+            for role in ("ffn_gate", "ffn_up"):
+                o, n = shapes[role]
+                w.add_tensor(b + role + ".weight", gauss(o * n, PROJ_STD[role]), shape=(o, n))
+        o, n = shapes["ffn_down"]
+        w.add_tensor(b + "ffn_down.weight", gauss(o * n, PROJ_STD["ffn_down"]), shape=(o, n))
+        if arch == "gemma2":
+            w.add_tensor(b + "post_ffw_norm.weight", norm(D), shape=(D,))
+    return w
 
 
 def prompt_ids():
@@ -354,7 +478,10 @@ def make_random_model(ref, torch, spec, out_dir, prompt, device, models_only):
     gguf = os.path.join(out_dir, spec.name + ".gguf")
     router_std = {"expert": 0.35, "token": 0.1}.get(spec.router)
     for attempt in range(MAX_ATTEMPTS):
-        w = build_model(spec, attempt, router_std)
+        if spec.arch == "mor" or (spec.arch == "llama" and not spec.rope_freqs):
+            w = build_model(spec, attempt, router_std)
+        else:
+            w = build_arch_model(spec, attempt)
         w.write(gguf)
         if models_only:
             return attempt, None
@@ -391,14 +518,15 @@ def make_random_model(ref, torch, spec, out_dir, prompt, device, models_only):
             info += ", router margin %.4f, depths over all %d positions %s" % (
                 ev["router_margin"], len(ev["all_depths"]), hist)
         print("%-22s %s, kv-cache vs recompute %.1e" % (spec.name, info, ev["diff"]))
-        print("%-22s sensitivity (max|diff|/max|logit|): %s" % ("", sensitivity(ref, model, prompt)))
-        print("%-22s transformers LlamaForCausalLM, unrolled: max|diff|/max|logit| %s"
-              % ("", hf_check(ref, torch, model, prompt)))
+        print("%-22s sensitivity (max|diff|/max|logit|): %s" % ("", sensitivity(ref, torch, model, prompt)))
+        hf_name = HF_CLASSES.get(spec.arch, ("", "LlamaForCausalLM, unrolled"))[1]
+        print("%-22s transformers %s: max|diff|/max|logit| %s"
+              % ("", hf_name, hf_check(ref, torch, model, prompt)))
         return attempt, ev
     raise SystemExit("%s: no acceptable model in %d attempts" % (spec.name, MAX_ATTEMPTS))
 
 
-def sensitivity(ref, model, prompt):
+def sensitivity(ref, torch, model, prompt):
     """How far the prompt logits move when one feature is computed the wrong way, relative
     to max|logit| (the C tests compare within 1e-4 of it): shows each fixture can tell a
     correct implementation from a plausible mistake."""
@@ -417,7 +545,30 @@ def sensitivity(ref, model, prompt):
         d = float((ref.forward(m, prompt).logits - base).abs().max()) / scale
         cases.append("%s %.2g" % (label, d))
 
+    def variant_w(label, fn):
+        m = copy.copy(model)
+        m.W = {k: fn(k, v) for k, v in model.W.items()}
+        d = float((ref.forward(m, prompt).logits - base).abs().max()) / scale
+        cases.append("%s %.2g" % (label, d))
+
     variant("other-rope", {"rope_type": "neox" if c.rope_type == "norm" else "norm"})
+    if "rope_freqs.weight" in model.W:
+        variant("no-rope-freqs", drop=lambda k: k == "rope_freqs.weight")
+    if any(k.endswith(".bias") for k in model.W):
+        variant("no-qkv-bias", drop=lambda k: k.endswith(".bias"))
+    if c.swa:
+        variant("no-sliding-window", {"swa": 0})
+    if c.arch == "gemma2":
+        variant("silu", {"act": "silu"})
+        variant("no-attn-softcap", {"attn_softcap": None})
+        variant("no-final-softcap", {"final_softcap": None})
+        variant("no-embd-scale", {"embd_scale": None})
+        variant("no-post-norms", drop=lambda k: "post_" in k)
+        # the Hugging Face (1 + w) applied again to weights the converter already shifted
+        variant_w("norms-plus-1", lambda k, t: t + 1 if k.endswith("norm.weight") else t)
+    if c.fused:  # up rows first: the other order of the fused gate/up matrix
+        variant_w("gate-up-swapped", lambda k, t: torch.cat([t[c.d_ff:], t[:c.d_ff]])
+                  if k.endswith("ffn_up.weight") else t)
     if c.arch == "mor":
         other = {"cycle": "sequence", "sequence": "cycle", "middle_cycle": "middle_sequence",
                  "middle_sequence": "middle_cycle"}[c.sharing]
@@ -446,6 +597,8 @@ def hf_check(ref, torch, model, prompt):
     max|logit| of the prompt logits, or a string saying why no check ran. transformers runs
     its norms, RoPE tables and softmax in float32, so expect about 1e-6."""
     c = model.cfg
+    if c.arch in HF_CLASSES:
+        return hf_check_arch(ref, torch, model, prompt)
     if c.router_type != "none" or c.kv_sharing:
         return "n/a"
     try:
@@ -467,6 +620,12 @@ def hf_check(ref, torch, model, prompt):
             rp["rope_theta"] = c.rope_base
         else:
             hc.rope_theta = c.rope_base
+        if "rope_freqs.weight" in model.W:  # the Llama 3 rule the factors were made with
+            l3 = dict(LLAMA3_ROPE, rope_type="llama3")
+            if isinstance(rp, dict):
+                rp.update(l3)
+            else:
+                hc.rope_scaling = l3
         hf = transformers.LlamaForCausalLM(hc).to(device=model.device, dtype=torch.float64).eval()
 
         def perm(w, n_heads):
@@ -493,6 +652,79 @@ def hf_check(ref, torch, model, prompt):
                 sd["model.layers.%d.%s.weight" % (l, names[role])] = w
         missing, unexpected = hf.load_state_dict(sd, strict=False)
         missing = [k for k in missing if "rotary" not in k]
+        if missing or unexpected:
+            return "failed (missing %s, unexpected %s)" % (missing[:3], unexpected[:3])
+        with torch.no_grad():
+            ids = torch.tensor([prompt], device=model.device)
+            out = hf(input_ids=ids, use_cache=False).logits[0].to(torch.float64)
+        base = ref.forward(model, prompt).logits
+        return "%.2g" % (float((out - base).abs().max()) / float(base.abs().max()))
+    except Exception as e:  # pragma: no cover - depends on the transformers version
+        return "failed (%s: %s)" % (e.__class__.__name__, str(e)[:200])
+
+
+# Hugging Face classes of the other architectures, for hf_check_arch.
+HF_CLASSES = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+              "gemma2": ("Gemma2Config", "Gemma2ForCausalLM")}
+
+
+def hf_check_arch(ref, torch, model, prompt):
+    """Cross-check of a qwen2, phi3 or gemma2 model against the Hugging Face class of that
+    architecture, where transformers is installed: the GGUF tensors renamed back (phi3 keeps
+    its fused matrices, gemma2's norm weights are stored as 1 + w: w = stored - 1). Returns
+    max|diff| / max|logit| of the prompt logits, or why no check ran."""
+    c = model.cfg
+    try:
+        import transformers
+    except Exception as e:  # pragma: no cover - depends on the machine
+        return "skipped (%s)" % e.__class__.__name__
+    cfg_name, cls_name = HF_CLASSES[c.arch]
+    tied = "output.weight" not in model.W
+    kw = dict(vocab_size=int(model.W["token_embd.weight"].shape[0]), hidden_size=c.d,
+              intermediate_size=c.d_ff, num_hidden_layers=c.L, num_attention_heads=c.n_h,
+              num_key_value_heads=c.n_kv, max_position_embeddings=c.ctx, rms_norm_eps=c.eps,
+              rope_theta=c.rope_base, tie_word_embeddings=tied)
+    if c.arch == "qwen2":
+        kw.update(use_sliding_window=False)
+    if c.arch == "phi3":
+        kw.update(sliding_window=c.swa or None, rope_scaling=None, pad_token_id=0,
+                  bos_token_id=1, eos_token_id=2)
+    if c.arch == "gemma2":
+        kw.update(head_dim=c.d_h, query_pre_attn_scalar=c.d_h, sliding_window=c.swa,
+                  attn_logit_softcapping=c.attn_softcap, final_logit_softcapping=c.final_softcap,
+                  hidden_activation="gelu_pytorch_tanh", pad_token_id=0, bos_token_id=1,
+                  eos_token_id=2)
+    try:
+        hc = getattr(transformers, cfg_name)(**kw)
+        try:
+            hc._attn_implementation = "eager"
+        except Exception:
+            pass
+        hf = getattr(transformers, cls_name)(hc).to(device=model.device, dtype=torch.float64).eval()
+        W = model.W
+        one = 1.0 if c.arch == "gemma2" else 0.0
+        sd = {"model.embed_tokens.weight": W["token_embd.weight"],
+              "model.norm.weight": W["output_norm.weight"] - one,
+              "lm_head.weight": model.output_matrix()}
+        names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                 "attn_output": "self_attn.o_proj", "attn_qkv": "self_attn.qkv_proj",
+                 "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+                 "attn_norm": "input_layernorm"}
+        if c.arch == "phi3":
+            names["ffn_up"] = "mlp.gate_up_proj"
+        if c.arch == "gemma2":
+            names.update(post_attention_norm="post_attention_layernorm", ffn_norm="pre_feedforward_layernorm",
+                         post_ffw_norm="post_feedforward_layernorm")
+        else:
+            names["ffn_norm"] = "post_attention_layernorm"
+        for name, t in W.items():
+            if not name.startswith("blk."):
+                continue
+            _, l, role, kind = name.split(".")
+            hf_name = "model.layers.%s.%s.%s" % (l, names[role], kind)
+            sd[hf_name] = t - one if role.endswith("norm") else t
+        missing, unexpected = hf.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if "rotary" not in k and not (tied and k == "lm_head.weight")]
         if missing or unexpected:
             return "failed (missing %s, unexpected %s)" % (missing[:3], unexpected[:3])
         with torch.no_grad():

@@ -8,7 +8,22 @@ reads, and also reads llama2.c `.bin` checkpoints directly.
 What it computes:
 
 * arch `llama`: pre-norm Llama blocks (RMSNorm with eps, RoPE on adjacent pairs, GQA,
-  SwiGLU, no biases), tied or separate output matrix.
+  SwiGLU, no biases), tied or separate output matrix; optional `rope_freqs.weight` (Llama 3.x:
+  each inverse frequency divided by its factor) and linear RoPE scaling (`rope.scaling.type`
+  linear: every inverse frequency divided by `rope.scaling.factor`).
+* the other GGUF architectures of docs/FORMAT.md §4, as options of the same layer:
+  - `qwen2`: Llama blocks with rotate-half RoPE and biases `blk.N.attn_{q,k,v}.bias` added
+    after the projections (before RoPE);
+  - `phi3`: rotate-half RoPE, `blk.N.attn_qkv.weight` = rows of Q, then K, then V, and
+    `blk.N.ffn_up.weight` = rows of the gate, then of the up projection; a sliding window on
+    every layer (`phi3.attention.sliding_window`, 0 = none);
+  - `gemma2`: the embedding row times sqrt(d); head size `attention.key_length` (free of
+    d / n_h); scores q.k / sqrt(d_h) soft-capped (cap * tanh(s / cap), `attn_logit_softcapping`)
+    before the mask; a sliding window on even layers (`attention.sliding_window`); the attention
+    output and the MLP output each RMS-normalized (`post_attention_norm`, `post_ffw_norm`)
+    before the residual add; MLP gelu_tanh(gate) * up; final logits soft-capped
+    (`final_logit_softcapping`); norm weights used as stored (converters store 1 + w).
+  A sliding window W lets position p attend to positions p' with p - W < p' <= p.
 * arch `mor` (FORMAT.md §3): L unrolled layers over n_store stored layers with the sharing
   maps s(l), r(l) of cycle / sequence / middle_cycle / middle_sequence; per-recursion
   overrides blk.i.rec.r.<role>.weight; LoRA y = W x + sigma * B (A x); RoPE `neox`
@@ -55,6 +70,14 @@ PROJ_ROLES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
 ROLES = NORM_ROLES + PROJ_ROLES
 SHARINGS = ("cycle", "sequence", "middle_cycle", "middle_sequence")
 
+# The GGUF architectures besides llama and mor (docs/FORMAT.md §4): what each adds to the layer.
+ARCH_OPTIONS = {
+    "qwen2": dict(bias=True, rope_scaling=True),
+    "phi3": dict(fused=True, swa="all"),
+    "gemma2": dict(act="gelu_tanh", post_norms=True, softcap=True, embd_scale=True, free_head=True,
+                   swa="even", swa_def=4096),
+}
+
 
 class ModelError(ValueError):
     pass
@@ -94,6 +117,16 @@ class Config(object):
         self.router_temp = 1.0
         self.router_gating = "weighted"
         self.exit_layers = []
+        # architecture options (docs/FORMAT.md §4); the defaults are the Llama layer
+        self.act = "silu"              # "silu" or "gelu_tanh": act(gate) * up
+        self.rope_linear = 1.0         # linear RoPE scaling factor
+        self.attn_scale = None         # None: 1 / sqrt(d_h)
+        self.attn_softcap = None
+        self.final_softcap = None
+        self.embd_scale = None         # None: 1
+        self.swa = 0                   # sliding window of the windowed layers (0: none)
+        self.swa_layers = "none"       # "none", "all" or "even"
+        self.fused = False             # phi3: attn_qkv and gate/up ffn_up
         self.__dict__.update(kw)
 
     @property
@@ -186,6 +219,8 @@ class Model(object):
         arch = r.get("general.architecture")
         if arch == "llama":
             cfg = cls._cfg_llama(r)
+        elif arch in ARCH_OPTIONS:
+            cfg = cls._cfg_arch(r, arch)
         elif arch == "mor":
             cfg = cls._cfg_mor(r)
         else:
@@ -219,6 +254,54 @@ class Model(object):
             if p + key in r and int(r.get(p + key)) != cfg.d_h:
                 raise ModelError("%s%s = %d, expected the head size %d"
                                  % (p, key, r.get(p + key), cfg.d_h))
+        scaling = r.get(p + "rope.scaling.type", "none")
+        if scaling == "linear":
+            cfg.rope_linear = float(r.get(p + "rope.scaling.factor", 1.0))
+        elif scaling != "none":
+            raise ModelError("rope scaling %r is not implemented" % scaling)
+        return cfg
+
+    @staticmethod
+    def _cfg_arch(r, arch):
+        """qwen2, phi3, gemma2: the Llama keys under the architecture's prefix, and its options."""
+        p = arch + "."
+        opt = ARCH_OPTIONS[arch]
+        d = _req_u32(r, p + "embedding_length")
+        n_h = _req_u32(r, p + "attention.head_count")
+        if d % n_h:
+            raise ModelError("embedding_length %d is not a multiple of head_count %d" % (d, n_h))
+        d_h = int(r.get(p + "attention.key_length", d // n_h))
+        if not opt.get("free_head") and d_h != d // n_h:
+            raise ModelError("%sattention.key_length %d is not d / n_h" % (p, d_h))
+        for key in ("rope.dimension_count", "attention.value_length"):
+            if p + key in r and int(r.get(p + key)) != d_h:
+                raise ModelError("%s%s = %d, expected the head size %d" % (p, key, r.get(p + key), d_h))
+        L = _req_u32(r, p + "block_count")
+        cfg = Config(arch=arch, d=d, d_ff=_req_u32(r, p + "feed_forward_length"), L=L, n_h=n_h,
+                     n_kv=int(r.get(p + "attention.head_count_kv", n_h)), d_h=d_h,
+                     ctx=_req_u32(r, p + "context_length"),
+                     eps=float(r.get(p + "attention.layer_norm_rms_epsilon", f32(1e-5))),
+                     rope_base=float(r.get(p + "rope.freq_base", 10000.0)), rope_type="neox",
+                     V=int(r.get(p + "vocab_size", 0)), act=opt.get("act", "silu"),
+                     fused=bool(opt.get("fused")), swa_layers=opt.get("swa", "none"))
+        if opt.get("rope_scaling"):
+            scaling = r.get(p + "rope.scaling.type", "none")
+            if scaling == "linear":
+                cfg.rope_linear = float(r.get(p + "rope.scaling.factor", 1.0))
+            elif scaling != "none":
+                raise ModelError("rope scaling %r is not implemented" % scaling)
+        if cfg.swa_layers != "none":
+            key = p + "attention.sliding_window"
+            if key not in r and opt.get("swa_def") is None:
+                raise ModelError("missing key %s" % key)
+            cfg.swa = int(r.get(key, opt.get("swa_def")))
+        if opt.get("softcap"):
+            cfg.attn_softcap = float(r.get(p + "attn_logit_softcapping", 50.0))
+            cfg.final_softcap = float(r.get(p + "final_logit_softcapping", 30.0))
+        if opt.get("embd_scale"):
+            cfg.embd_scale = math.sqrt(d)
+        if arch == "gemma2" and L == 46:   # the 27B model: query scale from d / n_h
+            cfg.attn_scale = 1.0 / math.sqrt(d // n_h)
         return cfg
 
     @staticmethod
@@ -326,12 +409,28 @@ class Model(object):
         V = self.W["token_embd.weight"].shape[0] if "token_embd.weight" in self.W else c.V
         shapes = {"token_embd.weight": (V, d), "output_norm.weight": (d,), "output.weight": (V, d)}
         required = {"token_embd.weight", "output_norm.weight"}
-        n_layers = c.L if c.arch == "llama" else c.n_store
+        n_layers = c.n_store if c.arch == "mor" else c.L
+        opt = ARCH_OPTIONS.get(c.arch, {})
         for i in range(n_layers):
             for role in ROLES:
+                if c.fused and role in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up"):
+                    continue
                 name = "blk.%d.%s.weight" % (i, role)
                 shapes[name] = role_shape[role]
                 required.add(name)
+            extra = {}
+            if c.fused:
+                extra["attn_qkv.weight"] = (dq + 2 * dkv, d)
+                extra["ffn_up.weight"] = (2 * c.d_ff, d)
+            if opt.get("bias"):
+                extra.update({"attn_q.bias": (dq,), "attn_k.bias": (dkv,), "attn_v.bias": (dkv,)})
+            if opt.get("post_norms"):
+                extra.update({"post_attention_norm.weight": (d,), "post_ffw_norm.weight": (d,)})
+            for k, shp in extra.items():
+                shapes["blk.%d.%s" % (i, k)] = shp
+                required.add("blk.%d.%s" % (i, k))
+        if c.arch == "llama":
+            shapes["rope_freqs.weight"] = (c.d_h // 2,)
         if c.arch == "mor":
             pairs = sorted(set(c.s_r(l) for l in range(c.L)))
             for (i, r) in pairs:
@@ -410,19 +509,39 @@ class Model(object):
     # -- per-layer parameters --------------------------------------------------------------
     def layer_params(self, l):
         """role -> (W, A or None, B or None) for unrolled layer l (stored weight or its
-        per-recursion override, plus the LoRA pair of (s(l), r(l)))."""
+        per-recursion override, plus the LoRA pair of (s(l), r(l))). Fused matrices are split
+        into their row blocks."""
         c = self.cfg
-        if c.arch == "llama":
-            s, r = l, 0
-        else:
-            s, r = c.s_r(l)
+        s, r = c.s_r(l) if c.arch == "mor" else (l, 0)
         out = {}
+        if c.fused:
+            dq, dkv = c.n_h * c.d_h, c.n_kv * c.d_h
+            qkv = self.W["blk.%d.attn_qkv.weight" % s]
+            up = self.W["blk.%d.ffn_up.weight" % s]
+            out["attn_q"], out["attn_k"] = (qkv[:dq], None, None), (qkv[dq:dq + dkv], None, None)
+            out["attn_v"] = (qkv[dq + dkv:], None, None)
+            out["ffn_gate"], out["ffn_up"] = (up[:c.d_ff], None, None), (up[c.d_ff:], None, None)
         for role in ROLES:
+            if role in out:
+                continue
             ov = "blk.%d.rec.%d.%s.weight" % (s, r, role)
             w = self.W[ov] if ov in self.W else self.W["blk.%d.%s.weight" % (s, role)]
             a = self.W.get("blk.%d.rec.%d.%s.lora_a" % (s, r, role))
             b = self.W.get("blk.%d.rec.%d.%s.lora_b" % (s, r, role))
             out[role] = (w, a, b)
+        return out
+
+    def layer_extras(self, l):
+        """The architecture's additions to unrolled layer l: {"bias": {attn_q/k/v: vector},
+        "post_attention_norm": vector or None, "post_ffw_norm": vector or None}."""
+        s = self.cfg.s_r(l)[0] if self.cfg.arch == "mor" else l
+        out = {"bias": {}}
+        for role in ("attn_q", "attn_k", "attn_v"):
+            b = self.W.get("blk.%d.%s.bias" % (s, role))
+            if b is not None:
+                out["bias"][role] = b
+        for role in ("post_attention_norm", "post_ffw_norm"):
+            out[role] = self.W.get("blk.%d.%s.weight" % (s, role))
         return out
 
     def output_matrix(self):
@@ -472,12 +591,16 @@ def linear(x, w, a=None, b=None, scale=None):
     return y
 
 
-def rope(x, pos, base, kind):
-    """x: [n_heads, T, d_h]; pos: [T] absolute positions (float64)."""
+def rope(x, pos, base, kind, factors=None, linear=1.0):
+    """x: [n_heads, T, d_h]; pos: [T] absolute positions (float64). factors: [d_h / 2] that
+    divide the inverse frequencies (rope_freqs), linear: a factor dividing all of them."""
     d_h = x.shape[-1]
     half = d_h // 2
     i = torch.arange(half, dtype=DTYPE, device=x.device)
     inv = torch.pow(torch.tensor(base, dtype=DTYPE, device=x.device), -2.0 * i / d_h)
+    if factors is not None:
+        inv = inv / factors
+    inv = inv / linear
     ang = pos.to(DTYPE)[:, None] * inv[None, :]           # [T, half]
     cos, sin = torch.cos(ang), torch.sin(ang)
     if kind == "norm":
@@ -510,32 +633,59 @@ def _layer(model, l, h, act, pos, cache):
     if idx.numel() == 0:
         return h
     P = model.layer_params(l)
+    X = model.layer_extras(l)
     sc = c.lora_scale
     x = h[idx]
     p = pos[idx]
     T = x.shape[0]
+    bias = X["bias"]
+    ff = model.W.get("rope_freqs.weight")
     a = rmsnorm(x, P["attn_norm"][0], c.eps)
-    q = linear(a, *P["attn_q"], scale=sc).reshape(T, c.n_h, c.d_h).transpose(0, 1)
-    q = rope(q, p, c.rope_base, c.rope_type)
+
+    def qkv(role, n):
+        y = linear(a, *P[role], scale=sc)
+        if role in bias:
+            y = y + bias[role]
+        return y.reshape(T, n, c.d_h).transpose(0, 1)
+
+    q = rope(qkv("attn_q", c.n_h), p, c.rope_base, c.rope_type, ff, c.rope_linear)
     src = c.kv_source(l) if c.arch == "mor" else l
     if src == l:
-        k = linear(a, *P["attn_k"], scale=sc).reshape(T, c.n_kv, c.d_h).transpose(0, 1)
-        k = rope(k, p, c.rope_base, c.rope_type)
-        v = linear(a, *P["attn_v"], scale=sc).reshape(T, c.n_kv, c.d_h).transpose(0, 1)
+        k = rope(qkv("attn_k", c.n_kv), p, c.rope_base, c.rope_type, ff, c.rope_linear)
+        v = qkv("attn_v", c.n_kv)
         cache.append(l, k, v, p)
     K, Vv, kp = cache.k[src], cache.v[src], cache.pos[src]
     rep = c.n_h // c.n_kv
     K = K.repeat_interleave(rep, dim=0)
     Vv = Vv.repeat_interleave(rep, dim=0)
-    s = (q @ K.transpose(1, 2)) / math.sqrt(c.d_h)           # [n_h, T, m]
+    if c.attn_scale is None:
+        s = (q @ K.transpose(1, 2)) / math.sqrt(c.d_h)       # [n_h, T, m]
+    else:
+        s = (q @ K.transpose(1, 2)) * c.attn_scale
+    if c.attn_softcap:
+        s = c.attn_softcap * torch.tanh(s / c.attn_softcap)
     mask = kp[None, :] <= p[:, None]                         # [T, m]
+    if c.swa and (c.swa_layers == "all" or (c.swa_layers == "even" and l % 2 == 0)):
+        mask = mask & (kp[None, :] > p[:, None] - c.swa)
     s = s.masked_fill(~mask[None], float("-inf"))
     o = torch.softmax(s, dim=-1) @ Vv                        # [n_h, T, d_h]
     o = o.transpose(0, 1).reshape(T, c.n_h * c.d_h)
-    x = x + linear(o, *P["attn_output"], scale=sc)
+    o = linear(o, *P["attn_output"], scale=sc)
+    if X["post_attention_norm"] is not None:
+        o = rmsnorm(o, X["post_attention_norm"], c.eps)
+    x = x + o
     b = rmsnorm(x, P["ffn_norm"][0], c.eps)
-    f = Fn.silu(linear(b, *P["ffn_gate"], scale=sc)) * linear(b, *P["ffn_up"], scale=sc)
-    x = x + linear(f, *P["ffn_down"], scale=sc)
+    g = linear(b, *P["ffn_gate"], scale=sc)
+    if c.act == "gelu_tanh":
+        g = Fn.gelu(g, approximate="tanh")
+    elif c.act == "silu":
+        g = Fn.silu(g)
+    else:
+        raise ModelError("unknown activation %r" % c.act)
+    f = linear(g * linear(b, *P["ffn_up"], scale=sc), *P["ffn_down"], scale=sc)
+    if X["post_ffw_norm"] is not None:
+        f = rmsnorm(f, X["post_ffw_norm"], c.eps)
+    x = x + f
     h = h.clone()
     h[idx] = x
     return h
@@ -545,7 +695,10 @@ def _head(model, h, norm=None, out=None):
     c = model.cfg
     norm = model.W["output_norm.weight"] if norm is None else norm
     out = model.output_matrix() if out is None else out
-    return rmsnorm(h, norm, c.eps) @ out.t()
+    y = rmsnorm(h, norm, c.eps) @ out.t()
+    if c.final_softcap:
+        y = c.final_softcap * torch.tanh(y / c.final_softcap)
+    return y
 
 
 def _router_logits(model, prefix, h):
@@ -580,6 +733,8 @@ def forward(model, tokens, cache=None, tau=0.5, max_depth=None, exits=False):
     if int(tok.min()) < 0 or int(tok.max()) >= E.shape[0]:
         raise ModelError("token id out of range")
     h = E[tok]
+    if c.embd_scale is not None:
+        h = h * c.embd_scale
     allm = torch.ones(T, dtype=torch.bool, device=dev)
     router_info = []
     exit_logits = {}
