@@ -207,6 +207,15 @@ TEST(equals_alone_continuous) {
     ASSERT_EQ(run_sched("stories260K.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 3, &occ), 0);
 }
 
+// The other architectures through the scheduler: biases, fused views, sliding windows, the
+// soft-capped output head of the batched tail (gemma2).
+TEST(equals_alone_architectures) {
+    double occ = 0;
+    ASSERT_EQ(run_sched("qwen2.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 6, &occ), 0);
+    ASSERT_EQ(run_sched("phi3.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 7, &occ), 0);
+    ASSERT_EQ(run_sched("gemma2.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 8, &occ), 0);
+}
+
 TEST(equals_alone_baselines) {
     double occ = 0;
     ASSERT_EQ(run_sched("middle_cycle.gguf", 0, MOR_SCHED_STATIC, test_seed() + 4, &occ), 0);
@@ -584,5 +593,5 @@ TEST(params_by_name) {
     mor_model_free(m);
 }
 
-TEST_MAIN(equals_alone_continuous, equals_alone_baselines, faults_stay_local, rounds_follow_the_rule, random_operations,
+TEST_MAIN(equals_alone_continuous, equals_alone_architectures, equals_alone_baselines, faults_stay_local, rounds_follow_the_rule, random_operations,
           params_by_name)
