@@ -745,6 +745,9 @@ static int bind_all(loader *ld) {
         m->n_params += t->n_elems;
         m->weight_bytes += t->size;
         if (ld->used[i]) continue;
+        if (strncmp(t->name, "rope_factors_", 13) == 0)  // Phi-3 128k models: positions beyond the original context
+            return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
+                             "tensor '%s': LongRoPE frequency factors are not supported by this version", t->name);
         if (m->ar->flags & MOR__ARCH_STRICT)
             return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
                              "unexpected tensor '%s' (not part of this model's layout; see "

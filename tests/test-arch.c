@@ -220,6 +220,8 @@ TEST(bad_files) {
     EXPECT_LOAD(s, MOR_E_FORMAT, "missing required key 'phi3.attention.sliding_window'");
     s = (spec){.arch = "phi3"};  // separate matrices where the fused ones belong
     EXPECT_LOAD(s, MOR_E_FORMAT, "missing tensor 'blk.0.attn_qkv.weight'");
+    s = (spec){.arch = "phi3", .fused = 1, .extra = "rope_factors_long.weight"};
+    EXPECT_LOAD(s, MOR_E_UNSUPPORTED, "tensor 'rope_factors_long.weight': LongRoPE");
     s = (spec){.arch = "llama", .scaling = "yarn"};
     EXPECT_LOAD(s, MOR_E_UNSUPPORTED, "llama.rope.scaling.type is 'yarn'");
     s = (spec){.arch = "llama", .freqs = -1};
