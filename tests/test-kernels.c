@@ -8,7 +8,9 @@
 // models, the same greedy tokens for 1 and 2 threads, and the Q8_0/Q4_0 weight quantizer's
 // error bounds and llama.cpp-identical bytes. The other quantized types (Q4_1, Q5_0, Q5_1,
 // IQ4_NL and the K types) have reference kernels only: a test each checks their layouts on
-// blocks packed here, their products against the decoded rows, and the batch rule.
+// blocks packed here, their products against the decoded rows, and the batch rule; and
+// tests/data/quant/*.bin, numbers of the GGUF reference implementation (ggml), check to_f32
+// bit for bit and the products within the activation quantization error.
 #include "harness.h"
 
 #include "gguf.h"
@@ -753,6 +755,130 @@ TEST(q4_k_layout_product_batch) { quant_type_test(MOR__DT_Q4_K); }
 TEST(q5_k_layout_product_batch) { quant_type_test(MOR__DT_Q5_K); }
 TEST(q6_k_layout_product_batch) { quant_type_test(MOR__DT_Q6_K); }
 
+// ---- the GGUF reference implementation's own numbers (tests/data/quant/*.bin) ------------------
+//
+// Each file holds, for one type, rows quantized by the GGUF reference implementation's row
+// quantizer, the source values, that implementation's dequantization of the rows, activations
+// x and its dot products of the rows with x (its vec_dot, with its own activation format:
+// 8-bit blocks of 32 for the 32-weight types, of 256 with a float scale for the K types).
+// Layout (little-endian): "MQF1", u32 type, u32 rows, u32 cols, the quantized rows, rows * cols
+// f32 source values, rows * cols f32 dequantized values, u32 T, T * cols f32 x, T * rows f32 y
+// (y[t * rows + r]). Checks:
+//   to_f32 against the dequantized values: bit for bit;
+//   matmul against y: |y - y_ref| <= TOL_FIXTURE * sum |w x| (both sides quantize x to 8 bits,
+//     by different blocks and rounding rules; measured: <= 4e-8 for Q8_0, Q4_0, Q5_0 and
+//     IQ4_NL, whose activations are quantized the same way on both sides, 1.7e-4 for Q4_1 and
+//     Q5_1, 7.4e-3 for the K types, whose reference quantizes x per 256 (its own error against
+//     the exact w.x reaches 1.05e-2 on the token with an outlier), and within both sides'
+//     activation bounds, sum over blocks of 32 of (amax_b + amax of its 256-block) / 127 * 0.57
+//     * sum_b |w|;
+//   Q8_0 and Q4_0: this project's weight quantizer gives the file's bytes from the source values.
+#define TOL_FIXTURE 2e-2
+
+static int read_all(const char *path, uint8_t **buf, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t cap = 1 << 16, len = 0, got;
+    uint8_t *b = malloc(cap);
+    while (b && (got = fread(b + len, 1, cap - len, f)) > 0)
+        if ((len += got) == cap) b = realloc(b, cap *= 2);
+    fclose(f);
+    *buf = b, *n = len;
+    return b != NULL;
+}
+
+static uint32_t rd_u32le(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+
+// worst[0]: largest |y - y_ref| / sum |w x|; worst[1], worst[2]: the same of y and of y_ref
+// against the exact w.x (each side's activation quantization error).
+static int check_fixture(const char *file, double *worst) {
+    char path[512];
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    test_path(path, sizeof path, file);
+    if (!read_all(path, &buf, &n)) return printf("#   %s: cannot read\n", path), 0;
+    uint32_t dt = n >= 16 ? rd_u32le(buf + 4) : 0, rows = n >= 16 ? rd_u32le(buf + 8) : 0,
+             cols = n >= 16 ? rd_u32le(buf + 12) : 0;
+    int64_t bw = mor__dtype_block(dt);
+    if (n < 16 || memcmp(buf, "MQF1", 4) || !mor__dtype_quantized(dt) || !rows || !cols || rows > 4096 ||
+        cols > 65536 || cols % bw)
+        return printf("#   %s: bad header\n", path), free(buf), 0;
+    size_t rb = (size_t)mor__dtype_row_bytes(dt, cols), at = 16 + rows * rb, vals = (size_t)rows * cols * 4;
+    if (n < at + 2 * vals + 4) return printf("#   %s: truncated\n", path), free(buf), 0;
+    uint32_t T = rd_u32le(buf + at + 2 * vals);
+    if (T > 64 || n != at + 2 * vals + 4 + (size_t)T * cols * 4 + (size_t)T * rows * 4)
+        return printf("#   %s: size\n", path), free(buf), 0;
+    const mor__kernels *ref = mor__kernels_ref();
+    float *src = falloc((size_t)rows * cols), *deq = falloc((size_t)rows * cols),
+          *mine = falloc((size_t)rows * cols);
+    float *x = falloc((size_t)T * cols), *yref = falloc((size_t)T * rows), *y = falloc((size_t)T * rows);
+    float *row = falloc((size_t)cols + 16);
+    memcpy(src, buf + at, vals), memcpy(deq, buf + at + vals, vals);
+    memcpy(x, buf + at + 2 * vals + 4, (size_t)T * cols * 4);
+    memcpy(yref, buf + at + 2 * vals + 4 + (size_t)T * cols * 4, (size_t)T * rows * 4);
+    int bad = 0;
+    // to_f32: bit for bit.
+    for (uint32_t r = 0; r < rows; r++) ref->to_f32[dt](buf + 16 + r * rb, mine + (size_t)r * cols, cols);
+    for (size_t i = 0; i < (size_t)rows * cols && !bad; i++)
+        if (memcmp(&mine[i], &deq[i], 4))
+            bad = 1, printf("#   %s: to_f32 element %zu = %.9g, reference %.9g\n", file, i, mine[i], deq[i]);
+    // Q8_0/Q4_0: the weight quantizer's bytes.
+    if (!bad && (dt == MOR__DT_Q8_0 || dt == MOR__DT_Q4_0)) {
+        uint8_t *qb = calloc(rows, rb);
+        for (uint32_t r = 0; r < rows; r++) {
+            if (dt == MOR__DT_Q8_0) mor__quantize_q8_0(src + (size_t)r * cols, qb + r * rb, cols);
+            else mor__quantize_q4_0(src + (size_t)r * cols, qb + r * rb, cols);
+        }
+        if (memcmp(qb, buf + 16, rows * rb)) bad = 1, printf("#   %s: quantizer bytes differ\n", file);
+        free(qb);
+    }
+    // matmul against the reference's dot products.
+    ref->matmul[dt](buf + 16, cols, 0, rows, x, T, cols, y, rows, row);
+    for (uint32_t t = 0; t < T && !bad; t++)
+        for (uint32_t r = 0; r < rows && !bad; r++) {
+            const float *w = deq + (size_t)r * cols, *xt = x + (size_t)t * cols;
+            double sa = 0, bound = 0, e = 0;
+            for (uint32_t b = 0; b < cols / 32; b++) {
+                double a32 = 0, a256 = 0, sw = 0;
+                for (uint32_t j = 0; j < 32; j++)
+                    a32 = fmax(a32, fabs(xt[b * 32 + j])), sw += fabs(w[b * 32 + j]);
+                for (uint32_t j = b / 8 * 256; j < b / 8 * 256 + 256 && j < cols; j++)
+                    a256 = fmax(a256, fabs(xt[j]));
+                for (uint32_t j = 0; j < 32; j++)
+                    sa += fabs((double)w[b * 32 + j] * xt[b * 32 + j]),
+                        e += (double)w[b * 32 + j] * xt[b * 32 + j];
+                bound += (a32 + a256) / 127.0 * 0.57 * sw;
+            }
+            double d = fabs((double)y[t * rows + r] - yref[t * rows + r]);
+            if (sa > 0) {
+                worst[0] = fmax(worst[0], d / sa);
+                worst[1] = fmax(worst[1], fabs(y[t * rows + r] - e) / sa);
+                worst[2] = fmax(worst[2], fabs(yref[t * rows + r] - e) / sa);
+            }
+            if (!(d <= TOL_FIXTURE * sa) || !(d <= bound + 1e-6 * sa))
+                bad = 1, printf("#   %s: y[%u][%u] = %.9g, reference %.9g (sum |w x| %.4g, bound %.4g)\n",
+                                file, t, r, y[t * rows + r], yref[t * rows + r], sa, bound);
+        }
+    free(buf), free(src), free(deq), free(mine), free(x), free(yref), free(y), free(row);
+    return !bad;
+}
+
+TEST(gguf_reference_fixtures) {
+    static const char *files[] = {"quant/Q8_0.bin",         "quant/Q4_0.bin", "quant/Q4_1.bin",
+                                  "quant/Q5_0.bin",         "quant/Q5_1.bin", "quant/IQ4_NL.bin",
+                                  "quant/IQ4_NL_chunk.bin", "quant/Q2_K.bin", "quant/Q3_K.bin",
+                                  "quant/Q4_K.bin",         "quant/Q5_K.bin", "quant/Q6_K.bin"};
+    int fails = 0;
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        double worst[3] = {0, 0, 0};
+        int ok = check_fixture(files[i], worst);
+        printf("#   %-24s max |y - y_ref| / sum |w x| = %.2e (vs exact w.x: y %.2e, y_ref %.2e) %s\n",
+               files[i], worst[0], worst[1], worst[2], ok ? "ok" : "FAIL");
+        fails += !ok;
+    }
+    ASSERT_EQ(fails, 0);
+}
+
 // ---- whole model --------------------------------------------------------------------------------
 
 static int run_logits(const char *path, uint32_t flags, int threads, int32_t n_prompt, float **out, int32_t *toks,
@@ -860,7 +986,8 @@ static const test_entry all_tests[] = {
               weight_quantization_matches_llama_cpp)
     TEST_LIST(q4_1_layout_product_batch, q5_0_layout_product_batch, q5_1_layout_product_batch,
               iq4_nl_layout_product_batch, q2_k_layout_product_batch, q3_k_layout_product_batch,
-              q4_k_layout_product_batch, q5_k_layout_product_batch, q6_k_layout_product_batch)
+              q4_k_layout_product_batch, q5_k_layout_product_batch, q6_k_layout_product_batch,
+              gguf_reference_fixtures)
     TEST_LIST(model_logits_best_vs_reference_kernels, quantized_model_logits_best_vs_reference_kernels,
               dispatch_names_and_switches)};
 // clang-format on
