@@ -302,8 +302,8 @@ typedef struct mor_model mor_model;
 /* mor_model_load(): open a GGUF file (mapped read-only unless MOR_MODEL_NO_MMAP) and build a
  * model. params may be NULL (defaults). err (err_size bytes, may be NULL/0) receives a message
  * naming the problem on failure. Weights are read in place, so every tensor the model uses
- * must start at an address its type allows (F32: a multiple of 4; F16, BF16, Q8_0, Q4_0: of
- * 2); GGUF's default alignment (32) guarantees it, a file written with general.alignment 1 or
+ * must start at an address its type allows (F32: a multiple of 4; F16, BF16 and the quantized
+ * types: of 2); GGUF's default alignment (32) guarantees it, a file written with general.alignment 1 or
  * 2 may not. The token list (tokenizer.ggml.tokens), when present, must have exactly as many
  * tokens as token_embd.weight and the output heads have rows. Metadata strings used as names
  * (general.architecture, general.name, the mor.* names, tokenizer.ggml.model and .pre) must

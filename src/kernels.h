@@ -14,10 +14,12 @@
 #include <stdint.h>
 
 // y[t*ldy + r] = sum_i W[r][i] * x[t*ldx + i]  for rows r in [r0, r1), tokens t in [0, T).
-// W is row-major with `cols` elements per row in the kernel's type (cols a multiple of 32 for
-// Q8_0/Q4_0). `row` is scratch of at least `cols` floats.
-// Q8_0/Q4_0 products quantize each token's x to 8 bits per block of 32 first (quant_act
-// below, as llama.cpp does) and sum integer block products: sum_b (dw_b * dx_b) * isum_b.
+// W is row-major with `cols` elements per row in the kernel's type (cols a multiple of the
+// type's block, mor__dtype_block()). `row` is scratch of at least `cols` floats.
+// The quantized types' products quantize each token's x to 8 bits per block of 32 first
+// (quant_act below, as llama.cpp does for Q8_0/Q4_0) and sum integer products per block:
+// sum_b (dw_b * dx_b) * isum_b, with the blocks' other integer terms (mins times the sum of x's
+// quantized values, sub-block scales) in the same chain (ref.c, docs/KERNELS.md).
 typedef void (*mor__matmul_fn)(const void *W, int64_t cols, int64_t r0, int64_t r1,
                                const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                                float *row);
@@ -27,14 +29,14 @@ typedef struct mor__kernels {
     // matmul and to_f32 are indexed by type id (dtype.h): set for the types mor__dtype_computed()
     // accepts, NULL for the others.
     mor__matmul_fn matmul[MOR__DT_COUNT];
-    // Convert n elements of a row of the given type to float (n a multiple of 32 for Q types).
+    // Convert n elements of a row of the given type to float (n a multiple of the type's block).
     void (*to_f32[MOR__DT_COUNT])(const void *src, float *dst, int64_t n);
 
-    // Activation quantization for the Q8_0/Q4_0 products, per block of 32 (n a multiple of
+    // Activation quantization for the quantized products, per block of 32 (n a multiple of
     // 32): amax = max |x|, d = f16(amax / 127), q = round-to-nearest-even(x * (127 / amax))
     // (q = 0 when amax = 0); writes q[n] and the f16-rounded scales as floats, d[n / 32].
-    // Every ISA gives the same bytes as the reference. Each file's Q8_0/Q4_0 products call their
-    // own; the entry is here for the oracle test.
+    // Every ISA gives the same bytes as the reference. Each file's quantized products call
+    // their own; the entry is here for the oracle test.
     void (*quant_act)(const float *x, int64_t n, int8_t *q, float *d);
 
     // o = w * x / sqrt(mean(x^2) + eps) (sum of squares in double).

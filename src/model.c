@@ -87,9 +87,9 @@ static int get_str(loader *ld, const char *key, char *buf, size_t n, const char 
 // ---- tensor binding ------------------------------------------------------------------------
 
 // What a tensor's address must be a multiple of for the kernels, which read weights in place:
-// F32 as floats (4), F16 and BF16 as 16-bit words (2), Q8_0 and Q4_0 blocks as ggml's block
-// structs, which start with a 16-bit scale (2). Rows are whole multiples of these sizes, so an
-// aligned first row aligns every row.
+// F32 as floats (4), F16 and BF16 as 16-bit words (2), the quantized blocks as ggml's block
+// structs, which hold 16-bit scales at even offsets (2). Rows are whole multiples of these
+// sizes, so an aligned first row aligns every row.
 static uint32_t kernel_align(uint32_t t) { return t == MOR__DT_F32 ? 4 : 2; }
 
 // GGUF allows any power-of-two general.alignment, 1 included; with 1 or 2 a tensor can start
@@ -123,8 +123,14 @@ static int bind_mat(loader *ld, const char *name, int64_t rows, int64_t cols, in
                          t->n_dims > 2 ? ", ..." : "", (long long)cols, (long long)rows);
     if (!mor__dtype_computed(t->type))
         return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
-                         "tensor '%s' has type %s; this version computes with F32, F16, BF16, Q8_0 and Q4_0",
+                         "tensor '%s' has type %s; this version computes with " MOR__DTYPE_COMPUTED_NAMES,
                          name, mor__dtype_name(t->type));
+    // The GGUF reader already refuses a row length that is not a multiple of the type's block;
+    // the kernels depend on it, so it is checked here too.
+    if (cols % mor__dtype_block(t->type))
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "tensor '%s' has rows of %lld %s weights, not a multiple of the block of %lld", name,
+                         (long long)cols, mor__dtype_name(t->type), (long long)mor__dtype_block(t->type));
     int s = check_align(ld, name, t);
     if (s) return s;
     mat->data = t->data;
@@ -156,7 +162,7 @@ static int bind_vec_add(loader *ld, const char *name, int64_t n, int required, f
                          (long long)n);
     if (!mor__dtype_computed(t->type))
         return mor__errf(ld->err, ld->err_n, MOR_E_UNSUPPORTED,
-                         "tensor '%s' has type %s; this version computes with F32, F16, BF16, Q8_0 and Q4_0",
+                         "tensor '%s' has type %s; this version computes with " MOR__DTYPE_COMPUTED_NAMES,
                          name, mor__dtype_name(t->type));
     int s = check_align(ld, name, t);
     if (s) return s;

@@ -42,7 +42,7 @@ static void mm_part(void *c, int part, int n_parts, int tid) {
 // (waking workers costs more than they save).
 void mor__matmul(mor__work *w, const mor__mat *W, const float *x, int64_t T, float *y) {
     mm_task t = {w, W, x, T, y};
-    const int quant = W->type == MOR__DT_Q8_0 || W->type == MOR__DT_Q4_0;
+    const int quant = mor__dtype_quantized(W->type);
     if (W->rows * W->cols * T < 32768 || mor__pool_size(w->pool) == 1) mm_part(&t, 0, 1, 0);
     else mor__pool_run_parts(w->pool, mm_part, &t, quant ? 1 : 4);  // each part quantizes all of x
 }

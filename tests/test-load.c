@@ -11,6 +11,7 @@
 #include "model.h"
 
 #include <fcntl.h>
+#include <math.h>
 #include <unistd.h>
 
 // A tiny model description for the builder below.
@@ -30,10 +31,14 @@ typedef struct {
     const char *nul_key;      // string key whose value gets "\0junk" appended
     int         n_tokens;     // > 0: a SentencePiece vocabulary of this many tokens
     int         nul_tokens;   // 1: two of those tokens hold a NUL byte ("\0", "a\0b")
+    uint32_t    quant;        // a quantized type: every matrix whose row length allows it, random blocks
+    int         quant_f32;    // 1: those matrices written as F32 instead, the blocks' values (to_f32)
+    const char *quant_wide;   // this matrix in `quant` too, whatever its row length
 } spec;
 
 static spec base_spec(void) {
-    spec s = {"mor", "middle_cycle", 8, 3, 8, 2, 1, 16, 16, 0, -1, NULL, NULL, NULL, NULL, 0, 0, 0, NULL, 0, 0};
+    spec s = {"mor", "middle_cycle", 8, 3, 8, 2, 1, 16, 16, 0, -1, NULL, NULL, NULL, NULL, 0, 0, 0, NULL, 0, 0,
+              0,     0,              NULL};
     return s;
 }
 
@@ -84,6 +89,37 @@ static void put_vocab(mor__gguf_writer *w, const spec *s) {
     free(names);
 }
 
+// nb random blocks of a quantized type (any byte pattern is a valid block) with their IEEE-half
+// scales set to give weights of up to about +-0.3: d (and m or dmin) at the type's offsets,
+// scaled by the largest |scale * code| of the type.
+static unsigned char *rand_blocks(uint32_t dt, uint64_t nb) {
+    uint64_t bw = (uint64_t)mor__dtype_block(dt), bs = (uint64_t)mor__dtype_row_bytes(dt, (int64_t)bw);
+    unsigned char *q = malloc(nb * bs);
+    int od = 0, om = -1;  // offsets of d and of m / dmin
+    float top = 0;        // the largest |scale * code|
+    switch (dt) {
+    case MOR__DT_Q4_1: om = 2, top = 15; break;
+    case MOR__DT_Q5_0: top = 16; break;
+    case MOR__DT_Q5_1: om = 2, top = 31; break;
+    case MOR__DT_IQ4_NL: top = 127; break;
+    case MOR__DT_Q2_K: od = 80, om = 82, top = 45; break;
+    case MOR__DT_Q3_K: od = 108, top = 124; break;
+    case MOR__DT_Q4_K: om = 2, top = 945; break;
+    case MOR__DT_Q5_K: om = 2, top = 1953; break;
+    default: od = 208, top = 4064; break;  // Q6_K
+    }
+    float mag = 0.3f / top, mmag = bw == 256 ? 0.5f * mag : 0.15f;
+    for (uint64_t b = 0; b < nb; b++) {
+        unsigned char *p = q + b * bs;
+        for (uint64_t i = 0; i < bs; i++) p[i] = (unsigned char)(test_rand(&rng_state) >> 40);
+        uint16_t hd = mor__f32_to_f16(mag * test_randf(&rng_state)),
+                 hm = mor__f32_to_f16(mmag * test_randf(&rng_state));
+        memcpy(p + od, &hd, 2);
+        if (om >= 0) memcpy(p + om, &hm, 2);
+    }
+    return q;
+}
+
 static int add_tensor(mor__gguf_writer *w, const spec *s, const char *name, uint64_t cols, uint64_t rows) {
     if (tensor_idx++ == s->skip_tensor) return 0;
     if (s->bad_shape && !strcmp(name, s->bad_shape)) cols += 1;
@@ -92,10 +128,23 @@ static int add_tensor(mor__gguf_writer *w, const spec *s, const char *name, uint
     for (uint64_t i = 0; i < n; i++) data[i] = 0.2f * test_randf(&rng_state);
     uint64_t dims[2] = {cols, rows};
     int st;
-    if (s->q4k && !strcmp(name, s->q4k) && cols % 32 == 0) {  // right shape, Q5_0 blocks (type 6)
-        uint64_t bytes = mor__dtype_size(6, n);
+    int wide = s->quant_wide && !strcmp(name, s->quant_wide);
+    if (s->q4k && !strcmp(name, s->q4k) && cols % 32 == 0) {  // right shape, Q8_1 blocks (type 9)
+        uint64_t bytes = mor__dtype_size(9, n);
         unsigned char *q = calloc(1, bytes);
-        st = mor__gguf_w_raw_tensor(w, name, strlen(name), 6, 2, dims, q, bytes, MOR__GGUF_W_AUTO);
+        st = mor__gguf_w_raw_tensor(w, name, strlen(name), 9, 2, dims, q, bytes, MOR__GGUF_W_AUTO);
+        free(q);
+    } else if (s->quant && rows > 1 && (cols % (uint64_t)mor__dtype_block(s->quant) == 0 || wide)) {
+        uint64_t bw = (uint64_t)mor__dtype_block(s->quant), nb = (n + bw - 1) / bw;
+        uint64_t bs = (uint64_t)mor__dtype_row_bytes(s->quant, (int64_t)bw);
+        unsigned char *q = rand_blocks(s->quant, nb);
+        if (s->quant_f32) {
+            mor__kernels_ref()->to_f32[s->quant](q, data, (int64_t)n);
+            st = mor__gguf_w_tensor(w, name, MOR__DT_F32, 2, dims, data);
+        } else {
+            st = mor__gguf_w_raw_tensor(w, name, strlen(name), s->quant, 2, dims, q, nb * bs,
+                                        MOR__GGUF_W_AUTO);
+        }
         free(q);
     } else if (s->q4k && !strcmp(name, s->q4k)) {
         uint64_t d2[2] = {256, 1};
@@ -316,8 +365,8 @@ TEST(bad_models) {
     s = base_spec();
     s.d = 32;
     s.ff = 32;
-    s.q4k = "blk.2.ffn_up.weight";  // a well-formed Q5_0 tensor: valid GGUF, not computable yet
-    EXPECT_LOAD(s, MOR_E_UNSUPPORTED, "tensor 'blk.2.ffn_up.weight' has type Q5_0");
+    s.q4k = "blk.2.ffn_up.weight";  // a well-formed Q8_1 tensor: valid GGUF, not computed
+    EXPECT_LOAD(s, MOR_E_UNSUPPORTED, "tensor 'blk.2.ffn_up.weight' has type Q8_1");
     s = base_spec();
     s.omit_key = 1;
     EXPECT_LOAD(s, MOR_E_FORMAT, "missing required key 'mor.recursion.count'");
@@ -694,5 +743,47 @@ TEST(lookups_are_not_quadratic) {
     ASSERT_LE((double)large / (double)small, 6.0);
 }
 
+// The quantized types load and run: a model whose matrices (token embedding and tied output
+// head included) are random blocks of each type, 256 wide, computes logits close to those of
+// the same model written as F32 with the blocks' values (the difference is the activations'
+// 8-bit quantization in every product). A Q4_K matrix 576 wide (not a multiple of the 256-weight
+// super-block) is refused with the tensor and the type named.
+TEST(quantized_types_load_and_run) {
+    static const uint32_t types[] = {MOR__DT_Q4_K, MOR__DT_Q4_1, MOR__DT_Q5_0, MOR__DT_Q5_1, MOR__DT_IQ4_NL,
+                                     MOR__DT_Q2_K, MOR__DT_Q3_K, MOR__DT_Q5_K, MOR__DT_Q6_K};
+    for (size_t k = 0; k < sizeof types / sizeof *types; k++) {
+        spec s = base_spec();
+        s.d = 256, s.ff = 256, s.quant = types[k];
+        char err[512];
+        mor_model *m = NULL;
+        float got[16], want[16];
+        int st = try_load(&s, err, sizeof err, &m);
+        if (st) TEST__FAIL("%s: %s \"%s\"", mor__dtype_name(types[k]), mor_status_name(st), err);
+        ASSERT_EQ(m->tok_embd.type, types[k]);
+        ASSERT_EQ(m->layers[1].w[MOR__ROLE_DOWN].type, types[k]);
+        ASSERT_OK(run_logits(m, got, 16));
+        mor_model_free(m);
+        s.quant_f32 = 1;
+        ASSERT_OK(try_load(&s, err, sizeof err, &m));
+        ASSERT_EQ(m->tok_embd.type, MOR__DT_F32);
+        ASSERT_OK(run_logits(m, want, 16));
+        mor_model_free(m);
+        double mx = 0, diff = 0;
+        for (int i = 0; i < 16; i++) {
+            ASSERT(isfinite(got[i]));
+            mx = fmax(mx, fabs(want[i])), diff = fmax(diff, fabs((double)got[i] - want[i]));
+        }
+        printf("#   %-6s max |logit| %.3g, quantized vs F32 values: max diff %.3g\n",
+               mor__dtype_name(types[k]), mx, diff);
+        ASSERT(mx > 0);
+        ASSERT(diff <= 0.05 * mx);
+    }
+    spec s = base_spec();
+    s.d = 576, s.ff = 256, s.quant = MOR__DT_Q4_K, s.quant_wide = "blk.1.attn_q.weight";
+    EXPECT_LOAD(s, MOR_E_FORMAT,
+                "tensor 'blk.1.attn_q.weight': row length 576 is not a multiple of the Q4_K block");
+}
+
 TEST_MAIN(sharing_maps, counts, sources, bad_models, bad_files, vocab_only, alignment, misaligned_buffer,
-          vocab_size_mismatch, metadata_string_with_nul, token_text_with_nul, lookups_are_not_quadratic)
+          vocab_size_mismatch, metadata_string_with_nul, token_text_with_nul, lookups_are_not_quadratic,
+          quantized_types_load_and_run)

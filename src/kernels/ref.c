@@ -123,6 +123,196 @@ static void q4_0_row(const void *src, float *dst, int64_t n) {
     }
 }
 
+// The blocks of 32 with a nibble array qs: element j's 4-bit code.
+static int nib(const uint8_t *qs, int j) { return j < 16 ? qs[j] & 15 : qs[j - 16] >> 4; }
+
+// The fifth bit of element j of a Q5_0/Q5_1 block: bit j of the little-endian word qh.
+static int bit5(const uint8_t *qh, int j) { return (qh[j >> 3] >> (j & 7)) & 1; }
+
+static const int8_t iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                        1,    13,   25,  38,  53,  69,  89,  113};
+
+// Integer codes of one block of 32 (or of one super-block of 256 for the K types), and per
+// sub-block the integer scale and min, so that weight i = d * sc[i / SB] * q[i] - dmin *
+// mn[i / SB] (SB = 32 for Q4_K/Q5_K, 16 for Q2_K/Q3_K/Q6_K). Each kernel below reads a block
+// through one of these: to_f32 and the products see the same codes.
+static void q4_1_codes(const uint8_t *b, int8_t *q) {
+    for (int j = 0; j < MOR__QK; j++) q[j] = (int8_t)nib(b + 4, j);
+}
+
+static void q5_0_codes(const uint8_t *b, int8_t *q) {
+    for (int j = 0; j < MOR__QK; j++) q[j] = (int8_t)((nib(b + 6, j) | bit5(b + 2, j) << 4) - 16);
+}
+
+static void q5_1_codes(const uint8_t *b, int8_t *q) {
+    for (int j = 0; j < MOR__QK; j++) q[j] = (int8_t)(nib(b + 8, j) | bit5(b + 4, j) << 4);
+}
+
+static void iq4_nl_codes(const uint8_t *b, int8_t *q) {
+    for (int j = 0; j < MOR__QK; j++) q[j] = iq4nl_values[nib(b + 2, j)];
+}
+
+// The six-bit scales and mins of Q4_K/Q5_K (12 bytes, dtype.h).
+static void k4_scales(const uint8_t *s, int *sc, int *mn) {
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) {
+            sc[j] = s[j] & 63;
+            mn[j] = s[j + 4] & 63;
+        } else {
+            sc[j] = (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
+            mn[j] = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+        }
+    }
+}
+
+static void q4_k_codes(const uint8_t *b, int8_t *q, int *sc, int *mn) {
+    k4_scales(b + 4, sc, mn);
+    for (int i = 0; i < MOR__QK_K; i++) {
+        uint8_t byte = b[16 + (i / 64) * 32 + i % 32];
+        q[i] = (int8_t)((i / 32) & 1 ? byte >> 4 : byte & 15);
+    }
+}
+
+static void q5_k_codes(const uint8_t *b, int8_t *q, int *sc, int *mn) {
+    k4_scales(b + 4, sc, mn);
+    for (int i = 0; i < MOR__QK_K; i++) {
+        uint8_t byte = b[48 + (i / 64) * 32 + i % 32];
+        int hi = (b[16 + i % 32] >> (i / 32)) & 1;
+        q[i] = (int8_t)(((i / 32) & 1 ? byte >> 4 : byte & 15) | hi << 4);
+    }
+}
+
+static void q6_k_codes(const uint8_t *b, int8_t *q, int *sc) {
+    for (int i = 0; i < MOR__QK_K; i++) {
+        int h = i / 128, g = (i % 128) / 32, l = i % 32;
+        uint8_t lo = b[64 * h + 32 * (g & 1) + l], hi = b[128 + 32 * h + l];
+        q[i] = (int8_t)(((g < 2 ? lo & 15 : lo >> 4) | ((hi >> (2 * g)) & 3) << 4) - 32);
+    }
+    for (int k = 0; k < 16; k++) sc[k] = (int8_t)b[192 + k];
+}
+
+static void q2_k_codes(const uint8_t *b, int8_t *q, int *sc, int *mn) {
+    for (int i = 0; i < MOR__QK_K; i++) {
+        int h = i / 128, g = (i % 128) / 32, l = i % 32;
+        q[i] = (int8_t)((b[16 + 32 * h + l] >> (2 * g)) & 3);
+    }
+    for (int k = 0; k < 16; k++) sc[k] = b[k] & 15, mn[k] = b[k] >> 4;
+}
+
+static void q3_k_codes(const uint8_t *b, int8_t *q, int *sc) {
+    for (int i = 0; i < MOR__QK_K; i++) {
+        int h = i / 128, g = (i % 128) / 32, l = i % 32;
+        int lo = (b[32 + 32 * h + l] >> (2 * g)) & 3, hbit = (b[l] >> (i / 32)) & 1;
+        q[i] = (int8_t)(lo - (hbit ? 0 : 4));
+    }
+    const uint8_t *s = b + 96;
+    for (int k = 0; k < 16; k++) {
+        int lo = k < 8 ? s[k] & 15 : s[k - 8] >> 4, hi = (s[8 + k % 4] >> (2 * (k / 4))) & 3;
+        sc[k] = (lo | hi << 4) - 32;
+    }
+}
+
+// Rows as floats. The products d * sc * q are exact in float (at most 24 significant bits), so
+// the one rounding of each weight is that of the min's subtraction (or addition, Q4_1/Q5_1):
+// the values are those of ggml's dequantization, bit for bit.
+static void q4_1_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    int8_t q[MOR__QK];
+    for (int64_t b = 0; b < n / MOR__QK; b++, p += MOR__Q4_1_SIZE, dst += MOR__QK) {
+        float d = mor__f16_to_f32(rd16(p)), m = mor__f16_to_f32(rd16(p + 2));
+        q4_1_codes(p, q);
+        for (int j = 0; j < MOR__QK; j++) dst[j] = (float)q[j] * d + m;
+    }
+}
+
+static void q5_0_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    int8_t q[MOR__QK];
+    for (int64_t b = 0; b < n / MOR__QK; b++, p += MOR__Q5_0_SIZE, dst += MOR__QK) {
+        float d = mor__f16_to_f32(rd16(p));
+        q5_0_codes(p, q);
+        for (int j = 0; j < MOR__QK; j++) dst[j] = (float)q[j] * d;
+    }
+}
+
+static void q5_1_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    int8_t q[MOR__QK];
+    for (int64_t b = 0; b < n / MOR__QK; b++, p += MOR__Q5_1_SIZE, dst += MOR__QK) {
+        float d = mor__f16_to_f32(rd16(p)), m = mor__f16_to_f32(rd16(p + 2));
+        q5_1_codes(p, q);
+        for (int j = 0; j < MOR__QK; j++) dst[j] = (float)q[j] * d + m;
+    }
+}
+
+static void iq4_nl_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    int8_t q[MOR__QK];
+    for (int64_t b = 0; b < n / MOR__QK; b++, p += MOR__IQ4_NL_SIZE, dst += MOR__QK) {
+        float d = mor__f16_to_f32(rd16(p));
+        iq4_nl_codes(p, q);
+        for (int j = 0; j < MOR__QK; j++) dst[j] = d * (float)q[j];
+    }
+}
+
+// A K super-block as floats: weight i = (d * sc) * q - dmin * mn, sub-blocks of sb weights.
+static void k_floats(float *dst, const int8_t *q, const int *sc, const int *mn, int sb, float d, float dmin) {
+    for (int k = 0; k < MOR__QK_K / sb; k++) {
+        float ds = d * (float)sc[k], dm = mn ? dmin * (float)mn[k] : 0.0f;
+        for (int l = 0; l < sb; l++) dst[k * sb + l] = ds * (float)q[k * sb + l] - dm;
+    }
+}
+
+static void q4_k_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    int8_t q[MOR__QK_K];
+    int sc[8], mn[8];
+    for (int64_t b = 0; b < n / MOR__QK_K; b++, p += MOR__Q4_K_SIZE, dst += MOR__QK_K) {
+        q4_k_codes(p, q, sc, mn);
+        k_floats(dst, q, sc, mn, 32, mor__f16_to_f32(rd16(p)), mor__f16_to_f32(rd16(p + 2)));
+    }
+}
+
+static void q5_k_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    int8_t q[MOR__QK_K];
+    int sc[8], mn[8];
+    for (int64_t b = 0; b < n / MOR__QK_K; b++, p += MOR__Q5_K_SIZE, dst += MOR__QK_K) {
+        q5_k_codes(p, q, sc, mn);
+        k_floats(dst, q, sc, mn, 32, mor__f16_to_f32(rd16(p)), mor__f16_to_f32(rd16(p + 2)));
+    }
+}
+
+static void q6_k_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    int8_t q[MOR__QK_K];
+    int sc[16];
+    for (int64_t b = 0; b < n / MOR__QK_K; b++, p += MOR__Q6_K_SIZE, dst += MOR__QK_K) {
+        q6_k_codes(p, q, sc);
+        k_floats(dst, q, sc, NULL, 16, mor__f16_to_f32(rd16(p + 208)), 0.0f);
+    }
+}
+
+static void q2_k_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    int8_t q[MOR__QK_K];
+    int sc[16], mn[16];
+    for (int64_t b = 0; b < n / MOR__QK_K; b++, p += MOR__Q2_K_SIZE, dst += MOR__QK_K) {
+        q2_k_codes(p, q, sc, mn);
+        k_floats(dst, q, sc, mn, 16, mor__f16_to_f32(rd16(p + 80)), mor__f16_to_f32(rd16(p + 82)));
+    }
+}
+
+static void q3_k_row(const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    int8_t q[MOR__QK_K];
+    int sc[16];
+    for (int64_t b = 0; b < n / MOR__QK_K; b++, p += MOR__Q3_K_SIZE, dst += MOR__QK_K) {
+        q3_k_codes(p, q, sc);
+        k_floats(dst, q, sc, NULL, 16, mor__f16_to_f32(rd16(p + 108)), 0.0f);
+    }
+}
+
 // ---- float products -------------------------------------------------------------------------
 
 static void ref_matmul_f32(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x,
@@ -205,6 +395,147 @@ static float ref_dot_q4_0(const uint8_t *w, const int8_t *q, const float *d, int
     }
 REF_QMATMUL(ref_matmul_q8_0, ref_dot_q8_0, MOR__Q8_0_SIZE)
 REF_QMATMUL(ref_matmul_q4_0, ref_dot_q4_0, MOR__Q4_0_SIZE)
+
+// The other quantized types need, besides x's int8 values and scales, the sums of its quantized
+// values over each 16 (the mins' terms, and the 16-weight sub-blocks of Q2_K): the scratch row
+// holds cols int8, cols / 32 scales, then cols / 16 sums (floats holding exact small integers).
+static void ref_act_sums(const int8_t *q, int64_t n, float *s) {
+    for (int64_t k = 0; k < n / 16; k++) {
+        int32_t sum = 0;
+        for (int l = 0; l < 16; l++) sum += q[k * 16 + l];
+        s[k] = (float)sum;
+    }
+}
+
+static int32_t ref_isum(const int8_t *a, const int8_t *b, int n) {
+    int32_t s = 0;
+    for (int j = 0; j < n; j++) s += (int32_t)a[j] * b[j];
+    return s;
+}
+
+// Blocks of 32 with a scale d (and Q4_1/Q5_1's min m): one chain over the blocks,
+// acc += (d * dx_b) * isum_b [+ (m * dx_b) * qsum_b], qsum_b the sum of x's quantized values.
+#define REF_DOT32(NAME, CODES, BSIZE, HAS_MIN)                                                         \
+    static float NAME(const uint8_t *w, const int8_t *q, const float *d, const float *s, int64_t nb) { \
+        float acc = 0;                                                                                 \
+        int8_t c[MOR__QK];                                                                             \
+        for (int64_t b = 0; b < nb; b++, w += BSIZE) {                                                 \
+            CODES(w, c);                                                                               \
+            int32_t isum = ref_isum(c, q + b * MOR__QK, MOR__QK);                                      \
+            float dw = mor__f16_to_f32(rd16(w));                                                       \
+            if (HAS_MIN)                                                                               \
+                acc += (dw * d[b]) * (float)isum +                                                     \
+                       (mor__f16_to_f32(rd16(w + 2)) * d[b]) * (s[2 * b] + s[2 * b + 1]);              \
+            else acc += (dw * d[b]) * (float)isum;                                                     \
+        }                                                                                              \
+        (void)s;                                                                                       \
+        return acc;                                                                                    \
+    }
+REF_DOT32(ref_dot_q4_1, q4_1_codes, MOR__Q4_1_SIZE, 1)
+REF_DOT32(ref_dot_q5_0, q5_0_codes, MOR__Q5_0_SIZE, 0)
+REF_DOT32(ref_dot_q5_1, q5_1_codes, MOR__Q5_1_SIZE, 1)
+REF_DOT32(ref_dot_iq4_nl, iq4_nl_codes, MOR__IQ4_NL_SIZE, 0)
+
+// One K super-block (codes c, sub-blocks of sb weights with integer scales sc and mins mn, or
+// no mins) against its 8 blocks of x (q, dx, the 16 sums s): per block of x the integer parts
+// isc = sum over its two halves of sc_k * isum_half and imn = sum of mn_k * qsum_half, then
+// acc += (d * dx) * isc - (dmin * dx) * imn. Every integer is below 2^24: exact as a float.
+static float ref_k_dot(float acc, const int8_t *c, const int *sc, const int *mn, int sb, float d, float dmin,
+                       const int8_t *q, const float *dx, const float *s) {
+    for (int b = 0; b < MOR__QK_K / MOR__QK; b++) {
+        int32_t isc = 0, imn = 0;
+        for (int h = 0; h < 2; h++) {
+            int o = b * MOR__QK + h * 16, k = o / sb;
+            isc += sc[k] * ref_isum(c + o, q + o, 16);
+            if (mn) imn += mn[k] * (int32_t)s[2 * b + h];
+        }
+        if (mn) acc += (d * dx[b]) * (float)isc - (dmin * dx[b]) * (float)imn;
+        else acc += (d * dx[b]) * (float)isc;
+    }
+    return acc;
+}
+
+static float ref_dot_q4_k(const uint8_t *w, const int8_t *q, const float *d, const float *s, int64_t nb) {
+    float acc = 0;
+    int8_t c[MOR__QK_K];
+    int sc[8], mn[8];
+    for (int64_t b = 0; b < nb; b++, w += MOR__Q4_K_SIZE, q += MOR__QK_K, d += 8, s += 16) {
+        q4_k_codes(w, c, sc, mn);
+        acc = ref_k_dot(acc, c, sc, mn, 32, mor__f16_to_f32(rd16(w)), mor__f16_to_f32(rd16(w + 2)), q, d, s);
+    }
+    return acc;
+}
+
+static float ref_dot_q5_k(const uint8_t *w, const int8_t *q, const float *d, const float *s, int64_t nb) {
+    float acc = 0;
+    int8_t c[MOR__QK_K];
+    int sc[8], mn[8];
+    for (int64_t b = 0; b < nb; b++, w += MOR__Q5_K_SIZE, q += MOR__QK_K, d += 8, s += 16) {
+        q5_k_codes(w, c, sc, mn);
+        acc = ref_k_dot(acc, c, sc, mn, 32, mor__f16_to_f32(rd16(w)), mor__f16_to_f32(rd16(w + 2)), q, d, s);
+    }
+    return acc;
+}
+
+static float ref_dot_q6_k(const uint8_t *w, const int8_t *q, const float *d, const float *s, int64_t nb) {
+    float acc = 0;
+    int8_t c[MOR__QK_K];
+    int sc[16];
+    for (int64_t b = 0; b < nb; b++, w += MOR__Q6_K_SIZE, q += MOR__QK_K, d += 8, s += 16) {
+        q6_k_codes(w, c, sc);
+        acc = ref_k_dot(acc, c, sc, NULL, 16, mor__f16_to_f32(rd16(w + 208)), 0.0f, q, d, s);
+    }
+    return acc;
+}
+
+static float ref_dot_q2_k(const uint8_t *w, const int8_t *q, const float *d, const float *s, int64_t nb) {
+    float acc = 0;
+    int8_t c[MOR__QK_K];
+    int sc[16], mn[16];
+    for (int64_t b = 0; b < nb; b++, w += MOR__Q2_K_SIZE, q += MOR__QK_K, d += 8, s += 16) {
+        q2_k_codes(w, c, sc, mn);
+        acc = ref_k_dot(acc, c, sc, mn, 16, mor__f16_to_f32(rd16(w + 80)), mor__f16_to_f32(rd16(w + 82)), q,
+                        d, s);
+    }
+    return acc;
+}
+
+static float ref_dot_q3_k(const uint8_t *w, const int8_t *q, const float *d, const float *s, int64_t nb) {
+    float acc = 0;
+    int8_t c[MOR__QK_K];
+    int sc[16];
+    for (int64_t b = 0; b < nb; b++, w += MOR__Q3_K_SIZE, q += MOR__QK_K, d += 8, s += 16) {
+        q3_k_codes(w, c, sc);
+        acc = ref_k_dot(acc, c, sc, NULL, 16, mor__f16_to_f32(rd16(w + 108)), 0.0f, q, d, s);
+    }
+    return acc;
+}
+
+// The products of these types: per token, x quantized (ref_quant_act) and its sums of 16 into
+// the scratch row (11/32 of cols floats), then each row's chain; the same code per (r, t)
+// whatever the call's shape.
+#define REF_QMATMUL_S(NAME, DOT, BW, BSIZE)                                                          \
+    static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T, \
+                     int64_t ldx, float *y, int64_t ldy, float *row) {                               \
+        int64_t nb = cols / BW;                                                                      \
+        int8_t *q = (int8_t *)row;                                                                   \
+        float *d = row + cols / 4, *s = d + cols / MOR__QK;                                          \
+        for (int64_t t = 0; t < T; t++) {                                                            \
+            ref_quant_act(x + t * ldx, cols, q, d);                                                  \
+            ref_act_sums(q, cols, s);                                                                \
+            for (int64_t r = r0; r < r1; r++)                                                        \
+                y[t * ldy + r] = DOT((const uint8_t *)W + (size_t)(r * nb) * BSIZE, q, d, s, nb);    \
+        }                                                                                            \
+    }
+REF_QMATMUL_S(ref_matmul_q4_1, ref_dot_q4_1, MOR__QK, MOR__Q4_1_SIZE)
+REF_QMATMUL_S(ref_matmul_q5_0, ref_dot_q5_0, MOR__QK, MOR__Q5_0_SIZE)
+REF_QMATMUL_S(ref_matmul_q5_1, ref_dot_q5_1, MOR__QK, MOR__Q5_1_SIZE)
+REF_QMATMUL_S(ref_matmul_iq4_nl, ref_dot_iq4_nl, MOR__QK, MOR__IQ4_NL_SIZE)
+REF_QMATMUL_S(ref_matmul_q2_k, ref_dot_q2_k, MOR__QK_K, MOR__Q2_K_SIZE)
+REF_QMATMUL_S(ref_matmul_q3_k, ref_dot_q3_k, MOR__QK_K, MOR__Q3_K_SIZE)
+REF_QMATMUL_S(ref_matmul_q4_k, ref_dot_q4_k, MOR__QK_K, MOR__Q4_K_SIZE)
+REF_QMATMUL_S(ref_matmul_q5_k, ref_dot_q5_k, MOR__QK_K, MOR__Q5_K_SIZE)
+REF_QMATMUL_S(ref_matmul_q6_k, ref_dot_q6_k, MOR__QK_K, MOR__Q6_K_SIZE)
 
 // ---- the other layer operations --------------------------------------------------------------
 
@@ -293,11 +624,34 @@ static double ref_expsum(const float *x, int64_t n, float m, double *zsum) {
 
 static const mor__kernels ref_table = {
     .name = "ref",
-    .matmul = {[MOR__DT_F32] = ref_matmul_f32, [MOR__DT_F16] = ref_matmul_f16,
-               [MOR__DT_BF16] = ref_matmul_bf16, [MOR__DT_Q8_0] = ref_matmul_q8_0,
-               [MOR__DT_Q4_0] = ref_matmul_q4_0},
-    .to_f32 = {[MOR__DT_F32] = f32_row, [MOR__DT_F16] = f16_row, [MOR__DT_BF16] = bf16_row,
-               [MOR__DT_Q8_0] = q8_0_row, [MOR__DT_Q4_0] = q4_0_row},
+    .matmul = {[MOR__DT_F32] = ref_matmul_f32,
+               [MOR__DT_F16] = ref_matmul_f16,
+               [MOR__DT_BF16] = ref_matmul_bf16,
+               [MOR__DT_Q8_0] = ref_matmul_q8_0,
+               [MOR__DT_Q4_0] = ref_matmul_q4_0,
+               [MOR__DT_Q4_1] = ref_matmul_q4_1,
+               [MOR__DT_Q5_0] = ref_matmul_q5_0,
+               [MOR__DT_Q5_1] = ref_matmul_q5_1,
+               [MOR__DT_IQ4_NL] = ref_matmul_iq4_nl,
+               [MOR__DT_Q2_K] = ref_matmul_q2_k,
+               [MOR__DT_Q3_K] = ref_matmul_q3_k,
+               [MOR__DT_Q4_K] = ref_matmul_q4_k,
+               [MOR__DT_Q5_K] = ref_matmul_q5_k,
+               [MOR__DT_Q6_K] = ref_matmul_q6_k},
+    .to_f32 = {[MOR__DT_F32] = f32_row,
+               [MOR__DT_F16] = f16_row,
+               [MOR__DT_BF16] = bf16_row,
+               [MOR__DT_Q8_0] = q8_0_row,
+               [MOR__DT_Q4_0] = q4_0_row,
+               [MOR__DT_Q4_1] = q4_1_row,
+               [MOR__DT_Q5_0] = q5_0_row,
+               [MOR__DT_Q5_1] = q5_1_row,
+               [MOR__DT_IQ4_NL] = iq4_nl_row,
+               [MOR__DT_Q2_K] = q2_k_row,
+               [MOR__DT_Q3_K] = q3_k_row,
+               [MOR__DT_Q4_K] = q4_k_row,
+               [MOR__DT_Q5_K] = q5_k_row,
+               [MOR__DT_Q6_K] = q6_k_row},
     .quant_act = ref_quant_act,
     .rmsnorm = ref_rmsnorm,
     .swiglu = ref_swiglu,
