@@ -1,7 +1,8 @@
 // test-quantize.c: the quantizers of tools/lib/quant.c.
 //
 // Byte identity with llama.cpp: tests/data/quant/<TYPE>.bin hold rows quantized by its
-// reference quantizers (the format is in tests/data/README.md); they must be reproduced exactly.
+// reference quantizers (the format is in tests/data/README.md), and the digests below those of
+// its output on generated values; both must be reproduced exactly.
 #include "harness.h"
 
 #include "gguf-write.h"
@@ -9,6 +10,7 @@
 #include "kernels.h"
 #include "mor.h"
 #include "quant.h"
+#include "sha256.h"
 
 static uint32_t rd32(const uint8_t *p) {
     uint32_t v;
@@ -80,6 +82,74 @@ TEST(encoders_match_reference_rows) {
     ASSERT_EQ(failed, 0);
 }
 
+// Deterministic inputs for the encoders, exactly representable (integers below 2^24 times a
+// power of two), so every platform draws the same floats: super-blocks of 256 values in ten
+// shapes, each at its own scale 2^-30 .. 2^9, every 50th all zero.
+static void gen_superblock(uint64_t *st, long k, float x[256]) {
+    int mode = (int)(k % 10), e = (int)(test_rand(st) % 40) - 30;
+    for (int i = 0; i < 256; i++) {
+        int32_t u = 0;
+        for (int d = 0; d < 4; d++) u += (int32_t)((test_rand(st) >> 44) & 0xfffff) - 0x80000;
+        float v = ldexpf((float)u, e - 20), a = fabsf(v);
+        switch (mode) {
+        case 1: v = a; break;                                                     // all >= 0
+        case 2: v = -a; break;                                                    // all <= 0
+        case 3: v = test_rand(st) % 10 ? 0.0f : v; break;                         // sparse
+        case 4: v = ldexpf((float)((int)(test_rand(st) % 9) - 4), e); break;      // few levels, ties
+        case 5: v = test_rand(st) % 50 ? v : v * 64.0f; break;                    // outliers
+        case 6: v = i < 128 ? 0.0f : v; break;                                    // half zero
+        case 7: v = ldexpf(1.0f, e); break;                                       // constant
+        case 8: v = ldexpf((float)(int32_t)((test_rand(st) >> 40) & 0xffffff) - 8388608.0f, e - 23); break;  // uniform
+        case 9: v = i % 16 ? ldexpf(v, -20) : v; break;                           // one large value per 16
+        default: break;
+        }
+        x[i] = k % 50 == 49 ? 0.0f : v;
+    }
+}
+
+// The encoders on 2000 generated super-rows: the sha256 of every type's output must equal that
+// of ggml's quantize_row_<type>_ref on the same values (at the commit of tests/data/quant/,
+// computed once with a build of its source; gcc 12, -O2, x86-64). The input digest comes first,
+// so that a change of the generator is told apart from a change of an encoder.
+TEST(encoders_match_reference_digests) {
+    enum { N = 2000 };
+    static const char *input = "8d13b0a16c52dac9280d455338fcf549717913780a15711382117b94df91e56b";
+    static const struct {
+        const char *name;
+        uint32_t    type;
+        const char *sha256;
+    } want[] = {
+        {"Q4_0", MOR__QT_Q4_0, "d7b862aae4f97d0694415f8ad850d5746b95d37f84fe5b99238f6cc28aa984a8"},
+        {"Q4_1", MOR__QT_Q4_1, "0e27a6963631e106738b70efaea297d80f6b00ba890e80e11da63529f2bbb1a2"},
+        {"Q5_0", MOR__QT_Q5_0, "c60331b8cd0c94a973826a9707607936a2cbc64988361894588a3b500eceebff"},
+        {"Q5_1", MOR__QT_Q5_1, "4074bee84232493c71ebd5932663de6d1a4dc80b6b455c1aa142a751974d2c0c"},
+        {"Q8_0", MOR__QT_Q8_0, "8177b1b268adb7171f92dd62dcfdcd62dc857f31dfbe48aa88d4006dab713772"},
+        {"Q4_K", MOR__QT_Q4_K, "51127e2a356830adbe23f84cee7631fcbbdc87853ac96513ddd936230eb4d80c"},
+        {"Q5_K", MOR__QT_Q5_K, "f5e78e36505a9cf17f178326b3ef8b8408dfc914be9f50b01ff21462b35e0264"},
+        {"Q6_K", MOR__QT_Q6_K, "14b90b61da3e366836b2c6602a5805177556fa2e6f3c71e30ecceb43249dcfd1"},
+    };
+    float *x = malloc(sizeof(float) * 256 * N);
+    uint8_t *q = malloc(300 * N);
+    ASSERT(x && q);
+    uint64_t st = 0x51ab1e5;
+    for (long k = 0; k < N; k++) gen_superblock(&st, k, x + 256 * k);
+    char hex[65];
+    mor__sha256_hex(x, sizeof(float) * 256 * N, hex);
+    int bad = strcmp(hex, input) != 0;
+    if (bad) printf("#   the generated input changed: sha256 %s, expected %s\n", hex, input);
+    for (size_t t = 0; t < sizeof want / sizeof want[0] && !bad; t++) {
+        ASSERT_OK(mor__quantize(want[t].type, x, q, 256 * N));
+        mor__sha256_hex(q, (size_t)mor__dtype_size(want[t].type, 256 * N), hex);
+        if (strcmp(hex, want[t].sha256) != 0) {
+            printf("#   %s: sha256 %s, the reference gives %s\n", want[t].name, hex, want[t].sha256);
+            bad++;
+        }
+    }
+    free(x);
+    free(q);
+    ASSERT_EQ(bad, 0);
+}
+
 // Blocks are independent: a row quantized in one call equals its blocks quantized one by one,
 // and bad sizes are refused.
 TEST(encoders_blockwise_and_arguments) {
@@ -106,4 +176,4 @@ TEST(encoders_blockwise_and_arguments) {
     for (int i = 0; i < 210; i++) ASSERT_EQ(whole[i], 0);
 }
 
-TEST_MAIN(encoders_match_reference_rows, encoders_blockwise_and_arguments)
+TEST_MAIN(encoders_match_reference_rows, encoders_match_reference_digests, encoders_blockwise_and_arguments)

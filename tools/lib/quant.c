@@ -143,81 +143,117 @@ static int nearest_int(float v) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
-static int clamp_int(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+// (as two selects, which compilers turn into min/max and vectorize)
+static inline int clamp_int(int v, int lo, int hi) {
+    v = v > lo ? v : lo;
+    return v < hi ? v : hi;
+}
 
-// One sub-block of 32 with a scale and a min (Q4_K, Q5_K): levels q in 0..nmax with
-// x ~ scale * q - min_out, found by trying the scales (nmax + rmin + rdelta * k) / (max - min),
-// k = 0..nstep, each fitted by weighted least squares (the min kept <= 0), and keeping the one
-// of least weighted squared error (the first on ties). Writes the levels to q and the min
-// (>= 0, to subtract) to *min_out; returns the scale.
-static float fit_scale_min(const float *x, const float *w, int nmax, float rmin, float rdelta,
-                           int nstep, uint8_t *q, float *min_out) {
-    float lo = x[0], hi = x[0], sum_w = w[0], sum_x = sum_w * x[0];
-    for (int i = 1; i < 32; i++) {
-        if (x[i] < lo) lo = x[i];
-        if (x[i] > hi) hi = x[i];
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
+// The 8 sub-blocks of 32 of a Q4_K / Q5_K super-block, each with a scale and a min: levels q in
+// 0..nmax with x ~ scale * q - min, found by trying the scales (nmax + rmin + rdelta * k) /
+// (max - min), k = 0..nstep, each fitted by weighted least squares (the min kept <= 0), and
+// keeping the one of least weighted squared error (the first on ties). Writes the levels of
+// sub-block j to q[32j..], its min (>= 0, to subtract) to mins[j] and its scale to scales[j].
+//
+// The sub-blocks are independent and go side by side, lane j for sub-block j (arrays indexed
+// [element][lane]): each lane sums in the reference's order, while the lanes give the CPU (and
+// the vectorizer) eight independent chains instead of one.
+static void fit_scale_min8(const float *x, const float (*w)[8], int nmax, float rmin, float rdelta,
+                           int nstep, uint8_t *q, float *scales, float *mins) {
+    float xt[32][8], lo[8], hi[8], sum_w[8], sum_x[8], scale[8], best[8];
+    int flat[8];  // constant sub-blocks: levels 0, scale 0
+    float lv[32][8], trial[32][8];  // levels, as floats (exact) so that the lanes vectorize
+    for (int i = 0; i < 32; i++)
+        for (int j = 0; j < 8; j++) xt[i][j] = x[32 * j + i];
+    for (int j = 0; j < 8; j++) {
+        lo[j] = hi[j] = xt[0][j];
+        sum_w[j] = w[0][j];
+        sum_x[j] = sum_w[j] * xt[0][j];
     }
-    if (lo > 0) lo = 0;
-    if (hi == lo) {
-        memset(q, 0, 32);
-        *min_out = -lo;
-        return 0.0f;
+    for (int i = 1; i < 32; i++)
+        for (int j = 0; j < 8; j++) {
+            lo[j] = xt[i][j] < lo[j] ? xt[i][j] : lo[j];
+            hi[j] = xt[i][j] > hi[j] ? xt[i][j] : hi[j];
+            sum_w[j] += w[i][j];
+            sum_x[j] += w[i][j] * xt[i][j];
+        }
+    float iscale[8];
+    for (int j = 0; j < 8; j++) {
+        if (lo[j] > 0) lo[j] = 0;
+        flat[j] = hi[j] == lo[j];
+        iscale[j] = flat[j] ? 0.0f : (float)nmax / (hi[j] - lo[j]);
+        scale[j] = flat[j] ? 0.0f : 1 / iscale[j];
+        best[j] = 0;
     }
-    float iscale = (float)nmax / (hi - lo), scale = 1 / iscale, best = 0;
-    for (int i = 0; i < 32; i++) {
-        q[i] = (uint8_t)clamp_int(nearest_int(iscale * (x[i] - lo)), 0, nmax);
-        float diff = scale * q[i] + lo - x[i];
-        best += w[i] * (diff * diff);
-    }
-    uint8_t trial[32];
+    for (int i = 0; i < 32; i++)
+        for (int j = 0; j < 8; j++) {
+            float l = (float)clamp_int(nearest_int(iscale[j] * (xt[i][j] - lo[j])), 0, nmax);
+            lv[i][j] = l;
+            float diff = scale[j] * l + lo[j] - xt[i][j];
+            best[j] += w[i][j] * (diff * diff);
+        }
     for (int k = 0; k <= nstep; k++) {
-        iscale = (rmin + rdelta * (float)k + (float)nmax) / (hi - lo);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < 32; i++) {
-            int l = clamp_int(nearest_int(iscale * (x[i] - lo)), 0, nmax);
-            trial[i] = (uint8_t)l;
-            float fl = (float)l;
-            sum_l += w[i] * fl;
-            sum_l2 += w[i] * fl * fl;
-            sum_xl += w[i] * fl * x[i];
+        float sum_l[8] = {0}, sum_l2[8] = {0}, sum_xl[8] = {0}, err[8] = {0}, s[8], m[8];
+        // max - min with the min of the best fit so far, as the reference computes it
+        for (int j = 0; j < 8; j++)
+            iscale[j] = flat[j] ? 0.0f : (rmin + rdelta * (float)k + (float)nmax) / (hi[j] - lo[j]);
+        for (int i = 0; i < 32; i++)
+            for (int j = 0; j < 8; j++) {
+                float fl = (float)clamp_int(nearest_int(iscale[j] * (xt[i][j] - lo[j])), 0, nmax);
+                trial[i][j] = fl;
+                sum_l[j] += w[i][j] * fl;
+                sum_l2[j] += w[i][j] * fl * fl;
+                sum_xl[j] += w[i][j] * fl * xt[i][j];
+            }
+        int any = 0;
+        for (int j = 0; j < 8; j++) {
+            float det = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j];
+            s[j] = m[j] = 0;
+            if (!(det > 0) || flat[j]) continue;
+            any = 1;
+            s[j] = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / det;
+            m[j] = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / det;
+            if (m[j] > 0) {
+                m[j] = 0;
+                s[j] = sum_xl[j] / sum_l2[j];
+            }
         }
-        float det = sum_w * sum_l2 - sum_l * sum_l;
-        if (!(det > 0)) continue;
-        float s = (sum_w * sum_xl - sum_x * sum_l) / det, m = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-        if (m > 0) {
-            m = 0;
-            s = sum_xl / sum_l2;
-        }
-        float err = 0;
-        for (int i = 0; i < 32; i++) {
-            float diff = s * trial[i] + m - x[i];
-            err += w[i] * (diff * diff);
-        }
-        if (err < best) {
-            memcpy(q, trial, 32);
-            best = err;
-            scale = s;
-            lo = m;
+        if (!any) continue;
+        for (int i = 0; i < 32; i++)
+            for (int j = 0; j < 8; j++) {
+                float diff = s[j] * trial[i][j] + m[j] - xt[i][j];
+                err[j] += w[i][j] * (diff * diff);
+            }
+        for (int j = 0; j < 8; j++) {
+            float det = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j];
+            if (!(det > 0) || flat[j] || !(err[j] < best[j])) continue;
+            for (int i = 0; i < 32; i++) lv[i][j] = trial[i][j];
+            best[j] = err[j];
+            scale[j] = s[j];
+            lo[j] = m[j];
         }
     }
-    *min_out = -lo;
-    return scale;
+    for (int j = 0; j < 8; j++) {
+        for (int i = 0; i < 32; i++) q[32 * j + i] = flat[j] ? 0 : (uint8_t)lv[i][j];
+        scales[j] = scale[j];
+        mins[j] = -lo[j];
+    }
 }
 
 // The scale/min half of Q4_K and Q5_K: fits the 8 sub-blocks of the super-block x, writes d,
 // dmin and the packed 6-bit scales and mins at o (16 bytes), and the levels (0..nmax) to q.
 static void kquant_scales(const float *x, int nmax, float rmin, int nstep, uint8_t *o,
                           uint8_t q[256]) {
-    float scales[8], mins[8], w[32], max_scale = 0, max_min = 0;
+    float scales[8], mins[8], w[32][8], max_scale = 0, max_min = 0;
     for (int j = 0; j < 8; j++) {
         const float *xs = x + 32 * j;
         float sum_x2 = 0;
         for (int l = 0; l < 32; l++) sum_x2 += xs[l] * xs[l];
         float av = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; l++) w[l] = av + fabsf(xs[l]);
-        scales[j] = fit_scale_min(xs, w, nmax, rmin, 0.1f, nstep, q + 32 * j, &mins[j]);
+        for (int l = 0; l < 32; l++) w[l][j] = av + fabsf(xs[l]);
+    }
+    fit_scale_min8(x, (const float (*)[8])w, nmax, rmin, 0.1f, nstep, q, scales, mins);
+    for (int j = 0; j < 8; j++) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -274,55 +310,73 @@ void mor__quantize_q5_k(const float *x, void *dst, int64_t n) {
     }
 }
 
-// One Q6_K sub-block of 16: the scale s with x ~ s * l, l in -32..31, of least x²-weighted
-// squared error among 1 / iscale for iscale = -(32 + 0.1 k) / m, k = -9..9, m the element of
-// largest |x| (k = 0 first, then the others in order, a later one replacing only when
-// strictly better). Writes l + 32 to q; a sub-block of |x| < 1e-15 gets levels 0 and scale 0.
-static float fit_scale_q6(const float *x, uint8_t *q) {
-    float amax = 0, m = 0;
+// The 16 sub-blocks of 16 of a Q6_K super-block: for each, the scale s with x ~ s * l, l in
+// -32..31, of least x²-weighted squared error among 1 / iscale for iscale = -(32 + 0.1 k) / m,
+// k = -9..9, m the element of largest |x| (k = 0 first, then the others in order, a later one
+// replacing only when strictly better). Writes l + 32 to q and the scales; a sub-block of
+// |x| < 1e-15 gets levels 0 and scale 0. Lanes as in fit_scale_min8, lane s for sub-block s.
+static void fit_scale_q6x16(const float *x, uint8_t *q, float *scales) {
+    float xt[16][16], w[16][16], wx[16][16], lv[16][16], trial[16][16];
+    float amax[16] = {0}, m[16] = {0}, iscale[16], sumlx[16] = {0}, suml2[16] = {0}, scale[16], best[16];
+    int tiny[16];
     for (int i = 0; i < 16; i++)
-        if (fabsf(x[i]) > amax) amax = fabsf(x[i]), m = x[i];
-    if (amax < 1e-15f) {
-        memset(q, 0, 16);
-        return 0.0f;
+        for (int t = 0; t < 16; t++) {
+            float v = x[16 * t + i];
+            xt[i][t] = v;
+            w[i][t] = v * v;
+            wx[i][t] = w[i][t] * v;
+        }
+    for (int i = 0; i < 16; i++)
+        for (int t = 0; t < 16; t++)
+            if (fabsf(xt[i][t]) > amax[t]) amax[t] = fabsf(xt[i][t]), m[t] = xt[i][t];
+    for (int t = 0; t < 16; t++) {
+        tiny[t] = amax[t] < 1e-15f;
+        iscale[t] = tiny[t] ? 0.0f : (float)-32 / m[t];
     }
-    float sumlx = 0, suml2 = 0, iscale = (float)-32 / m;
-    for (int i = 0; i < 16; i++) {
-        int l = clamp_int(nearest_int(iscale * x[i]), -32, 31);
-        q[i] = (uint8_t)(l + 32);
-        float w = x[i] * x[i], fl = (float)l;
-        sumlx += w * x[i] * fl;
-        suml2 += w * fl * fl;
+    for (int i = 0; i < 16; i++)
+        for (int t = 0; t < 16; t++) {
+            float fl = (float)clamp_int(nearest_int(iscale[t] * xt[i][t]), -32, 31);
+            lv[i][t] = fl;
+            sumlx[t] += wx[i][t] * fl;
+            suml2[t] += w[i][t] * fl * fl;
+        }
+    for (int t = 0; t < 16; t++) {
+        scale[t] = suml2[t] != 0.0f ? sumlx[t] / suml2[t] : 0.0f;
+        best[t] = scale[t] * sumlx[t];
     }
-    float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f, best = scale * sumlx;
     for (int k = -9; k <= 9; k++) {
         if (k == 0) continue;
-        iscale = -(32.0f + 0.1f * (float)k) / m;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < 16; i++) {
-            float fl = (float)clamp_int(nearest_int(iscale * x[i]), -32, 31);
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * fl;
-            suml2 += w * fl * fl;
+        for (int t = 0; t < 16; t++) {
+            iscale[t] = tiny[t] ? 0.0f : -(32.0f + 0.1f * (float)k) / m[t];
+            sumlx[t] = suml2[t] = 0;
         }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < 16; i++)
-                q[i] = (uint8_t)(clamp_int(nearest_int(iscale * x[i]), -32, 31) + 32);
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+        for (int i = 0; i < 16; i++)
+            for (int t = 0; t < 16; t++) {
+                float fl = (float)clamp_int(nearest_int(iscale[t] * xt[i][t]), -32, 31);
+                trial[i][t] = fl;
+                sumlx[t] += wx[i][t] * fl;
+                suml2[t] += w[i][t] * fl * fl;
+            }
+        for (int t = 0; t < 16; t++) {
+            if (tiny[t] || !(suml2[t] > 0) || !(sumlx[t] * sumlx[t] > best[t] * suml2[t])) continue;
+            for (int i = 0; i < 16; i++) lv[i][t] = trial[i][t];
+            scale[t] = sumlx[t] / suml2[t];
+            best[t] = scale[t] * sumlx[t];
         }
     }
-    return scale;
+    for (int t = 0; t < 16; t++) {
+        for (int i = 0; i < 16; i++) q[16 * t + i] = tiny[t] ? 0 : (uint8_t)((int)lv[i][t] + 32);
+        scales[t] = tiny[t] ? 0.0f : scale[t];
+    }
 }
 
 void mor__quantize_q6_k(const float *x, void *dst, int64_t n) {
     uint8_t *o = dst, q[256];
     for (int64_t b = 0; b < n / 256; b++, x += 256, o += 210) {
         float scales[16], max_scale = 0, max_abs = 0;
-        for (int s = 0; s < 16; s++) {
-            scales[s] = fit_scale_q6(x + 16 * s, q + 16 * s);
+        fit_scale_q6x16(x, q, scales);
+        for (int s = 0; s < 16; s++)
             if (fabsf(scales[s]) > max_abs) max_abs = fabsf(scales[s]), max_scale = scales[s];
-        }
         uint8_t *ql = o, *qh = o + 128;
         int8_t *sc = (int8_t *)(o + 192);
         if (max_abs < 1e-15f) {  // all (near) zero: an all-zero block
