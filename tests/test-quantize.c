@@ -16,6 +16,7 @@
 #include "quant.h"
 #include "quantize.h"
 #include "sha256.h"
+#include "support/randmodel.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -257,6 +258,42 @@ TEST(llama_quantize_byte_identical) {
         }
         remove(out);
     }
+    ASSERT_EQ(bad, 0);
+}
+
+// The SmolLM-135M shape (mor-randmodel smollm-135m --type f32: 538 MB, too large to keep, so
+// regenerated) and llama-quantize's outputs for it (same commit, 2 threads): its ffn_down rows
+// of 1536 take Q4_K and Q6_K in Q4_K_M, the others fall back. Run with MOR_TEST_LARGE=1: the
+// generator holds the model in memory (540 MB) and /tmp holds up to 690 MB at once.
+TEST(llama_quantize_smollm_shape) {
+    if (!getenv("MOR_TEST_LARGE")) TEST_SKIP("set MOR_TEST_LARGE=1 (540 MB of memory, 690 MB in /tmp)");
+    static const struct {
+        const char *type, *sha256;
+    } want[] = {{"Q8_0", "8ebf4271e9f0235a7992d92103e3ec6193c50837584bd67620a8264401710934"},
+                {"Q4_K_M", "c446fe51b5474724eae7413c62feb18a1768539c4c24f6d382d8ac26ea4f5fa5"}};
+    char in[512], out[512], hex[65], err[256];
+    tmp_path(in, sizeof in, "smollm-f32.gguf");
+    tmp_path(out, sizeof out, "smollm-q.gguf");
+    ASSERT_OK(randmodel_write(randmodel_find("smollm-135m"), MOR__DT_F32, 0, NULL, in, err, sizeof err));
+    ASSERT_OK(file_sha256(in, hex));
+    if (strcmp(hex, "315c1c3a91a2f8073651f65348bd9c2a7990447188925ab8d9c57a4d567c11bf") != 0) {
+        remove(in);
+        TEST__FAIL("the generated input changed: sha256 %s", hex);
+    }
+    int bad = 0;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        if (quantize(in, out, want[i].type, 2)) {
+            remove(in);
+            TEST__FAIL("%s: %s", want[i].type, q_err);
+        }
+        ASSERT_OK(file_sha256(out, hex));
+        if (strcmp(hex, want[i].sha256) != 0) {
+            printf("#   %s: sha256 %s, llama-quantize's is %s\n", want[i].type, hex, want[i].sha256);
+            bad++;
+        }
+        remove(out);
+    }
+    remove(in);
     ASSERT_EQ(bad, 0);
 }
 
@@ -678,6 +715,6 @@ TEST(bad_inputs_refused) {
 }
 
 TEST_MAIN(encoders_match_reference_rows, encoders_match_reference_digests, encoders_blockwise_and_arguments,
-          llama_quantize_byte_identical,
+          llama_quantize_byte_identical, llama_quantize_smollm_shape,
           recipes_on_wide_llama, threads_f16_bf16_progress, recipe_on_mor_names, quantized_mor_models_run,
           bad_inputs_refused)
