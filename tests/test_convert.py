@@ -672,6 +672,28 @@ class TestUnits(Base):
         with self.assertRaises(ConvertError):
             floats.f32_to_f16(f32_bytes([1.0, 70000.0]), "T")
 
+    def test_streaming_pieces(self):
+        # A tensor is converted in pieces of at most `size` source bytes, each released from a
+        # mapped file once converted: memory does not grow with the checkpoint.
+        from morconvert.common import SrcTensor
+        from morconvert.layout import OutTensor
+        vals = [float(i % 251) - 125.0 for i in range(10000)]
+        raw = f32_bytes(vals)
+        released = []
+        src = SrcTensor("w", "F32", (100, 100), "m.safetensors", lambda: memoryview(raw),
+                        release=lambda lo, hi: released.append((lo, hi)))
+        pieces = list(OutTensor("w", src, "F16").chunks(size=4096))
+        self.assertEqual(len(pieces), 10)
+        self.assertTrue(all(len(p) <= 2048 for p in pieces))
+        self.assertEqual(b"".join(pieces), floats.f32_to_f16(raw))
+        self.assertEqual(released[0], (0, 4096))
+        self.assertEqual(sum(min(hi, len(raw)) - lo for lo, hi in released), len(raw))
+        # a mapped safetensors file gives its pages back (the released range must be legal)
+        p = os.path.join(self.tmp, "s.safetensors")
+        write_safetensors(p, [("w", "F32", [100, 100], raw)])
+        t = SafetensorsFile(p).tensors["w"]
+        self.assertEqual(b"".join(OutTensor("w", t, "F16").chunks(size=4096)), floats.f32_to_f16(raw))
+
     def test_yaml_subset(self):
         y = yamlmini.loads(read_text(os.path.join(HF, "mor-expert", "train.yaml")))
         self.assertEqual(y["recursive"], {"enable": True, "base_depth": None, "num_recursion": 3,

@@ -136,7 +136,8 @@ def run(a, log):
     progress = writer.Progress(len(plan.tensors), total,
                                a.progress if a.progress is not None else sys.stderr.isatty())
     size, crcs = writer.write(out, kv, plan.tensors, progress)
-    log.info("wrote %s: %d bytes in %.1f s" % (out, size, time.time() - t0))
+    dt = max(time.time() - t0, 1e-9)
+    log.info("wrote %s: %d bytes in %.1f s (%.1f MB/s)" % (out, size, dt, size / 1e6 / dt))
     if a.check:
         log.info(writer.verify(out, kv, plan.tensors, crcs))
     return 0

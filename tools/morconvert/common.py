@@ -54,9 +54,9 @@ class SrcTensor(object):
     and little-endian. `ident` identifies the underlying storage region when the file shares
     storage between keys (torch pickles), so aliases compare equal without reading."""
 
-    __slots__ = ("key", "dtype", "shape", "file", "_get", "ident", "_digest")
+    __slots__ = ("key", "dtype", "shape", "file", "_get", "ident", "_digest", "_release")
 
-    def __init__(self, key, dtype, shape, file, get, ident=None):
+    def __init__(self, key, dtype, shape, file, get, ident=None, release=None):
         self.key = key
         self.dtype = dtype
         self.shape = tuple(int(s) for s in shape)
@@ -64,6 +64,7 @@ class SrcTensor(object):
         self._get = get
         self.ident = ident
         self._digest = None
+        self._release = release
 
     @property
     def numel(self):
@@ -86,6 +87,12 @@ class SrcTensor(object):
         self.require_float()
         return self._get()
 
+    def release(self, lo, hi):
+        """Bytes [lo, hi) of the tensor are no longer needed: a mapped file drops its pages
+        from memory (they are read again from the file if needed). Nothing otherwise."""
+        if self._release is not None:
+            self._release(lo, hi)
+
     def digest(self):
         """A hash of dtype, shape and bytes (cached)."""
         if self._digest is None:
@@ -93,6 +100,7 @@ class SrcTensor(object):
             h.update(("%s%r" % (self.dtype, self.shape)).encode())
             h.update(self.data())
             self._digest = h.digest()
+            self.release(0, self.nbytes)
         return self._digest
 
     def same(self, other):

@@ -650,19 +650,24 @@ class OutTensor(object):
             n *= x
         return n * (4 if self.ttype == "F32" else 2)
 
-    def chunks(self, size=1 << 26):
+    def chunks(self, size=1 << 22):
         """The converted bytes in pieces of about `size` source bytes (the whole tensor at once
-        when rows are permuted or scaled)."""
+        when rows are permuted or scaled). Memory holds one piece and its conversion; the source
+        pages of a piece are released once it is converted, so a mapped checkpoint does not
+        accumulate in resident memory."""
+        src = self.src
         if self.perm_heads or self.scale is not None:
             yield self.produce()
+            src.release(0, src.nbytes)
             return
-        src = self.src
         raw = src.data()
         es = DTYPE_SIZE[src.dtype]
         step = max(1, size // es) * es
         what = "%s (from %s)" % (self.name, src.key)
         for off in range(0, max(len(raw), 1), step):
-            yield floats.convert(raw[off:off + step], src.dtype, self.ttype, what)
+            out = floats.convert(raw[off:off + step], src.dtype, self.ttype, what)
+            src.release(off, off + step)
+            yield out
 
     def produce(self):
         src = self.src

@@ -68,7 +68,16 @@ class SafetensorsFile(object):
                                    % (what, offs[1] - offs[0], fmt_shape(shape), dtype, want))
             b, end = self.data_start + offs[0], self.data_start + offs[1]
             self.tensors[key] = SrcTensor(key, dtype, shape, self.name, self._getter(b, end),
-                                          ident=(self.path, b, end))
+                                          ident=(self.path, b, end), release=self._releaser(b, end))
+
+    def _releaser(self, b, end):
+        def release(lo, hi):
+            # whole pages inside [b + lo, b + hi) leave the process's resident memory
+            first = (b + lo + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+            last = min(b + hi, end) // mmap.PAGESIZE * mmap.PAGESIZE
+            if self._mm is not None and last > first and hasattr(self._mm, "madvise"):
+                self._mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+        return release
 
     def _getter(self, b, end):
         def get():
