@@ -15,43 +15,42 @@ typedef struct {
     const char *name;
     uint32_t    block;   // elements per block
     uint32_t    bytes;   // bytes per block
-    int         usable;  // the engine has kernels for it
 } dtype_info;
 
 static dtype_info dtype_lookup(uint32_t t) {
     switch (t) {
-    case 0:  return (dtype_info){"F32", 1, 4, 1};
-    case 1:  return (dtype_info){"F16", 1, 2, 1};
-    case 2:  return (dtype_info){"Q4_0", 32, 18, 0};
-    case 3:  return (dtype_info){"Q4_1", 32, 20, 0};
-    case 6:  return (dtype_info){"Q5_0", 32, 22, 0};
-    case 7:  return (dtype_info){"Q5_1", 32, 24, 0};
-    case 8:  return (dtype_info){"Q8_0", 32, 34, 0};
-    case 9:  return (dtype_info){"Q8_1", 32, 36, 0};
-    case 10: return (dtype_info){"Q2_K", 256, 84, 0};
-    case 11: return (dtype_info){"Q3_K", 256, 110, 0};
-    case 12: return (dtype_info){"Q4_K", 256, 144, 0};
-    case 13: return (dtype_info){"Q5_K", 256, 176, 0};
-    case 14: return (dtype_info){"Q6_K", 256, 210, 0};
-    case 15: return (dtype_info){"Q8_K", 256, 292, 0};
-    case 16: return (dtype_info){"IQ2_XXS", 256, 66, 0};
-    case 17: return (dtype_info){"IQ2_XS", 256, 74, 0};
-    case 18: return (dtype_info){"IQ3_XXS", 256, 98, 0};
-    case 19: return (dtype_info){"IQ1_S", 256, 50, 0};
-    case 20: return (dtype_info){"IQ4_NL", 32, 18, 0};
-    case 21: return (dtype_info){"IQ3_S", 256, 110, 0};
-    case 22: return (dtype_info){"IQ2_S", 256, 82, 0};
-    case 23: return (dtype_info){"IQ4_XS", 256, 136, 0};
-    case 24: return (dtype_info){"I8", 1, 1, 0};
-    case 25: return (dtype_info){"I16", 1, 2, 0};
-    case 26: return (dtype_info){"I32", 1, 4, 0};
-    case 27: return (dtype_info){"I64", 1, 8, 0};
-    case 28: return (dtype_info){"F64", 1, 8, 0};
-    case 29: return (dtype_info){"IQ1_M", 256, 56, 0};
-    case 30: return (dtype_info){"BF16", 1, 2, 1};
-    case 34: return (dtype_info){"TQ1_0", 256, 54, 0};
-    case 35: return (dtype_info){"TQ2_0", 256, 66, 0};
-    default: return (dtype_info){NULL, 0, 0, 0};
+    case 0:  return (dtype_info){"F32", 1, 4};
+    case 1:  return (dtype_info){"F16", 1, 2};
+    case 2:  return (dtype_info){"Q4_0", 32, 18};
+    case 3:  return (dtype_info){"Q4_1", 32, 20};
+    case 6:  return (dtype_info){"Q5_0", 32, 22};
+    case 7:  return (dtype_info){"Q5_1", 32, 24};
+    case 8:  return (dtype_info){"Q8_0", 32, 34};
+    case 9:  return (dtype_info){"Q8_1", 32, 36};
+    case 10: return (dtype_info){"Q2_K", 256, 84};
+    case 11: return (dtype_info){"Q3_K", 256, 110};
+    case 12: return (dtype_info){"Q4_K", 256, 144};
+    case 13: return (dtype_info){"Q5_K", 256, 176};
+    case 14: return (dtype_info){"Q6_K", 256, 210};
+    case 15: return (dtype_info){"Q8_K", 256, 292};
+    case 16: return (dtype_info){"IQ2_XXS", 256, 66};
+    case 17: return (dtype_info){"IQ2_XS", 256, 74};
+    case 18: return (dtype_info){"IQ3_XXS", 256, 98};
+    case 19: return (dtype_info){"IQ1_S", 256, 50};
+    case 20: return (dtype_info){"IQ4_NL", 32, 18};
+    case 21: return (dtype_info){"IQ3_S", 256, 110};
+    case 22: return (dtype_info){"IQ2_S", 256, 82};
+    case 23: return (dtype_info){"IQ4_XS", 256, 136};
+    case 24: return (dtype_info){"I8", 1, 1};
+    case 25: return (dtype_info){"I16", 1, 2};
+    case 26: return (dtype_info){"I32", 1, 4};
+    case 27: return (dtype_info){"I64", 1, 8};
+    case 28: return (dtype_info){"F64", 1, 8};
+    case 29: return (dtype_info){"IQ1_M", 256, 56};
+    case 30: return (dtype_info){"BF16", 1, 2};
+    case 34: return (dtype_info){"TQ1_0", 256, 54};
+    case 35: return (dtype_info){"TQ2_0", 256, 66};
+    default: return (dtype_info){NULL, 0, 0};
     }
 }
 
