@@ -3,7 +3,9 @@
 // mor-randmodel and mor-bench, so that neither needs a download.
 //
 // Shapes: smollm-135m (576/1536/30 layers/9 heads/3 kv/49152, tied), smollm-360m
-// (960/2560/32/15/5/49152), stories15m (288/768/6/6/6/32000), tiny (64/160/4/4/2/256).
+// (960/2560/32/15/5/49152), stories15m (288/768/6/6/6/32000), tiny (64/160/4/4/2/256),
+// tinyllama-1.1b (2048/5632/22/32/4/32000: every width a multiple of 256, so K-quant files of
+// it hold real K-quant blocks rather than their fallback types).
 // With n_rec > 0 the file is a `mor` model whose unrolled depth equals the vanilla depth
 // (middle_cycle: the layers between the unique first and last are split into n_rec recursions of
 // shared weights; the depth is rounded down to fit). Weights are N(0, 0.02)-ish from a fixed
@@ -34,6 +36,7 @@ static const randmodel_shape randmodel_shapes[] = {
     {"smollm-360m", 960, 2560, 32, 15, 5, 49152},
     {"stories15m", 288, 768, 6, 6, 6, 32000},
     {"tiny", 64, 160, 4, 4, 2, 256},
+    {"tinyllama-1.1b", 2048, 5632, 22, 32, 4, 32000},
 };
 
 static inline const randmodel_shape *randmodel_find(const char *name) {
