@@ -332,9 +332,10 @@ bench: tools
 ## test-aarch64: cross-build the kernel and model tests for AArch64 (NEON) and run them under qemu-user
 test-aarch64:
 	$(MAKE) --no-print-directory CC=aarch64-linux-gnu-gcc B=build-arm L=build-arm/lib LDFLAGS=-static \
-	    build-arm/test-kernels build-arm/test-model
+	    build-arm/test-kernels build-arm/test-model build-arm/test-xref
 	qemu-aarch64 ./build-arm/test-kernels
 	qemu-aarch64 ./build-arm/test-model
+	qemu-aarch64 ./build-arm/test-xref
 
 ## fixtures: regenerate the golden fixtures with the PyTorch reference (PyTorch needed)
 fixtures:
