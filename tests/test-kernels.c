@@ -119,8 +119,9 @@ static uint8_t *make_w(int dt, int64_t rows, int64_t cols, int off, float *deq) 
 
 // ---- matmul ------------------------------------------------------------------------------------
 
+// *worst: the largest |y - y_ref| / sum |w x| seen (raised, never lowered).
 static int check_matmul(const mor__kernels *k, int dt, int64_t rows, int64_t cols, int64_t T, int woff, int xoff,
-                        int pad) {
+                        int pad, double *worst) {
     const mor__kernels *ref = mor__kernels_ref();
     int64_t ldx = cols + pad, ldy = rows + pad, r0 = rows > 2 ? 1 : 0, r1 = rows;
     float *deq = falloc((size_t)(rows * cols + 1));
@@ -144,6 +145,7 @@ static int check_matmul(const mor__kernels *k, int dt, int64_t rows, int64_t col
             double s = 0;
             for (int64_t i = 0; i < cols; i++) s += fabs((double)deq[r * cols + i] * x[t * ldx + i]);
             if (!(fabs((double)a - b) <= TOL_MATMUL * s + 1e-30)) bad = 1;
+            if (s > 0 && fabs((double)a - b) / s > *worst) *worst = fabs((double)a - b) / s;
             if (bad)
                 printf("#   %s %s rows %lld cols %lld T %lld: y[%lld][%lld] = %.9g, ref %.9g (sum|wx| %.3g)\n", k->name,
                        dt_name(dt), (long long)rows, (long long)cols, (long long)T, (long long)t, (long long)r, a, b, s);
@@ -155,13 +157,15 @@ static int check_matmul(const mor__kernels *k, int dt, int64_t rows, int64_t col
 // Each check below runs one group of entries of table k against the reference and returns
 // the number of failures (each printed as a TAP comment).
 
-// matmul, every type, over the shapes, offsets and paddings below.
+// matmul, every type, over the shapes, offsets and paddings below; prints each type's largest
+// difference from the reference relative to sum |w x|.
 static int matmul_shapes(const mor__kernels *k) {
     static const int64_t fcols[] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 576, 1536};
     static const int64_t qcols[] = {32, 64, 96, 160, 576, 1536}, kcols[] = {256, 512, 768, 1536};
     static const int64_t Ts[] = {1, 2, 3, 4, 5, 11, 12, 13, 16, 17, 31, 33, 64, 65, 100};
     static const int64_t rowsv[] = {1, 2, 3, 5, 9, 24, 25, 61};
     int n = 0, fails = 0;
+    double worst[N_DTYPE] = {0};
     for (int di = 0; di < N_DTYPE; di++) {
         const int dt = dtypes[di];
         const int64_t *cs = BY_BLOCK(dt, kcols, qcols, fcols);
@@ -174,10 +178,12 @@ static int matmul_shapes(const mor__kernels *k) {
                 if (dt == MOR__DT_F32) woff *= 4;
                 if (dt == MOR__DT_F16 || dt == MOR__DT_BF16) woff *= 2;
                 n++;
-                if (!check_matmul(k, dt, rows, cs[ci], Ts[ti], woff, xoff, pad)) fails++;
+                if (!check_matmul(k, dt, rows, cs[ci], Ts[ti], woff, xoff, pad, &worst[di])) fails++;
             }
     }
-    printf("#   %s: %d matmul cases\n", k->name, n);
+    printf("#   %s: %d matmul cases; largest |y - y_ref| / sum |w x|:", k->name, n);
+    for (int di = 0; di < N_DTYPE; di++) printf("%s %s %.1e", di ? "," : "", dt_name(dtypes[di]), worst[di]);
+    printf("\n");
     return fails;
 }
 
