@@ -317,6 +317,58 @@ static inline int32_t sum_s8(__m256i v) {
     return (int32_t)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;
 }
 
+// The blocks of 32 (Q8_0, Q4_0 and the types of the same shape: Q4_1, Q5_0, Q5_1, IQ4_NL): bytes
+// per block, where the nibbles start, where the fifth bits start (-1: none), and whether the
+// block has a min (Q4_1, Q5_1: weight = d * code + m).
+static inline int qbs(int dt) {
+    switch (dt) {
+    case MOR__DT_Q8_0: return MOR__Q8_0_SIZE;
+    case MOR__DT_Q4_1: return MOR__Q4_1_SIZE;
+    case MOR__DT_Q5_0: return MOR__Q5_0_SIZE;
+    case MOR__DT_Q5_1: return MOR__Q5_1_SIZE;
+    default: return MOR__Q4_0_SIZE;  // Q4_0, IQ4_NL
+    }
+}
+static inline int q_nib(int dt) { return dt == MOR__DT_Q4_1 ? 4 : dt == MOR__DT_Q5_0 ? 6 : dt == MOR__DT_Q5_1 ? 8 : 2; }
+static inline int q_hbit(int dt) { return dt == MOR__DT_Q5_0 ? 2 : dt == MOR__DT_Q5_1 ? 4 : -1; }
+static inline int q_min(int dt) { return dt == MOR__DT_Q4_1 || dt == MOR__DT_Q5_1; }
+
+static inline uint32_t rd32(const uint8_t *p) {
+    uint32_t u;
+    memcpy(&u, p, 4);
+    return u;
+}
+
+// IQ4_NL's 16 values, + 128 (unsigned bytes) or as they are, in each 128-bit lane.
+static inline __m512i iq4nl_tab(int plus128) {
+    const __m128i v = _mm_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
+    return _mm512_broadcast_i32x4(plus128 ? _mm_xor_si128(v, _mm_set1_epi8((char)0x80)) : v);
+}
+
+// The codes of one block of 32 at p in element order, as bytes (Q4_0/Q4_1: the nibbles; Q5_0,
+// Q5_1: nibble | bit << 4, 0..31; IQ4_NL: the signed values); the signed side of vpdpbusd.
+static inline __m256i q_codes(int dt, const uint8_t *p) {
+    __m128i v = _mm_loadu_si128((const __m128i *)(p + q_nib(dt)));
+    __m256i u = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1),
+                                 _mm256_set1_epi8(0x0f));
+    if (q_hbit(dt) >= 0) u = _mm256_mask_add_epi8(u, (__mmask32)rd32(p + q_hbit(dt)), u, _mm256_set1_epi8(0x10));
+    if (dt == MOR__DT_IQ4_NL) u = _mm256_shuffle_epi8(_mm512_castsi512_si256(iq4nl_tab(0)), u);
+    return u;
+}
+
+// The per-block, per-token integer that comes with sum(q) of x's block: the correction of
+// the unsigned side in the few-token path (Q8_0, IQ4_NL: w + 128; Q4_0: nib = w + 8; Q5_0:
+// code = w + 16), or, for the types with a min, sum(q) itself (the min's term).
+static inline int q_xcorr(int dt) {
+    switch (dt) {
+    case MOR__DT_Q8_0:
+    case MOR__DT_IQ4_NL: return -128;
+    case MOR__DT_Q4_0: return -8;
+    case MOR__DT_Q5_0: return -16;
+    default: return 1;  // Q4_1, Q5_1
+    }
+}
+
 // ---- few tokens: 16 rows in the lanes ------------------------------------------------------
 //
 // vpdpbusd takes the weights as the unsigned side (Q8_0: w + 128; Q4_0: the nibbles) and the
@@ -340,7 +392,7 @@ static qtok qtok_prepare(int dt, const float *x, int64_t cols, uint8_t *buf) {
     int32_t *c = (int32_t *)(d + nb);
     for (int64_t b = 0; b < nb; b++) {
         d[b] = quant_block(x + b * MOR__QK, q + b * MOR__QK);
-        c[b] = (dt == MOR__DT_Q8_0 ? -128 : -8) * sum_s8(_mm256_loadu_si256((const __m256i *)(q + b * MOR__QK)));
+        c[b] = q_xcorr(dt) * sum_s8(_mm256_loadu_si256((const __m256i *)(q + b * MOR__QK)));
     }
     return (qtok){q, d, c};
 }
@@ -355,10 +407,18 @@ static inline __m512i qw_two(int dt, const uint8_t *p, int two) {
         __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(p + MOR__Q8_0_SIZE + 2)) : _mm256_set1_epi8((char)0x80);
         return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), _mm512_set1_epi8((char)0x80));
     }
-    __m128i b1 = two ? _mm_loadu_si128((const __m128i *)(p + MOR__Q4_0_SIZE + 2)) : _mm_set1_epi8(0);
-    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + 2))), b1, 1);
+    const int bs = qbs(dt), o = q_nib(dt);
+    __m128i b1 = two ? _mm_loadu_si128((const __m128i *)(p + bs + o)) : _mm_set1_epi8(0);
+    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + o))), b1, 1);
     const __m256i m = _mm256_set1_epi8(0x0f);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m), 1);
+    __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m), 1);
+    if (q_hbit(dt) >= 0) {  // the fifth bits, in the same quarters
+        uint64_t h0 = rd32(p + q_hbit(dt)), h1 = two ? rd32(p + bs + q_hbit(dt)) : 0;
+        __mmask64 k = (h0 & 0xffff) | (h1 & 0xffff) << 16 | (h0 >> 16) << 32 | (h1 >> 16) << 48;
+        u = _mm512_mask_add_epi8(u, k, u, _mm512_set1_epi8(0x10));
+    }
+    if (dt == MOR__DT_IQ4_NL) u = _mm512_shuffle_epi8(iq4nl_tab(1), u);
+    return u;
 }
 
 // The signed side: the quantized x of blocks b, b + 1 (zeros for b + 1 when not `two`), in
@@ -366,7 +426,7 @@ static inline __m512i qw_two(int dt, const uint8_t *p, int two) {
 static inline __m512i qx_two(int dt, const int8_t *q, int two) {
     __m512i xv = two ? _mm512_loadu_si512(q) : _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q));
     if (!two) xv = _mm512_inserti64x4(xv, _mm256_setzero_si256(), 1);
-    if (dt == MOR__DT_Q4_0) xv = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), xv);
+    if (dt != MOR__DT_Q8_0) xv = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), xv);
     return xv;
 }
 
@@ -393,7 +453,7 @@ static inline __attribute__((always_inline)) void qreduce16(int dt, const __m512
 // 16 rows (n < 16: rows from n on repeat row n - 1 and are not stored) x C tokens.
 static inline __attribute__((always_inline)) void qrows16(int dt, const uint8_t *w, size_t rb, int n, int64_t nb,
                                                           const qtok *xt, float *y, int64_t ldy, int C) {
-    const int bs = dt == MOR__DT_Q8_0 ? MOR__Q8_0_SIZE : MOR__Q4_0_SIZE;
+    const int bs = qbs(dt);
     const uint8_t *wr[16];
     UNROLL for (int a = 0; a < 16; a++) wr[a] = w + (size_t)(a < n ? a : n - 1) * rb;
     __m512i ridx = _mm512_mullo_epi32(_mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -406,6 +466,11 @@ static inline __attribute__((always_inline)) void qrows16(int dt, const uint8_t 
         const size_t off = (size_t)b * bs;
         __m512 dw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off, 1)));
         __m512 dw1 = two ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off + bs, 1))) : dw0;
+        __m512 mw0 = dw0, mw1 = dw1;  // the mins (Q4_1, Q5_1)
+        if (q_min(dt)) {
+            mw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off + 2, 1)));
+            mw1 = two ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off + bs + 2, 1))) : mw0;
+        }
         UNROLL for (int c = 0; c < C; c++) {
             __m512i xv = qx_two(dt, xt[c].q + b * MOR__QK, two);
             __m512i v[16], s0, s1;
@@ -414,11 +479,16 @@ static inline __attribute__((always_inline)) void qrows16(int dt, const uint8_t 
                 v[a] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qw_two(dt, wr[a] + off, two), xv);
             }
             qreduce16(dt, v, &s0, &s1);
-            s0 = _mm512_add_epi32(s0, _mm512_set1_epi32(xt[c].c[b]));
+            if (!q_min(dt)) s0 = _mm512_add_epi32(s0, _mm512_set1_epi32(xt[c].c[b]));
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(dw0, _mm512_set1_ps(xt[c].d[b])), acc[c]);
+            if (q_min(dt))
+                acc[c] = _mm512_fmadd_ps(_mm512_set1_ps((float)xt[c].c[b]), _mm512_mul_ps(mw0, _mm512_set1_ps(xt[c].d[b])), acc[c]);
             if (two) {
-                s1 = _mm512_add_epi32(s1, _mm512_set1_epi32(xt[c].c[b + 1]));
+                if (!q_min(dt)) s1 = _mm512_add_epi32(s1, _mm512_set1_epi32(xt[c].c[b + 1]));
                 acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(dw1, _mm512_set1_ps(xt[c].d[b + 1])), acc[c]);
+                if (q_min(dt))
+                    acc[c] = _mm512_fmadd_ps(_mm512_set1_ps((float)xt[c].c[b + 1]), _mm512_mul_ps(mw1, _mm512_set1_ps(xt[c].d[b + 1])),
+                                             acc[c]);
             }
         }
     }
@@ -430,7 +500,7 @@ static inline __attribute__((always_inline)) void qfew(int dt, const void *W, in
                                                        const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                                                        float *row) {
     const int64_t nb = cols / MOR__QK, per = cols + cols / 4;  // scratch bytes a token
-    const size_t rb = (size_t)mor__dtype_row_bytes(dt, cols);
+    const size_t rb = (size_t)mor__dtype_row_bytes((uint32_t)dt, cols);
     const int64_t ng = (T + 2) / 3;  // groups of nearly equal size, up to 3 tokens (the scratch holds 3)
     for (int64_t g = 0, t0 = 0; g < ng; g++) {
         int64_t C = T / ng + (g < T % ng);
@@ -473,28 +543,29 @@ static inline __attribute__((always_inline)) void qlane_tile(int dt, const uint8
         __mmask16 m = left >= 16 ? 0xffff : tail16(left);
         facc[a][j] = first ? _mm512_setzero_ps() : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, y + 16 * j * ldy + a, 4);
     }
-    const int bs = dt == MOR__DT_Q8_0 ? MOR__Q8_0_SIZE : MOR__Q4_0_SIZE;
+    const int bs = qbs(dt);
     for (int64_t b = 0; b < nbc; b++) {
         const uint8_t *wq[12];
         _Alignas(32) uint8_t un[12][32];
         __m512i iacc[12][4];
-        float dw[12];
+        float dw[12], mw[12];
         UNROLL for (int a = 0; a < RR; a++) {
             const uint8_t *blk = w + (size_t)a * rb + (size_t)(b0 + b) * bs;
             _mm_prefetch((const char *)blk + (size_t)RR * rb, _MM_HINT_T0);  // the next tile's rows
             dw[a] = rd_f16(blk);
+            mw[a] = q_min(dt) ? rd_f16(blk + 2) : 0.0f;
             __m256i v;
             if (dt == MOR__DT_Q8_0) {
                 wq[a] = blk + 2;
                 v = _mm256_loadu_si256((const __m256i *)wq[a]);
             } else {
-                v = q4_one(blk);
+                v = dt == MOR__DT_Q4_0 ? q4_one(blk) : q_codes(dt, blk);
                 _mm256_store_si256((__m256i *)un[a], v);
                 wq[a] = un[a];
             }
             __m512i c = _mm512_set1_epi32(-128 * sum_s8(v));
             UNROLL for (int j = 0; j < NT; j++)
-                iacc[a][j] = dt == MOR__DT_Q8_0 ? c : _mm512_add_epi32(c, _mm512_load_si512(pk->xc + b * 16 * NT + 16 * j));
+                iacc[a][j] = dt == MOR__DT_Q4_0 || dt == MOR__DT_Q5_0 ? _mm512_add_epi32(c, _mm512_load_si512(pk->xc + b * 16 * NT + 16 * j)) : c;
         }
         UNROLL for (int g = 0; g < 8; g++) {
             __m512i xv[4];
@@ -508,8 +579,12 @@ static inline __attribute__((always_inline)) void qlane_tile(int dt, const uint8
         }
         UNROLL for (int j = 0; j < NT; j++) {
             __m512 dx = _mm512_load_ps(pk->xd + b * 16 * NT + 16 * j);
-            UNROLL for (int a = 0; a < RR; a++)
+            UNROLL for (int a = 0; a < RR; a++) {
                 facc[a][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[a][j]), _mm512_mul_ps(_mm512_set1_ps(dw[a]), dx), facc[a][j]);
+                if (q_min(dt))  // + (m * dx) * sum(q), as the few-token path
+                    facc[a][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(pk->xc + b * 16 * NT + 16 * j)),
+                                                 _mm512_mul_ps(_mm512_set1_ps(mw[a]), dx), facc[a][j]);
+            }
         }
     }
     UNROLL for (int j = 0; j < NT; j++) {
@@ -531,7 +606,7 @@ static inline __attribute__((always_inline)) void qlane_rows(int dt, const uint8
 static void qgemm_lanes(int dt, const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
                         int64_t ldx, float *y, int64_t ldy) {
     _Alignas(64) qpack pk;
-    size_t rb = (size_t)mor__dtype_row_bytes(dt, cols);
+    size_t rb = (size_t)mor__dtype_row_bytes((uint32_t)dt, cols);
     __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                      _mm512_set1_epi32((int)ldy));
     for (int64_t t0 = 0; t0 < T; t0 += TLQ) {
@@ -550,7 +625,7 @@ static void qgemm_lanes(int dt, const void *W, int64_t cols, int64_t r0, int64_t
                     else memset(q, 0, sizeof q);
                     __m256i v = _mm256_load_si256((const __m256i *)q);
                     pk.xd[b * 16 * NT + t] = d;
-                    pk.xc[b * 16 * NT + t] = -8 * sum_s8(v);
+                    pk.xc[b * 16 * NT + t] = q_xcorr(dt) * sum_s8(v);  // used by Q4_0, Q5_0, Q4_1, Q5_1
                     v = _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
                     _Alignas(32) uint32_t g[8];
                     _mm256_store_si256((__m256i *)g, v);
@@ -586,6 +661,17 @@ static void avx512_matmul_q4_0(const void *W, int64_t cols, int64_t r0, int64_t 
     if (T >= QLANE_MIN_T && ldy < (1 << 24)) qgemm_lanes(MOR__DT_Q4_0, W, cols, r0, r1, x, T, ldx, y, ldy);
     else qfew(MOR__DT_Q4_0, W, cols, r0, r1, x, T, ldx, y, ldy, row);
 }
+
+#define QMATMUL32(NAME, DT)                                                                                   \
+    static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx, \
+                     float *y, int64_t ldy, float *row) {                                                       \
+        if (T >= QLANE_MIN_T && ldy < (1 << 24)) qgemm_lanes(DT, W, cols, r0, r1, x, T, ldx, y, ldy);            \
+        else qfew(DT, W, cols, r0, r1, x, T, ldx, y, ldy, row);                                                 \
+    }
+QMATMUL32(avx512_matmul_q4_1, MOR__DT_Q4_1)
+QMATMUL32(avx512_matmul_q5_0, MOR__DT_Q5_0)
+QMATMUL32(avx512_matmul_q5_1, MOR__DT_Q5_1)
+QMATMUL32(avx512_matmul_iq4_nl, MOR__DT_IQ4_NL)
 
 static void avx512_q8_0_row(const void *src, float *dst, int64_t n) {
     const uint8_t *p = src;
@@ -757,6 +843,10 @@ void mor__kernels_install_avx512(mor__kernels *k) {
     k->matmul[MOR__DT_BF16] = avx512_matmul_bf16;
     k->matmul[MOR__DT_Q8_0] = avx512_matmul_q8_0;
     k->matmul[MOR__DT_Q4_0] = avx512_matmul_q4_0;
+    k->matmul[MOR__DT_Q4_1] = avx512_matmul_q4_1;
+    k->matmul[MOR__DT_Q5_0] = avx512_matmul_q5_0;
+    k->matmul[MOR__DT_Q5_1] = avx512_matmul_q5_1;
+    k->matmul[MOR__DT_IQ4_NL] = avx512_matmul_iq4_nl;
     k->to_f32[MOR__DT_F16] = avx512_f16_row;
     k->to_f32[MOR__DT_BF16] = avx512_bf16_row;
     k->to_f32[MOR__DT_Q8_0] = avx512_q8_0_row;
