@@ -518,6 +518,242 @@ static inline __attribute__((always_inline)) void qfew(int dt, const void *W, in
     }
 }
 
+// ---- K types, few tokens: 16 rows in the lanes ----------------------------------------------
+//
+// Every output runs, per block b of 32 of x in order, the chain
+//   acc = fma((float)isc_b, d * dx_b, acc), then (Q2_K, Q4_K, Q5_K) acc = fnmadd((float)imn_b, dmin * dx_b, acc),
+// with the exact integers isc_b = sum over b's sub-blocks k of sc_k * (sum code * q - off * qsum_k)
+// (the codes stored with an offset: 32 for Q6_K, 4 for Q3_K, 0 for the others) and imn_b = sum
+// mn_k * qsum_k. The codes (unsigned bytes) go to vpdpbusd against x, two blocks a row at a time;
+// 16 rows' lanes are reduced together to the sums of each block (Q4_K, Q5_K: a scale per 32) or
+// of each half (Q2_K, Q3_K, Q6_K: a scale per 16), then multiplied by the scales, gathered with
+// the rows in the lanes (d and dmin too). Tokens go in groups of up to 3 (the row scratch holds
+// 3 quantized tokens), each group's codes decoded once for its tokens.
+
+// A token's quantized x: q[cols], d[cols / 32], s[cols / 16] (sums of 16 quantized values).
+typedef struct {
+    const int8_t  *q;
+    const float   *d;
+    const int16_t *s;
+} xtok;
+
+static xtok xtok_prepare(const float *x, int64_t cols, uint8_t *buf) {
+    int8_t *q = (int8_t *)buf;
+    float *d = (float *)(buf + cols);
+    int16_t *s = (int16_t *)(d + cols / MOR__QK);
+    for (int64_t b = 0; b < cols / MOR__QK; b++) {
+        d[b] = quant_block(x + b * MOR__QK, q + b * MOR__QK);
+        __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + b * MOR__QK)), _mm256_set1_epi8((char)0x80));
+        __m256i t = _mm256_sad_epu8(v, _mm256_setzero_si256());  // 4 sums of 8 bytes, each + 8 * 128
+        s[2 * b] = (int16_t)(_mm256_extract_epi64(t, 0) + _mm256_extract_epi64(t, 1) - 16 * 128);
+        s[2 * b + 1] = (int16_t)(_mm256_extract_epi64(t, 2) + _mm256_extract_epi64(t, 3) - 16 * 128);
+    }
+    return (xtok){q, d, s};
+}
+
+static inline int bsizek(int dt) {
+    switch (dt) {
+    case MOR__DT_Q2_K: return MOR__Q2_K_SIZE;
+    case MOR__DT_Q3_K: return MOR__Q3_K_SIZE;
+    case MOR__DT_Q4_K: return MOR__Q4_K_SIZE;
+    case MOR__DT_Q5_K: return MOR__Q5_K_SIZE;
+    default: return MOR__Q6_K_SIZE;
+    }
+}
+static inline int k_mins(int dt) { return dt == MOR__DT_Q2_K || dt == MOR__DT_Q4_K || dt == MOR__DT_Q5_K; }
+static inline int k_off(int dt) { return dt == MOR__DT_Q6_K ? 32 : dt == MOR__DT_Q3_K ? 4 : 0; }
+
+// Two 32-byte halves: lo in bytes 0..31, hi in 32..63.
+static inline __m512i cat256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+static inline __m512i bcast256(const uint8_t *p) { return _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p)); }
+
+// The codes of blocks 2p, 2p + 1 of the super-block at w (64 unsigned bytes, element order).
+static inline __attribute__((always_inline)) __m512i kcodes(int dt, const uint8_t *w, int p) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
+    const int g = 2 * (p % 2);  // Q2_K, Q3_K, Q6_K: quarters g and g + 1 of the half p / 2
+    switch (dt) {
+    case MOR__DT_Q4_K:
+    case MOR__DT_Q5_K: {  // low nibbles block 2p, high nibbles 2p + 1
+        __m512i v = bcast256(w + (dt == MOR__DT_Q4_K ? 16 : 48) + 32 * p);
+        v = _mm512_and_si512(_mm512_srlv_epi16(v, cat256(_mm256_setzero_si256(), _mm256_set1_epi16(4))), m4);
+        if (dt == MOR__DT_Q5_K) {  // bit 2p (2p + 1) of qh[l]: + 16
+            __m512i bit = cat256(_mm256_set1_epi8((char)(1 << (2 * p))), _mm256_set1_epi8((char)(1 << (2 * p + 1))));
+            v = _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(bcast256(w + 16), bit), v, _mm512_set1_epi8(0x10));
+        }
+        return v;
+    }
+    case MOR__DT_Q6_K: {  // nibbles of ql[64h .. 64h + 63] (low: g < 2), bits 2g.. of qh[32h + l] to bits 4, 5
+        __m512i lo = _mm512_loadu_si512(w + 64 * (p / 2));
+        lo = _mm512_and_si512(p % 2 ? _mm512_srli_epi16(lo, 4) : lo, m4);
+        __m512i hv = bcast256(w + 128 + 32 * (p / 2)), hi;
+        if (p % 2 == 0) hi = _mm512_sllv_epi16(hv, cat256(_mm256_set1_epi16(4), _mm256_set1_epi16(2)));
+        else hi = _mm512_srlv_epi16(hv, cat256(_mm256_setzero_si256(), _mm256_set1_epi16(2)));
+        return _mm512_or_si512(lo, _mm512_and_si512(hi, _mm512_set1_epi8(0x30)));
+    }
+    case MOR__DT_Q3_K: {  // bits 2g.. of qs[32h + l], + 4 where bit 2p (2p + 1) of hmask[l] is set
+        __m512i v = _mm512_srlv_epi16(bcast256(w + 32 + 32 * (p / 2)), cat256(_mm256_set1_epi16((short)(2 * g)), _mm256_set1_epi16((short)(2 * g + 2))));
+        v = _mm512_and_si512(v, m2);
+        __m512i bit = cat256(_mm256_set1_epi8((char)(1 << (2 * p))), _mm256_set1_epi8((char)(1 << (2 * p + 1))));
+        return _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(bcast256(w), bit), v, _mm512_set1_epi8(4));
+    }
+    default: {  // Q2_K: bits 2g.. of qs[32h + l]
+        __m512i v = _mm512_srlv_epi16(bcast256(w + 16 + 32 * (p / 2)), cat256(_mm256_set1_epi16((short)(2 * g)), _mm256_set1_epi16((short)(2 * g + 2))));
+        return _mm512_and_si512(v, m2);
+    }
+    }
+}
+
+// The scale (mn = 0) or min (mn = 1) of sub-block k of 16 rows, from the gathered scale dwords G
+// (Q4_K/Q5_K: bytes 4..15, k < 8; Q6_K: int8 scales; Q2_K: bytes 0..15; Q3_K: bytes 96..107).
+static inline __attribute__((always_inline)) __m512i kscale(int dt, const __m512i *G, int k, int mn) {
+    const __m512i m63 = _mm512_set1_epi32(63), m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3);
+    switch (dt) {
+    case MOR__DT_Q4_K:
+    case MOR__DT_Q5_K: {
+        const __m512i a = G[mn];  // scales: bytes 0..3 (and their top bits), mins: bytes 4..7
+        if (k < 4) return _mm512_and_si512(_mm512_srli_epi32(a, 8 * k), m63);
+        __m512i lo = _mm512_and_si512(_mm512_srli_epi32(G[2], 8 * (k - 4) + 4 * mn), m15);
+        return _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(a, 8 * (k - 4) + 6), m3), 4));
+    }
+    case MOR__DT_Q6_K: return _mm512_srai_epi32(_mm512_slli_epi32(G[k / 4], 24 - 8 * (k % 4)), 24);
+    case MOR__DT_Q3_K: {
+        __m512i lo = _mm512_and_si512(_mm512_srli_epi32(G[(k % 8) / 4], 8 * (k % 4) + (k >= 8 ? 4 : 0)), m15);
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi32(G[2], 8 * (k % 4) + 2 * (k / 4)), m3);
+        return _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32));
+    }
+    default: return _mm512_and_si512(_mm512_srli_epi32(G[k / 4], 8 * (k % 4) + 4 * mn), m15);  // Q2_K
+    }
+}
+
+// v[a]: row a's 16 lanes of partial sums, lanes 4j..4j+3 for half j (16 elements). Returns the
+// 16 rows' sums of each half j in h[j], row a in lane a.
+static inline __attribute__((always_inline)) void qreduce16h(const __m512i *v, __m512i *h) {
+    __m512i u[8], w[4];
+    UNROLL for (int p = 0; p < 8; p++)  // per 128-bit lane: [A0 + A2, B0 + B2, A1 + A3, B1 + B3]
+        u[p] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * p], v[2 * p + 1]), _mm512_unpackhi_epi32(v[2 * p], v[2 * p + 1]));
+    UNROLL for (int q = 0; q < 4; q++)  // 128-bit lane j: the sums of half j of rows 4q .. 4q + 3
+        w[q] = _mm512_add_epi32(_mm512_unpacklo_epi64(u[2 * q], u[2 * q + 1]), _mm512_unpackhi_epi64(u[2 * q], u[2 * q + 1]));
+    __m512i t0 = _mm512_shuffle_i32x4(w[0], w[1], 0x44), t1 = _mm512_shuffle_i32x4(w[0], w[1], 0xee);
+    __m512i t2 = _mm512_shuffle_i32x4(w[2], w[3], 0x44), t3 = _mm512_shuffle_i32x4(w[2], w[3], 0xee);
+    h[0] = _mm512_shuffle_i32x4(t0, t2, 0x88), h[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
+    h[2] = _mm512_shuffle_i32x4(t1, t3, 0x88), h[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
+}
+
+// A half (f16) of 16 rows at byte `at` of their super-blocks (ridx: the rows' byte offsets);
+// read as the upper half of a dword when it is the last field of the block.
+static inline __m512 kgather_f16(const uint8_t *w, __m512i ridx, int at, int upper) {
+    __m512i g = _mm512_i32gather_epi32(ridx, w + at - 2 * upper, 1);
+    if (upper) g = _mm512_srli_epi32(g, 16);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+}
+
+// The float chain's step for block b of token xt (both paths of the K types use it).
+static inline __attribute__((always_inline)) __m512 kstep(int dt, __m512 acc, __m512i isc, __m512i imn, __m512 d, __m512 dmin, __m512 dx) {
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isc), _mm512_mul_ps(d, dx), acc);
+    if (k_mins(dt)) acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imn), _mm512_mul_ps(dmin, dx), acc);
+    return acc;
+}
+
+// 16 rows (n < 16: rows from n on repeat row n - 1 and are not stored) x C tokens.
+static inline __attribute__((always_inline)) void krows16(int dt, const uint8_t *w, size_t rb, int n, int64_t nsb,
+                                                          const xtok *xt, float *y, int64_t ldy, int C) {
+    const int bs = bsizek(dt);
+    const uint8_t *wr[16];
+    UNROLL for (int a = 0; a < 16; a++) wr[a] = w + (size_t)(a < n ? a : n - 1) * rb;
+    __m512i ridx = _mm512_mullo_epi32(_mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                       _mm512_set1_epi32(n - 1)),
+                                      _mm512_set1_epi32((int)rb));
+    __m512 acc[3];
+    UNROLL for (int c = 0; c < C; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const size_t off = (size_t)sb * bs;
+        const uint8_t *ws = w + off;
+        __m512 d, dmin = _mm512_setzero_ps();
+        __m512i G[4];
+        switch (dt) {
+        case MOR__DT_Q4_K:
+        case MOR__DT_Q5_K:
+            d = kgather_f16(ws, ridx, 0, 0), dmin = kgather_f16(ws, ridx, 2, 1);
+            UNROLL for (int i = 0; i < 3; i++) G[i] = _mm512_i32gather_epi32(ridx, ws + 4 + 4 * i, 1);
+            break;
+        case MOR__DT_Q6_K:
+            d = kgather_f16(ws, ridx, 208, 1);
+            UNROLL for (int i = 0; i < 4; i++) G[i] = _mm512_i32gather_epi32(ridx, ws + 192 + 4 * i, 1);
+            break;
+        case MOR__DT_Q3_K:
+            d = kgather_f16(ws, ridx, 108, 1);
+            UNROLL for (int i = 0; i < 3; i++) G[i] = _mm512_i32gather_epi32(ridx, ws + 96 + 4 * i, 1);
+            break;
+        default:  // Q2_K
+            d = kgather_f16(ws, ridx, 80, 0), dmin = kgather_f16(ws, ridx, 82, 1);
+            UNROLL for (int i = 0; i < 4; i++) G[i] = _mm512_i32gather_epi32(ridx, ws + 4 * i, 1);
+            break;
+        }
+        UNROLL for (int p = 0; p < 4; p++) {
+            _Alignas(64) uint8_t cbuf[16][64];  // the rows' codes, for the group's other tokens
+            UNROLL for (int c = 0; c < C; c++) {
+                const int16_t *qs = xt[c].s + 16 * sb + 4 * p;  // the sums of the pair's 4 halves
+                __m512i xv = _mm512_loadu_si512(xt[c].q + 256 * sb + 64 * p), v[16];
+                UNROLL for (int a = 0; a < 16; a++) {
+                    __m512i cw;
+                    if (c == 0) {
+                        _mm_prefetch((const char *)wr[a] + 16 * rb + off + 64 * p, _MM_HINT_T0);
+                        cw = kcodes(dt, wr[a] + off, p);
+                        if (C > 1) _mm512_store_si512(cbuf[a], cw);
+                    } else cw = _mm512_load_si512(cbuf[a]);
+                    v[a] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), cw, xv);
+                }
+                __m512i isc[2], imn[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+                if (dt == MOR__DT_Q4_K || dt == MOR__DT_Q5_K) {
+                    qreduce16(MOR__DT_Q8_0, v, &isc[0], &isc[1]);
+                    UNROLL for (int i = 0; i < 2; i++) {
+                        isc[i] = _mm512_mullo_epi32(kscale(dt, G, 2 * p + i, 0), isc[i]);
+                        imn[i] = _mm512_mullo_epi32(kscale(dt, G, 2 * p + i, 1), _mm512_set1_epi32(qs[2 * i] + qs[2 * i + 1]));
+                    }
+                } else {
+                    __m512i h[4];
+                    qreduce16h(v, h);
+                    UNROLL for (int j = 0; j < 4; j++) {
+                        if (k_off(dt)) h[j] = _mm512_sub_epi32(h[j], _mm512_set1_epi32(k_off(dt) * qs[j]));
+                        h[j] = _mm512_mullo_epi32(kscale(dt, G, 4 * p + j, 0), h[j]);
+                    }
+                    isc[0] = _mm512_add_epi32(h[0], h[1]), isc[1] = _mm512_add_epi32(h[2], h[3]);
+                    if (dt == MOR__DT_Q2_K)
+                        UNROLL for (int i = 0; i < 2; i++)
+                            imn[i] = _mm512_add_epi32(_mm512_mullo_epi32(kscale(dt, G, 4 * p + 2 * i, 1), _mm512_set1_epi32(qs[2 * i])),
+                                                      _mm512_mullo_epi32(kscale(dt, G, 4 * p + 2 * i + 1, 1), _mm512_set1_epi32(qs[2 * i + 1])));
+                }
+                UNROLL for (int i = 0; i < 2; i++)
+                    acc[c] = kstep(dt, acc[c], isc[i], imn[i], d, dmin, _mm512_set1_ps(xt[c].d[8 * sb + 2 * p + i]));
+            }
+        }
+    }
+    __mmask16 m = n >= 16 ? 0xffff : tail16(n);
+    UNROLL for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + c * ldy, m, acc[c]);
+}
+
+static inline __attribute__((always_inline)) void kfew(int dt, const void *W, int64_t cols, int64_t r0, int64_t r1,
+                                                       const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                                                       float *row) {
+    const int64_t nsb = cols / MOR__QK_K, per = cols + cols / 4;  // scratch bytes a token
+    const size_t rb = (size_t)mor__dtype_row_bytes((uint32_t)dt, cols);
+    const int64_t ng = (T + 2) / 3;  // groups of nearly equal size, up to 3 tokens
+    for (int64_t g = 0, t0 = 0; g < ng; g++) {
+        int64_t C = T / ng + (g < T % ng);
+        xtok xt[3];
+        for (int64_t t = 0; t < C; t++) xt[t] = xtok_prepare(x + (t0 + t) * ldx, cols, (uint8_t *)row + t * per);
+        for (int64_t r = r0; r < r1; r += 16) {
+            int n = r1 - r >= 16 ? 16 : (int)(r1 - r);
+            const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
+            float *yt = y + t0 * ldy + r;
+            if (C == 1) krows16(dt, w, rb, n, nsb, xt, yt, ldy, 1);
+            else if (C == 2) krows16(dt, w, rb, n, nsb, xt, yt, ldy, 2);
+            else krows16(dt, w, rb, n, nsb, xt, yt, ldy, 3);
+        }
+        t0 += C;
+    }
+}
+
 // ---- quantized products, many tokens -------------------------------------------------------
 
 #define QPACK 40960  // bytes of packed x per k-chunk: 640 elements x 64 tokens, 2560 x 16
@@ -672,6 +908,17 @@ QMATMUL32(avx512_matmul_q4_1, MOR__DT_Q4_1)
 QMATMUL32(avx512_matmul_q5_0, MOR__DT_Q5_0)
 QMATMUL32(avx512_matmul_q5_1, MOR__DT_Q5_1)
 QMATMUL32(avx512_matmul_iq4_nl, MOR__DT_IQ4_NL)
+
+#define KMATMUL(NAME, DT)                                                                                     \
+    static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx, \
+                     float *y, int64_t ldy, float *row) {                                                       \
+        kfew(DT, W, cols, r0, r1, x, T, ldx, y, ldy, row);                                                      \
+    }
+KMATMUL(avx512_matmul_q2_k, MOR__DT_Q2_K)
+KMATMUL(avx512_matmul_q3_k, MOR__DT_Q3_K)
+KMATMUL(avx512_matmul_q4_k, MOR__DT_Q4_K)
+KMATMUL(avx512_matmul_q5_k, MOR__DT_Q5_K)
+KMATMUL(avx512_matmul_q6_k, MOR__DT_Q6_K)
 
 static void avx512_q8_0_row(const void *src, float *dst, int64_t n) {
     const uint8_t *p = src;
@@ -847,6 +1094,11 @@ void mor__kernels_install_avx512(mor__kernels *k) {
     k->matmul[MOR__DT_Q5_0] = avx512_matmul_q5_0;
     k->matmul[MOR__DT_Q5_1] = avx512_matmul_q5_1;
     k->matmul[MOR__DT_IQ4_NL] = avx512_matmul_iq4_nl;
+    k->matmul[MOR__DT_Q2_K] = avx512_matmul_q2_k;
+    k->matmul[MOR__DT_Q3_K] = avx512_matmul_q3_k;
+    k->matmul[MOR__DT_Q4_K] = avx512_matmul_q4_k;
+    k->matmul[MOR__DT_Q5_K] = avx512_matmul_q5_k;
+    k->matmul[MOR__DT_Q6_K] = avx512_matmul_q6_k;
     k->to_f32[MOR__DT_F16] = avx512_f16_row;
     k->to_f32[MOR__DT_BF16] = avx512_bf16_row;
     k->to_f32[MOR__DT_Q8_0] = avx512_q8_0_row;
