@@ -884,6 +884,197 @@ static void qgemm_lanes(int dt, const void *W, int64_t cols, int64_t r0, int64_t
     }
 }
 
+// ---- K types, many tokens: 16 tokens in the lanes ------------------------------------------
+//
+// The chain of krows16 per lane, with tokens in the lanes: x + 128 packed as in qgemm_lanes
+// (the unsigned side), the codes broadcast a dword at a time (the signed side), per half of 16
+// the integer sum corrected by -128 * (sum of the half's codes) and the codes' offset times the
+// half's qsum, then multiplied by the scale (integers, exact: the same isc_b and imn_b as
+// krows16). k-chunks are whole super-blocks; a later chunk continues the chain from y.
+
+// Packed x for up to 64 tokens and a chunk of whole super-blocks: xq as in qpack, xd[b * 16 NT
+// + t] the block scales, xs[k * 16 NT + t] the sums of each 16 (times 32 for Q6_K, 4 for Q3_K:
+// the codes' offset).
+typedef struct {
+    uint8_t xq[QPACK];
+    float   xd[QPACK / MOR__QK];
+    int32_t xs[QPACK / 16];
+} kpack;
+
+// One super-block of a row, decoded: codes (element order), the sums of each half's codes, the
+// 16 scales and mins (per half: Q4_K/Q5_K's repeat per block), d and dmin.
+typedef struct {
+    _Alignas(64) uint8_t c[256];
+    int32_t csum[16], sc[16], mn[16];
+    float   d, dmin;
+} ksb;
+
+static inline __attribute__((always_inline)) void ksb_decode(int dt, const uint8_t *w, ksb *o) {
+    UNROLL for (int p = 0; p < 4; p++) {
+        __m512i v = kcodes(dt, w, p);
+        _mm512_store_si512(o->c + 64 * p, v);
+        _Alignas(64) uint64_t t[8];
+        _mm512_store_si512(t, _mm512_sad_epu8(v, _mm512_setzero_si512()));
+        UNROLL for (int j = 0; j < 4; j++) o->csum[4 * p + j] = (int32_t)(t[2 * j] + t[2 * j + 1]);
+    }
+    uint32_t a, b, c;
+    switch (dt) {
+    case MOR__DT_Q4_K:
+    case MOR__DT_Q5_K:
+        memcpy(&a, w + 4, 4), memcpy(&b, w + 8, 4), memcpy(&c, w + 12, 4);
+        {
+            uint32_t v[4] = {a & 0x3f3f3f3fu, (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u), b & 0x3f3f3f3fu,
+                             ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u)};
+            UNROLL for (int k = 0; k < 8; k++) {
+                o->sc[2 * k] = o->sc[2 * k + 1] = (v[k / 4] >> 8 * (k % 4)) & 0xff;
+                o->mn[2 * k] = o->mn[2 * k + 1] = (v[2 + k / 4] >> 8 * (k % 4)) & 0xff;
+            }
+        }
+        o->d = rd_f16(w), o->dmin = rd_f16(w + 2);
+        break;
+    case MOR__DT_Q6_K:
+        UNROLL for (int k = 0; k < 16; k++) o->sc[k] = (int8_t)w[192 + k], o->mn[k] = 0;
+        o->d = rd_f16(w + 208), o->dmin = 0;
+        break;
+    case MOR__DT_Q3_K: {
+        const uint8_t *s = w + 96;
+        UNROLL for (int k = 0; k < 16; k++) {
+            int lo = k < 8 ? s[k] & 15 : s[k - 8] >> 4, hi = (s[8 + k % 4] >> (2 * (k / 4))) & 3;
+            o->sc[k] = (lo | hi << 4) - 32, o->mn[k] = 0;
+        }
+        o->d = rd_f16(w + 108), o->dmin = 0;
+        break;
+    }
+    default:  // Q2_K
+        UNROLL for (int k = 0; k < 16; k++) o->sc[k] = w[k] & 15, o->mn[k] = w[k] >> 4;
+        o->d = rd_f16(w + 80), o->dmin = rd_f16(w + 82);
+        break;
+    }
+}
+
+static inline __attribute__((always_inline)) void klane_tile(int dt, const uint8_t *w, size_t rb, int64_t sb0,
+                                                             int64_t nsbc, const kpack *pk, float *y, int64_t ldy,
+                                                             __m512i idx, int64_t nt, int first, int RR, int NT) {
+    __m512 facc[8][4];
+    UNROLL for (int a = 0; a < RR; a++) UNROLL for (int j = 0; j < NT; j++) {
+        int64_t left = nt - 16 * j;
+        __mmask16 m = left >= 16 ? 0xffff : tail16(left);
+        facc[a][j] = first ? _mm512_setzero_ps() : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, y + 16 * j * ldy + a, 4);
+    }
+    const int bs = bsizek(dt);
+    for (int64_t sb = 0; sb < nsbc; sb++) {
+        ksb kb[8];
+        UNROLL for (int a = 0; a < RR; a++) {
+            const uint8_t *blk = w + (size_t)a * rb + (size_t)(sb0 + sb) * bs;
+            UNROLL for (int l = 0; l < 4; l++) _mm_prefetch((const char *)blk + (size_t)RR * rb + 64 * l, _MM_HINT_T0);
+            ksb_decode(dt, blk, &kb[a]);
+        }
+        for (int b = 0; b < 8; b++) {
+            __m512i isc[8][4], imn[8][4];
+            UNROLL for (int hh = 0; hh < 2; hh++) {
+                const int k = 2 * b + hh;  // the half
+                __m512i h[8][4];
+                UNROLL for (int a = 0; a < RR; a++) UNROLL for (int j = 0; j < NT; j++) {
+                    h[a][j] = _mm512_set1_epi32(-128 * kb[a].csum[k]);
+                    if (k_off(dt)) h[a][j] = _mm512_sub_epi32(h[a][j], _mm512_load_si512(pk->xs + (sb * 16 + k) * 16 * NT + 16 * j));
+                }
+                UNROLL for (int g = 0; g < 4; g++) {
+                    __m512i xv[4];
+                    UNROLL for (int j = 0; j < NT; j++) xv[j] = _mm512_load_si512(pk->xq + (((sb * 8 + b) * 8 + 4 * hh + g) * NT + j) * 64);
+                    UNROLL for (int a = 0; a < RR; a++) {
+                        int32_t wd;
+                        memcpy(&wd, kb[a].c + 16 * k + 4 * g, 4);
+                        __m512i wv = _mm512_set1_epi32(wd);
+                        UNROLL for (int j = 0; j < NT; j++) h[a][j] = _mm512_dpbusd_epi32(h[a][j], xv[j], wv);
+                    }
+                }
+                UNROLL for (int a = 0; a < RR; a++) UNROLL for (int j = 0; j < NT; j++) {
+                    if (dt == MOR__DT_Q4_K || dt == MOR__DT_Q5_K) {  // one scale for both halves: sum them first
+                        isc[a][j] = hh ? _mm512_mullo_epi32(_mm512_set1_epi32(kb[a].sc[k]), _mm512_add_epi32(isc[a][j], h[a][j])) : h[a][j];
+                    } else {
+                        __m512i t = _mm512_mullo_epi32(_mm512_set1_epi32(kb[a].sc[k]), h[a][j]);
+                        isc[a][j] = hh ? _mm512_add_epi32(isc[a][j], t) : t;
+                    }
+                }
+            }
+            UNROLL for (int j = 0; j < NT; j++) {
+                const int32_t *xs = pk->xs + (sb * 16 + 2 * b) * 16 * NT + 16 * j;
+                __m512i s0 = _mm512_load_si512(xs), s1 = _mm512_load_si512(xs + 16 * NT);
+                UNROLL for (int a = 0; a < RR; a++) {
+                    if (dt == MOR__DT_Q4_K || dt == MOR__DT_Q5_K)
+                        imn[a][j] = _mm512_mullo_epi32(_mm512_set1_epi32(kb[a].mn[2 * b]), _mm512_add_epi32(s0, s1));
+                    else if (dt == MOR__DT_Q2_K)
+                        imn[a][j] = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_set1_epi32(kb[a].mn[2 * b]), s0),
+                                                     _mm512_mullo_epi32(_mm512_set1_epi32(kb[a].mn[2 * b + 1]), s1));
+                    else imn[a][j] = _mm512_setzero_si512();
+                }
+                __m512 dx = _mm512_load_ps(pk->xd + (sb * 8 + b) * 16 * NT + 16 * j);
+                UNROLL for (int a = 0; a < RR; a++)
+                    facc[a][j] = kstep(dt, facc[a][j], isc[a][j], imn[a][j], _mm512_set1_ps(kb[a].d), _mm512_set1_ps(kb[a].dmin), dx);
+            }
+        }
+    }
+    UNROLL for (int j = 0; j < NT; j++) {
+        int64_t left = nt - 16 * j;
+        __mmask16 m = left >= 16 ? 0xffff : tail16(left);
+        UNROLL for (int a = 0; a < RR; a++) _mm512_mask_i32scatter_ps(y + 16 * j * ldy + a, m, idx, facc[a][j], 4);
+    }
+}
+
+static inline __attribute__((always_inline)) void klane_rows(int dt, const uint8_t *W, size_t rb, int64_t sb0,
+                                                             int64_t nsbc, int64_t r0, int64_t r1, const kpack *pk,
+                                                             float *y, int64_t ldy, __m512i idx, int64_t nt,
+                                                             int first, int RR, int NT) {
+    int64_t r = r0;
+    for (; r + RR <= r1; r += RR) klane_tile(dt, W + (size_t)r * rb, rb, sb0, nsbc, pk, y + r, ldy, idx, nt, first, RR, NT);
+    for (; r < r1; r++) klane_tile(dt, W + (size_t)r * rb, rb, sb0, nsbc, pk, y + r, ldy, idx, nt, first, 1, NT);
+}
+
+static inline __attribute__((always_inline)) void kgemm_lanes(int dt, const void *W, int64_t cols, int64_t r0, int64_t r1,
+                                                              const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy) {
+    _Alignas(64) kpack pk;
+    size_t rb = (size_t)mor__dtype_row_bytes((uint32_t)dt, cols);
+    __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                     _mm512_set1_epi32((int)ldy));
+    const int xsf = k_off(dt) ? k_off(dt) : 1;  // the factor of the packed sums
+    for (int64_t t0 = 0; t0 < T; t0 += TLQ) {
+        int64_t nt = T - t0 < TLQ ? T - t0 : TLQ, NT = (nt + 15) / 16;
+        // Chunks of nearly equal length (whole super-blocks) within the pack.
+        int64_t kmax = QPACK / (16 * NT) / MOR__QK_K * MOR__QK_K, nch = (cols + kmax - 1) / kmax;
+        int64_t kstep_ = ((cols + nch - 1) / nch + MOR__QK_K - 1) / MOR__QK_K * MOR__QK_K;
+        for (int64_t k0 = 0; k0 < cols; k0 += kstep_) {
+            int64_t kc = cols - k0 < kstep_ ? cols - k0 : kstep_, nbc = kc / MOR__QK;
+            for (int64_t t = 0; t < NT * 16; t++) {
+                int64_t j = t / 16, l = t % 16;
+                for (int64_t b = 0; b < nbc; b++) {
+                    _Alignas(32) int8_t q[32];
+                    float d = 0;
+                    if (t < nt) d = quant_block(x + (t0 + t) * ldx + k0 + b * MOR__QK, q);
+                    else memset(q, 0, sizeof q);
+                    __m256i v = _mm256_load_si256((const __m256i *)q);
+                    pk.xd[b * 16 * NT + t] = d;
+                    __m256i sd = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)), _mm256_setzero_si256());
+                    pk.xs[2 * b * 16 * NT + t] = xsf * (int32_t)(_mm256_extract_epi64(sd, 0) + _mm256_extract_epi64(sd, 1) - 16 * 128);
+                    pk.xs[(2 * b + 1) * 16 * NT + t] = xsf * (int32_t)(_mm256_extract_epi64(sd, 2) + _mm256_extract_epi64(sd, 3) - 16 * 128);
+                    v = _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
+                    _Alignas(32) uint32_t g[8];
+                    _mm256_store_si256((__m256i *)g, v);
+                    for (int gi = 0; gi < 8; gi++) memcpy(pk.xq + ((b * 8 + gi) * NT + j) * 64 + 4 * l, &g[gi], 4);
+                }
+            }
+            float *yt = y + t0 * ldy;
+            int first = k0 == 0;
+            const int64_t sb0 = k0 / MOR__QK_K, nsbc = kc / MOR__QK_K;
+            switch (NT) {
+            case 1: klane_rows(dt, W, rb, sb0, nsbc, r0, r1, &pk, yt, ldy, idx, nt, first, 4, 1); break;
+            case 2: klane_rows(dt, W, rb, sb0, nsbc, r0, r1, &pk, yt, ldy, idx, nt, first, 3, 2); break;
+            case 3: klane_rows(dt, W, rb, sb0, nsbc, r0, r1, &pk, yt, ldy, idx, nt, first, 2, 3); break;
+            default: klane_rows(dt, W, rb, sb0, nsbc, r0, r1, &pk, yt, ldy, idx, nt, first, 2, 4); break;
+            }
+        }
+    }
+}
+
 #define QLANE_MIN_T 8  // fewer tokens: 16 rows in the lanes, in groups of up to 3 tokens
 
 static void avx512_matmul_q8_0(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
@@ -912,7 +1103,8 @@ QMATMUL32(avx512_matmul_iq4_nl, MOR__DT_IQ4_NL)
 #define KMATMUL(NAME, DT)                                                                                     \
     static void NAME(const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx, \
                      float *y, int64_t ldy, float *row) {                                                       \
-        kfew(DT, W, cols, r0, r1, x, T, ldx, y, ldy, row);                                                      \
+        if (T >= QLANE_MIN_T && ldy < (1 << 24)) kgemm_lanes(DT, W, cols, r0, r1, x, T, ldx, y, ldy);            \
+        else kfew(DT, W, cols, r0, r1, x, T, ldx, y, ldy, row);                                                 \
     }
 KMATMUL(avx512_matmul_q2_k, MOR__DT_Q2_K)
 KMATMUL(avx512_matmul_q3_k, MOR__DT_Q3_K)
