@@ -778,6 +778,8 @@ TEST(q6_k_layout_product_batch) { quant_type_test(MOR__DT_Q6_K); }
 //     the exact w.x reaches 1.05e-2 on the token with an outlier), and within both sides'
 //     activation bounds, sum over blocks of 32 of (amax_b + amax of its 256-block) / 127 * 0.57
 //     * sum_b |w|;
+//   the best table's matmul (the SIMD kernels) on the same data: within TOL_MATMUL of the
+//     reference kernels' results;
 //   Q8_0 and Q4_0: this project's weight quantizer gives the file's bytes from the source values.
 #define TOL_FIXTURE 2e-2
 
@@ -838,8 +840,11 @@ static int check_fixture(const char *file, double *worst) {
         if (memcmp(qb, buf + 16, rows * rb)) bad = 1, printf("#   %s: quantizer bytes differ\n", file);
         free(qb);
     }
-    // matmul against the reference's dot products.
+    // matmul against the reference's dot products; the best table's (the SIMD kernels) on the same
+    // data within TOL_MATMUL of ours.
     ref->matmul[dt](buf + 16, cols, 0, rows, x, T, cols, y, rows, row);
+    float *yb = falloc((size_t)T * rows);
+    mor__kernels_best()->matmul[dt](buf + 16, cols, 0, rows, x, T, cols, yb, rows, row);
     for (uint32_t t = 0; t < T && !bad; t++)
         for (uint32_t r = 0; r < rows && !bad; r++) {
             const float *w = deq + (size_t)r * cols, *xt = x + (size_t)t * cols;
@@ -864,8 +869,11 @@ static int check_fixture(const char *file, double *worst) {
             if (!(d <= TOL_FIXTURE * sa) || !(d <= bound + 1e-6 * sa))
                 bad = 1, printf("#   %s: y[%u][%u] = %.9g, reference %.9g (sum |w x| %.4g, bound %.4g)\n",
                                 file, t, r, y[t * rows + r], yref[t * rows + r], sa, bound);
+            if (!(fabs((double)yb[t * rows + r] - y[t * rows + r]) <= TOL_MATMUL * sa + 1e-30))
+                bad = 1, printf("#   %s: %s kernels y[%u][%u] = %.9g, ref kernels %.9g\n", file, mor__kernels_best()->name,
+                                t, r, yb[t * rows + r], y[t * rows + r]);
         }
-    free(buf), free(src), free(deq), free(mine), free(x), free(yref), free(y), free(row);
+    free(buf), free(src), free(deq), free(mine), free(x), free(yref), free(y), free(yb), free(row);
     return !bad;
 }
 
