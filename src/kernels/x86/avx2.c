@@ -208,27 +208,30 @@ QMATMUL(avx2_matmul_q4_0, 18, ld_q4_0)
 //   stored with an offset (32, 4): their "mins" are the scales and dmin is 32 d or 4 d.
 
 typedef struct {
-    const int8_t  *q;  // cols int8
-    const float   *d;  // cols / 32 scales
-    const int16_t *s;  // cols / 16 sums of 16 quantized values
+    const int8_t  *q;   // cols int8
+    const float   *d;   // cols / 32 scales
+    const int16_t *s;   // cols / 16 sums of 16 quantized values (the K types)
+    const float   *sf;  // or, in the same bytes, cols / 32 sums of 32 as floats (Q4_1, Q5_1)
 } xtok;
 
 // Bytes of scratch a token takes: cols + cols / 8 + cols / 8 (so 3 tokens fit in cols floats).
 #define XTOK_BYTES(cols) ((cols) + (cols) / 4)
 
-static xtok xtok_prepare(const float *x, int64_t cols, uint8_t *buf) {
+static xtok xtok_prepare(const float *x, int64_t cols, uint8_t *buf, int f32sums) {
     int8_t *q = (int8_t *)buf;
     float *d = (float *)(buf + cols);  // cols is a multiple of 32: aligned as the scratch
     int16_t *s = (int16_t *)(d + cols / 32);
+    float *sf = (float *)s;
     for (int64_t b = 0; b < cols / 32; b++) {
         d[b] = quant_block(x + b * 32, q + b * 32);
         __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + b * 32)), _mm256_set1_epi8((char)0x80));
         __m256i t = _mm256_sad_epu8(v, _mm256_setzero_si256());  // 4 sums of 8 bytes, each + 8 * 128
         __m128i lo = _mm256_castsi256_si128(t), hi = _mm256_extracti128_si256(t, 1);
-        s[2 * b] = (int16_t)(_mm_cvtsi128_si32(lo) + _mm_extract_epi32(lo, 2) - 16 * 128);
-        s[2 * b + 1] = (int16_t)(_mm_cvtsi128_si32(hi) + _mm_extract_epi32(hi, 2) - 16 * 128);
+        int s0 = _mm_cvtsi128_si32(lo) + _mm_extract_epi32(lo, 2) - 16 * 128, s1 = _mm_cvtsi128_si32(hi) + _mm_extract_epi32(hi, 2) - 16 * 128;
+        if (f32sums) sf[b] = (float)(s0 + s1);
+        else s[2 * b] = (int16_t)s0, s[2 * b + 1] = (int16_t)s1;
     }
-    return (xtok){q, d, s};
+    return (xtok){q, d, s, sf};
 }
 
 // 32 nibbles of a 16-byte array: elements 0..15 the low nibbles, 16..31 the high ones.
@@ -282,7 +285,7 @@ static inline __attribute__((always_inline)) void tile32(int dt, const uint8_t *
             float dx = xt[c].d[b];
             acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d * dx), acc[c]);
             if (has_min)
-                accm[c] = _mm_fmadd_ss(_mm_set_ss(m * dx), _mm_set_ss((float)(xt[c].s[2 * b] + xt[c].s[2 * b + 1])), accm[c]);
+                accm[c] = _mm_fmadd_ss(_mm_set_ss(m * dx), _mm_load_ss(xt[c].sf + b), accm[c]);
         }
     }
     UNROLL for (int c = 0; c < C; c++) y[c * ldy] = has_min ? hsum(acc[c]) + _mm_cvtss_f32(accm[c]) : hsum(acc[c]);
@@ -439,7 +442,8 @@ static inline __attribute__((always_inline)) void qmatmul_x(int dt, const void *
     for (int64_t g = 0, t0 = 0; g < ng; g++) {
         int64_t C = T / ng + (g < T % ng);
         xtok xt[3];
-        for (int64_t t = 0; t < C; t++) xt[t] = xtok_prepare(x + (t0 + t) * ldx, cols, (uint8_t *)row + t * per);
+        for (int64_t t = 0; t < C; t++)
+            xt[t] = xtok_prepare(x + (t0 + t) * ldx, cols, (uint8_t *)row + t * per, dt == MOR__DT_Q4_1 || dt == MOR__DT_Q5_1);
         for (int64_t r = r0; r < r1; r++) {
             const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
             float *yt = y + t0 * ldy + r;
