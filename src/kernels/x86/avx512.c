@@ -15,7 +15,10 @@
 // - Q8_0/Q4_0: a float chain over the blocks, fma((float)isum_b, dw_b * dx_b, acc), isum_b
 //   exact. Fewer than 8 tokens: 16 rows in the lanes (vpdpbusd per row, a transposed integer
 //   reduction); more: 16 tokens in the lanes, weights broadcast, x packed (vpdpbusd with x + 128
-//   as the unsigned side, corrected by -128 * sum(w) per block).
+//   as the unsigned side, corrected by -128 * sum(w) per block). Q4_1, Q5_0, Q5_1 and IQ4_NL run
+//   the same code (with the min's fma for Q4_1/Q5_1).
+// - K types: the same kind of chain per block of 32 of x, with the sub-blocks' integer sums
+//   times their scales (and the mins' term); 16 rows or 16 tokens in the lanes, as above.
 #include "kernels.h"
 
 #include <immintrin.h>
@@ -769,6 +772,18 @@ typedef struct {
     int32_t xc[QPACK / MOR__QK];
 } qpack;
 
+// Tokens per tile of the token-lane paths: the most of 64, 48, 32, 16 with which a row of cols
+// (blocks of bw) is one k-chunk of the pack, else 16 (the fewest chunks). A row walked in
+// several chunks takes its partial chains back to y between them (a gather and a scatter a
+// chunk), which costs more than reading the weights once per 16 tokens: at 2048 columns, 4
+// tiles of 16 tokens in one chunk ran 1.6-2x as fast as one tile of 64 in 4 chunks, at 5632
+// and 11008 columns tiles of 16 1.4-1.6x as fast as tiles of 64 (mor-kbench, one thread).
+static inline int64_t lane_tokens(int64_t cols, int64_t bw) {
+    for (int64_t nt = TLQ / 16; nt > 1; nt--)
+        if (cols <= QPACK / (16 * nt) / bw * bw) return 16 * nt;
+    return 16;
+}
+
 
 static inline __attribute__((always_inline)) void qlane_tile(int dt, const uint8_t *w, size_t rb, int64_t b0,
                                                              int64_t nbc, const qpack *pk, float *y, int64_t ldy,
@@ -845,8 +860,9 @@ static void qgemm_lanes(int dt, const void *W, int64_t cols, int64_t r0, int64_t
     size_t rb = (size_t)mor__dtype_row_bytes((uint32_t)dt, cols);
     __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                      _mm512_set1_epi32((int)ldy));
-    for (int64_t t0 = 0; t0 < T; t0 += TLQ) {
-        int64_t nt = T - t0 < TLQ ? T - t0 : TLQ, NT = (nt + 15) / 16;
+    const int64_t tl = lane_tokens(cols, MOR__QK);
+    for (int64_t t0 = 0; t0 < T; t0 += tl) {
+        int64_t nt = T - t0 < tl ? T - t0 : tl, NT = (nt + 15) / 16;
         // Chunks of nearly equal length (whole blocks) within the pack.
         int64_t kmax = QPACK / (16 * NT) / MOR__QK * MOR__QK, nch = (cols + kmax - 1) / kmax;
         int64_t kstep = ((cols + nch - 1) / nch + MOR__QK - 1) / MOR__QK * MOR__QK;
@@ -1037,8 +1053,9 @@ static inline __attribute__((always_inline)) void kgemm_lanes(int dt, const void
     __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                      _mm512_set1_epi32((int)ldy));
     const int xsf = k_off(dt) ? k_off(dt) : 1;  // the factor of the packed sums
-    for (int64_t t0 = 0; t0 < T; t0 += TLQ) {
-        int64_t nt = T - t0 < TLQ ? T - t0 : TLQ, NT = (nt + 15) / 16;
+    const int64_t tl = lane_tokens(cols, MOR__QK_K);
+    for (int64_t t0 = 0; t0 < T; t0 += tl) {
+        int64_t nt = T - t0 < tl ? T - t0 : tl, NT = (nt + 15) / 16;
         // Chunks of nearly equal length (whole super-blocks) within the pack.
         int64_t kmax = QPACK / (16 * NT) / MOR__QK_K * MOR__QK_K, nch = (cols + kmax - 1) / kmax;
         int64_t kstep_ = ((cols + nch - 1) / nch + MOR__QK_K - 1) / MOR__QK_K * MOR__QK_K;
