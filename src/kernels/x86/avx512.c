@@ -772,16 +772,20 @@ typedef struct {
     int32_t xc[QPACK / MOR__QK];
 } qpack;
 
-// Tokens per tile of the token-lane paths: the most of 64, 48, 32, 16 with which a row of cols
-// (blocks of bw) is one k-chunk of the pack, else 16 (the fewest chunks). A row walked in
-// several chunks takes its partial chains back to y between them (a gather and a scatter a
-// chunk), which costs more than reading the weights once per 16 tokens: at 2048 columns, 4
-// tiles of 16 tokens in one chunk ran 1.6-2x as fast as one tile of 64 in 4 chunks, at 5632
-// and 11008 columns tiles of 16 1.4-1.6x as fast as tiles of 64 (mor-kbench, one thread).
-static inline int64_t lane_tokens(int64_t cols, int64_t bw) {
-    for (int64_t nt = TLQ / 16; nt > 1; nt--)
+// Tokens per tile of the token-lane paths, for rows of cols (blocks of bw) and a call of `rows`
+// rows. A row longer than a k-chunk of the pack takes its partial chains back to y between
+// chunks (a gather and a scatter a chunk); with 64 tokens that y (rows x 64 floats) stays in
+// L2 while the chunk's weights stream by up to about 768 rows, beyond that it does not and each
+// chunk costs a trip to L3. So: 64 tokens when a row is one chunk or the call has at most 768
+// rows; else the most of 48, 32, 16 with which a row is one chunk, else 32. Measured
+// (mor-kbench, one thread, T = 64, against 64 always): 576 x 1536 the same tiles; 2048 x 2048
+// Q8_0 101-108 -> 212-224 GFLOP/s, Q4_K 81-95 -> 153-154, Q6_K 96-100 -> 163-172; 1024 x 11008
+// Q8_0 99-111 -> 163-170, Q4_K 84-85 -> 121-133; 2048 x 5632 Q8_0 111-115 -> 166-170.
+static inline int64_t lane_tokens(int64_t cols, int64_t rows, int64_t bw) {
+    if (cols <= QPACK / TLQ / bw * bw || rows <= 768) return TLQ;
+    for (int64_t nt = 3; nt >= 1; nt--)
         if (cols <= QPACK / (16 * nt) / bw * bw) return 16 * nt;
-    return 16;
+    return 32;
 }
 
 
@@ -860,7 +864,7 @@ static void qgemm_lanes(int dt, const void *W, int64_t cols, int64_t r0, int64_t
     size_t rb = (size_t)mor__dtype_row_bytes((uint32_t)dt, cols);
     __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                      _mm512_set1_epi32((int)ldy));
-    const int64_t tl = lane_tokens(cols, MOR__QK);
+    const int64_t tl = lane_tokens(cols, r1 - r0, MOR__QK);
     for (int64_t t0 = 0; t0 < T; t0 += tl) {
         int64_t nt = T - t0 < tl ? T - t0 : tl, NT = (nt + 15) / 16;
         // Chunks of nearly equal length (whole blocks) within the pack.
@@ -1053,7 +1057,7 @@ static inline __attribute__((always_inline)) void kgemm_lanes(int dt, const void
     __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                      _mm512_set1_epi32((int)ldy));
     const int xsf = k_off(dt) ? k_off(dt) : 1;  // the factor of the packed sums
-    const int64_t tl = lane_tokens(cols, MOR__QK_K);
+    const int64_t tl = lane_tokens(cols, r1 - r0, MOR__QK_K);
     for (int64_t t0 = 0; t0 < T; t0 += tl) {
         int64_t nt = T - t0 < tl ? T - t0 : tl, NT = (nt + 15) / 16;
         // Chunks of nearly equal length (whole super-blocks) within the pack.
