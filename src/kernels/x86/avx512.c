@@ -467,12 +467,16 @@ static inline __attribute__((always_inline)) void qrows16(int dt, const uint8_t 
     for (int64_t b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
         const size_t off = (size_t)b * bs;
-        __m512 dw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off, 1)));
-        __m512 dw1 = two ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off + bs, 1))) : dw0;
-        __m512 mw0 = dw0, mw1 = dw1;  // the mins (Q4_1, Q5_1)
-        if (q_min(dt)) {
-            mw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off + 2, 1)));
-            mw1 = two ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off + bs + 2, 1))) : mw0;
+        __m512 dw0, dw1, mw0, mw1;
+        if (!q_min(dt)) {
+            dw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off, 1)));
+            dw1 = two ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off + bs, 1))) : dw0;
+            mw0 = dw0, mw1 = dw1;
+        } else {  // Q4_1, Q5_1: the mins are the upper halves of the same dwords
+            __m512i g0 = _mm512_i32gather_epi32(ridx, w + off, 1), g1 = two ? _mm512_i32gather_epi32(ridx, w + off + bs, 1) : g0;
+            dw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g0)), dw1 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g1));
+            mw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g0, 16)));
+            mw1 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g1, 16)));
         }
         UNROLL for (int c = 0; c < C; c++) {
             __m512i xv = qx_two(dt, xt[c].q + b * MOR__QK, two);
