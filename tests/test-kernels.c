@@ -7,10 +7,11 @@
 // the reference kernels (MOR_SESSION_REF_KERNELS) on the test models and on Q8_0/Q4_0 random
 // models, the same greedy tokens for 1 and 2 threads, and the Q8_0/Q4_0 weight quantizer's
 // error bounds and llama.cpp-identical bytes. The other quantized types (Q4_1, Q5_0, Q5_1,
-// IQ4_NL and the K types) have reference kernels only: a test each checks their layouts on
-// blocks packed here, their products against the decoded rows, and the batch rule; and
-// tests/data/quant/*.bin, numbers of the GGUF reference implementation (ggml), check to_f32
-// bit for bit and the products within the activation quantization error.
+// IQ4_NL and the K types) are in every ISA's check like the others; a test each also checks,
+// on the reference, their layouts on blocks packed here, their products against the decoded
+// rows, and the batch rule; and tests/data/quant/*.bin, numbers of the GGUF reference
+// implementation (ggml), check to_f32 bit for bit and the products (reference and best
+// kernels) within the activation quantization error.
 #include "harness.h"
 
 #include "gguf.h"
@@ -480,7 +481,8 @@ TEST(weight_quantization_matches_llama_cpp) {
 
 // ---- the other quantized types ----------------------------------------------------------------
 //
-// One test per type, on the reference table (the ISA tables fall back to it for these types):
+// One test per type, on the reference table (each ISA's products of these types are held to it
+// by <isa>_against_reference):
 // (a) blocks packed here from chosen integer codes, scales and mins, following the layout as
 //     dtype.h words it, decode to the values the layout defines (exact: every product d * sc * q
 //     is exact in float, so the one rounding is the min's, the same in any order);
