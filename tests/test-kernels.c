@@ -7,10 +7,11 @@
 // the reference kernels (MOR_SESSION_REF_KERNELS) on the test models and on Q8_0/Q4_0 random
 // models, the same greedy tokens for 1 and 2 threads, and the Q8_0/Q4_0 weight quantizer's
 // error bounds and llama.cpp-identical bytes. The other quantized types (Q4_1, Q5_0, Q5_1,
-// IQ4_NL and the K types) have reference kernels only: a test each checks their layouts on
-// blocks packed here, their products against the decoded rows, and the batch rule; and
-// tests/data/quant/*.bin, numbers of the GGUF reference implementation (ggml), check to_f32
-// bit for bit and the products within the activation quantization error.
+// IQ4_NL and the K types) are in every ISA's check like the others; a test each also checks,
+// on the reference, their layouts on blocks packed here, their products against the decoded
+// rows, and the batch rule; and tests/data/quant/*.bin, numbers of the GGUF reference
+// implementation (ggml), check to_f32 bit for bit and the products (reference and best
+// kernels) within the activation quantization error.
 #include "harness.h"
 
 #include "gguf.h"
@@ -119,8 +120,9 @@ static uint8_t *make_w(int dt, int64_t rows, int64_t cols, int off, float *deq) 
 
 // ---- matmul ------------------------------------------------------------------------------------
 
+// *worst: the largest |y - y_ref| / sum |w x| seen (raised, never lowered).
 static int check_matmul(const mor__kernels *k, int dt, int64_t rows, int64_t cols, int64_t T, int woff, int xoff,
-                        int pad) {
+                        int pad, double *worst) {
     const mor__kernels *ref = mor__kernels_ref();
     int64_t ldx = cols + pad, ldy = rows + pad, r0 = rows > 2 ? 1 : 0, r1 = rows;
     float *deq = falloc((size_t)(rows * cols + 1));
@@ -144,6 +146,7 @@ static int check_matmul(const mor__kernels *k, int dt, int64_t rows, int64_t col
             double s = 0;
             for (int64_t i = 0; i < cols; i++) s += fabs((double)deq[r * cols + i] * x[t * ldx + i]);
             if (!(fabs((double)a - b) <= TOL_MATMUL * s + 1e-30)) bad = 1;
+            if (s > 0 && fabs((double)a - b) / s > *worst) *worst = fabs((double)a - b) / s;
             if (bad)
                 printf("#   %s %s rows %lld cols %lld T %lld: y[%lld][%lld] = %.9g, ref %.9g (sum|wx| %.3g)\n", k->name,
                        dt_name(dt), (long long)rows, (long long)cols, (long long)T, (long long)t, (long long)r, a, b, s);
@@ -155,13 +158,15 @@ static int check_matmul(const mor__kernels *k, int dt, int64_t rows, int64_t col
 // Each check below runs one group of entries of table k against the reference and returns
 // the number of failures (each printed as a TAP comment).
 
-// matmul, every type, over the shapes, offsets and paddings below.
+// matmul, every type, over the shapes, offsets and paddings below; prints each type's largest
+// difference from the reference relative to sum |w x|.
 static int matmul_shapes(const mor__kernels *k) {
     static const int64_t fcols[] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 576, 1536};
     static const int64_t qcols[] = {32, 64, 96, 160, 576, 1536}, kcols[] = {256, 512, 768, 1536};
     static const int64_t Ts[] = {1, 2, 3, 4, 5, 11, 12, 13, 16, 17, 31, 33, 64, 65, 100};
     static const int64_t rowsv[] = {1, 2, 3, 5, 9, 24, 25, 61};
     int n = 0, fails = 0;
+    double worst[N_DTYPE] = {0};
     for (int di = 0; di < N_DTYPE; di++) {
         const int dt = dtypes[di];
         const int64_t *cs = BY_BLOCK(dt, kcols, qcols, fcols);
@@ -174,10 +179,12 @@ static int matmul_shapes(const mor__kernels *k) {
                 if (dt == MOR__DT_F32) woff *= 4;
                 if (dt == MOR__DT_F16 || dt == MOR__DT_BF16) woff *= 2;
                 n++;
-                if (!check_matmul(k, dt, rows, cs[ci], Ts[ti], woff, xoff, pad)) fails++;
+                if (!check_matmul(k, dt, rows, cs[ci], Ts[ti], woff, xoff, pad, &worst[di])) fails++;
             }
     }
-    printf("#   %s: %d matmul cases\n", k->name, n);
+    printf("#   %s: %d matmul cases; largest |y - y_ref| / sum |w x|:", k->name, n);
+    for (int di = 0; di < N_DTYPE; di++) printf("%s %s %.1e", di ? "," : "", dt_name(dtypes[di]), worst[di]);
+    printf("\n");
     return fails;
 }
 
@@ -474,7 +481,8 @@ TEST(weight_quantization_matches_llama_cpp) {
 
 // ---- the other quantized types ----------------------------------------------------------------
 //
-// One test per type, on the reference table (the ISA tables fall back to it for these types):
+// One test per type, on the reference table (each ISA's products of these types are held to it
+// by <isa>_against_reference):
 // (a) blocks packed here from chosen integer codes, scales and mins, following the layout as
 //     dtype.h words it, decode to the values the layout defines (exact: every product d * sc * q
 //     is exact in float, so the one rounding is the min's, the same in any order);
@@ -772,6 +780,8 @@ TEST(q6_k_layout_product_batch) { quant_type_test(MOR__DT_Q6_K); }
 //     the exact w.x reaches 1.05e-2 on the token with an outlier), and within both sides'
 //     activation bounds, sum over blocks of 32 of (amax_b + amax of its 256-block) / 127 * 0.57
 //     * sum_b |w|;
+//   the best table's matmul (the SIMD kernels) on the same data: within TOL_MATMUL of the
+//     reference kernels' results;
 //   Q8_0 and Q4_0: this project's weight quantizer gives the file's bytes from the source values.
 #define TOL_FIXTURE 2e-2
 
@@ -832,8 +842,11 @@ static int check_fixture(const char *file, double *worst) {
         if (memcmp(qb, buf + 16, rows * rb)) bad = 1, printf("#   %s: quantizer bytes differ\n", file);
         free(qb);
     }
-    // matmul against the reference's dot products.
+    // matmul against the reference's dot products; the best table's (the SIMD kernels) on the same
+    // data within TOL_MATMUL of ours.
     ref->matmul[dt](buf + 16, cols, 0, rows, x, T, cols, y, rows, row);
+    float *yb = falloc((size_t)T * rows);
+    mor__kernels_best()->matmul[dt](buf + 16, cols, 0, rows, x, T, cols, yb, rows, row);
     for (uint32_t t = 0; t < T && !bad; t++)
         for (uint32_t r = 0; r < rows && !bad; r++) {
             const float *w = deq + (size_t)r * cols, *xt = x + (size_t)t * cols;
@@ -858,8 +871,11 @@ static int check_fixture(const char *file, double *worst) {
             if (!(d <= TOL_FIXTURE * sa) || !(d <= bound + 1e-6 * sa))
                 bad = 1, printf("#   %s: y[%u][%u] = %.9g, reference %.9g (sum |w x| %.4g, bound %.4g)\n",
                                 file, t, r, y[t * rows + r], yref[t * rows + r], sa, bound);
+            if (!(fabs((double)yb[t * rows + r] - y[t * rows + r]) <= TOL_MATMUL * sa + 1e-30))
+                bad = 1, printf("#   %s: %s kernels y[%u][%u] = %.9g, ref kernels %.9g\n", file, mor__kernels_best()->name,
+                                t, r, yb[t * rows + r], y[t * rows + r]);
         }
-    free(buf), free(src), free(deq), free(mine), free(x), free(yref), free(y), free(row);
+    free(buf), free(src), free(deq), free(mine), free(x), free(yref), free(y), free(yb), free(row);
     return !bad;
 }
 

@@ -1,6 +1,6 @@
 // mor-kbench: matrix-product kernels alone, one thread: GFLOP/s and GB/s of weights read.
 //
-//   mor-kbench [--isa best|avx512|avx2|ref] [--type f32,f16,bf16,q8_0,q4_0]
+//   mor-kbench [--isa best|avx512|avx2|neon|ref] [--type f32,f16,bf16,q8_0,q4_0,q4_k,...]
 //              [--shape 576x576,1536x576,...] [-T 1,4,8,16,32,64] [-r REPEATS] [--min-ms MS]
 //              [--offset BYTES]
 //
@@ -10,7 +10,8 @@
 // calls until MS milliseconds of CPU time have passed (the first call is a warm-up); the
 // median of REPEATS measurements is printed. FLOPs are 2 * rows * cols * T (a quantized
 // product counts its integer multiply-adds the same way); GB/s counts the weight bytes once
-// per call. Weights bigger than the caches are read from memory on every call, smaller ones
+// per call. Types without a quantizer here (q4_1, q5_0, q5_1, iq4_nl, q2_k ... q6_k) get random
+// codes with small random scales: the kernels' speed does not depend on the values. Weights bigger than the caches are read from memory on every call, smaller ones
 // stay in L2 or the shared cache between calls (as a recursive model's shared block does).
 // Weights, x and y start BYTES (default 16) past a 64-byte boundary: what calloc'ed activations
 // and 32-byte-aligned GGUF tensors give; --offset 0 measures cache-line-aligned operands.
@@ -39,8 +40,10 @@ static float randf(void) {  // uniform in [-1, 1)
 static const struct {
     const char *name;
     int         dt;
-} type_list[] = {{"f32", MOR__DT_F32}, {"f16", MOR__DT_F16}, {"bf16", MOR__DT_BF16}, {"q8_0", MOR__DT_Q8_0},
-                 {"q4_0", MOR__DT_Q4_0}};
+} type_list[] = {{"f32", MOR__DT_F32},   {"f16", MOR__DT_F16},   {"bf16", MOR__DT_BF16},    {"q8_0", MOR__DT_Q8_0},
+                 {"q4_0", MOR__DT_Q4_0}, {"q4_1", MOR__DT_Q4_1}, {"q5_0", MOR__DT_Q5_0},    {"q5_1", MOR__DT_Q5_1},
+                 {"iq4_nl", MOR__DT_IQ4_NL}, {"q2_k", MOR__DT_Q2_K}, {"q3_k", MOR__DT_Q3_K}, {"q4_k", MOR__DT_Q4_K},
+                 {"q5_k", MOR__DT_Q5_K}, {"q6_k", MOR__DT_Q6_K}};
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -63,6 +66,24 @@ static void *alloc_off(size_t size) {
 }
 static void free_off(void *p) {
     if (p) free((uint8_t *)p - offset);
+}
+
+// A row of random blocks of a type without a quantizer: random bytes, then its f16 scales
+// (d and m or dmin, at the offsets of dtype.h's layouts) set to small random values.
+static void rand_blocks(int dt, uint8_t *dst, int64_t cols) {
+    int64_t bw = mor__dtype_block((uint32_t)dt), bs = mor__dtype_row_bytes((uint32_t)dt, bw);
+    int od = 0, om = -1;
+    if (dt == MOR__DT_Q4_1 || dt == MOR__DT_Q5_1 || dt == MOR__DT_Q4_K || dt == MOR__DT_Q5_K) om = 2;
+    if (dt == MOR__DT_Q2_K) od = 80, om = 82;
+    if (dt == MOR__DT_Q3_K) od = 108;
+    if (dt == MOR__DT_Q6_K) od = 208;
+    for (int64_t b = 0; b < cols / bw; b++) {
+        uint8_t *p = dst + b * bs;
+        for (int64_t i = 0; i < bs; i++) p[i] = (uint8_t)(randf() * 128.0f + 128.0f);
+        uint16_t hd = mor__f32_to_f16(0.002f * randf()), hm = mor__f32_to_f16(0.01f * randf());
+        memcpy(p + od, &hd, 2);
+        if (om >= 0) memcpy(p + om, &hm, 2);
+    }
 }
 
 static void *make_weights(int dt, int64_t rows, int64_t cols) {
@@ -92,6 +113,7 @@ static void *make_weights(int dt, int64_t rows, int64_t cols) {
             break;
         case MOR__DT_Q8_0: mor__quantize_q8_0(f, dst, cols); break;
         case MOR__DT_Q4_0: mor__quantize_q4_0(f, dst, cols); break;
+        default: rand_blocks(dt, dst, cols); break;
         }
     }
     free(f);
@@ -115,7 +137,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--offset") && i + 1 < argc) offset = atoi(argv[++i]) & 63;
         else {
             fprintf(stderr,
-                    "usage: %s [--isa best|avx512|avx2|ref] [--type f32,f16,bf16,q8_0,q4_0] "
+                    "usage: %s [--isa best|avx512|avx2|neon|ref] [--type f32,f16,bf16,q8_0,q4_0,q4_1,q5_0,q5_1,"
+                    "iq4_nl,q2_k,q3_k,q4_k,q5_k,q6_k] "
                     "[--shape ROWSxCOLS,...] [-T 1,4,...] [-r REPEATS] [--min-ms MS] [--offset BYTES]\n",
                     argv[0]);
             return 2;
@@ -127,11 +150,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kernels %s are not available on this CPU or build\n", isa);
         return 1;
     }
-    char *types[8], *shapes[32], *ts[32];
-    int nty = split_list(types_s, types, 8), nsh = split_list(shapes_s, shapes, 32), nts = split_list(ts_s, ts, 32);
+    char *types[16], *shapes[32], *ts[32];
+    int nty = split_list(types_s, types, 16), nsh = split_list(shapes_s, shapes, 32), nts = split_list(ts_s, ts, 32);
     printf("# kernels %s, 1 thread, thread CPU time, median of %d x >= %.0f ms, operands at 64n + %d bytes\n", k->name,
            reps, min_ms, offset);
-    printf("%-5s %13s %4s %9s %8s %10s\n", "type", "rows x cols", "T", "GFLOP/s", "GB/s", "us/call");
+    printf("%-6s %13s %4s %9s %8s %10s\n", "type", "rows x cols", "T", "GFLOP/s", "GB/s", "us/call");
     for (int ti = 0; ti < nty; ti++) {
         int dt = -1;
         for (size_t j = 0; j < sizeof type_list / sizeof *type_list; j++)
@@ -146,7 +169,7 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "bad shape %s\n", shapes[si]);
                 return 2;
             }
-            if ((dt == MOR__DT_Q8_0 || dt == MOR__DT_Q4_0) && cols % MOR__QK) continue;
+            if (cols % mor__dtype_block((uint32_t)dt)) continue;  // rows of whole blocks only
             void *W = make_weights(dt, rows, cols);
             double wbytes = (double)mor__dtype_row_bytes(dt, cols) * (double)rows;
             for (int tj = 0; tj < nts; tj++) {
@@ -174,7 +197,7 @@ int main(int argc, char **argv) {
                 }
                 qsort(per, (size_t)reps, sizeof(double), cmp_double);
                 double t = per[reps / 2];
-                printf("%-5s %6lldx%-6lld %4lld %9.1f %8.1f %10.1f\n", types[ti], rows, cols, (long long)T,
+                printf("%-6s %6lldx%-6lld %4lld %9.1f %8.1f %10.1f\n", types[ti], rows, cols, (long long)T,
                        2.0 * (double)rows * (double)cols * (double)T / t * 1e-9, wbytes / t * 1e-9, t * 1e6);
                 fflush(stdout);
                 free(per), free_off(x), free_off(y), free(row);
