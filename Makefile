@@ -221,14 +221,16 @@ check-header:
 	$(CC) -std=c11 -Wpedantic -Wall -Wextra -Werror -Iinclude -c $(B)/hdr.c -o $(B)/hdr.o
 	@if command -v c++ >/dev/null; then c++ -x c++ -Wall -Wextra -Werror -Iinclude -c $(B)/hdr.c -o $(B)/hdr-cxx.o && echo "header: C11 and C++ ok"; fi
 
+# The sanitizer, valgrind and emulated runs set MOR_TEST_QUICK=1: the heaviest tests run a
+# smaller matrix of shapes there (every type, kernel table and path still runs).
 ## asan: build everything with AddressSanitizer (+ leak checks) into build-asan/ and run the tests
 asan:
-	$(MAKE) test B=build-asan L=build-asan/lib CFLAGS="-fsanitize=address -fno-omit-frame-pointer" \
+	MOR_TEST_QUICK=1 $(MAKE) test B=build-asan L=build-asan/lib CFLAGS="-fsanitize=address -fno-omit-frame-pointer" \
 	    LDFLAGS="-fsanitize=address" PY_TESTS=
 
 ## ubsan: build with UndefinedBehaviorSanitizer (abort on any report) and run the tests
 ubsan:
-	$(MAKE) test B=build-ubsan L=build-ubsan/lib CFLAGS="-fsanitize=undefined -fno-sanitize-recover=all" \
+	MOR_TEST_QUICK=1 $(MAKE) test B=build-ubsan L=build-ubsan/lib CFLAGS="-fsanitize=undefined -fno-sanitize-recover=all" \
 	    LDFLAGS="-fsanitize=undefined" PY_TESTS=
 
 ## tsan: build with ThreadSanitizer into build-tsan/ and run the C tests (the pool, sessions and the
@@ -237,12 +239,12 @@ ubsan:
 # "unexpected memory mapping" on kernels with high mmap randomization (vm.mmap_rnd_bits 32).
 TSAN_WRAP ?= $(shell setarch $$(uname -m) -R true 2>/dev/null && echo setarch $$(uname -m) -R)
 tsan:
-	$(MAKE) test B=build-tsan L=build-tsan/lib CFLAGS="-fsanitize=thread" LDFLAGS="-fsanitize=thread" \
+	MOR_TEST_QUICK=1 $(MAKE) test B=build-tsan L=build-tsan/lib CFLAGS="-fsanitize=thread" LDFLAGS="-fsanitize=thread" \
 	    TEST_WRAP="env TSAN_OPTIONS='halt_on_error=1 second_deadlock_stack=1 $(TSAN_OPTIONS)' $(TSAN_WRAP)" PY_TESTS=
 
 ## valgrind: run the tests under valgrind memcheck (errors and leaks fail)
 valgrind: all $(TEST_BIN)
-	$(MAKE) test PY_TESTS= TEST_WRAP="valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect"
+	MOR_TEST_QUICK=1 $(MAKE) test PY_TESTS= TEST_WRAP="valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect"
 
 ## abi-check: compare the shared library's ABI with the committed baseline (tests/abi/libmor.abi);
 ## incompatible changes fail, additions are reported
@@ -333,7 +335,7 @@ bench: tools
 test-aarch64:
 	$(MAKE) --no-print-directory CC=aarch64-linux-gnu-gcc B=build-arm L=build-arm/lib LDFLAGS=-static \
 	    build-arm/test-kernels build-arm/test-model build-arm/test-xref
-	qemu-aarch64 ./build-arm/test-kernels
+	MOR_TEST_QUICK=1 qemu-aarch64 ./build-arm/test-kernels
 	qemu-aarch64 ./build-arm/test-model
 	qemu-aarch64 ./build-arm/test-xref
 
