@@ -233,6 +233,12 @@ ubsan:
 	MOR_TEST_QUICK=1 $(MAKE) test B=build-ubsan L=build-ubsan/lib CFLAGS="-fsanitize=undefined -fno-sanitize-recover=all" \
 	    LDFLAGS="-fsanitize=undefined" PY_TESTS=
 
+## sanitize: AddressSanitizer and UndefinedBehaviorSanitizer in one build (build-san/), as CI runs them
+sanitize:
+	MOR_TEST_QUICK=1 $(MAKE) test B=build-san L=build-san/lib \
+	    CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	    LDFLAGS="-fsanitize=address,undefined" PY_TESTS=
+
 ## tsan: build with ThreadSanitizer into build-tsan/ and run the C tests (the pool, sessions and the
 ## scheduler on several threads, concurrent tokenization); any report fails
 # setarch -R turns address randomization off for the tests: gcc's TSan runtime aborts with
@@ -386,6 +392,6 @@ clean:
 list:
 	@grep -E '^## ' Makefile | sed 's/^## /  /'
 
-.PHONY: all lib tools examples test check-exports check-header asan ubsan tsan valgrind install uninstall \
+.PHONY: all lib tools examples test check-exports check-header asan ubsan sanitize tsan valgrind install uninstall \
     test-install clean list abi-check abi-baseline run test-python models test-aarch64 fixtures
 .SECONDARY:
