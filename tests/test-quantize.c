@@ -360,7 +360,8 @@ static int more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - 
 
 // The type llama-quantize gives a tensor of the wide file, restated per recipe.
 static uint32_t wide_expected(const char *recipe, const char *name) {
-    int K = recipe[3] == 'K', k4 = recipe[1] == '4', M = K && recipe[5] == 'M', S = K && recipe[5] == 'S';
+    const int suffix = strlen(recipe) > 5;  // "Q4_K_M": a size letter after the type
+    int K = recipe[3] == 'K', k4 = recipe[1] == '4', M = K && suffix && recipe[5] == 'M', S = K && suffix && recipe[5] == 'S';
     uint32_t base = !strcmp(recipe, "Q8_0") ? MOR__QT_Q8_0 : !strcmp(recipe, "Q4_0") ? MOR__QT_Q4_0
                   : !strcmp(recipe, "Q4_1") ? MOR__QT_Q4_1 : !strcmp(recipe, "Q5_0") ? MOR__QT_Q5_0
                   : !strcmp(recipe, "Q5_1") ? MOR__QT_Q5_1 : !strcmp(recipe, "Q6_K") ? MOR__QT_Q6_K
