@@ -18,6 +18,32 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <dirent.h>
+
+// Appends to names[n..max) the files of dir ending in ext, each as prefix + the name with ext
+// cut when cut is set (else whole), and returns the new count; names stay sorted.
+static int fixture_list(const char *dir, const char *ext, const char *prefix, int cut, char names[][128], int n,
+                        int max) {
+    DIR *d = opendir(dir);
+    if (!d) return n;
+    const size_t el = strlen(ext);
+    struct dirent *e;
+    while ((e = readdir(d)) && n < max) {
+        size_t len = strlen(e->d_name);
+        if (len > el && len < 100 && strcmp(e->d_name + len - el, ext) == 0)
+            snprintf(names[n++], 128, "%s%.*s", prefix, (int)(cut ? len - el : len), e->d_name);
+    }
+    closedir(d);
+    for (int i = 1; i < n; i++)  // sorted, for a stable order
+        for (int j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
+            char t[128];
+            memcpy(t, names[j], 128);
+            memcpy(names[j], names[j - 1], 128);
+            memcpy(names[j - 1], t, 128);
+        }
+    return n;
+}
+
 typedef struct {
     char     model[256];
     int      n_prompt, n_pos, n_vocab, n_greedy, n_depths;

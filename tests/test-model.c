@@ -12,34 +12,15 @@
 
 #include "llama2c.h"
 
-#include <dirent.h>
-
 #define TOL_REL 1e-4  // of the logit scale, F32 compute against a float64 reference
 
 // Fixtures of tests/data and of the trained models in tests/data/models ("models/X.fix").
 static int list_fixtures(char names[][128], int max) {
-    int n = 0;
-    for (int sub = 0; sub < 2; sub++) {
-        char dir[512];
-        snprintf(dir, sizeof dir, "%s%s", test_data_dir(), sub ? "/models" : "");
-        DIR *d = opendir(dir);
-        if (!d) continue;
-        struct dirent *e;
-        while ((e = readdir(d)) && n < max) {
-            size_t len = strlen(e->d_name);
-            if (len > 4 && len < 100 && strcmp(e->d_name + len - 4, ".fix") == 0)
-                snprintf(names[n++], 128, "%s%s", sub ? "models/" : "", e->d_name);
-        }
-        closedir(d);
-    }
-    for (int i = 1; i < n; i++)  // sort for a stable order
-        for (int j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
-            char t[128];
-            memcpy(t, names[j], 128);
-            memcpy(names[j], names[j - 1], 128);
-            memcpy(names[j - 1], t, 128);
-        }
-    return n;
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", test_data_dir());
+    int n = fixture_list(dir, ".fix", "", 0, names, 0, max);
+    snprintf(dir, sizeof dir, "%s/models", test_data_dir());
+    return fixture_list(dir, ".fix", "models/", 0, names, n, max);
 }
 
 static mor_model *load_for(const fixture *f, const char *fix_name) {

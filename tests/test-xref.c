@@ -10,7 +10,6 @@
 #include "fixture.h"
 #include "mor.h"
 
-#include <dirent.h>
 
 // Tolerance of each fixture, relative to its logit scale; README.md lists the measured errors.
 typedef struct {
@@ -60,24 +59,7 @@ static char names[64][128];
 static int list_xfix(void) {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/xref", test_data_dir());
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < 64) {
-        size_t len = strlen(e->d_name);
-        if (len > 5 && len < 100 && strcmp(e->d_name + len - 5, ".xfix") == 0)
-            snprintf(names[n++], 128, "%.*s", (int)(len - 5), e->d_name);
-    }
-    closedir(d);
-    for (int i = 1; i < n; i++)  // sort for a stable order
-        for (int j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
-            char t[128];
-            memcpy(t, names[j], 128);
-            memcpy(names[j], names[j - 1], 128);
-            memcpy(names[j - 1], t, 128);
-        }
-    return n;
+    return fixture_list(dir, ".xfix", "", 1, names, 0, 64);
 }
 
 static double tol_of(const char *name) {
