@@ -482,7 +482,7 @@ static inline __attribute__((always_inline)) void qrows16(int dt, const uint8_t 
             __m512i xv = qx_two(dt, xt[c].q + b * MOR__QK, two);
             __m512i v[16], s0, s1;
             UNROLL for (int a = 0; a < 16; a++) {
-                if (c == 0) _mm_prefetch((const char *)wr[a] + 16 * rb + off, _MM_HINT_T0);
+                if (c == 0) _mm_prefetch((const char *)wr[a] + 16 * rb + off, _MM_HINT_T1);
                 v[a] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qw_two(dt, wr[a] + off, two), xv);
             }
             qreduce16(dt, v, &s0, &s1);
@@ -704,7 +704,7 @@ static inline __attribute__((always_inline)) void krows16(int dt, const uint8_t 
                 UNROLL for (int a = 0; a < 16; a++) {
                     __m512i cw;
                     if (c == 0) {
-                        _mm_prefetch((const char *)wr[a] + 16 * rb + off + 64 * p, _MM_HINT_T0);
+                        _mm_prefetch((const char *)wr[a] + 16 * rb + off + 64 * p, _MM_HINT_T1);
                         cw = kcodes(dt, wr[a] + off, p);
                         if (C > 1) _mm512_store_si512(cbuf[a], cw);
                     } else cw = _mm512_load_si512(cbuf[a]);
