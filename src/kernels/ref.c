@@ -355,7 +355,10 @@ static void ref_quant_act(const float *x, int64_t n, int8_t *q, float *d) {
         }
         float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         d[b] = mor__f16_to_f32(mor__f32_to_f16(amax / 127.0f));
-        for (int j = 0; j < MOR__QK; j++) q[b * MOR__QK + j] = (int8_t)nearbyintf(xb[j] * id);
+        for (int j = 0; j < MOR__QK; j++) {  // NaN (a non-finite x): -128, the x86 conversions' value
+            float v = nearbyintf(xb[j] * id);
+            q[b * MOR__QK + j] = v >= -128.0f && v <= 127.0f ? (int8_t)v : (int8_t)-128;
+        }
     }
 }
 
