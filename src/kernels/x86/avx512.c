@@ -453,9 +453,12 @@ static inline __attribute__((always_inline)) void qreduce16(int dt, const __m512
     *s1 = _mm512_permutex2var_epi32(z[0], _mm512_add_epi32(i0, _mm512_set1_epi32(4)), z[1]);
 }
 
-// How far ahead (bytes) the few-token paths prefetch: whole groups of 16 rows, at least 24 KiB
-// (one group of long rows; three of SmolLM-135M's 576-wide Q8_0 rows, where one group ahead
-// left decode 10-20 % slower on AMD Zen 5).
+// How far ahead (bytes) the few-token paths prefetch (into L2): whole groups of 16 rows, at least
+// 24 KiB (one group of long rows; three of SmolLM-135M's 576-wide Q8_0 rows, where one group
+// ahead left decode 10-20 % slower on AMD Zen 5). The blocks of 32 prefetch that group's bytes
+// in address order, spread evenly over the steps (on 576-wide rows 1.5-2x faster decode than
+// the same lines taken row by row at each step's offset); the K types, which step 256 columns
+// at a time, take the row-by-row order (as fast or faster on 2048-wide rows). docs/KERNELS.md.
 static inline size_t pf_ahead(size_t rb) { return 16 * rb * ((24576 + 16 * rb - 1) / (16 * rb)); }
 
 // 16 rows (n < 16: rows from n on repeat row n - 1 and are not stored) x C tokens.
@@ -470,9 +473,12 @@ static inline __attribute__((always_inline)) void qrows16(int dt, const uint8_t 
                                       _mm512_set1_epi32((int)rb));
     __m512 acc[3];
     UNROLL for (int c = 0; c < C; c++) acc[c] = _mm512_setzero_ps();
+    const char *pfb = (const char *)w + pfd;  // a later group of 16 rows: pl lines in ns steps
+    const int64_t pl = (int64_t)((16 * rb + 63) / 64), ns = (nb + 1) / 2;
     for (int64_t b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
         const size_t off = (size_t)b * bs;
+        for (int64_t l = (b / 2) * pl / ns, le = (b / 2 + 1) * pl / ns; l < le; l++) _mm_prefetch(pfb + 64 * l, _MM_HINT_T1);
         __m512 dw0, dw1, mw0, mw1;
         if (!q_min(dt)) {
             dw0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, w + off, 1)));
@@ -488,7 +494,6 @@ static inline __attribute__((always_inline)) void qrows16(int dt, const uint8_t 
             __m512i xv = qx_two(dt, xt[c].q + b * MOR__QK, two);
             __m512i v[16], s0, s1;
             UNROLL for (int a = 0; a < 16; a++) {
-                if (c == 0) _mm_prefetch((const char *)wr[a] + pfd + off, _MM_HINT_T1);
                 v[a] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qw_two(dt, wr[a] + off, two), xv);
             }
             qreduce16(dt, v, &s0, &s1);
