@@ -92,7 +92,8 @@ int mor_session_set_router(mor_session *s, const mor_router_i *r, void *user) {
     mor_exit_policy np;
     mor_exit_policy q;
     mor_exit_policy_init(&q);
-    q.policy = r ? MOR_EXIT_CUSTOM : -1;
+    if (!r && s->model->has_file_policy) q = s->model->file_policy;  // the file's default
+    q.policy = r ? MOR_EXIT_CUSTOM : q.policy;
     q.kv = s->policy.kv;  // keep the session's KV strategy
     if (check_policy(s, &q, &np) != MOR_OK) {  // only possible through the KV strategy
         q.kv = MOR_KV_AUTO;

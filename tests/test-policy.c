@@ -709,6 +709,15 @@ TEST(file_policy_is_the_default) {
     ASSERT_EQ(session_policy(s, &pol, &th), 0);
     ASSERT_EQ((int)pol, MOR_EXIT_CONFIDENCE);
     ASSERT_NEAR(th, 0.25, 1e-6);
+    // Dropping a custom router restores it too.
+    int calls = 0;
+    ASSERT_STATUS(mor_session_set_router_fn(s, even_odd, &calls, 0), MOR_OK);
+    ASSERT_EQ(s->policy.policy, MOR_EXIT_CUSTOM);
+    ASSERT_STATUS(mor_session_set_router_fn(s, NULL, NULL, 0), MOR_OK);
+    ASSERT_EQ(session_policy(s, &pol, &th), 0);
+    ASSERT_EQ((int)pol, MOR_EXIT_CONFIDENCE);
+    ASSERT_NEAR(th, 0.25, 1e-6);
+    ASSERT_EQ(s->policy.min_depth, 1);
     mor_session_free(s);
     mor_session_free(ref);
     mor_model_free(plain);
