@@ -272,14 +272,14 @@ int main(int argc, char **argv) {
         return 1;
     }
     {  // the policy must suit the model before anything is measured
-        mor_session *s;
+        mor_session *s = NULL;
         mor_exit_policy ep;
         policy_of(&pl, cand[0], &ep);
         int st = mor_session_create(m, NULL, &s, err, sizeof err);
         if (!st && (st = mor_session_set_exit_policy(s, &ep))) snprintf(err, sizeof err, "%s", mor_session_last_error(s));
-        if (!st) mor_session_free(s);
-        else {
-            if (err[0] && st != MOR_OK) fprintf(stderr, "mor-calibrate: --policy %s: %s\n", pname, err);
+        mor_session_free(s);
+        if (st) {
+            fprintf(stderr, "mor-calibrate: --policy %s: %s\n", pname, err);
             mor_model_free(m);
             return 1;
         }
