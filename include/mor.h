@@ -311,7 +311,8 @@ typedef struct mor_model mor_model;
  * @return MOR_OK and *out set (caller owns; free with mor_model_free), or an error with *out =
  * NULL: MOR_E_IO (cannot open/read), MOR_E_FORMAT (malformed: offset, key or tensor named;
  * a token count that differs from the embedding rows, both counts named; a name string with
- * a NUL, the key named), MOR_E_UNSUPPORTED (valid GGUF this library cannot run: architecture,
+ * a NUL, the key named; a mor.policy.* key that names no field of mor_exit_policy, holds no
+ * number, or sets a policy mor_session_set_exit_policy() would refuse, the key named), MOR_E_UNSUPPORTED (valid GGUF this library cannot run: architecture,
  * tensor type, version, a tensor not aligned for its type, named with the file's alignment),
  * MOR_E_NOMEM, MOR_E_INVALID (NULL path or out). Thread-safe. */
 MOR_API int mor_model_load(const char *path, const mor_model_params *params, mor_model **out,
@@ -506,7 +507,8 @@ MOR_API int mor_session_sample(mor_session *session, int32_t *token);
  **************************************************************************************************/
 
 /* mor_session_set_exit_policy(): choose how deep tokens go, and what happens to the K/V of the
- * layers they skip, from the next step on. NULL restores the model's default. Changing the KV
+ * layers they skip, from the next step on. NULL restores the model's default (the built-in one,
+ * or the one the file sets with mor.policy.* keys, docs/FORMAT.md; sessions start with it). Changing the KV
  * strategy of a session that holds tokens is refused (reset first). Which policies and
  * strategies fit which models is in docs/POLICIES.md.
  * @return MOR_OK; MOR_E_INVALID (a value out of range: depth outside 1..n_steps, threshold or

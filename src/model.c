@@ -852,6 +852,7 @@ int mor__model_bind(mor_model *m, char *err, size_t err_n) {
     int s = ld.used && ld.vec ? MOR_OK : mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
     if (!s) s = read_hparams(&ld);
     if (!s) s = bind_all(&ld);
+    if (!s) s = mor__policy_read_file(m, err, err_n);
     mor__free(&m->alloc, ld.used);
     mor__free(&m->alloc, ld.vec);
     return s;

@@ -120,7 +120,27 @@ struct mor_model {
     // to vocab_free when its last reference goes.
     void              *vocab;
     void             (*vocab_free)(void *vocab);
+    // The default exit policy the file sets with mor.policy.* keys, checked and resolved
+    // (exit.c); has_file_policy 0: the built-in default.
+    mor_exit_policy    file_policy;
+    int32_t            has_file_policy;
 };
+
+// Exit policies (exit.c). The largest budget window (the session's ring holds this many).
+#define MOR__BUDGET_MAX_WINDOW 4096
+// The model's default policy: the built-in one (ROUTER with a router, else FULL; KV SHARE for
+// files trained with KV sharing, else SKIP), or the file's (mor.policy.* keys), resolved.
+void mor__policy_default(const mor_model *m, mor_exit_policy *p);
+// Validation of an exit policy for model m and a session with (has_router) or without a
+// custom router and n_batch rows per step: resolves defaults (policy -1: the model's default
+// policy; kv AUTO) into *out; the message goes to err. Returns MOR_OK, MOR_E_INVALID or
+// MOR_E_UNSUPPORTED. The rules of mor_session_set_exit_policy, state loading and model loading.
+int  mor__policy_check(const mor_model *m, const mor_exit_policy *q, int has_router, int32_t n_batch,
+                       mor_exit_policy *out, char *err, size_t err_n);
+// Reads the file's mor.policy.* keys into m->file_policy (after the hyperparameters and steps
+// are known); MOR_E_FORMAT names the key on an unknown field, a value of another type or out
+// of range, or a policy the rules refuse.
+int  mor__policy_read_file(mor_model *m, char *err, size_t err_n);
 
 // References held by the model's users (sessions, schedulers, detokenizers): the last unref
 // frees the model (mor_model_free drops the owner's).

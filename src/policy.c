@@ -7,112 +7,6 @@
 
 #include <math.h>
 
-void mor__policy_default(const mor_model *m, mor_exit_policy *p) {
-    mor_exit_policy_init(p);
-    p->policy = m->hp.router != MOR_ROUTER_NONE ? MOR_EXIT_ROUTER : MOR_EXIT_FULL;
-    p->depth = m->n_steps;
-    p->threshold = 0.5f;
-    p->min_depth = 0;
-    p->metric = MOR_CONF_TOP2_GAP;
-    p->shallow = 1;
-    p->adaptive = 0;
-    p->kv = m->hp.kv_sharing ? MOR_KV_SHARE : MOR_KV_SKIP;
-    p->budget = 0;
-    p->budget_window = 32;
-    p->rollback = 0;
-}
-
-// Checks a policy against the model and a session's router and batch size; resolves defaults
-// into *out. Reads nothing else and writes nothing but *out and err, so state loading can
-// validate a saved policy without touching the session.
-int mor__policy_check(const mor_model *m, const mor_exit_policy *q, int has_router, int32_t n_batch,
-                      mor_exit_policy *out, char *err, size_t err_n) {
-    const mor__hparams *hp = &m->hp;
-    mor_exit_policy np;
-    mor__policy_default(m, &np);
-    int32_t pol = q->policy == -1 ? np.policy : q->policy;
-    int steps = m->n_steps;
-    int per_step = pol == MOR_EXIT_CONFIDENCE || pol == MOR_EXIT_SATURATION || pol == MOR_EXIT_FREE ||
-                   pol == MOR_EXIT_CUSTOM;
-    switch (pol) {
-    case MOR_EXIT_FULL: case MOR_EXIT_FIXED: case MOR_EXIT_CONFIDENCE: case MOR_EXIT_SATURATION:
-    case MOR_EXIT_FREE: case MOR_EXIT_CUSTOM:
-        break;
-    case MOR_EXIT_ROUTER:
-        if (hp->router == MOR_ROUTER_NONE)
-            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "the router policy needs a model with a router; this one has none");
-        break;
-    case MOR_EXIT_CAPACITY:
-        if (hp->router != MOR_ROUTER_EXPERT)
-            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "the capacity policy needs an expert-choice router; this model has %s",
-                        m->router_name);
-        break;
-    default:
-        return mor__errf(err, err_n, MOR_E_INVALID, "unknown exit policy %d", pol);
-    }
-    if (pol == MOR_EXIT_CUSTOM && !has_router)
-        return mor__errf(err, err_n, MOR_E_INVALID, "the custom policy needs a router: call mor_session_set_router()");
-    if (per_step && m->steps_interleaved)
-        return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s sharing interleaves the recursions: depth can only be FULL or FIXED",
-                    m->sharing_name);
-    if (per_step && pol != MOR_EXIT_CUSTOM && hp->router == MOR_ROUTER_TOKEN)
-        return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "a token-choice model picks each token's depth once: use ROUTER, FULL, FIXED or CUSTOM");
-    if ((pol == MOR_EXIT_CONFIDENCE || pol == MOR_EXIT_SATURATION || pol == MOR_EXIT_FREE) && steps < 2)
-        return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "this model has a single depth step (no recursions, no exit heads): nothing to exit from");
-    if (pol == MOR_EXIT_FIXED && (q->depth < 1 || q->depth > steps))
-        return mor__errf(err, err_n, MOR_E_INVALID, "fixed depth %d: must be 1..%d (the model's depth steps)", q->depth, steps);
-    if (!(q->threshold >= 0.0f && q->threshold <= 1.0f))
-        return mor__errf(err, err_n, MOR_E_INVALID, "threshold %g: must be within [0, 1]", q->threshold);
-    if (q->min_depth < 0 || q->min_depth > steps)
-        return mor__errf(err, err_n, MOR_E_INVALID, "min_depth %d: must be 0..%d", q->min_depth, steps);
-    if (q->metric < MOR_CONF_TOP2_GAP || q->metric > MOR_CONF_ENTROPY)
-        return mor__errf(err, err_n, MOR_E_INVALID, "unknown confidence metric %d", q->metric);
-    if (!(q->decay_tau >= 0.0f) || !isfinite(q->decay_tau))
-        return mor__errf(err, err_n, MOR_E_INVALID, "decay_tau %g: must be >= 0", q->decay_tau);
-    if (q->decay_len < 0) return mor__errf(err, err_n, MOR_E_INVALID, "decay_len %d: must be >= 0", q->decay_len);
-    if (pol == MOR_EXIT_FREE && (q->shallow < 1 || q->shallow >= steps))
-        return mor__errf(err, err_n, MOR_E_INVALID, "shallow exit after %d steps: must be 1..%d", q->shallow, steps - 1);
-    if (!(q->budget >= 0.0f) || q->budget > (float)steps)
-        return mor__errf(err, err_n, MOR_E_INVALID, "budget %g: must be 0 (off) or a mean depth up to %d", q->budget, steps);
-    if (q->budget > 0 && q->budget < 1.0f)
-        return mor__errf(err, err_n, MOR_E_INVALID, "budget %g: every token runs at least one step, so the cap must be >= 1", q->budget);
-    if (q->budget > 0 && (q->budget_window < 1 || q->budget_window > MOR__BUDGET_MAX_WINDOW))
-        return mor__errf(err, err_n, MOR_E_INVALID, "budget_window %d: must be 1..%d", q->budget_window, MOR__BUDGET_MAX_WINDOW);
-    if (!(q->rollback >= 0.0f) || !isfinite(q->rollback))
-        return mor__errf(err, err_n, MOR_E_INVALID, "rollback %g: must be >= 0", q->rollback);
-    int32_t kv = q->kv == MOR_KV_AUTO ? (pol == MOR_EXIT_FREE ? MOR_KV_SYNC : np.kv) : q->kv;
-    switch (kv) {
-    case MOR_KV_SKIP: case MOR_KV_PROPAGATE:
-        break;
-    case MOR_KV_SHARE:
-        if (hp->n_rec < 2)
-            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "KV sharing reuses recursion-0 K/V: this model has no recursions");
-        break;
-    case MOR_KV_SYNC:
-        if (hp->router != MOR_ROUTER_NONE)
-            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "synchronized parallel decoding re-runs stacked tokens at full depth: "
-                        "not defined for a model with a router");
-        if (steps < 2) return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "synchronized parallel decoding needs more than one depth step");
-        if (n_batch < 2) return mor__errf(err, err_n, MOR_E_INVALID, "synchronized parallel decoding needs n_batch >= 2");
-        break;
-    default:
-        return mor__errf(err, err_n, MOR_E_INVALID, "unknown KV strategy %d", q->kv);
-    }
-    if (q->rollback > 0 && kv != MOR_KV_SYNC)
-        return mor__errf(err, err_n, MOR_E_INVALID, "rollback needs the KV_SYNC strategy");
-    // The public struct, with its defaults resolved, is the session's policy.
-    np = *q;
-    np.size = sizeof np;
-    np.kind = MOR_PARAMS_EXIT;
-    np.policy = pol;
-    np.depth = pol == MOR_EXIT_FIXED ? q->depth : steps;
-    np.adaptive = q->adaptive != 0;
-    np.kv = kv;
-    if (np.budget_window <= 0) np.budget_window = 32;
-    *out = np;
-    return MOR_OK;
-}
-
 // The same check for the live session: its KV strategy cannot change while it holds tokens.
 // The message goes to the session.
 static int check_policy(mor_session *s, const mor_exit_policy *q, mor_exit_policy *out) {
@@ -162,6 +56,8 @@ int mor_session_set_exit_policy(mor_session *s, const mor_exit_policy *pol) {
         memcpy(&q, pol, MOR__MIN(pol->size, sizeof q));
     } else if (s->has_router) {
         q.policy = MOR_EXIT_CUSTOM;
+    } else if (s->model->has_file_policy) {
+        q = s->model->file_policy;  // the file's default (mor.policy.* keys)
     }
     mor_exit_policy np;
     int st = check_policy(s, &q, &np);
@@ -196,7 +92,8 @@ int mor_session_set_router(mor_session *s, const mor_router_i *r, void *user) {
     mor_exit_policy np;
     mor_exit_policy q;
     mor_exit_policy_init(&q);
-    q.policy = r ? MOR_EXIT_CUSTOM : -1;
+    if (!r && s->model->has_file_policy) q = s->model->file_policy;  // the file's default
+    q.policy = r ? MOR_EXIT_CUSTOM : q.policy;
     q.kv = s->policy.kv;  // keep the session's KV strategy
     if (check_policy(s, &q, &np) != MOR_OK) {  // only possible through the KV strategy
         q.kv = MOR_KV_AUTO;

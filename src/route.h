@@ -53,8 +53,8 @@ typedef struct {
     int     wants_confidence;
 } mor__router_hook;
 
-// The compute budget: depths of the last tokens in a ring of budget_window entries.
-#define MOR__BUDGET_MAX_WINDOW 4096
+// The compute budget: depths of the last tokens in a ring of budget_window entries
+// (at most MOR__BUDGET_MAX_WINDOW, model.h).
 typedef struct {
     int32_t *ring;                // [MOR__BUDGET_MAX_WINDOW]
     int32_t  n, next;             // entries held, write index

@@ -227,8 +227,19 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     s->w.kern = s->kern;
     sampler_from(&s->sampler, NULL);
     s->rng = s->sampler.seed;
-    mor__policy_default(m, &s->policy);
-    mor__kv_map(&s->kv, m, s->policy.kv == MOR_KV_SHARE);
+    mor_exit_policy dp;
+    mor__policy_default(m, &dp);
+    if (m->has_file_policy) {  // checked at load for n_batch >= 2; this session's n_batch may be 1
+        char why[200];
+        if (mor__policy_check(m, &dp, 0, s->n_batch, &dp, why, sizeof why)) {
+            mor_session_free(s);
+            return mor__errf(err, err_n, MOR_E_INVALID, "the model's default exit policy (mor.policy.* keys): %s", why);
+        }
+        mor__policy_install(s, &dp);
+    } else {
+        s->policy = dp;
+        mor__kv_map(&s->kv, m, s->policy.kv == MOR_KV_SHARE);
+    }
     s->rollback_to = -1;
     mor__model_ref(m);
     s->model_ref = 1;

@@ -191,14 +191,9 @@ void    mor__session_truncate(mor_session *s, int32_t n_keep);
 
 // Refit the FREE threshold from the collected pairs (policy.c).
 void mor__bmm_refit(mor_session *s);
-// The model's default policy (policy.c).
-void mor__policy_default(const mor_model *m, mor_exit_policy *p);
-// Validation of an exit policy for model m and a session with (has_router) or without a
-// custom router and batch size n_batch; defaults resolved into *out. Touches no session: the
-// message goes to err. Returns MOR_OK, MOR_E_INVALID or MOR_E_UNSUPPORTED (policy.c). The rule
-// that a session holding tokens keeps its KV strategy is the caller's.
-int  mor__policy_check(const mor_model *m, const mor_exit_policy *q, int has_router, int32_t n_batch,
-                       mor_exit_policy *out, char *err, size_t err_n);
+// The model's default policy and the rules of a policy: mor__policy_default and
+// mor__policy_check (exit.c, model.h). The rule that a session holding tokens keeps its KV
+// strategy is the caller's.
 // Makes a checked policy the session's: slot map, budget window restarted, FREE calibration
 // restarted when FREE or its threshold is new (policy.c).
 void mor__policy_install(mor_session *s, const mor_exit_policy *np);

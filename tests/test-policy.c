@@ -9,11 +9,16 @@
 // - the compute budget caps the mean depth; capacity selects top-k per step;
 // - confidence exits read the same exit-head logits for a prompt stepped at once (a group of
 //   rows per product) as one token at a time;
-// - bad parameters give clear errors.
+// - bad parameters give clear errors;
+// - a file's mor.policy.* keys set the policy sessions start with (and NULL restores); bad
+//   keys or values fail the load with MOR_E_FORMAT naming the key.
 #include "harness.h"
 #include "mor.h"
 
+#include "gguf-write.h"
 #include "session.h"
+
+#include <stdlib.h>
 
 #include <math.h>
 
@@ -607,10 +612,168 @@ TEST(state_keeps_policy_and_stack) {
     mor_model_free(m);
 }
 
+// middle_cycle.gguf (3 recursions, no router) rewritten with extra keys: 0 and the loaded model,
+// or the load's status with its message in err.
+typedef struct {
+    const char *key;
+    uint32_t    type;  // MOR__GGUF_INT32, FLOAT32, STRING
+    double      v;
+} policy_key;
+
+static int load_with_keys(const policy_key *keys, int n, mor_model **out, char *err, size_t err_n) {
+    char path[512];
+    void *img = NULL;
+    uint64_t size = 0;
+    *out = NULL;
+    if (mor__gguf_w_read_file(test_path(path, sizeof path, "middle_cycle.gguf"), &img, &size, err, err_n)) return -1;
+    mor__gguf g;
+    if (mor__gguf_parse(&g, img, size, err, err_n)) {
+        free(img);
+        return -1;
+    }
+    mor__gguf_writer *w = mor__gguf_writer_create();
+    int st = w ? mor__gguf_w_copy(w, &g, "mor.policy.", err, err_n) : -1;
+    for (int i = 0; st == MOR_OK && i < n; i++) {
+        if (keys[i].type == MOR__GGUF_FLOAT32) st = mor__gguf_w_f32(w, keys[i].key, (float)keys[i].v);
+        else if (keys[i].type == MOR__GGUF_STRING) st = mor__gguf_w_str(w, keys[i].key, "confidence");
+        else st = mor__gguf_w_i32(w, keys[i].key, (int32_t)keys[i].v);
+    }
+    uint64_t n_out = 0;
+    void *copy = st == MOR_OK ? mor__gguf_writer_finish(w, &n_out) : NULL;
+    mor__gguf_writer_free(w);
+    mor__gguf_free(&g);
+    free(img);
+    if (!copy) return -1;
+    mor_model_params mp;
+    mor_model_params_init(&mp);
+    mp.flags = MOR_MODEL_COPY;
+    st = mor_model_load_memory(copy, (size_t)n_out, &mp, out, err, err_n);
+    free(copy);
+    return st;
+}
+
+static int session_policy(mor_session *s, double *policy, double *threshold) {
+    mor_session_stats stt;
+    memset(&stt, 0, sizeof stt);
+    stt.size = sizeof stt;
+    *policy = s->policy.policy;
+    if (mor_session_get_stats(s, &stt)) return -1;
+    *threshold = stt.threshold;
+    return 0;
+}
+
+TEST(file_policy_is_the_default) {
+    char err[256];
+    mor_model *m;
+    const policy_key k[] = {{"mor.policy.policy", MOR__GGUF_INT32, MOR_EXIT_CONFIDENCE},
+                            {"mor.policy.threshold", MOR__GGUF_FLOAT32, 0.25},
+                            {"mor.policy.min_depth", MOR__GGUF_INT32, 1},
+                            {"mor.policy.metric", MOR__GGUF_INT32, MOR_CONF_MAX_PROB}};
+    ASSERT_STATUS(load_with_keys(k, 4, &m, err, sizeof err), MOR_OK);
+    mor_session *s = open_session(m, 16);
+    ASSERT(s);
+    double pol, th;
+    ASSERT_EQ(session_policy(s, &pol, &th), 0);
+    ASSERT_EQ((int)pol, MOR_EXIT_CONFIDENCE);
+    ASSERT_NEAR(th, 0.25, 1e-6);
+    ASSERT_EQ(s->policy.min_depth, 1);
+    ASSERT_EQ(s->policy.metric, MOR_CONF_MAX_PROB);
+    ASSERT_EQ(s->policy.kv, MOR_KV_SKIP);
+    // The session runs it: the same depths as setting the policy by hand on the plain file.
+    int32_t got[8];
+    ASSERT_EQ(run_greedy(s, 8, got), 0);
+    mor_model *plain = load("middle_cycle.gguf");
+    mor_session *ref = open_session(plain, 16);
+    ASSERT(plain && ref);
+    mor_exit_policy ep;
+    mor_exit_policy_init(&ep);
+    ep.policy = MOR_EXIT_CONFIDENCE;
+    ep.threshold = 0.25f;
+    ep.min_depth = 1;
+    ep.metric = MOR_CONF_MAX_PROB;
+    ASSERT_STATUS(mor_session_set_exit_policy(ref, &ep), MOR_OK);
+    int32_t want[8];
+    ASSERT_EQ(run_greedy(ref, 8, want), 0);
+    for (int i = 0; i < 8; i++) ASSERT_EQ(got[i], want[i]);
+    for (int32_t i = 0; i < NP + 8; i++) {
+        int32_t da, db;
+        ASSERT_STATUS(mor_session_token_info(s, i, &da, NULL, NULL), MOR_OK);
+        ASSERT_STATUS(mor_session_token_info(ref, i, &db, NULL, NULL), MOR_OK);
+        ASSERT_EQ(da, db);
+    }
+    // The host still overrides it; NULL restores the file's.
+    ASSERT_EQ(set_policy(s, MOR_EXIT_FULL, 0.5f, MOR_KV_AUTO), 0);
+    ASSERT_EQ(session_policy(s, &pol, &th), 0);
+    ASSERT_EQ((int)pol, MOR_EXIT_FULL);
+    ASSERT_STATUS(mor_session_set_exit_policy(s, NULL), MOR_OK);
+    ASSERT_EQ(session_policy(s, &pol, &th), 0);
+    ASSERT_EQ((int)pol, MOR_EXIT_CONFIDENCE);
+    ASSERT_NEAR(th, 0.25, 1e-6);
+    // Dropping a custom router restores it too.
+    int calls = 0;
+    ASSERT_STATUS(mor_session_set_router_fn(s, even_odd, &calls, 0), MOR_OK);
+    ASSERT_EQ(s->policy.policy, MOR_EXIT_CUSTOM);
+    ASSERT_STATUS(mor_session_set_router_fn(s, NULL, NULL, 0), MOR_OK);
+    ASSERT_EQ(session_policy(s, &pol, &th), 0);
+    ASSERT_EQ((int)pol, MOR_EXIT_CONFIDENCE);
+    ASSERT_NEAR(th, 0.25, 1e-6);
+    ASSERT_EQ(s->policy.min_depth, 1);
+    mor_session_free(s);
+    mor_session_free(ref);
+    mor_model_free(plain);
+    mor_model_free(m);
+    // A policy of KV_SYNC needs n_batch >= 2: a session with n_batch 1 is refused, named.
+    const policy_key f[] = {{"mor.policy.policy", MOR__GGUF_INT32, MOR_EXIT_FREE}};
+    ASSERT_STATUS(load_with_keys(f, 1, &m, err, sizeof err), MOR_OK);
+    ASSERT_EQ(m ? 1 : 0, 1);
+    mor_session_params p;
+    mor_session_params_init(&p);
+    p.n_ctx = 64;
+    p.n_batch = 1;
+    ASSERT_STATUS(mor_session_create(m, &p, &s, err, sizeof err), MOR_E_INVALID);
+    ASSERT_STR_CONTAINS(err, "mor.policy");
+    p.n_batch = 4;
+    ASSERT_STATUS(mor_session_create(m, &p, &s, err, sizeof err), MOR_OK);
+    ASSERT_EQ(s->policy.kv, MOR_KV_SYNC);
+    mor_session_free(s);
+    mor_model_free(m);
+}
+
+TEST(file_policy_refused) {
+    char err[256];
+    mor_model *m;
+    const struct {
+        policy_key  k;
+        const char *msg;
+    } bad[] = {
+        {{"mor.policy.treshold", MOR__GGUF_FLOAT32, 0.5}, "mor.policy.treshold"},
+        {{"mor.policy.size", MOR__GGUF_INT32, 4}, "mor.policy.size"},
+        {{"mor.policy.threshold", MOR__GGUF_FLOAT32, 1.5}, "threshold 1.5"},
+        {{"mor.policy.policy", MOR__GGUF_INT32, 42}, "unknown exit policy 42"},
+        {{"mor.policy.policy", MOR__GGUF_STRING, 0}, "must be a number"},
+        {{"mor.policy.policy", MOR__GGUF_INT32, MOR_EXIT_ROUTER}, "router"},
+        {{"mor.policy.depth", MOR__GGUF_FLOAT32, 1e20}, "mor.policy.depth"},
+        {{"mor.policy.budget", MOR__GGUF_FLOAT32, 0.5}, "budget 0.5"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = 0;
+        ASSERT_STATUS(load_with_keys(&bad[i].k, 1, &m, err, sizeof err), MOR_E_FORMAT);
+        ASSERT(m == NULL);
+        ASSERT_STR_CONTAINS(err, bad[i].msg);
+        ASSERT_STR_CONTAINS(err, bad[i].k.key);
+    }
+    // A fixed depth out of range is refused with both keys named.
+    const policy_key d[] = {{"mor.policy.policy", MOR__GGUF_INT32, MOR_EXIT_FIXED}, {"mor.policy.depth", MOR__GGUF_INT32, 9}};
+    ASSERT_STATUS(load_with_keys(d, 2, &m, err, sizeof err), MOR_E_FORMAT);
+    ASSERT_STR_CONTAINS(err, "mor.policy.depth");
+    ASSERT_STR_CONTAINS(err, "1..3");
+}
+
 static const test_entry tests_[] = {TEST_LIST(threshold_never_met_equals_full, sync_parallel_decoding_is_exact,
                                               rollback_recovers_full_depth_output, cache_sizes_follow_the_formulas,
                                               propagation_fills_skipped_layers, custom_router_in_c)
                                         TEST_LIST(budget_caps_mean_depth, capacity_top_k, bad_policies,
                                                   state_keeps_policy_and_stack, confidence_groups_equal_one_row,
-                                                  confidence_metrics_by_definition)};
+                                                  confidence_metrics_by_definition)
+                                        TEST_LIST(file_policy_is_the_default, file_policy_refused)};
 TEST_MAIN_LIST(tests_)

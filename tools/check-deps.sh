@@ -23,7 +23,7 @@ LAYERS='
 base       0     alloc.c alloc.h bytes.h dtype.h internal.h status.c unicode*.c unicode.h
 thread     1     thread.c thread.h
 kernels    2     kernels.h kernels/*
-model      3     arch.c arch.h gguf.c gguf.h model.c model.h
+model      3     arch.c arch.h exit.c gguf.c gguf.h model.c model.h
 work       4     work.c work.h
 text       5     tokenizer*.c tokenizer*.h pretok.c
 kv         5     kv.c kv.h

@@ -25,6 +25,8 @@ static void usage(FILE *f) {
             "  --repeat-penalty R (default 1.0)    --repeat-last-n N (default 64)\n"
             "  -s, --seed S       sampler seed (default 0x5eed)\n"
             "  --policy NAME      full, fixed, router, capacity, confidence, saturation, free\n"
+            "  --policy-file F    the policy of F's field=value lines (mor-calibrate --policy-file),\n"
+            "                     fields of mor_exit_policy; instead of the other policy options\n"
             "                     (default: router for models with one, else full; docs/POLICIES.md)\n"
             "  --depth K          cap every token at K steps (policy fixed)\n"
             "  --full-depth       every token runs every step\n"
@@ -64,6 +66,36 @@ static int parse_int(const char *s, long lo, long hi, long *out) {
     if (errno || *end || end == s || v < lo || v > hi) return -1;
     *out = v;
     return 0;
+}
+
+// A policy file: `field=value` lines (fields of mor_exit_policy, mor_params_set names), blank
+// lines and `#` comments ignored. 0, or -1 with the problem printed.
+static int read_policy_file(const char *path, mor_exit_policy *ep) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "mor-run: cannot open policy file '%s': %s\n", path, strerror(errno));
+        return -1;
+    }
+    mor_exit_policy_init(ep);
+    char line[256];
+    int n = 0, rc = 0;
+    while (!rc && fgets(line, sizeof line, f)) {
+        n++;
+        char *e = line + strcspn(line, "\r\n#");
+        *e = 0;
+        if (!line[strspn(line, " \t")]) continue;
+        char *eq = strchr(line, '='), *end;
+        double v = eq ? strtod(eq + 1, &end) : 0;
+        if (eq) *eq = 0;
+        int st = !eq || end == eq + 1 || end[strspn(end, " \t")] ? MOR_E_INVALID : mor_params_set(ep, line, v);
+        if (st) {
+            fprintf(stderr, "mor-run: %s:%d: %s\n", path, n,
+                    st == MOR_E_NOT_FOUND ? "not a field of mor_exit_policy" : "expected field=number within the field's range");
+            rc = -1;
+        }
+    }
+    fclose(f);
+    return rc;
 }
 
 static int parse_float(const char *s, float *out) {
@@ -156,7 +188,7 @@ int main(int argc, char **argv) {
     int print_ids = 0, stop = 1, stats = 0, full = 0, policy = -1, kv = 0, adaptive = 0, kv_f16 = 0;
     float threshold = -1, decay = 0, budget = 0, rollback = 0;
     long min_depth = -1, shallow = 1, metric = 0;
-    const char *depth_map = NULL;
+    const char *depth_map = NULL, *policy_file = NULL;
     mor_sampler_params sp;
     mor_sampler_params_init(&sp);
     for (int i = 1; i < argc; i++) {
@@ -191,6 +223,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--budget") && v) bad = parse_float(v, &budget);
         else if (!strcmp(a, "--rollback") && v) bad = parse_float(v, &rollback);
         else if (!strcmp(a, "--depth-map") && v) depth_map = v;
+        else if (!strcmp(a, "--policy-file") && v) policy_file = v;
         else if (!strcmp(a, "--metric") && v) {
             metric = !strcmp(v, "top2") ? MOR_CONF_TOP2_GAP : !strcmp(v, "maxprob") ? MOR_CONF_MAX_PROB
                    : !strcmp(v, "entropy") ? MOR_CONF_ENTROPY : -1;
@@ -297,8 +330,20 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mor-run: %s\n", mor_session_last_error(s));
         return 2;
     }
-    if (depth || full || threshold >= 0 || policy >= 0 || kv || budget > 0 || min_depth >= 0 || decay > 0 ||
-        adaptive || rollback > 0 || metric) {
+    int policy_flags = depth || full || threshold >= 0 || policy >= 0 || kv || budget > 0 || min_depth >= 0 ||
+                       decay > 0 || adaptive || rollback > 0 || metric;
+    if (policy_file) {
+        mor_exit_policy ep;
+        if (policy_flags) {
+            fprintf(stderr, "mor-run: give --policy-file or the policy options, not both\n");
+            return 2;
+        }
+        if (read_policy_file(policy_file, &ep)) return 2;
+        if (mor_session_set_exit_policy(s, &ep) != MOR_OK) {
+            fprintf(stderr, "mor-run: %s: %s\n", policy_file, mor_session_last_error(s));
+            return 2;
+        }
+    } else if (policy_flags) {
         mor_exit_policy ep;
         mor_exit_policy_init(&ep);
         if (policy >= 0) ep.policy = policy;

@@ -10,6 +10,7 @@
 // @B to add a mean-depth cap (e.g. confidence:0.4@2); default: a sweep of each family
 // the model supports. Texts are scored in windows of --ctx tokens (default 256), each window a
 // fresh sequence, every token after the first of a window predicted.
+#include "measure.h"
 #include "mor.h"
 
 #include <math.h>
@@ -49,46 +50,10 @@ static int parse_setting(const char *s, setting *o) {
     return 0;
 }
 
-static char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)len + 1);
-    if (b && fread(b, 1, (size_t)len, f) != (size_t)len) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) b[len] = 0, *n = (size_t)len;
-    return b;
-}
-
-typedef struct {
-    double  nll;
-    int64_t n;
-    int64_t agree;
-    float   mean_depth;
-    double  saved;
-} score;
-
-// Scores tokens[0..n) in windows; argmax_full (may be NULL) receives / is compared with the
-// argmax at every scored position.
+// Scores tokens[0..n) in windows (tools/lib/measure.c); argmax_ref (may be NULL) receives
+// (fill_ref) or is compared with the argmax at every scored position.
 static int run(const mor_model *m, const setting *st, const int32_t *tok, int32_t n, int32_t ctx, int32_t *argmax_ref,
-               int fill_ref, score *out) {
-    int32_t V = (int32_t)mor_model_get_int(m, MOR_INFO_N_VOCAB);
-    mor_session_params p;
-    mor_session_params_init(&p);
-    p.n_ctx = ctx;
-    p.n_batch = 64;
-    p.flags = MOR_SESSION_LOGITS_ALL;
-    mor_session *s;
-    char err[256];
-    if (mor_session_create(m, &p, &s, err, sizeof err)) {
-        fprintf(stderr, "mor-sweep: %s\n", err);
-        return -1;
-    }
+               int fill_ref, mor__measure *out, int64_t *agree) {
     mor_exit_policy ep;
     mor_exit_policy_init(&ep);
     ep.policy = st->policy;
@@ -99,52 +64,15 @@ static int run(const mor_model *m, const setting *st, const int32_t *tok, int32_
     ep.budget = st->budget;
     ep.metric = st->metric;
     ep.min_depth = st->policy == MOR_EXIT_CONFIDENCE || st->policy == MOR_EXIT_SATURATION;
-    if (mor_session_set_exit_policy(s, &ep)) {
-        fprintf(stderr, "mor-sweep: %s: %s\n", st->name, mor_session_last_error(s));
-        mor_session_free(s);
-        return -1;
-    }
-    memset(out, 0, sizeof *out);
-    int64_t steps = 0, tokens = 0, evals = 0, full = 0, k = 0;
-    for (int32_t w0 = 0; w0 + 1 < n; w0 += ctx) {
-        int32_t len = n - w0 < ctx ? n - w0 : ctx;
-        mor_session_reset(s);
-        for (int32_t off = 0; off < len; off += 64) {
-            int32_t c = len - off < 64 ? len - off : 64;
-            if (mor_session_step(s, tok + w0 + off, c)) {
-                fprintf(stderr, "mor-sweep: %s\n", mor_session_last_error(s));
-                mor_session_free(s);
-                return -1;
-            }
-            for (int32_t i = 0; i < c; i++) {
-                int32_t pos = off + i;
-                if (pos + 1 >= len) break;
-                const float *l = mor_session_logits(s, i);
-                float mx = l[0];
-                int32_t am = 0;
-                for (int32_t v = 1; v < V; v++)
-                    if (l[v] > mx) mx = l[v], am = v;
-                double sum = 0;
-                for (int32_t v = 0; v < V; v++) sum += exp((double)(l[v] - mx));
-                out->nll += log(sum) - (double)(l[tok[w0 + pos + 1]] - mx);
-                out->n++;
-                if (argmax_ref) {
-                    if (fill_ref) argmax_ref[k] = am;
-                    else out->agree += argmax_ref[k] == am;
-                }
-                k++;
-            }
-        }
-        mor_session_stats stt;
-        memset(&stt, 0, sizeof stt);
-        stt.size = sizeof stt;
-        mor_session_get_stats(s, &stt);
-        steps += stt.steps_run, tokens += stt.n_tokens, evals += stt.layer_evals, full += stt.layer_evals_full;
-    }
-    out->mean_depth = tokens ? (float)((double)steps / (double)tokens) : 0;
-    out->saved = full ? 1.0 - (double)evals / (double)full : 0;
-    mor_session_free(s);
-    return 0;
+    int32_t *am = argmax_ref && !fill_ref ? malloc(sizeof(int32_t) * ((size_t)n + 1)) : argmax_ref;
+    char err[512];
+    int s = argmax_ref && !am ? MOR_E_NOMEM : mor__measure_policy(m, &ep, tok, n, ctx, NULL, am, out, err, sizeof err);
+    if (s) fprintf(stderr, "mor-sweep: %s: %s\n", st->name, s == MOR_E_NOMEM && !am ? "out of memory" : err);
+    *agree = 0;
+    if (!s && argmax_ref && !fill_ref)
+        for (int64_t k = 0; k < out->n; k++) *agree += am[k] == argmax_ref[k];
+    if (am != argmax_ref) free(am);
+    return s ? -1 : 0;
 }
 
 int main(int argc, char **argv) {
@@ -169,21 +97,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mor-sweep: %s\n", err);
         return 1;
     }
-    size_t tlen;
-    char *text = read_file(argv[2], &tlen);
-    if (!text) {
-        fprintf(stderr, "mor-sweep: cannot read %s\n", argv[2]);
+    int32_t *tok, nt;
+    if (mor__measure_text(m, argv[2], max_tokens, &tok, &nt, err, sizeof err)) {
+        fprintf(stderr, "mor-sweep: %s\n", err);
+        mor_model_free(m);
         return 1;
     }
-    size_t need = 0;
-    mor_tokenize(m, text, tlen, NULL, 0, 0, &need);
-    int32_t *tok = malloc(sizeof(int32_t) * (need + 1));
-    size_t nt = 0;
-    if (!tok || mor_tokenize(m, text, tlen, tok, need, 0, &nt) != MOR_OK) {
-        fprintf(stderr, "mor-sweep: cannot tokenize %s\n", argv[2]);
-        return 1;
-    }
-    if ((long)nt > max_tokens) nt = (size_t)max_tokens;
     char defaults[1024];
     int64_t steps = mor_model_get_int(m, MOR_INFO_N_STEPS), router = mor_model_get_int(m, MOR_INFO_ROUTER);
     if (!list) {
@@ -206,8 +125,9 @@ int main(int argc, char **argv) {
     int32_t *ref = malloc(sizeof(int32_t) * (nt + 1));
     setting full;
     parse_setting("full", &full);
-    score base;
-    if (run(m, &full, tok, (int32_t)nt, (int32_t)ctx, ref, 1, &base)) return 1;
+    mor__measure base;
+    int64_t agree;
+    if (!ref || run(m, &full, tok, nt, (int32_t)ctx, ref, 1, &base, &agree)) return 1;
     printf("model,policy,tokens,perplexity,mean_depth,layers_saved,greedy_agreement,ppl_change\n");
     char *dup = strdup(list);
     for (char *it = strtok(dup, ","); it; it = strtok(NULL, ",")) {
@@ -216,18 +136,17 @@ int main(int argc, char **argv) {
             fprintf(stderr, "mor-sweep: unknown policy '%s'\n", it);
             continue;
         }
-        score sc;
-        if (run(m, &st, tok, (int32_t)nt, (int32_t)ctx, ref, 0, &sc)) continue;
+        mor__measure sc;
+        if (run(m, &st, tok, nt, (int32_t)ctx, ref, 0, &sc, &agree)) continue;
         double ppl = exp(sc.nll / (double)sc.n), ppl0 = exp(base.nll / (double)base.n);
         const char *slash = strrchr(argv[1], '/');
         printf("%s,%s,%lld,%.4f,%.3f,%.4f,%.4f,%.4f\n", slash ? slash + 1 : argv[1], st.name, (long long)sc.n, ppl,
-               sc.mean_depth, sc.saved, (double)sc.agree / (double)sc.n, ppl / ppl0 - 1.0);
+               sc.mean_depth, sc.saved, (double)agree / (double)sc.n, ppl / ppl0 - 1.0);
         fflush(stdout);
     }
     free(dup);
     free(ref);
     free(tok);
-    free(text);
     mor_model_free(m);
     return 0;
 }

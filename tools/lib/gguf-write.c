@@ -417,3 +417,60 @@ int mor__gguf_w_read_file(const char *path, void **data, uint64_t *size, char *e
     *size = len;
     return MOR_OK;
 }
+
+// ---- copies -----------------------------------------------------------------------------------
+
+static uint64_t rd_le64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+// Bytes of a key's value as stored after its type (arrays: from the first element). Nested
+// arrays are refused (llama.cpp's writer has no way to copy them).
+int mor__gguf_kv_value_bytes(const mor__gguf_kv *kv, uint64_t *n, char *err, size_t err_n) {
+    uint32_t t = kv->type == MOR__GGUF_ARRAY ? kv->arr_type : kv->type;
+    uint64_t count = kv->type == MOR__GGUF_ARRAY ? kv->arr_n : 1;
+    if (t == MOR__GGUF_ARRAY)
+        return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "key '%.*s': nested arrays are not supported",
+                         (int)(kv->key.len > 200 ? 200 : kv->key.len), kv->key.ptr);
+    if (t == MOR__GGUF_STRING) {
+        uint64_t off = 0;
+        for (uint64_t i = 0; i < count; i++) off += 8 + rd_le64(kv->data + off);  // the parser checked the bounds
+        *n = off;
+        return MOR_OK;
+    }
+    *n = count * mor__gguf_vtype_size(t);
+    return MOR_OK;
+}
+
+int mor__gguf_w_copy(mor__gguf_writer *w, const mor__gguf *g, const char *skip_prefix, char *err, size_t err_n) {
+    size_t sp = skip_prefix ? strlen(skip_prefix) : 0;
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        const mor__gguf_kv *kv = &g->kv[i];
+        if (sp && kv->key.len >= sp && memcmp(kv->key.ptr, skip_prefix, sp) == 0) continue;
+        uint64_t vn = 0;
+        int s = mor__gguf_kv_value_bytes(kv, &vn, err, err_n);
+        if (s) return s;
+        int arr = kv->type == MOR__GGUF_ARRAY;
+        if (kv->key.len == 17 && !memcmp(kv->key.ptr, "general.alignment", 17) && kv->type == MOR__GGUF_UINT32) {
+            s = mor__gguf_w_u32(w, "general.alignment", (uint32_t)(kv->data[0] | kv->data[1] << 8 | kv->data[2] << 16 | (uint32_t)kv->data[3] << 24));  // the writer's alignment too
+        } else if ((s = kv_begin(w, kv->key.ptr, kv->key.len, kv->type, (size_t)vn + (arr ? 12 : 0))) == MOR_OK) {
+            if (arr) {
+                put_le(&w->kv, kv->arr_type, 4);
+                put_le(&w->kv, kv->arr_n, 8);
+            }
+            put(&w->kv, kv->data, (size_t)vn);
+            w->n_kv++;
+        }
+        if (s) return mor__errf(err, err_n, s, "copying key '%.*s': out of memory", (int)(kv->key.len > 200 ? 200 : kv->key.len),
+                                kv->key.ptr);
+    }
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const mor__gguf_tensor *t = &g->tensors[i];
+        int s = mor__gguf_w_raw_tensor(w, t->name, strlen(t->name), t->type, t->n_dims, t->dims, t->data, t->size,
+                                       MOR__GGUF_W_AUTO);
+        if (s) return mor__errf(err, err_n, s, "copying tensor '%s': out of memory", t->name);
+    }
+    return MOR_OK;
+}

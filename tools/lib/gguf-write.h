@@ -65,6 +65,15 @@ int mor__gguf_w_raw_tensor(mor__gguf_writer *w, const char *name, uint64_t name_
 // Header version to write (default 3).
 void mor__gguf_w_set_version(mor__gguf_writer *w, uint32_t version);
 
+// Bytes of a parsed key's value as stored after its type (arrays: from the first element).
+// Nested arrays are refused (MOR_E_UNSUPPORTED, the key named).
+int mor__gguf_kv_value_bytes(const mor__gguf_kv *kv, uint64_t *n, char *err, size_t err_n);
+// Appends every key of a parsed file (in its order, except those whose name starts with
+// skip_prefix, which may be NULL) and every tensor (in its order, bytes verbatim) to w. A
+// UINT32 general.alignment is written through mor__gguf_w_u32, so the copy keeps the file's
+// alignment. More keys may be added afterwards. MOR_OK, MOR_E_NOMEM or MOR_E_UNSUPPORTED.
+int mor__gguf_w_copy(mor__gguf_writer *w, const mor__gguf *g, const char *skip_prefix, char *err, size_t err_n);
+
 // Counts so far.
 uint64_t mor__gguf_w_n_kv(const mor__gguf_writer *w);
 uint64_t mor__gguf_w_n_tensors(const mor__gguf_writer *w);

@@ -7,6 +7,7 @@
 // layers to more bits in the _M / _S mixes; a row width that the chosen block does not divide
 // falls back to a 32-element type (or F16). docs/CONVERT.md has the table.
 #include "quantize.h"
+#include "gguf-write.h"
 
 #include "internal.h"
 #include "kernels.h"
@@ -361,30 +362,6 @@ static void ob_le(obuf *b, uint64_t v, int n) {
     ob_put(b, t, (size_t)n);
 }
 
-static uint64_t rd_u64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
-    return v;
-}
-
-// Bytes of a key's value as stored after its type (arrays: from the first element). Nested
-// arrays are refused (llama.cpp's writer has no way to copy them).
-static int kv_value_bytes(const mor__gguf_kv *kv, uint64_t *n, char *err, size_t err_n) {
-    uint32_t t = kv->type == MOR__GGUF_ARRAY ? kv->arr_type : kv->type;
-    uint64_t count = kv->type == MOR__GGUF_ARRAY ? kv->arr_n : 1;
-    if (t == MOR__GGUF_ARRAY)
-        return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "key '%.*s': nested arrays are not supported",
-                         (int)(kv->key.len > 200 ? 200 : kv->key.len), kv->key.ptr);
-    if (t == MOR__GGUF_STRING) {
-        uint64_t off = 0;
-        for (uint64_t i = 0; i < count; i++) off += 8 + rd_u64(kv->data + off);  // the parser checked the bounds
-        *n = off;
-        return MOR_OK;
-    }
-    *n = count * mor__gguf_vtype_size(t);
-    return MOR_OK;
-}
-
 static int is_dropped_key(const mor__gguf_kv *kv) {
     static const char *const keys[] = {"general.quantization_version", "general.file_type",
                                        "split.no", "split.count", "split.tensors.count"};
@@ -414,7 +391,7 @@ static int build_header(obuf *b, const mor__gguf *g, const mor__qplan *p, char *
         const mor__gguf_kv *kv = &g->kv[i];
         if (is_dropped_key(kv)) continue;
         uint64_t vn = 0;
-        int s = kv_value_bytes(kv, &vn, err, err_n);
+        int s = mor__gguf_kv_value_bytes(kv, &vn, err, err_n);
         if (s) return s;
         ob_le(b, kv->key.len, 8);
         ob_put(b, kv->key.ptr, (size_t)kv->key.len);
