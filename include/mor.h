@@ -13,8 +13,8 @@ extern "C" {
  *  Version
  **************************************************************************************************/
 #define MOR_VERSION_MAJOR 0
-#define MOR_VERSION_MINOR 3
-#define MOR_VERSION_PATCH 1
+#define MOR_VERSION_MINOR 4
+#define MOR_VERSION_PATCH 0
 #define MOR_VERSION_NUMBER (MOR_VERSION_MAJOR * 10000 + MOR_VERSION_MINOR * 100 + MOR_VERSION_PATCH)
 
 #if defined(MOR_BUILD_SHARED) || defined(MOR_BUILD)
