@@ -9,6 +9,7 @@
 #include "harness.h"
 #include "fixture.h"
 #include "mor.h"
+#include "support/session.h"
 
 #include "llama2c.h"
 
@@ -34,14 +35,7 @@ static mor_model *load_for(const fixture *f, const char *fix_name) {
 }
 
 static mor_session *session_for(const mor_model *m, const fixture *f, int n_batch, uint32_t flags) {
-    mor_session_params p;
-    mor_session_params_init(&p);
-    p.n_ctx = f->n_prompt + f->n_greedy + 8;
-    p.n_batch = n_batch;
-    p.flags = flags;
-    mor_session *s = NULL;
-    char err[256];
-    if (mor_session_create(m, &p, &s, err, sizeof err) != MOR_OK) printf("# session: %s\n", err);
+    mor_session *s = test_session(m, f->n_prompt + f->n_greedy + 8, n_batch, flags);
     if (s && (f->fixed_depth || f->kv_share)) {
         mor_exit_policy ep;
         mor_exit_policy_init(&ep);

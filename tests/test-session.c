@@ -3,6 +3,7 @@
 // tokens and NULL arguments, sampling determinism, and two sessions on two threads.
 #include "harness.h"
 #include "mor.h"
+#include "support/session.h"
 
 #include <pthread.h>
 
@@ -14,18 +15,6 @@ static mor_model *load_stories(void) {
         return NULL;
     }
     return m;
-}
-
-static mor_session *new_session(const mor_model *m, int32_t n_ctx, int32_t n_batch, uint32_t flags) {
-    mor_session_params p;
-    mor_session_params_init(&p);
-    p.n_ctx = n_ctx;
-    p.n_batch = n_batch;
-    p.flags = flags;
-    mor_session *s = NULL;
-    char err[256];
-    if (mor_session_create(m, &p, &s, err, sizeof err) != MOR_OK) printf("# session: %s\n", err);
-    return s;
 }
 
 static float max_abs_diff(const float *a, const float *b, int n) {
@@ -90,9 +79,9 @@ TEST(info) {
 TEST(batch_equals_incremental) {
     mor_model *m = load_stories();
     ASSERT(m);
-    mor_session *a = new_session(m, 64, 64, MOR_SESSION_LOGITS_ALL);
-    mor_session *b = new_session(m, 64, 5, 0);
-    mor_session *c = new_session(m, 64, 1, 0);
+    mor_session *a = test_session(m, 64, 64, MOR_SESSION_LOGITS_ALL);
+    mor_session *b = test_session(m, 64, 5, 0);
+    mor_session *c = test_session(m, 64, 1, 0);
     ASSERT(a && b && c);
     ASSERT_OK(mor_session_step(a, prompt, NP));
     ASSERT_EQ(mor_session_n_last(a), NP);
@@ -119,7 +108,7 @@ TEST(batch_equals_incremental) {
 TEST(rewind_and_reset) {
     mor_model *m = load_stories();
     ASSERT(m);
-    mor_session *s = new_session(m, 128, 16, 0);
+    mor_session *s = test_session(m, 128, 16, 0);
     ASSERT(s);
     int32_t g1[20], g2[20], g3[20];
     ASSERT_EQ(greedy(s, prompt, NP, 20, g1), 0);
@@ -145,7 +134,7 @@ TEST(rewind_and_reset) {
 TEST(state_roundtrip) {
     mor_model *m = load_stories();
     ASSERT(m);
-    mor_session *s = new_session(m, 96, 8, 0), *t = new_session(m, 96, 8, 0);
+    mor_session *s = test_session(m, 96, 8, 0), *t = test_session(m, 96, 8, 0);
     ASSERT(s && t);
     mor_sampler_params sp;
     mor_sampler_params_init(&sp);
@@ -192,7 +181,7 @@ TEST(state_roundtrip) {
 TEST(context_full_and_bad_tokens) {
     mor_model *m = load_stories();
     ASSERT(m);
-    mor_session *s = new_session(m, 16, 8, 0);
+    mor_session *s = test_session(m, 16, 8, 0);
     ASSERT(s);
     ASSERT_OK(mor_session_step(s, prompt, NP));  // 13 of 16
     int32_t four[4] = {300, 301, 302, 303};
@@ -215,7 +204,7 @@ TEST(context_full_and_bad_tokens) {
     ASSERT_STATUS(mor_session_step(NULL, bad, 1), MOR_E_INVALID);
     mor_session_free(s);
     // LOGITS_ALL caps a step at n_batch tokens.
-    s = new_session(m, 64, 4, MOR_SESSION_LOGITS_ALL);
+    s = test_session(m, 64, 4, MOR_SESSION_LOGITS_ALL);
     ASSERT(s);
     ASSERT_STATUS(mor_session_step(s, prompt, 5), MOR_E_INVALID);
     mor_session_free(s);
@@ -305,7 +294,7 @@ TEST(params_by_name) {
 TEST(sampling) {
     mor_model *m = load_stories();
     ASSERT(m);
-    mor_session *s = new_session(m, 128, 16, 0);
+    mor_session *s = test_session(m, 128, 16, 0);
     ASSERT(s);
     // Greedy picks the argmax.
     ASSERT_OK(mor_session_step(s, prompt, NP));
@@ -396,7 +385,7 @@ typedef struct {
 
 static void *run_job(void *arg) {
     job *j = arg;
-    mor_session *s = new_session(j->m, 128, 8, 0);
+    mor_session *s = test_session(j->m, 128, 8, 0);
     j->rc = s ? greedy(s, prompt, NP, 64, j->out) : -1;
     mor_session_free(s);
     return NULL;
@@ -463,7 +452,7 @@ TEST(threads_and_kernels) {
 TEST(kv_f16) {
     mor_model *m = load_stories();
     ASSERT(m);
-    mor_session *a = new_session(m, 128, 16, 0), *b = new_session(m, 128, 16, MOR_SESSION_KV_F16);
+    mor_session *a = test_session(m, 128, 16, 0), *b = test_session(m, 128, 16, MOR_SESSION_KV_F16);
     ASSERT(a && b);
     int32_t ga[40], gb[40];
     ASSERT_EQ(greedy(a, prompt, NP, 40, ga), 0);
@@ -482,7 +471,7 @@ TEST(kv_f16) {
     size_t n = mor_session_state_size(b);
     void *buf = malloc(n);
     ASSERT_OK(mor_session_state_save(b, buf, n, NULL));
-    mor_session *c = new_session(m, 128, 16, MOR_SESSION_KV_F16);
+    mor_session *c = test_session(m, 128, 16, MOR_SESSION_KV_F16);
     ASSERT_OK(mor_session_state_load(c, buf, n));
     int32_t t = 300;
     ASSERT_OK(mor_session_step(b, &t, 1));

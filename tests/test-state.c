@@ -11,6 +11,7 @@
 //   and the session unchanged on refusal.
 #include "harness.h"
 #include "mor.h"
+#include "support/session.h"
 
 // Offsets in the version 4 layout (src/state.c): eight u32 header words, the u64 model
 // fingerprint, 13 policy words, the sampler (6 words + u64 seed), the u64 RNG.
@@ -32,18 +33,6 @@ static mor_model *load(const char *file) {
     if (mor_model_load(test_path(path, sizeof path, file), NULL, &m, err, sizeof err) != MOR_OK)
         printf("# %s: %s\n", file, err);
     return m;
-}
-
-static mor_session *open_session(const mor_model *m, int32_t n_ctx, int32_t n_batch, uint32_t flags) {
-    mor_session_params p;
-    mor_session_params_init(&p);
-    p.n_ctx = n_ctx;
-    p.n_batch = n_batch;
-    p.flags = flags;
-    mor_session *s = NULL;
-    char err[256];
-    if (mor_session_create(m, &p, &s, err, sizeof err) != MOR_OK) printf("# session: %s\n", err);
-    return s;
 }
 
 static const int32_t prompt[] = {93, 111, 58, 100, 8, 29, 84, 105, 83, 108, 21, 116, 18, 81, 95, 105};
@@ -201,7 +190,7 @@ TEST(sampler_rules_shared_by_state_load) {
     mor_model *m = load("cycle.gguf");
     ASSERT(m);
     int32_t V = mor_model_get_int(m, MOR_INFO_N_VOCAB);
-    mor_session *s = open_session(m, 64, 16, 0), *t = open_session(m, 64, 16, 0);
+    mor_session *s = test_session(m, 64, 16, 0), *t = test_session(m, 64, 16, 0);
     ASSERT(s && t);
     mor_sampler_params sp;
     mor_sampler_params_init(&sp);
@@ -296,7 +285,7 @@ static int cross_load(const char *from, const char *to) {
         goto done;
     }
     int32_t V = mor_model_get_int(b, MOR_INFO_N_VOCAB);
-    sa = open_session(a, 64, 16, 0), sb = open_session(b, 64, 16, 0);
+    sa = test_session(a, 64, 16, 0), sb = test_session(b, 64, 16, 0);
     if (!sa || !sb) goto done;
     mor_exit_policy ep;
     mor_exit_policy_init(&ep);
@@ -359,7 +348,7 @@ TEST(same_model_file_loads_anywhere) {
     mor_model_params_init(&mp);
     mp.flags = MOR_MODEL_NO_MMAP;
     ASSERT_OK(mor_model_load(test_path(path, sizeof path, "middle_cycle.gguf"), &mp, &b, err, sizeof err));
-    mor_session *sa = open_session(a, 64, 16, 0), *sb = open_session(b, 64, 16, 0);
+    mor_session *sa = test_session(a, 64, 16, 0), *sb = test_session(b, 64, 16, 0);
     ASSERT(sa && sb);
     ASSERT_EQ(run(sa, NP, 4), 0);
     size_t n;
@@ -474,7 +463,7 @@ TEST(tensor_order_does_not_matter) {
     ASSERT_OK(mor_model_load_memory(img, n, NULL, &a, err, sizeof err));
     ASSERT_OK(mor_model_load_memory(rev, n, NULL, &b, err, sizeof err));
     int32_t V = mor_model_get_int(a, MOR_INFO_N_VOCAB);
-    mor_session *sa = open_session(a, 64, 16, 0), *sb = open_session(b, 64, 16, 0);
+    mor_session *sa = test_session(a, 64, 16, 0), *sb = test_session(b, 64, 16, 0);
     ASSERT(sa && sb);
     ASSERT_EQ(run(sa, NP, 3), 0);
     size_t ns;
@@ -506,7 +495,7 @@ TEST(version_3_still_loads) {
     mor_model *m = load("middle_cycle.gguf"), *other = load("middle_sequence.gguf");
     ASSERT(m && other);
     int32_t V = mor_model_get_int(m, MOR_INFO_N_VOCAB);
-    mor_session *a = open_session(m, 64, 16, 0), *b = open_session(m, 64, 16, 0), *c = open_session(other, 64, 16, 0);
+    mor_session *a = test_session(m, 64, 16, 0), *b = test_session(m, 64, 16, 0), *c = test_session(other, 64, 16, 0);
     ASSERT(a && b && c);
     mor_exit_policy ep;
     mor_exit_policy_init(&ep);
@@ -597,7 +586,7 @@ TEST(refused_load_changes_nothing_free) {
     mor_model *m = load("middle_cycle.gguf");
     ASSERT(m);
     int32_t V = mor_model_get_int(m, MOR_INFO_N_VOCAB);
-    mor_session *a = open_session(m, 128, 16, 0), *b = open_session(m, 128, 16, 0), *src = open_session(m, 128, 16, 0);
+    mor_session *a = test_session(m, 128, 16, 0), *b = test_session(m, 128, 16, 0), *src = test_session(m, 128, 16, 0);
     ASSERT(a && b && src);
     ASSERT_OK(set_policy(a, MOR_EXIT_FREE, 0.05f, 1, 0, 0));
     ASSERT_OK(set_policy(b, MOR_EXIT_FREE, 0.05f, 1, 0, 0));
@@ -627,7 +616,7 @@ TEST(refused_load_changes_nothing_budget) {
     mor_model *m = load("middle_cycle.gguf");
     ASSERT(m);
     int32_t V = mor_model_get_int(m, MOR_INFO_N_VOCAB);
-    mor_session *a = open_session(m, 128, 16, 0), *b = open_session(m, 128, 16, 0), *src = open_session(m, 128, 16, 0);
+    mor_session *a = test_session(m, 128, 16, 0), *b = test_session(m, 128, 16, 0), *src = test_session(m, 128, 16, 0);
     ASSERT(a && b && src);
     ASSERT_OK(set_policy(a, MOR_EXIT_FULL, 0.5f, 0, 1.5f, 8));
     ASSERT_OK(set_policy(b, MOR_EXIT_FULL, 0.5f, 0, 1.5f, 8));
@@ -703,7 +692,7 @@ TEST(corrupt_states) {
     // session for the packed K/V format.
     for (int f16 = 0; f16 < 2; f16++) {
         uint32_t flags = f16 ? MOR_SESSION_KV_F16 : 0;
-        mor_session *s = open_session(m, 48, 8, flags), *t = open_session(m, 48, 8, flags);
+        mor_session *s = test_session(m, 48, 8, flags), *t = test_session(m, 48, 8, flags);
         ASSERT(s && t);
         ASSERT_OK(set_policy(s, MOR_EXIT_FREE, 0.05f, 1, 0, 0));
         mor_sampler_params sp;

@@ -9,6 +9,7 @@
 #include "harness.h"
 #include "fixture.h"
 #include "mor.h"
+#include "support/session.h"
 
 
 // Tolerance of each fixture, relative to its logit scale; README.md lists the measured errors.
@@ -80,15 +81,7 @@ static double margin(const float *l, int n) {
 }
 
 static mor_session *session(const mor_model *m, const fixture *f, int n_batch, uint32_t flags) {
-    mor_session_params p;
-    mor_session_params_init(&p);
-    p.n_ctx = f->n_prompt + f->n_greedy + 8;
-    p.n_batch = n_batch;
-    p.flags = flags;
-    mor_session *s = NULL;
-    char err[256];
-    if (mor_session_create(m, &p, &s, err, sizeof err) != MOR_OK) printf("# session: %s\n", err);
-    return s;
+    return test_session(m, f->n_prompt + f->n_greedy + 8, n_batch, flags);
 }
 
 // Max |engine - llama.cpp| over the vocabulary at prompt position pos.
