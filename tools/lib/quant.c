@@ -66,17 +66,24 @@ static void min_max(const float *x, float *mn, float *mx) {
     *mx = hi;
 }
 
+// The 16 bytes of 4-bit codes of a block of 32: (int8)((x - mn) * id + add), at most 15;
+// element j in the low nibble of byte j, element j + 16 in the high one (Q4_0: mn = 0, x - 0
+// being x exactly; Q4_1: its min).
+static void put_nibbles(uint8_t *o, const float *x, float mn, float id, float add) {
+    for (int j = 0; j < 16; j++) {
+        int a = (int8_t)((x[j] - mn) * id + add), c = (int8_t)((x[j + 16] - mn) * id + add);
+        a = a < 15 ? a : 15;
+        c = c < 15 ? c : 15;
+        o[j] = (uint8_t)(a | c << 4);
+    }
+}
+
 void mor__quantize_q4_0(const float *x, void *dst, int64_t n) {
     uint8_t *o = dst;
     for (int64_t b = 0; b < n / 32; b++, x += 32, o += 18) {
         float d = signed_absmax(x) / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         put_f16(o, d);
-        for (int j = 0; j < 16; j++) {
-            int a = (int8_t)(x[j] * id + 8.5f), c = (int8_t)(x[j + 16] * id + 8.5f);
-            a = a < 15 ? a : 15;
-            c = c < 15 ? c : 15;
-            o[2 + j] = (uint8_t)(a | c << 4);
-        }
+        put_nibbles(o + 2, x, 0.0f, id, 8.5f);
     }
 }
 
@@ -88,12 +95,7 @@ void mor__quantize_q4_1(const float *x, void *dst, int64_t n) {
         float d = (mx - mn) / 15.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         put_f16(o, d);
         put_f16(o + 2, mn);
-        for (int j = 0; j < 16; j++) {
-            int a = (int8_t)((x[j] - mn) * id + 0.5f), c = (int8_t)((x[j + 16] - mn) * id + 0.5f);
-            a = a < 15 ? a : 15;
-            c = c < 15 ? c : 15;
-            o[4 + j] = (uint8_t)(a | c << 4);
-        }
+        put_nibbles(o + 4, x, mn, id, 0.5f);
     }
 }
 
