@@ -18,6 +18,8 @@ for tiny configurations). Steps, each a sub-command:
               routers, exit heads) trained a few steps on random data, exported, and checked
               against tools/reference.py; runs on a CPU in seconds.
     exits     exit-head statistics (softmax-response confidence) of a router-free model.
+    uptrain   continue training a converted recursive model (mor-relax) for a token budget,
+              optionally distilled from the vanilla model; held-out perplexity before/after.
     export-hf a GGUF written here -> Hugging Face style checkpoint of the official MoR
               layouts (docs/CONVERT.md), for converter tests.
     all       prepare + train + fixtures (what `make models` runs).
@@ -37,6 +39,7 @@ training setup). See docs/MODELS.md for the trained models and the commands.
 
 import argparse
 import collections
+import contextlib
 import heapq
 import json
 import math
@@ -464,7 +467,7 @@ class ModelConfig(object):
 
     DEFAULTS = dict(name="model", d=384, n_h=6, n_kv=2, d_ff=1024, V=VOCAB_SIZE, L=8, n_rec=1,
                     sharing="cycle", router="none", kv_sharing=False, lora_rank=0,
-                    lora_roles=list(ROLES7), lora_scale=2.0, exit_layers=[], ctx=512,
+                    lora_roles=list(ROLES7), lora_scale=2.0, norm_overrides=[], exit_layers=[], ctx=512,
                     rope_base=10000.0, eps=1e-5, temp=1.0,
                     expert_alpha=0.1, capacity=None, aux_coeff=0.1,
                     token_alpha=1.0, bal_coeff=0.1, z_coeff=1e-5)
@@ -520,7 +523,8 @@ class ModelConfig(object):
         elif self.router == "token":
             extra += self.n_rec * d
         n_lora_sets = len(self.lora_layers()) * self.n_rec if self.lora_rank else 0
-        unique = emb + self.ref.n_store * per + n_lora_sets * lora + extra
+        extra_unique = len(self.norm_overrides) * d
+        unique = emb + self.ref.n_store * per + n_lora_sets * lora + extra + extra_unique
         unrolled = emb + self.L * per + extra + (
             (self.L - (2 if self.ref.middle else 0)) * lora if self.lora_rank else 0)
         return unique, unrolled
@@ -575,6 +579,8 @@ def build_model(cfg):
                 self.router_w = nn.Parameter(torch.randn(c.n_rec, c.d) * 0.02)
             self.lora_a = nn.ParameterDict()
             self.lora_b = nn.ParameterDict()
+            # per-recursion norm weights (`blk.s.rec.r.attn_norm.weight`), keys "s_r_role"
+            self.norm_over = nn.ParameterDict({k: nn.Parameter(torch.ones(c.d)) for k in c.norm_overrides})
             if c.lora_rank:
                 shapes = self.blocks[0].shapes
                 for s in c.lora_layers():
@@ -603,6 +609,12 @@ def build_model(cfg):
             if key in self.lora_a:
                 y = y + self.cfg.lora_scale * F.linear(F.linear(x, self.lora_a[key]), self.lora_b[key])
             return y
+
+        def normw(self, s, r, role):
+            key = "%d_%d_%s" % (s, r, role)
+            if key in self.norm_over:
+                return self.norm_over[key]
+            return getattr(self.blocks[s], role)
 
         def rope(self, x, pos):
             """neox (rotate_half) RoPE of x [B, h, T, d_h] at positions pos [B, T]."""
@@ -636,9 +648,8 @@ def build_model(cfg):
             end of each row when valid is given), positions pos [B, T]."""
             c = self.cfg
             s, r = c.ref.s_r(l)
-            P = self.blocks[s]
             Bn, T, _ = x.shape
-            a = self.rms(x, P.attn_norm)      # float32 (float64 in tests); autocast casts for F.linear
+            a = self.rms(x, self.normw(s, r, "attn_norm"))      # float32 (float64 in tests); autocast casts for F.linear
             q = self.rope(self.lin(a, s, r, "attn_q").view(Bn, T, c.n_h, c.d_h).transpose(1, 2), pos)
             src = c.ref.kv_source(l) if c.kv_sharing else l
             if src == l:
@@ -660,7 +671,7 @@ def build_model(cfg):
             o = self.attend(q.to(dt), k.to(dt).repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), mask)
             o = o.transpose(1, 2).reshape(Bn, T, c.n_h * c.d_h)
             x = x + self.lin(o, s, r, "attn_output")
-            b = self.rms(x, P.ffn_norm)
+            b = self.rms(x, self.normw(s, r, "ffn_norm"))
             x = x + self.lin(F.silu(self.lin(b, s, r, "ffn_gate")) * self.lin(b, s, r, "ffn_up"), s, r, "ffn_down")
             return x
 
@@ -878,6 +889,9 @@ def export_gguf(model, tok, path, ttype=morgguf.F16, name=None, description=None
         add("blk.%d.ffn_norm.weight" % i, b.ffn_norm, morgguf.F32)
         for role in ("ffn_gate", "ffn_up", "ffn_down"):
             add("blk.%d.%s.weight" % (i, role), getattr(b, role), ttype)
+    for key in model.norm_over.keys():
+        s, r, role = key.split("_", 2)
+        add("blk.%s.rec.%s.%s.weight" % (s, r, role), model.norm_over[key], morgguf.F32)
     for key in model.lora_a.keys():
         s, r, role = key.split("_", 2)
         add("blk.%s.rec.%s.%s.lora_a" % (s, r, role), model.lora_a[key], ttype)
@@ -917,6 +931,14 @@ def model_from_gguf(path, device="cpu"):
         kw["expert_alpha"] = g("router.alpha")
     elif router == "token":
         kw["token_alpha"] = g("router.alpha")
+    over = []
+    for n in names:
+        mo = re.match(r"blk\.(\d+)\.rec\.(\d+)\.(\w+)\.weight$", n)
+        if mo:
+            if mo.group(3) not in ("attn_norm", "ffn_norm"):
+                raise SystemExit("%s: per-recursion override %s is not supported by the trainer" % (path, n))
+            over.append("%s_%s_%s" % mo.groups())
+    kw["norm_overrides"] = over
     cfg = ModelConfig(**kw)
     m = build_model(cfg)
     ref = reference.Model.from_gguf(path, "cpu")
@@ -927,6 +949,9 @@ def model_from_gguf(path, device="cpu"):
         for i, b in enumerate(m.blocks):
             for role in ("attn_norm", "ffn_norm") + ROLES7:
                 getattr(b, role).copy_(W["blk.%d.%s.weight" % (i, role)])
+        for key in list(m.norm_over.keys()):
+            s, rr, role = key.split("_", 2)
+            m.norm_over[key].copy_(W["blk.%s.rec.%s.%s.weight" % (s, rr, role)])
         for key in list(m.lora_a.keys()):
             s, rr, role = key.split("_", 2)
             m.lora_a[key].copy_(W["blk.%s.rec.%s.%s.lora_a" % (s, rr, role)])
@@ -1096,6 +1121,15 @@ def load_u16(path):
     return a
 
 
+def load_train(work, device):
+    torch, nn, F = _torch()
+    path = os.path.join(work, "train.u16")
+    if device == "cpu":
+        return torch.tensor(load_u16(path).tolist(), dtype=torch.long)
+    import numpy as np
+    return torch.from_numpy(np.fromfile(path, dtype=np.uint16).astype(np.int64)).to(device)
+
+
 def eval_windows(ids, ctx):
     return [ids[w:w + ctx] for w in range(0, len(ids), ctx) if len(ids[w:w + ctx]) >= 2]
 
@@ -1161,12 +1195,24 @@ def greedy_sample(model, tok, prompt, n, device):
     return tok.decode(ids)
 
 
-def train_one(cfg, data, seconds, device, batch, seq, lr, log, seed=1234):
-    """Train cfg for `seconds` of wall-clock time (learning rate: linear warm-up over the
-    first 4% of the time, cosine decay to 10% at the end, both by elapsed time)."""
+def train_one(cfg, data, seconds, device, batch, seq, lr, log, seed=1234, model=None, tokens_budget=0,
+              ckpt=None, ckpt_every=0.0, resume=False, teacher=None, kd_weight=0.0, kd_temp=1.0,
+              warmup=0.04, final_lr=0.1):
+    """Train cfg (or `model`, already initialised) for `seconds` of wall-clock time, or for
+    `tokens_budget` tokens when that is set. Learning rate: linear warm-up over the first
+    `warmup` of the run, cosine decay to `final_lr` of the peak at the end, both driven by
+    the fraction of the run done (elapsed time, or tokens seen).
+
+    Checkpoints: with `ckpt` (a path) and `ckpt_every` > 0 the model, optimizer, random
+    generator, step, tokens and elapsed time are saved every `ckpt_every` seconds and at the
+    end; with `resume` a run continues from that file where it stopped (same schedule, same
+    batches from then on). With `teacher` (a model), the loss adds kd_weight * KL(teacher ||
+    student) at temperature kd_temp on the final logits (distillation, for uptraining)."""
     torch, nn, F = _torch()
     torch.manual_seed(seed)
-    model = build_model(cfg).to(device)
+    if model is None:
+        model = build_model(cfg)
+    model = model.to(device)
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
         (decay if p.dim() == 2 and "router" not in n_ else no_decay).append(p)
@@ -1181,27 +1227,56 @@ def train_one(cfg, data, seconds, device, batch, seq, lr, log, seed=1234):
     ar = torch.arange(seq + 1, device=device)
     cuda = device != "cpu"
     amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda else None
-    step, tokens, hist = 0, 0, []
+    step, tokens, hist, done = 0, 0, [], 0.0
+    if resume and ckpt and os.path.exists(ckpt):
+        st = torch.load(ckpt, map_location=device, weights_only=False)
+        if st["config"] != cfg.to_dict():
+            raise SystemExit("%s: checkpoint of another configuration" % ckpt)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"].cpu() if hasattr(st["gen"], "cpu") else st["gen"])
+        step, tokens, hist, done = st["step"], st["tokens"], st["history"], st["elapsed"]
+        log("  %-10s resumed from %s at step %d, %.1f s, %d tokens" % (cfg.name, ckpt, step, done, tokens))
+
+    def save():
+        tmp = ckpt + ".tmp"
+        torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "opt": opt.state_dict(),
+                    "gen": gen.get_state(), "step": step, "tokens": tokens, "history": hist,
+                    "elapsed": time.time() - t0}, tmp)
+        os.replace(tmp, ckpt)
+
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     model.train()
-    t0 = time.time()
+    t0 = time.time() - done
+    t_ck = time.time()
     last = {}
     while True:
         el = time.time() - t0
-        if el >= seconds:
+        frac = tokens / tokens_budget if tokens_budget else el / seconds
+        if frac >= 1.0:
             break
-        frac = el / seconds
-        cur_lr = lr * min(1.0, frac / 0.04 + 1e-3) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        cur_lr = lr * min(1.0, frac / warmup + 1e-3 if warmup > 0 else 1.0) * \
+            (final_lr + (1 - final_lr) * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = cur_lr
         off = torch.randint(0, N - seq - 1, (batch,), device=device, generator=gen)
         chunk = data[off.unsqueeze(1) + ar]
         x, y = chunk[:, :-1], chunk[:, 1:]
-        if amp is not None:
-            with amp:
-                o = model(x, y)
-        else:
+        with (amp if amp is not None else contextlib.nullcontext()):
             o = model(x, y)
-        loss = o["loss"] + o["aux"]
+            loss = o["loss"] + o["aux"]
+            if teacher is not None and kd_weight > 0:
+                with torch.no_grad():
+                    tl = teacher(x, policy="eval")["logits"].float() / kd_temp
+                sl = o["logits"].float() / kd_temp
+                kd = F.kl_div(F.log_softmax(sl, -1).view(-1, sl.shape[-1]),
+                              F.log_softmax(tl, -1).view(-1, tl.shape[-1]),
+                              log_target=True, reduction="batchmean") * kd_temp * kd_temp
+                o["kd"] = kd.detach()
+                loss = (1 - kd_weight) * loss + kd_weight * kd
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -1217,7 +1292,12 @@ def train_one(cfg, data, seconds, device, batch, seq, lr, log, seed=1234):
             hist.append({"step": step, "t": round(time.time() - t0, 2), "lr": cur_lr, **last})
             log("  %-10s step %5d  %6.1fs  lr %.2e  %s" % (cfg.name, step, time.time() - t0, cur_lr,
                                                          " ".join("%s %s" % kv for kv in last.items())))
+        if ckpt and ckpt_every > 0 and time.time() - t_ck >= ckpt_every:
+            save()
+            t_ck = time.time()
     wall = time.time() - t0
+    if ckpt and ckpt_every > 0:
+        save()
     return model, {"steps": step, "tokens": tokens, "seconds": round(wall, 1), "history": hist,
                    "final": last}
 
@@ -1250,11 +1330,7 @@ def cmd_train(a):
         tok = Tokenizer.from_json(json.load(f))
     with open(os.path.join(a.work, "data.json")) as f:
         dmeta = json.load(f)
-    data = torch.tensor(load_u16(os.path.join(a.work, "train.u16")).tolist() if device == "cpu" else
-                        [0], dtype=torch.long)
-    if device != "cpu":
-        import numpy as np
-        data = torch.from_numpy(np.fromfile(os.path.join(a.work, "train.u16"), dtype=np.uint16).astype(np.int64)).to(device)
+    data = load_train(a.work, device)
     held = [(h["file"], load_u16(os.path.join(a.work, "heldout", h["file"] + ".u16"))) for h in dmeta["heldout"]]
     held_txt = [os.path.join(a.work, "heldout", h["file"] + ".txt") for h in dmeta["heldout"]]
     if a.max_eval_tokens:
@@ -1268,7 +1344,7 @@ def cmd_train(a):
     names = a.models.split(",")
     for name in names:
         left = a.deadline - (time.time() - t_start) if a.deadline else None
-        if left is not None and left < a.seconds + 45:
+        if left is not None and left < model_seconds(a, name) + 45:
             log("== %s: skipped, %.0f s left before the deadline" % (name, left))
             continue
         try:
@@ -1294,6 +1370,15 @@ def cmd_train(a):
     log("train: done in %.0f s" % (time.time() - t_start))
 
 
+def model_seconds(a, name):
+    """--seconds S (every model) or --seconds NAME=S,NAME=S (missing names: the first value)."""
+    spec = str(a.seconds)
+    if "=" not in spec:
+        return float(spec)
+    d = dict(x.split("=", 1) for x in spec.split(","))
+    return float(d.get(name, list(d.values())[0]))
+
+
 def train_eval_export(a, name, tok, data, held, held_txt, device, results, results_path, bg, log):
     torch, nn, F = _torch()
     cfg = family_config(name)
@@ -1301,7 +1386,9 @@ def train_eval_export(a, name, tok, data, held, held_txt, device, results, resul
         cfg = ModelConfig(**dict(cfg.to_dict(), d=64, n_h=4, n_kv=2, d_ff=128, ctx=64))
     uniq, unr = cfg.params()
     log("== %s: %s, %d unique params, %d unrolled" % (name, cfg.to_dict(), uniq, unr))
-    model, info = train_one(cfg, data, a.seconds, device, a.batch, min(a.seq, cfg.ctx), a.lr, log)
+    model, info = train_one(cfg, data, model_seconds(a, name), device, a.batch, min(a.seq, cfg.ctx), a.lr, log,
+                            ckpt=os.path.join(a.out, name + ".ckpt"), ckpt_every=a.checkpoint_every,
+                            resume=a.resume)
     info.update({"config": cfg.to_dict(), "params_unique": uniq, "params_unrolled": unr})
     gguf = os.path.join(a.out, name + ".gguf")
     info["gguf_bytes"] = export_gguf(model, tok, gguf, name="mor " + name,
@@ -1333,6 +1420,56 @@ def train_eval_export(a, name, tok, data, held, held_txt, device, results, resul
     results["models"][name] = info
     with open(results_path, "w") as f:
         json.dump(results, f, indent=1)
+
+
+def cmd_uptrain(a):
+    """Uptrain a converted (relaxed recursive) model: every weight trainable, a token budget,
+    optionally distilled from the vanilla model it came from; held-out perplexity before and
+    after, both with the trainer's float32 model and (on a GPU) the float64 reference."""
+    torch, nn, F = _torch()
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    with open(os.path.join(a.work, "tokenizer.json")) as f:
+        tok = Tokenizer.from_json(json.load(f))
+    with open(os.path.join(a.work, "data.json")) as f:
+        dmeta = json.load(f)
+    data = load_train(a.work, device)
+    held = [(h["file"], load_u16(os.path.join(a.work, "heldout", h["file"] + ".u16"))) for h in dmeta["heldout"]]
+    if a.max_eval_tokens:
+        held = [(n, ids[:a.max_eval_tokens]) for n, ids in held]
+    log = print
+    model = model_from_gguf(a.gguf, device)
+    cfg = model.cfg
+    teacher = model_from_gguf(a.teacher, device) if a.teacher else None
+    report = {"input": os.path.basename(a.gguf), "teacher": a.teacher and os.path.basename(a.teacher),
+              "tokens": a.tokens, "lr": a.lr, "kd": a.kd, "params_unique": cfg.params()[0]}
+
+    def ppl(m, tag):
+        ev, _ = eval_ppl(m, held, cfg.ctx, device)
+        tot = sum(v[0] for v in ev.values())
+        cnt = sum(v[1] for v in ev.values())
+        res = {k: math.exp(v[0] / v[1]) for k, v in ev.items()}
+        res["all"] = math.exp(tot / cnt)
+        log("  %s held-out ppl: %s" % (tag, {k: round(v, 3) for k, v in res.items()}))
+        return res
+
+    report["before"] = ppl(model, "before")
+    if teacher is not None:
+        report["teacher_ppl"] = ppl(teacher, "teacher")
+    model, info = train_one(cfg, data, 0, device, a.batch, min(a.seq, cfg.ctx), a.lr, log, model=model,
+                            tokens_budget=a.tokens, teacher=teacher, kd_weight=a.kd, kd_temp=a.kd_temp,
+                            warmup=0.05, final_lr=0.1)
+    report["train"] = {k: v for k, v in info.items() if k != "history"}
+    report["after"] = ppl(model, "after")
+    export_gguf(model, tok, a.out, name="mor uptrained " + cfg.name,
+                description="uptrained from %s (tools/train.py uptrain)" % os.path.basename(a.gguf))
+    if device != "cpu":
+        rp = ref_ppl(a.out, held, cfg.ctx, device, max_seconds=a.ref_seconds)
+        report["after_reference"] = {k: math.exp(v[0] / v[1]) if v[1] else None for k, v in rp.items()}
+    with open(a.out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    log("uptrain: %s" % json.dumps({k: report[k] for k in ("before", "after")}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1632,7 +1769,7 @@ def main(argv=None):
         p.add_argument("--work", default=".dev/mor-data", help="output of prepare")
         p.add_argument("--out", default=".dev/mor-models", help="trained models, logs, results.json")
         p.add_argument("--models", default=",".join(n for n, _ in FAMILY))
-        p.add_argument("--seconds", type=float, default=70.0, help="training wall-clock time per model")
+        p.add_argument("--seconds", default="70", help="training wall-clock time per model: S, or NAME=S,...")
         p.add_argument("--batch", type=int, default=64)
         p.add_argument("--seq", type=int, default=512)
         p.add_argument("--lr", type=float, default=2e-3)
@@ -1643,6 +1780,9 @@ def main(argv=None):
         p.add_argument("--cppl", default="build/mor-perplexity", help="C perplexity tool run in the background")
         p.add_argument("--cppl-threads", type=int, default=8)
         p.add_argument("--keep-checkpoints", action="store_true")
+        p.add_argument("--checkpoint-every", type=float, default=0.0,
+                       help="save OUT/NAME.ckpt (model, optimizer, position in the run) every this many seconds")
+        p.add_argument("--resume", action="store_true", help="continue each model from OUT/NAME.ckpt when it exists")
         p.add_argument("--no-selftest", action="store_true")
         p.add_argument("--deadline", type=float, default=0, help="skip models that would end after this many seconds")
 
@@ -1668,6 +1808,20 @@ def main(argv=None):
     p.add_argument("gguf")
     p.add_argument("--work", default=".dev/mor-data")
     p.add_argument("--max-tokens", type=int, default=0, help="per held-out file (0: all)")
+    p = sub.add_parser("uptrain", help="uptrain a converted recursive model (mor-relax output)")
+    p.add_argument("gguf")
+    p.add_argument("--out", required=True, help="the uptrained GGUF (a .json report beside it)")
+    p.add_argument("--work", default=".dev/mor-data")
+    p.add_argument("--tokens", type=int, required=True, help="token budget")
+    p.add_argument("--teacher", default="", help="distil from this GGUF (the vanilla model)")
+    p.add_argument("--kd", type=float, default=0.5, help="weight of the distillation loss")
+    p.add_argument("--kd-temp", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-eval-tokens", type=int, default=0)
+    p.add_argument("--ref-seconds", type=float, default=30.0)
     p = sub.add_parser("export-hf", help="a GGUF written by this tool -> Hugging Face style checkpoint")
     p.add_argument("gguf")
     p.add_argument("out_dir")
@@ -1689,6 +1843,8 @@ def main(argv=None):
         return 0 if selftest(a.device) else 1
     elif a.cmd == "exits":
         cmd_exits(a)
+    elif a.cmd == "uptrain":
+        cmd_uptrain(a)
     elif a.cmd == "export-hf":
         export_hf(model_from_gguf(a.gguf), a.out_dir, a.dtype)
     elif a.cmd == "all":
