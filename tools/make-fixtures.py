@@ -103,7 +103,7 @@ SPECS = [
     ("token", dict(sharing="middle_cycle", L=8, router="token")),
     # the relaxations of the MoR code besides LoRA
     ("middle_cycle-recenc", dict(sharing="middle_cycle", L=8, rec_enc=True, **SMALL)),
-    ("token-recenc", dict(sharing="middle_cycle", L=8, router="token", rec_enc=True, **SMALL)),
+    ("token-recenc", dict(sharing="middle_cycle", L=8, router="token", rec_enc=True, ttype=F16)),
     ("cycle-adapt", dict(sharing="cycle", L=6, adapt=4, **SMALL)),
     ("middle_cycle-dora", dict(sharing="middle_cycle", L=8, lora=4, dora=True, **SMALL)),
     # the other GGUF architectures (docs/FORMAT.md §4), two layers each
@@ -156,8 +156,8 @@ DESCRIPTIONS = {
              "(depths 1..3 per token)",
     "middle_cycle-recenc": "middle_cycle, d 32, FFN 64, F16 matrices, recursion encodings on the "
                            "last layer of each recursion block (stored layer 2 at recursions 0..2)",
-    "token-recenc": "token (d 32, FFN 64, F16 matrices) with recursion encodings on the last "
-                    "layer of each recursion block",
+    "token-recenc": "token with F16 matrices and recursion encodings on the last layer of each "
+                    "recursion block (d 48: the narrower models route every token alike)",
     "cycle-adapt": "cycle, L=6, N_r=3, d 32, FFN 64, F16 matrices, an adaption prompt of 4 slots "
                    "and a gate on every unrolled layer",
     "middle_cycle-dora": "middle_cycle, d 32, FFN 64, F16 matrices, LoRA rank 4 with DoRA "
@@ -604,11 +604,25 @@ def make_random_model(ref, torch, spec, out_dir, prompt, device, models_only):
         hf_name = HF_CLASSES.get(spec.arch, ("", "LlamaForCausalLM, unrolled"))[1]
         print("%-22s transformers %s: max|diff|/max|logit| %s"
               % ("", hf_name, hf_check(ref, torch, model, prompt)))
+        print("%-22s tools/plainref.py: max|diff|/max|logit| %s" % ("", plain_check(gguf, prompt, logits)))
         if spec.dora or spec.adapt:
             print("%-22s peft %s: max|diff|/max|logit| %s"
                   % ("", "DoRA" if spec.dora else "adaption prompt", peft_check(ref, torch, model, prompt)))
         return attempt, ev
     raise SystemExit("%s: no acceptable model in %d attempts" % (spec.name, MAX_ATTEMPTS))
+
+
+def plain_check(gguf, prompt, logits):
+    """The prompt logits of tools/plainref.py (standard-library Python, merged weights, no
+    cache) against the reference's, relative to max|logit|; n/a for the models it does not
+    model (routers, KV sharing, other architectures)."""
+    import plainref
+    try:
+        got = plainref.logits(gguf, prompt)
+    except plainref.Unsupported:
+        return "n/a"
+    scale = max(abs(x) for row in logits for x in row)
+    return "%.2g" % (max(abs(a - b) for ra, rb in zip(got, logits) for a, b in zip(ra, rb)) / scale)
 
 
 def sensitivity(ref, torch, model, prompt):

@@ -631,7 +631,7 @@ def linear(x, w, a=None, b=None, m=None, scale=None):
     if a is not None:
         y = y + scale * ((x @ a.t()) @ b.t())
     if m is not None:
-        y = y * (m / torch.linalg.norm(w + scale * (b @ a), dim=1))
+        y = y * (m / torch.linalg.norm(w if a is None else w + scale * (b @ a), dim=1))
     return y
 
 
