@@ -599,7 +599,7 @@ static int bind_relax(loader *ld, mor__layer *ly, mor__mat *prompt) {
 }
 
 // Combinations with a router that the training code does not define (docs/DESIGN.md,
-// Relaxations): an expert-choice router replaces the attention module of every block layer,
+// Relaxations besides LoRA): an expert-choice router replaces the attention module of every block layer,
 // which fails on a layer wrapped by a recursion encoding and on a prompt-adapted attention
 // (neither has the attributes it reads); a token-choice router calls the block's layers with
 // the positions of its compacted batch, so the adapter's query would be rotated by the
@@ -609,11 +609,11 @@ static int check_relax_router(loader *ld) {
     if (hp->router == MOR_ROUTER_EXPERT && hp->n_rec_enc)
         return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
                          "recursion encodings (rec_enc) with an expert-choice router are not defined "
-                         "(see docs/DESIGN.md, Relaxations)");
+                         "(see docs/DESIGN.md, Relaxations besides LoRA)");
     if (hp->router != MOR_ROUTER_NONE && hp->n_adapt)
         return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
                          "adaption prompts (adapt_prompt) with a%s router are not defined (see docs/DESIGN.md, "
-                         "Relaxations)", hp->router == MOR_ROUTER_EXPERT ? "n expert-choice" : " token-choice");
+                         "Relaxations besides LoRA)", hp->router == MOR_ROUTER_EXPERT ? "n expert-choice" : " token-choice");
     return MOR_OK;
 }
 
