@@ -599,11 +599,11 @@ static int bind_relax(loader *ld, mor__layer *ly, mor__mat *prompt) {
 }
 
 // Combinations with a router that the training code does not define (docs/DESIGN.md,
-// Relaxations besides LoRA): an expert-choice router replaces the attention module of every block layer,
-// which fails on a layer wrapped by a recursion encoding and on a prompt-adapted attention
-// (neither has the attributes it reads); a token-choice router calls the block's layers with
-// the positions of its compacted batch, so the adapter's query would be rotated by the
-// token's rank among the routed tokens, not by its position.
+// Relaxations besides LoRA): an expert-choice router replaces the attention module of every
+// block layer, which fails on a layer wrapped by a recursion encoding and on a prompt-adapted
+// attention (neither has the attributes it reads); a token-choice router calls the block's
+// layers with the positions of its compacted batch, so the adapter's query would be rotated by
+// the token's rank among the routed tokens, not by its position.
 static int check_relax_router(loader *ld) {
     const mor__hparams *hp = &ld->m->hp;
     if (hp->router == MOR_ROUTER_EXPERT && hp->n_rec_enc)
