@@ -612,8 +612,9 @@ static int check_relax_router(loader *ld) {
                          "(see docs/DESIGN.md, Relaxations besides LoRA)");
     if (hp->router != MOR_ROUTER_NONE && hp->n_adapt)
         return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
-                         "adaption prompts (adapt_prompt) with a%s router are not defined (see docs/DESIGN.md, "
-                         "Relaxations besides LoRA)", hp->router == MOR_ROUTER_EXPERT ? "n expert-choice" : " token-choice");
+                         "adaption prompts (adapt_prompt) with a%s router are not defined "
+                         "(see docs/DESIGN.md, Relaxations besides LoRA)",
+                         hp->router == MOR_ROUTER_EXPERT ? "n expert-choice" : " token-choice");
     return MOR_OK;
 }
 
@@ -676,7 +677,8 @@ static void proj_rows(const mor_model *m, const mor__layer *ly, int role, const 
         }
         for (int64_t o = 0; o < out; o++) {
             mat_row(B, o, row);
-            for (int64_t j = 0; j < n; j++) y[j * out + o] += m->hp.lora_scale * (float)dot_f64(row, t + j * rank, rank);
+            for (int64_t j = 0; j < n; j++)
+                y[j * out + o] += m->hp.lora_scale * (float)dot_f64(row, t + j * rank, rank);
         }
     }
     const float *sc = ly->dora[role], *bias = role <= MOR__ROLE_V ? ly->bias[role] : NULL;

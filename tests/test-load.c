@@ -1074,7 +1074,8 @@ TEST(relaxations_refused) {
     EXPECT_LOAD(s, MOR_E_FORMAT, "tensor 'blk.1.rec.0.attn_v.dora_m': a DoRA magnitude needs the LoRA pair");
     s = relax_spec(RELAX_DORA);
     s.bad_shape = s.relax_skip = s.extra = "blk.1.rec.1.attn_v.dora_m";  // a vector of d + 1
-    EXPECT_LOAD(s, MOR_E_FORMAT, "tensor 'blk.1.rec.1.attn_v.dora_m' has 9 elements (first dim 9), expected a vector of 4");
+    EXPECT_LOAD(s, MOR_E_FORMAT,
+                "tensor 'blk.1.rec.1.attn_v.dora_m' has 9 elements (first dim 9), expected a vector of 4");
     s = relax_spec(RELAX_DORA);
     s.dora_nan = NAN;
     EXPECT_LOAD(s, MOR_E_FORMAT, "tensor 'blk.1.rec.0.attn_v.dora_m': row 0 of W + scale * B A has norm");
@@ -1086,7 +1087,8 @@ TEST(relaxations_refused) {
     EXPECT_LOAD(s, MOR_E_FORMAT, "('blk.0.rec.0.adapt_prompt' is missing)");
     s.relax_skip = "blk.3.rec.0.adapt_gate";
     s.bad_shape = s.extra = "blk.3.rec.0.adapt_gate";  // d + 1 values
-    EXPECT_LOAD(s, MOR_E_FORMAT, "tensor 'blk.3.rec.0.adapt_gate' has 9 elements (first dim 9), expected a vector of 1");
+    EXPECT_LOAD(s, MOR_E_FORMAT,
+                "tensor 'blk.3.rec.0.adapt_gate' has 9 elements (first dim 9), expected a vector of 1");
     s = relax_spec(RELAX_ENC);
     s.relax_skip = s.bad_shape = s.extra = "blk.2.rec.2.rec_enc";
     EXPECT_LOAD(s, MOR_E_FORMAT, "tensor 'blk.2.rec.2.rec_enc' has 9 elements");
