@@ -357,6 +357,10 @@ MOR_API void mor_model_free(mor_model *model);
 #define MOR_INFO_VOCAB_ONLY      20  /* 1 if loaded with MOR_MODEL_VOCAB_ONLY */
 #define MOR_INFO_N_STEPS         21  /* depth steps a token may run: recursions, or segments
                                         between exit heads of a vanilla model */
+#define MOR_INFO_N_DORA          22  /* projections with a DoRA magnitude, over unrolled layers */
+#define MOR_INFO_N_REC_ENC       23  /* unrolled layers with a recursion encoding */
+#define MOR_INFO_N_ADAPT         24  /* unrolled layers with an adaption prompt */
+#define MOR_INFO_ADAPT_LEN       25  /* slots of the longest adaption prompt (0: none) */
 /* Float model facts for mor_model_get_float(). */
 #define MOR_INFO_RMS_EPS        100
 #define MOR_INFO_ROPE_THETA     101

@@ -107,6 +107,12 @@ void mor__kv_propagate(mor__kv *kv, mor__work *w, const mor_model *m, int32_t l,
         mor__matmul(w, &ly->lora_b[role], w->lora, 1, w->tmp);
         for (int i = 0; i < kv_dim; i++) y[i] += hp->lora_scale * w->tmp[i];
     }
+    for (int role = MOR__ROLE_K; role <= MOR__ROLE_V; role++) {  // DoRA row scales, as the layer applies them
+        const float *ds = ly->dora[role];
+        float *y = role == MOR__ROLE_K ? w->k : w->v;
+        if (ds)
+            for (int i = 0; i < kv_dim; i++) y[i] *= ds[i];
+    }
     for (int role = MOR__ROLE_K; role <= MOR__ROLE_V; role++) {  // biases, as the layer adds them
         const float *bias = ly->bias[role];
         float *y = role == MOR__ROLE_K ? w->k : w->v;

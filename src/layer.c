@@ -3,7 +3,9 @@
 //
 // What differs between architectures is data of the model (arch.h): Q/K/V biases, the layer's
 // sliding window, attention soft-cap and query scale, the MLP activation (SiLU or tanh GELU),
-// and norms of the attention and MLP outputs. Absent, each costs nothing.
+// and norms of the attention and MLP outputs. So are the relaxations of a recursive model
+// (docs/DESIGN.md): LoRA and DoRA in the projections, an adaption prompt in the attention, a
+// recursion encoding on the output. Absent, each costs nothing.
 //
 // Rows of different sessions share every projection whose weights are the same memory: the
 // shared block of a recursive model is one weight set at every recursion, so tokens of
@@ -33,7 +35,7 @@ static const mor__layer *layer_of(const batch *b, int i) { return &b->m->layers[
 
 static int same_weights(const mor__layer *a, const mor__layer *b, int role) {
     return a->w[role].data == b->w[role].data && a->lora_a[role].data == b->lora_a[role].data &&
-           a->lora_b[role].data == b->lora_b[role].data;
+           a->lora_b[role].data == b->lora_b[role].data && a->dora[role] == b->dora[role];
 }
 
 // y (rows of every selected part, concatenated) = projection `role` of x. `only_writers`
@@ -58,6 +60,12 @@ static void proj(mor__work *w, const batch *b, int role, const float *x, int64_t
             mor__matmul(w, &ly->lora_b[role], w->lora, n, w->tmp);
             float sc = m->hp.lora_scale, *yy = y + (size_t)r0 * out;
             for (int64_t e = 0; e < (int64_t)n * out; e++) yy[e] += sc * w->tmp[e];
+        }
+        if (ly->dora[role]) {  // DoRA: each output row times m / |W + scale B A|_row (computed at load)
+            const float *ds = ly->dora[role];
+            float *yy = y + (size_t)r0 * out;
+            for (int32_t t = 0; t < n; t++)
+                for (int64_t o = 0; o < out; o++) yy[(size_t)t * out + o] *= ds[o];
         }
         i = j;
     }
@@ -124,16 +132,21 @@ static void att_part(void *c, int part, int n_parts, int tid) {
         nv -= e0;
         const float *qh = t->w->q + (size_t)row * qdim + (size_t)h * hd;
         float *o = t->w->ao + (size_t)row * qdim + (size_t)h * hd;
-        if (cap > 0) {
+        if (cap > 0)
             attend_capped(qh, sl->k ? sl->k + off : NULL, sl->k16 ? sl->k16 + off : NULL, sl->v ? sl->v + off : NULL,
                           sl->v16 ? sl->v16 + off : NULL, nv, hd, kvdim, scale, cap, att, o);
-            continue;
-        }
-        if (sl->k16) {
+        else if (sl->k16)
             kern->attend_f16(qh, sl->k16 + off, sl->v16 + off, nv, hd, kvdim, scale, att, o);
-            continue;
+        else
+            kern->attend(qh, sl->k + off, sl->v + off, nv, hd, kvdim, scale, att, o);
+        const mor__layer *ly = &t->b->m->layers[p->l];
+        if (ly->adapt_len) {  // adaption prompt: o += g * softmax(q . K_a / sqrt(d_h)) V_a, its own softmax
+            float *oa = att + ly->adapt_len;  // the scratch holds adapt_len scores and a head (work.c)
+            const size_t ko = (size_t)kh * hd;
+            kern->attend(qh, ly->adapt_k + ko, ly->adapt_v + ko, ly->adapt_len, hd, kvdim, 1.0f / sqrtf((float)hd),
+                         att, oa);
+            for (int i = 0; i < hd; i++) o[i] += ly->adapt_gate * oa[i];
         }
-        kern->attend(qh, sl->k + off, sl->v + off, nv, hd, kvdim, scale, att, o);
     }
 }
 
@@ -222,7 +235,7 @@ static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
             w->kern->rope(kr, nkv, hd, rope_c(p, pr, hd / 2), rope_s(p, pr, hd / 2), hp->rope_neox);
             mor__kv_put(&p->kv->slots[p->l], p->tpos[pr], kr, w->v + (size_t)row * kvdim, kvdim);
         }
-        work += (long)p->n * p->kv->slots[p->kv->slot_of[p->l]].len;
+        work += (long)p->n * (p->kv->slots[p->kv->slot_of[p->l]].len + layer_of(b, i)->adapt_len);
     }
     att_task at = {w, b, N};
     if (work * nh < 4096 || mor__pool_size(w->pool) == 1) att_part(&at, 0, 1, 0);
@@ -246,8 +259,11 @@ static void run_batch(mor__work *w, const mor_model *m, const batch *b) {
     post_norm(w, b, 1, w->hb2, d);
     for (int i = 0; i < b->n_parts; i++) {
         const mor__layer_rows *p = &b->parts[i];
-        const float *o = w->hb2 + (size_t)b->off[i] * d;
+        const float *o = w->hb2 + (size_t)b->off[i] * d, *enc = layer_of(b, i)->rec_enc;
         for (int64_t e = 0; e < (int64_t)p->n * d; e++) p->xr[e] += o[e];
+        if (enc)  // recursion encoding: the layer's whole output stream times e
+            for (int32_t r = 0; r < p->n; r++)
+                for (int j = 0; j < d; j++) p->xr[(size_t)r * d + j] *= enc[j];
     }
 }
 

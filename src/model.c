@@ -494,6 +494,247 @@ static int bind_proj(loader *ld, int32_t i, mor__layer *ly) {
     return MOR_OK;
 }
 
+// Per-recursion overrides, LoRA pairs and norm overrides of unrolled layer ly's (s, r).
+static int bind_overrides(loader *ld, mor__layer *ly) {
+    mor_model *m = ld->m;
+    mor__hparams *hp = &m->hp;
+    const int64_t d = hp->n_embd;
+    char name[MOR__GGUF_MAX_NAME + 32];
+    int s;
+    for (int r = 0; r < MOR__N_PROJ; r++) {
+        int64_t rows, cols;
+        proj_shape(hp, r, &rows, &cols);
+        mor__mat ov;
+        snprintf(name, sizeof name, "blk.%d.rec.%d.%s.weight", ly->stored, ly->rec, role_names[r]);
+        if ((s = bind_mat(ld, name, rows, cols, 0, &ov))) return s;
+        if (ov.data) ly->w[r] = ov;
+        // LoRA: a [in, rank] and b [rank, out] (ggml order) → a: (rank, in), b: (out, rank)
+        snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_a", ly->stored, ly->rec, role_names[r]);
+        const mor__gguf_tensor *ta = mor__gguf_find_tensor(&m->gguf, name);
+        snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_b", ly->stored, ly->rec, role_names[r]);
+        const mor__gguf_tensor *tb = mor__gguf_find_tensor(&m->gguf, name);
+        if (!ta && !tb) continue;
+        if (!ta || !tb)
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                             "LoRA of blk.%d.rec.%d.%s: lora_a and lora_b must come in pairs",
+                             ly->stored, ly->rec, role_names[r]);
+        int64_t rank = (int64_t)ta->dims[1];
+        if (ta->n_dims != 2 || rank < 1 || rank > MOR__MIN(rows, cols))
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                             "LoRA blk.%d.rec.%d.%s.lora_a: rank %lld outside 1..%lld", ly->stored,
+                             ly->rec, role_names[r], (long long)rank,
+                             (long long)MOR__MIN(rows, cols));
+        snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_a", ly->stored, ly->rec, role_names[r]);
+        if ((s = bind_mat(ld, name, rank, cols, 1, &ly->lora_a[r]))) return s;
+        snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_b", ly->stored, ly->rec, role_names[r]);
+        if ((s = bind_mat(ld, name, rows, rank, 1, &ly->lora_b[r]))) return s;
+        if (!(hp->lora_scale != 0.0f))
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                             "LoRA tensors present but mor.lora.scale is missing or 0");
+        if (rank > hp->lora_rank) hp->lora_rank = (int32_t)rank;
+    }
+    const float *nv;
+    snprintf(name, sizeof name, "blk.%d.rec.%d.attn_norm.weight", ly->stored, ly->rec);
+    if ((s = bind_vec(ld, name, d, 0, &nv))) return s;
+    if (nv) ly->attn_norm = nv;
+    snprintf(name, sizeof name, "blk.%d.rec.%d.ffn_norm.weight", ly->stored, ly->rec);
+    if ((s = bind_vec(ld, name, d, 0, &nv))) return s;
+    if (nv) ly->ffn_norm = nv;
+    return MOR_OK;
+}
+
+// ---- relaxations besides LoRA (docs/FORMAT.md §3.3) ------------------------------------------
+
+#define MAX_PROMPT (1 << 16)  // adaption prompt slots
+
+// DoRA magnitudes, the recursion encoding and the adaption prompt of unrolled layer ly's (s, r).
+// A magnitude is bound as an F32 copy into ly->dora (relax_compute turns it into the row scale in
+// place: the copy belongs to this layer alone); the prompt matrix goes to *prompt.
+static int bind_relax(loader *ld, mor__layer *ly, mor__mat *prompt) {
+    mor_model *m = ld->m;
+    mor__hparams *hp = &m->hp;
+    const int64_t d = hp->n_embd;
+    char name[MOR__GGUF_MAX_NAME + 32], gname[MOR__GGUF_MAX_NAME + 32];
+    int s;
+    for (int r = 0; r < MOR__N_PROJ; r++) {
+        int64_t rows, cols;
+        proj_shape(hp, r, &rows, &cols);
+        snprintf(name, sizeof name, "blk.%d.rec.%d.%s.dora_m", ly->stored, ly->rec, role_names[r]);
+        const float *mv;
+        if ((s = bind_vec(ld, name, rows, 0, &mv))) return s;
+        if (!mv) continue;
+        if (!ly->lora_a[r].data)
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                             "tensor '%s': a DoRA magnitude needs the LoRA pair blk.%d.rec.%d.%s.lora_a / lora_b",
+                             name, ly->stored, ly->rec, role_names[r]);
+        ly->dora[r] = mv;
+        hp->n_dora++;
+    }
+    snprintf(name, sizeof name, "blk.%d.rec.%d.rec_enc", ly->stored, ly->rec);
+    if ((s = bind_vec(ld, name, d, 0, &ly->rec_enc))) return s;
+    if (ly->rec_enc) hp->n_rec_enc++;
+    snprintf(name, sizeof name, "blk.%d.rec.%d.adapt_prompt", ly->stored, ly->rec);
+    snprintf(gname, sizeof gname, "blk.%d.rec.%d.adapt_gate", ly->stored, ly->rec);
+    const mor__gguf_tensor *t = mor__gguf_find_tensor(&m->gguf, name);
+    const float *g;
+    if ((s = bind_vec(ld, gname, 1, 0, &g))) return s;
+    if (!t && !g) return MOR_OK;
+    if (!t || !g)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "adaption prompt of blk.%d.rec.%d: adapt_prompt and adapt_gate must come in pairs "
+                         "('%s' is missing)", ly->stored, ly->rec, t ? gname : name);
+    if (t->n_dims != 2 || t->dims[0] != (uint64_t)d || t->dims[1] > MAX_PROMPT)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "tensor '%s' has shape [%llu, %llu%s], expected [%lld, len] with len 1..%d", name,
+                         (unsigned long long)t->dims[0], (unsigned long long)(t->n_dims > 1 ? t->dims[1] : 1),
+                         t->n_dims > 2 ? ", ..." : "", (long long)d, MAX_PROMPT);
+    if ((s = bind_mat(ld, name, (int64_t)t->dims[1], d, 1, prompt))) return s;
+    if (!isfinite(*g))
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT, "tensor '%s' = %g is not a finite number", gname, *g);
+    ly->adapt_gate = *g;
+    ly->adapt_len = (int32_t)t->dims[1];
+    hp->n_adapt++;
+    if (ly->adapt_len > hp->adapt_len) hp->adapt_len = ly->adapt_len;
+    return MOR_OK;
+}
+
+// Combinations with a router that the training code does not define (docs/DESIGN.md,
+// Relaxations besides LoRA): an expert-choice router replaces the attention module of every
+// block layer, which fails on a layer wrapped by a recursion encoding and on a prompt-adapted
+// attention (neither has the attributes it reads); a token-choice router calls the block's
+// layers with the positions of its compacted batch, so the adapter's query would be rotated by
+// the token's rank among the routed tokens, not by its position.
+static int check_relax_router(loader *ld) {
+    const mor__hparams *hp = &ld->m->hp;
+    if (hp->router == MOR_ROUTER_EXPERT && hp->n_rec_enc)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "recursion encodings (rec_enc) with an expert-choice router are not defined "
+                         "(see docs/DESIGN.md, Relaxations besides LoRA)");
+    if (hp->router != MOR_ROUTER_NONE && hp->n_adapt)
+        return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                         "adaption prompts (adapt_prompt) with a%s router are not defined "
+                         "(see docs/DESIGN.md, Relaxations besides LoRA)",
+                         hp->router == MOR_ROUTER_EXPERT ? "n expert-choice" : " token-choice");
+    return MOR_OK;
+}
+
+// Row o of W in F32 (W->cols values).
+static void mat_row(const mor__mat *W, int64_t o, float *dst) {
+    const uint8_t *row = (const uint8_t *)W->data + o * mor__dtype_row_bytes(W->type, W->cols);
+    mor__kernels_ref()->to_f32[W->type](row, dst, W->cols);
+}
+
+static double dot_f64(const float *a, const float *b, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+// The DoRA row scale of projection `role` of ly, in place of its magnitude m:
+// scale[o] = m[o] / |W[o] + sigma (B A)[o]| (the norm over the inputs). buf: cols + rank * cols
+// + rank floats.
+static int dora_scale(loader *ld, const mor__layer *ly, int role, float *buf) {
+    const mor__mat *W = &ly->w[role], *A = &ly->lora_a[role], *B = &ly->lora_b[role];
+    const int64_t cols = W->cols, rank = A->rows;
+    const float sigma = ld->m->hp.lora_scale;
+    float *v = buf, *a = buf + cols, *brow = a + rank * cols;
+    float *scale = (float *)(uintptr_t)ly->dora[role];  // the layer's own F32 copy (bind_relax)
+    for (int64_t k = 0; k < rank; k++) mat_row(A, k, a + k * cols);
+    for (int64_t o = 0; o < W->rows; o++) {
+        mat_row(W, o, v);
+        mat_row(B, o, brow);
+        for (int64_t k = 0; k < rank; k++) {
+            const float c = sigma * brow[k], *ak = a + k * cols;
+            for (int64_t i = 0; i < cols; i++) v[i] += c * ak[i];
+        }
+        const double norm = sqrt(dot_f64(v, v, cols)), sc = scale[o] / norm;
+        if (!(norm > 0) || !isfinite(sc))
+            return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                             "tensor 'blk.%d.rec.%d.%s.dora_m': row %lld of W + scale * B A has norm %g and "
+                             "magnitude %g; the row scale is not a finite number", ly->stored, ly->rec,
+                             role_names[role], (long long)o, norm, (double)scale[o]);
+        scale[o] = (float)sc;
+    }
+    return MOR_OK;
+}
+
+// y[n][out] = projection `role` of ly applied to the rows x[n][in], as the layer computes it:
+// W x (+ sigma B (A x)) (times the DoRA scale) (+ the bias). row: max(in, rank) floats, t: n *
+// rank floats.
+static void proj_rows(const mor_model *m, const mor__layer *ly, int role, const float *x, int64_t n, float *y,
+                      float *row, float *t) {
+    const mor__mat *W = &ly->w[role], *A = &ly->lora_a[role], *B = &ly->lora_b[role];
+    const int64_t in = W->cols, out = W->rows;
+    for (int64_t o = 0; o < out; o++) {
+        mat_row(W, o, row);
+        for (int64_t j = 0; j < n; j++) y[j * out + o] = (float)dot_f64(row, x + j * in, in);
+    }
+    if (A->data) {
+        const int64_t rank = A->rows;
+        for (int64_t k = 0; k < rank; k++) {
+            mat_row(A, k, row);
+            for (int64_t j = 0; j < n; j++) t[j * rank + k] = (float)dot_f64(row, x + j * in, in);
+        }
+        for (int64_t o = 0; o < out; o++) {
+            mat_row(B, o, row);
+            for (int64_t j = 0; j < n; j++)
+                y[j * out + o] += m->hp.lora_scale * (float)dot_f64(row, t + j * rank, rank);
+        }
+    }
+    const float *sc = ly->dora[role], *bias = role <= MOR__ROLE_V ? ly->bias[role] : NULL;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t o = 0; o < out; o++) {
+            if (sc) y[j * out + o] *= sc[o];
+            if (bias) y[j * out + o] += bias[o];
+        }
+}
+
+// DoRA row scales from the bound magnitudes, then the keys and values of every adaption prompt
+// (constant per layer: K_a = the layer's K projection of the prompt, V_a likewise; no RoPE).
+static int relax_compute(loader *ld, const mor__mat *prompts) {
+    mor_model *m = ld->m;
+    const mor__hparams *hp = &m->hp;
+    if (!hp->n_dora && !hp->n_adapt) return MOR_OK;
+    const uint64_t d = (uint64_t)hp->n_embd, kvd = (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim,
+                   rank = (uint64_t)MOR__MAX(hp->lora_rank, 1), len = (uint64_t)MOR__MAX(hp->adapt_len, 1);
+    const uint64_t wide = MOR__MAX(MOR__MAX((uint64_t)hp->n_ff, d), (uint64_t)hp->n_head * (uint64_t)hp->head_dim);
+    // scratch: DoRA needs a row, A, and a row of B; a prompt needs itself, A x and a row
+    uint64_t need = MOR__MAX(wide + rank * wide + rank, len * d + len * rank + MOR__MAX(wide, rank));
+    uint64_t store = 0;
+    for (int32_t l = 0; l < hp->n_layer; l++) store += (uint64_t)m->layers[l].adapt_len * kvd * 2;
+    float *buf = mor__alloc(&m->alloc, (size_t)need, sizeof(float), 0);
+    m->relax = store ? mor__alloc(&m->alloc, (size_t)store, sizeof(float), 0) : NULL;
+    if (!buf || (store && !m->relax)) {
+        mor__free(&m->alloc, buf);
+        return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory for the relaxations (%llu floats)",
+                         (unsigned long long)(need + store));
+    }
+    int s = MOR_OK;
+    float *next = m->relax;
+    for (int32_t l = 0; l < hp->n_layer && !s; l++) {
+        mor__layer *ly = &m->layers[l];
+        for (int r = 0; r < MOR__N_PROJ && !s; r++)
+            if (ly->dora[r]) s = dora_scale(ld, ly, r, buf);
+        if (s || !ly->adapt_len) continue;
+        const int64_t n = ly->adapt_len;
+        float *p = buf, *t = buf + n * (int64_t)d, *row = t + n * (int64_t)rank;
+        for (int64_t j = 0; j < n; j++) mat_row(&prompts[l], j, p + j * (int64_t)d);
+        ly->adapt_k = next;
+        proj_rows(m, ly, MOR__ROLE_K, p, n, next, row, t);
+        next += n * (int64_t)kvd;
+        ly->adapt_v = next;
+        proj_rows(m, ly, MOR__ROLE_V, p, n, next, row, t);
+        next += n * (int64_t)kvd;
+        for (int64_t e = 0; e < 2 * n * (int64_t)kvd; e++)
+            if (!isfinite(ly->adapt_k[e]))
+                s = mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
+                              "adaption prompt of blk.%d.rec.%d: its keys or values are not finite", ly->stored,
+                              ly->rec);
+    }
+    mor__free(&m->alloc, buf);
+    return s;
+}
+
 static int bind_layers(loader *ld) {
     mor_model *m = ld->m;
     mor__hparams *hp = &m->hp;
@@ -503,59 +744,28 @@ static int bind_layers(loader *ld) {
     int s;
     m->layers = mor__alloc(&m->alloc, (size_t)hp->n_layer, sizeof *m->layers, 1);
     if (!m->layers) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
+    // The prompt matrix of each unrolled layer until its keys and values are computed.
+    mor__mat *prompts = mor__alloc(&m->alloc, (size_t)hp->n_layer, sizeof *prompts, 1);
+    if (!prompts) return mor__errf(ld->err, ld->err_n, MOR_E_NOMEM, "out of memory");
+    s = MOR_OK;
     // Stored layers first: the nine roles, shared by every unrolled layer mapping to them.
-    for (int32_t l = 0; l < hp->n_layer; l++) {
+    for (int32_t l = 0; l < hp->n_layer && !s; l++) {
         mor__layer *ly = &m->layers[l];
         map_layer(hp, l, &ly->stored, &ly->rec, &ly->in_middle);
-        if ((s = bind_proj(ld, ly->stored, ly))) return s;
+        if ((s = bind_proj(ld, ly->stored, ly))) break;
         snprintf(name, sizeof name, "blk.%d.attn_norm.weight", ly->stored);
-        if ((s = bind_norm(ld, name, d, 1, &ly->attn_norm))) return s;
+        if ((s = bind_norm(ld, name, d, 1, &ly->attn_norm))) break;
         snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", ly->stored);
-        if ((s = bind_norm(ld, name, d, 1, &ly->ffn_norm))) return s;
+        if ((s = bind_norm(ld, name, d, 1, &ly->ffn_norm))) break;
         if (m->ar->swa == MOR__SWA_ALL || (m->ar->swa == MOR__SWA_EVEN && l % 2 == 0)) ly->window = hp->swa;
         if (!mor) continue;
-        // Per-recursion overrides and LoRA.
-        for (int r = 0; r < MOR__N_PROJ; r++) {
-            int64_t rows, cols;
-            proj_shape(hp, r, &rows, &cols);
-            mor__mat ov;
-            snprintf(name, sizeof name, "blk.%d.rec.%d.%s.weight", ly->stored, ly->rec, role_names[r]);
-            if ((s = bind_mat(ld, name, rows, cols, 0, &ov))) return s;
-            if (ov.data) ly->w[r] = ov;
-            // LoRA: a [in, rank] and b [rank, out] (ggml order) → a: (rank, in), b: (out, rank)
-            snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_a", ly->stored, ly->rec, role_names[r]);
-            const mor__gguf_tensor *ta = mor__gguf_find_tensor(&m->gguf, name);
-            snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_b", ly->stored, ly->rec, role_names[r]);
-            const mor__gguf_tensor *tb = mor__gguf_find_tensor(&m->gguf, name);
-            if (!ta && !tb) continue;
-            if (!ta || !tb)
-                return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
-                                 "LoRA of blk.%d.rec.%d.%s: lora_a and lora_b must come in pairs",
-                                 ly->stored, ly->rec, role_names[r]);
-            int64_t rank = (int64_t)ta->dims[1];
-            if (ta->n_dims != 2 || rank < 1 || rank > MOR__MIN(rows, cols))
-                return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
-                                 "LoRA blk.%d.rec.%d.%s.lora_a: rank %lld outside 1..%lld", ly->stored,
-                                 ly->rec, role_names[r], (long long)rank,
-                                 (long long)MOR__MIN(rows, cols));
-            snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_a", ly->stored, ly->rec, role_names[r]);
-            if ((s = bind_mat(ld, name, rank, cols, 1, &ly->lora_a[r]))) return s;
-            snprintf(name, sizeof name, "blk.%d.rec.%d.%s.lora_b", ly->stored, ly->rec, role_names[r]);
-            if ((s = bind_mat(ld, name, rows, rank, 1, &ly->lora_b[r]))) return s;
-            if (!(hp->lora_scale != 0.0f))
-                return mor__errf(ld->err, ld->err_n, MOR_E_FORMAT,
-                                 "LoRA tensors present but mor.lora.scale is missing or 0");
-            if (rank > hp->lora_rank) hp->lora_rank = (int32_t)rank;
-        }
-        const float *nv;
-        snprintf(name, sizeof name, "blk.%d.rec.%d.attn_norm.weight", ly->stored, ly->rec);
-        if ((s = bind_vec(ld, name, d, 0, &nv))) return s;
-        if (nv) ly->attn_norm = nv;
-        snprintf(name, sizeof name, "blk.%d.rec.%d.ffn_norm.weight", ly->stored, ly->rec);
-        if ((s = bind_vec(ld, name, d, 0, &nv))) return s;
-        if (nv) ly->ffn_norm = nv;
+        if ((s = bind_overrides(ld, ly))) break;
+        if ((s = bind_relax(ld, ly, &prompts[l]))) break;
     }
-    return MOR_OK;
+    if (!s) s = check_relax_router(ld);
+    if (!s) s = relax_compute(ld, prompts);
+    mor__free(&m->alloc, prompts);
+    return s;
 }
 
 static int bind_routers(loader *ld) {
@@ -772,6 +982,9 @@ static int bind_all(loader *ld) {
         u += (ly->attn_post_norm ? (uint64_t)hp->n_embd : 0) + (ly->ffn_post_norm ? (uint64_t)hp->n_embd : 0);
         if (ly->bias[0])
             u += (uint64_t)(hp->n_head + 2 * hp->n_head_kv) * (uint64_t)hp->head_dim;
+        for (int r = 0; r < MOR__N_PROJ; r++) u += ly->dora[r] ? (uint64_t)ly->w[r].rows : 0;
+        u += (ly->rec_enc ? (uint64_t)hp->n_embd : 0) + (uint64_t)ly->adapt_len * (uint64_t)hp->n_embd +
+             (ly->adapt_len ? 1 : 0);
     }
     if (m->routers) {
         int n = hp->router == MOR_ROUTER_EXPERT ? hp->n_rec : 1;
@@ -787,7 +1000,7 @@ static void model_destroy(mor_model *m) {
     if (m->vocab_free) m->vocab_free(m->vocab);
     mor__gguf_free(&m->gguf);
     void *bufs[] = {m->layers, m->layer_step, m->routers, m->routers_aux, m->exits, m->step_begin, m->step_end,
-                    m->step_exit, m->f32_copies, m->rope_inv_freq, m->name, m->heap};
+                    m->step_exit, m->f32_copies, m->relax, m->rope_inv_freq, m->name, m->heap};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mor__free(&m->alloc, bufs[i]);
     if (m->map) munmap(m->map, m->map_size);
     const mor_allocator a = m->alloc;
@@ -1003,6 +1216,10 @@ int64_t mor_model_get_int(const mor_model *m, int32_t key) {
     case MOR_INFO_WEIGHT_BYTES: return (int64_t)m->weight_bytes;
     case MOR_INFO_VOCAB_ONLY: return m->vocab_only;
     case MOR_INFO_N_STEPS: return m->n_steps;
+    case MOR_INFO_N_DORA: return hp->n_dora;
+    case MOR_INFO_N_REC_ENC: return hp->n_rec_enc;
+    case MOR_INFO_N_ADAPT: return hp->n_adapt;
+    case MOR_INFO_ADAPT_LEN: return hp->adapt_len;
     default: return -1;
     }
 }

@@ -24,12 +24,20 @@ typedef struct {
 enum { MOR__ROLE_Q, MOR__ROLE_K, MOR__ROLE_V, MOR__ROLE_O, MOR__ROLE_GATE, MOR__ROLE_UP,
        MOR__ROLE_DOWN, MOR__N_PROJ };
 
-// Weights of one unrolled layer: views into the stored layer, with per-recursion overrides
-// and LoRA pairs resolved at load.
+// Weights of one unrolled layer: views into the stored layer, with per-recursion overrides,
+// LoRA pairs and the other relaxations of its (stored layer, recursion) resolved at load
+// (docs/FORMAT.md §3.3). The relaxations are NULL / 0 when absent and then cost nothing.
 typedef struct {
     mor__mat     w[MOR__N_PROJ];        // (rows = out, cols = in); shared with other layers
     mor__mat     lora_a[MOR__N_PROJ];   // (rank, in); data NULL when absent
     mor__mat     lora_b[MOR__N_PROJ];   // (out, rank)
+    const float *dora[MOR__N_PROJ];     // (out) DoRA row scale m / |W + sigma B A|_row, or NULL:
+                                        //   the projection is scale * (W x + sigma B (A x))
+    const float *rec_enc;               // (d) recursion encoding: the layer's output stream times it
+    const float *adapt_k;               // (adapt_len, n_head_kv * head_dim) adaption prompt keys
+    const float *adapt_v;               //   and values: the layer's K and V projections of its prompt
+    float        adapt_gate;            // the prompt's gate g (raw, no tanh)
+    int32_t      adapt_len;             // prompt slots (0: no adaption prompt)
     const float *attn_norm;             // (d) F32
     const float *ffn_norm;              // (d) F32
     const float *bias[3];               // Q, K, V biases (F32, added after the projection) or NULL
@@ -67,6 +75,10 @@ typedef struct {
     int32_t router_func;   // 0 none, 1 sigmoid, 2 tanh, 3 softmax
     int32_t router_additive;
     int32_t lora_rank;     // largest rank
+    int32_t n_dora;        // projections of unrolled layers with a DoRA magnitude
+    int32_t n_rec_enc;     // unrolled layers with a recursion encoding
+    int32_t n_adapt;       // unrolled layers with an adaption prompt
+    int32_t adapt_len;     // the longest adaption prompt (0: none); attention scratch holds it
     int32_t act;           // MLP activation MOR__ACT_* (arch.h)
     float   rms_eps, rope_theta, lora_scale, router_alpha, router_temp;
     float   attn_scale;    // multiplies q.k: 1/sqrt(head_dim) unless the architecture says otherwise
@@ -113,6 +125,7 @@ struct mor_model {
     int32_t            steps_interleaved;
     int32_t            has_last;      // a unique last layer runs after the steps (middle sharing)
     float             *f32_copies;    // backing store for the 1-D tensors above (owned)
+    float             *relax;         // backing store of the DoRA scales and prompt K/V (owned)
     double            *rope_inv_freq; // [head_dim / 2]: theta^(-2i / head_dim), / rope_freqs[i], / linear factor
     uint64_t           n_params, n_params_unrolled, weight_bytes;
     // The vocabulary read from the same file, which the loader above the model (load.c)

@@ -104,7 +104,7 @@ static double mat_bytes(const mor__mat *w) {
 static double layer_bytes(const mor__layer *ly) {
     double b = 0;
     for (int r = 0; r < MOR__N_PROJ; r++) b += mat_bytes(&ly->w[r]) + mat_bytes(&ly->lora_a[r]) + mat_bytes(&ly->lora_b[r]);
-    return b;
+    return b + 2.0 * ly->adapt_len * (double)ly->w[MOR__ROLE_K].rows * sizeof(float);  // prompt keys and values
 }
 
 int mor_sched_create(const mor_model *m, const mor_sched_params *params, mor_sched **out, char *err, size_t err_n) {

@@ -14,6 +14,8 @@ void mor__work_plan(mor__plan *c, mor__work *w, const mor__hparams *hp, int32_t 
     w->hb2 = mor__plan_take(c, nb * wide, sizeof(float), 1);
     w->tmp = mor__plan_take(c, nb * wide, sizeof(float), 1);
     w->lora = mor__plan_take(c, nb * rank, sizeof(float), 1);
+    if (hp->adapt_len)  // an adaption prompt's scores and its head's output (layer.c)
+        att_len = MOR__MAX(att_len, (size_t)hp->adapt_len + (size_t)hp->head_dim);
     w->att_stride = att_len;
     w->att = mor__plan_take(c, (uint64_t)att_len * (uint64_t)n_threads, sizeof(float), 1);
     w->row_stride = (size_t)((MOR__MAX(wide, rank) + 15) & ~(uint64_t)15);

@@ -77,6 +77,8 @@ static int load_op(const char *name, uint32_t flags, counter *c) {
 TEST(model_load) {
     counter c = {0};
     FOR_EACH_FAILURE(&c, k, st_ = load_op("middle_cycle.gguf", 0, &c));
+    FOR_EACH_FAILURE(&c, k, st_ = load_op("middle_cycle-dora.gguf", 0, &c));  // relaxations: scratch, K/V store
+    FOR_EACH_FAILURE(&c, k, st_ = load_op("cycle-adapt.gguf", 0, &c));
     FOR_EACH_FAILURE(&c, k, st_ = load_op("stories260K.gguf", MOR_MODEL_NO_MMAP, &c));
     FOR_EACH_FAILURE(&c, k, st_ = load_op("stories260K.gguf", MOR_MODEL_VOCAB_ONLY, &c));
     ASSERT_EQ(c.live, 0);

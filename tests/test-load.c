@@ -34,11 +34,21 @@ typedef struct {
     uint32_t    quant;        // a quantized type: every matrix whose row length allows it, random blocks
     int         quant_f32;    // 1: those matrices written as F32 instead, the blocks' values (to_f32)
     const char *quant_wide;   // this matrix in `quant` too, whatever its row length
+    int         relax;        // RELAX_* bits: relaxations of the middle layers (DoRA needs lora)
+    const float *merged;      // RELAX_DORA: write blk.1.rec.r.attn_v.weight = merged + r*kv*d instead of
+                              //   its LoRA pair and magnitudes (their random values still drawn)
+    float       enc_value;    // RELAX_ENC: every entry this value (0: random)
+    int         gate_zero;    // RELAX_ADAPT: gates 0
+    float       dora_nan;     // RELAX_DORA: this magnitude in row 0 of recursion 0 (0: random)
+    const char *relax_skip;   // do not write the relaxation tensors whose names start with this
 } spec;
+
+enum { RELAX_DORA = 1, RELAX_ENC = 2, RELAX_ADAPT = 4 };
+#define ADAPT_LEN 3
 
 static spec base_spec(void) {
     spec s = {"mor", "middle_cycle", 8, 3, 8, 2, 1, 16, 16, 0, -1, NULL, NULL, NULL, NULL, 0, 0, 0, NULL, 0, 0,
-              0,     0,              NULL};
+              0,     0,              NULL, 0,  NULL, 0, 0, 0, NULL};
     return s;
 }
 
@@ -118,6 +128,18 @@ static unsigned char *rand_blocks(uint32_t dt, uint64_t nb) {
         if (om >= 0) memcpy(p + om, &hm, 2);
     }
     return q;
+}
+
+// A relaxation tensor: values v[i] = base + amp * uniform, written unless its name starts with
+// s->relax_skip.
+static void add_relax(mor__gguf_writer *w, const spec *s, const char *name, uint64_t cols, uint64_t rows, float base,
+                      float amp, int write) {
+    uint64_t n = cols * rows, dims[2] = {cols, rows};
+    float *data = malloc(n * sizeof(float));
+    for (uint64_t i = 0; i < n; i++) data[i] = base + amp * test_randf(&rng_state);
+    if (write && !(s->relax_skip && !strncmp(name, s->relax_skip, strlen(s->relax_skip))))
+        mor__gguf_w_tensor(w, name, MOR__DT_F32, rows == 1 ? 1 : 2, dims, data);
+    free(data);
 }
 
 static int add_tensor(mor__gguf_writer *w, const spec *s, const char *name, uint64_t cols, uint64_t rows) {
@@ -215,6 +237,41 @@ static void *build(const spec *s, uint64_t *size) {
             add_tensor(w, s, name, 2, d);
         }
     }
+    if (s->relax & RELAX_DORA)  // LoRA and DoRA on attn_v of stored layer 1 at every recursion
+        for (int r = 0; r < s->n_rec; r++) {
+            snprintf(name, sizeof name, "blk.1.rec.%d.attn_v.lora_a", r);
+            add_relax(w, s, name, d, 2, 0, 0.3f, !s->merged);
+            snprintf(name, sizeof name, "blk.1.rec.%d.attn_v.lora_b", r);
+            add_relax(w, s, name, 2, kv, 0, 0.3f, !s->merged);
+            snprintf(name, sizeof name, "blk.1.rec.%d.attn_v.dora_m", r);
+            if (s->merged) {
+                add_relax(w, s, name, kv, 1, 0.35f, 0.2f, 0);
+                snprintf(name, sizeof name, "blk.1.rec.%d.attn_v.weight", r);
+                uint64_t dims[2] = {d, kv};
+                mor__gguf_w_tensor(w, name, MOR__DT_F32, 2, dims, s->merged + (size_t)r * kv * d);
+            } else if (s->dora_nan && r == 0) {
+                float mv[64];
+                for (uint64_t i = 0; i < kv; i++) mv[i] = 0.35f + 0.2f * test_randf(&rng_state);
+                mv[0] = s->dora_nan;
+                uint64_t dims[1] = {kv};
+                mor__gguf_w_tensor(w, name, MOR__DT_F32, 1, dims, mv);
+            } else {
+                add_relax(w, s, name, kv, 1, 0.35f, 0.2f, 1);
+            }
+        }
+    if (s->relax & RELAX_ENC)  // the last layer of each recursion block (stored layer 2 of middle_cycle, B = 2)
+        for (int r = 0; r < s->n_rec; r++) {
+            snprintf(name, sizeof name, "blk.2.rec.%d.rec_enc", r);
+            add_relax(w, s, name, d, 1, s->enc_value ? s->enc_value : 1.0f, s->enc_value ? 0 : 0.3f, 1);
+        }
+    if (s->relax & RELAX_ADAPT)  // every unrolled layer of middle_cycle: (0, 0), (1..2, 0..N_r-1), (3, 0)
+        for (int i = 0; i < n_stored(s); i++)
+            for (int r = 0; r < (i == 0 || i == n_stored(s) - 1 ? 1 : s->n_rec); r++) {
+                snprintf(name, sizeof name, "blk.%d.rec.%d.adapt_prompt", i, r);
+                add_relax(w, s, name, d, ADAPT_LEN, 0, 1.0f, 1);
+                snprintf(name, sizeof name, "blk.%d.rec.%d.adapt_gate", i, r);
+                add_relax(w, s, name, 1, 1, s->gate_zero ? 0 : 0.6f, s->gate_zero ? 0 : 0.3f, 1);
+            }
     if (s->router && !strcmp(s->router, "token")) add_tensor(w, s, "router.weight", d, (uint64_t)s->n_rec);
     if (s->router && !strcmp(s->router, "expert"))
         for (int r = 0; r < s->n_rec; r++) {
@@ -784,6 +841,320 @@ TEST(quantized_types_load_and_run) {
                 "tensor 'blk.1.attn_q.weight': row length 576 is not a multiple of the Q4_K block");
 }
 
-TEST_MAIN(sharing_maps, counts, sources, bad_models, bad_files, vocab_only, alignment, misaligned_buffer,
-          vocab_size_mismatch, metadata_string_with_nul, token_text_with_nul, lookups_are_not_quadratic,
-          quantized_types_load_and_run)
+// ---- relaxations: DoRA, recursion encodings, adaption prompts ----------------------------------
+
+static spec relax_spec(int relax) {
+    spec s = base_spec();
+    s.lora = (relax & RELAX_DORA) != 0;
+    s.relax = relax;
+    return s;
+}
+
+// Tensor `name` of the loaded file as F32 values (the test writes these tensors as F32).
+static const float *file_f32(const mor_model *m, const char *name) {
+    const mor__gguf_tensor *t = mor__gguf_find_tensor(&m->gguf, name);
+    return t && t->type == MOR__DT_F32 ? (const float *)t->data : NULL;
+}
+
+// Logits at every one of n tokens, stepped as one batch (n_batch n) or one at a time.
+static int run_all(mor_model *m, int n, int one_by_one, float *out, int V) {
+    mor_session_params sp;
+    mor_session_params_init(&sp);
+    sp.flags = MOR_SESSION_LOGITS_ALL;
+    sp.n_batch = one_by_one ? 1 : n;
+    mor_session *se = NULL;
+    char err[256];
+    int st = mor_session_create(m, &sp, &se, err, sizeof err);
+    for (int i = 0; !st && i < n; i += one_by_one ? 1 : n) {
+        int32_t toks[16];
+        for (int j = 0; j < n; j++) toks[j] = (3 + 5 * j) % V;
+        st = mor_session_step(se, toks + i, one_by_one ? 1 : n);
+        for (int j = i; !st && j < i + (one_by_one ? 1 : n); j++)
+            memcpy(out + (size_t)j * V, mor_session_logits(se, one_by_one ? -1 : j), (size_t)V * sizeof *out);
+    }
+    mor_session_free(se);
+    return st;
+}
+
+static double max_diff(const float *a, const float *b, int n, double *scale) {
+    double e = 0;
+    for (int i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)a[i] - b[i]));
+        *scale = fmax(*scale, fabs((double)b[i]));
+    }
+    return e;
+}
+
+// The attn_v tensors of stored layer 1 at recursion r that RELAX_DORA writes (F32).
+static int dora_tensors(const mor_model *m, int r, const float **W, const float **A, const float **B,
+                        const float **M) {
+    char n[64];
+    *W = file_f32(m, "blk.1.attn_v.weight");
+    snprintf(n, sizeof n, "blk.1.rec.%d.attn_v.lora_a", r);
+    *A = file_f32(m, n);
+    snprintf(n, sizeof n, "blk.1.rec.%d.attn_v.lora_b", r);
+    *B = file_f32(m, n);
+    snprintf(n, sizeof n, "blk.1.rec.%d.attn_v.dora_m", r);
+    *M = file_f32(m, n);
+    return *W && *A && *B && *M;
+}
+
+// Row o of W + 2 B A (d = 8 inputs, rank 2) into v; returns its norm.
+static double dora_row(const float *W, const float *A, const float *B, int o, double *v) {
+    double ss = 0;
+    for (int i = 0; i < 8; i++) {
+        v[i] = W[o * 8 + i] + 2.0 * ((double)B[o * 2] * A[i] + (double)B[o * 2 + 1] * A[8 + i]);
+        ss += v[i] * v[i];
+    }
+    return sqrt(ss);
+}
+
+// What the loader counts and computes: the DoRA row scales m / |W + sigma B A| and the prompt
+// keys K_a = W_k P, against the file's values computed here in double.
+TEST(relaxations_load) {
+    spec s = relax_spec(RELAX_DORA | RELAX_ENC | RELAX_ADAPT);
+    char err[512];
+    mor_model *m = NULL;
+    int st = try_load(&s, err, sizeof err, &m);
+    if (st) TEST__FAIL("%s: %s", mor_status_name(st), err);
+    ASSERT_EQ(mor_model_get_int(m, MOR_INFO_N_DORA), 3);
+    ASSERT_EQ(mor_model_get_int(m, MOR_INFO_N_REC_ENC), 3);
+    ASSERT_EQ(mor_model_get_int(m, MOR_INFO_N_ADAPT), 8);
+    ASSERT_EQ(mor_model_get_int(m, MOR_INFO_ADAPT_LEN), ADAPT_LEN);
+    int64_t d = 8, kv = 4, ff = 16, V = 16;
+    int64_t layer = d * d * 2 + d * kv * 2 + 3 * d * ff + 2 * d;
+    ASSERT_EQ(mor_model_get_int(m, MOR_INFO_N_PARAMS_UNROLLED),
+              V * d + d + 8 * layer + 3 * (2 * d + d * 2) + 3 * (2 * d + kv * 2 + kv) + 3 * d +
+                  8 * (ADAPT_LEN * d + 1));
+    for (int r = 0; r < 3; r++) {
+        const mor__layer *ly = &m->layers[1 + 2 * r];  // stored 1 at recursion r
+        ASSERT(ly->stored == 1 && ly->rec == r && ly->dora[MOR__ROLE_V] && !ly->dora[MOR__ROLE_Q]);
+        const float *W, *A, *B, *M;
+        ASSERT(dora_tensors(m, r, &W, &A, &B, &M));
+        for (int o = 0; o < kv; o++) {
+            double v[8], n = dora_row(W, A, B, o, v);
+            ASSERT_NEAR(ly->dora[MOR__ROLE_V][o], M[o] / n, 1e-6 * fabs(M[o] / n));
+        }
+        ASSERT(m->layers[2 + 2 * r].rec_enc && !m->layers[1 + 2 * r].rec_enc);
+    }
+    for (int l = 0; l < 8; l++) {
+        const mor__layer *ly = &m->layers[l];
+        ASSERT_EQ(ly->adapt_len, ADAPT_LEN);
+        char n[64];
+        snprintf(n, sizeof n, "blk.%d.attn_k.weight", ly->stored);
+        const float *Wk = file_f32(m, n);
+        snprintf(n, sizeof n, "blk.%d.attn_v.weight", ly->stored);
+        const float *Wv = file_f32(m, n);
+        snprintf(n, sizeof n, "blk.%d.rec.%d.adapt_prompt", ly->stored, ly->rec);
+        const float *P = file_f32(m, n);
+        snprintf(n, sizeof n, "blk.%d.rec.%d.adapt_gate", ly->stored, ly->rec);
+        const float *g = file_f32(m, n);
+        ASSERT(Wk && Wv && P && g);
+        ASSERT_NEAR(ly->adapt_gate, g[0], 0);
+        const float *A = NULL, *B = NULL, *M = NULL, *W0;
+        if (ly->stored == 1) ASSERT(dora_tensors(m, ly->rec, &W0, &A, &B, &M));  // V: LoRA and DoRA
+        for (int j = 0; j < ADAPT_LEN; j++)
+            for (int o = 0; o < kv; o++) {
+                double k = 0, v = 0, row[8], sc = 1;
+                for (int i = 0; i < d; i++) row[i] = Wv[o * d + i];
+                if (A) sc = M[o] / dora_row(Wv, A, B, o, row);
+                for (int i = 0; i < d; i++) k += (double)Wk[o * d + i] * P[j * d + i], v += sc * row[i] * P[j * d + i];
+                ASSERT_NEAR(ly->adapt_k[j * kv + o], k, 1e-6);
+                ASSERT_NEAR(ly->adapt_v[j * kv + o], v, 1e-6);
+            }
+    }
+    mor_model_free(m);
+}
+
+// Even positions run every step, odd ones stop after the first.
+static int32_t even_deep(void *user, const mor_route_batch *b, uint8_t *keep) {
+    (void)user;
+    for (int32_t i = 0; i < b->n_tokens; i++) keep[i] = b->step == 0 || b->positions[i] % 2 == 0;
+    return 0;
+}
+
+// Logits of n tokens decoded one at a time with even_deep and CALM state propagation: the odd
+// tokens' skipped layers get K/V from their exit state, which the even tokens then read.
+static int run_propagated(mor_model *m, int n, float *out, int V) {
+    mor_session *se = NULL;
+    char err[256];
+    int st = mor_session_create(m, NULL, &se, err, sizeof err);
+    mor_exit_policy ep;
+    mor_exit_policy_init(&ep);
+    ep.kv = MOR_KV_PROPAGATE;
+    if (!st) st = mor_session_set_exit_policy(se, &ep);
+    if (!st) st = mor_session_set_router_fn(se, even_deep, NULL, 0);
+    for (int j = 0; !st && j < n; j++) {
+        int32_t tok = (3 + 5 * j) % V, kvs = 0;
+        st = mor_session_step(se, &tok, 1);
+        if (!st) memcpy(out + (size_t)j * V, mor_session_logits(se, -1), (size_t)V * sizeof *out);
+        if (!st) st = mor_session_token_info(se, j, NULL, NULL, &kvs);
+        if (!st && kvs != (j % 2 ? MOR_KVSTAT_PROPAGATED : MOR_KVSTAT_FULL)) st = MOR_E_INTERNAL;
+    }
+    mor_session_free(se);
+    return st;
+}
+
+// The forward pass against equivalent models: DoRA against its merged weights m * (W + sigma B A)
+// / |W + sigma B A| written as per-recursion overrides (also through CALM state propagation,
+// which projects K/V of skipped layers itself); encodings of 1 and gates of 0 against
+// the model without them; batch and one-token decoding agree; each relaxation changes the logits.
+TEST(relaxations_forward) {
+    enum { N = 6, VV = 16 };
+    static float a[N * VV], b[N * VV];
+    char err[512];
+    mor_model *m = NULL, *q = NULL;
+    // DoRA == merged
+    spec s = relax_spec(RELAX_DORA);
+    ASSERT_OK(try_load(&s, err, sizeof err, &m));
+    const int kv = 4;
+    float *merged = malloc(3 * (size_t)kv * 8 * sizeof(float));
+    for (int r = 0; r < 3; r++) {
+        const float *W, *A, *B, *M;
+        ASSERT(dora_tensors(m, r, &W, &A, &B, &M));
+        for (int o = 0; o < kv; o++) {
+            double v[8], n = dora_row(W, A, B, o, v);
+            for (int i = 0; i < 8; i++) merged[(size_t)r * kv * 8 + o * 8 + i] = (float)(M[o] * v[i] / n);
+        }
+    }
+    ASSERT_OK(run_all(m, N, 0, a, VV));
+    spec sm = s;
+    sm.merged = merged;
+    ASSERT_OK(try_load(&sm, err, sizeof err, &q));
+    ASSERT_EQ(mor_model_get_int(q, MOR_INFO_N_DORA), 0);
+    ASSERT_OK(run_all(q, N, 0, b, VV));
+    double scale = 0, e = max_diff(a, b, N * VV, &scale);
+    printf("#   DoRA against merged weights: max diff %.3g, logit scale %.3g\n", e, scale);
+    ASSERT(e <= 1e-5 * scale);
+    // the same through state propagation, which computes the skipped layers' K/V itself
+    ASSERT_OK(run_propagated(m, N, a, VV));
+    ASSERT_OK(run_propagated(q, N, b, VV));
+    scale = 0, e = max_diff(a, b, N * VV, &scale);
+    ASSERT(e <= 1e-5 * scale);
+    mor_model_free(q);
+    s = relax_spec(RELAX_DORA);
+    s.dora_nan = 1e-30f;  // one magnitude of (nearly) 0: that value of V is gone
+    ASSERT_OK(try_load(&s, err, sizeof err, &q));
+    ASSERT_OK(run_all(q, N, 0, b, VV));
+    scale = 0;
+    ASSERT(max_diff(a, b, N * VV, &scale) > 1e-3 * scale);  // the magnitudes matter
+    mor_model_free(q);
+    mor_model_free(m);
+    free(merged);
+    // encodings of 1 and gates of 0 change nothing; random ones change the logits
+    for (int k = 0; k < 2; k++) {
+        spec z = relax_spec(k ? RELAX_ADAPT : RELAX_ENC), r = z;
+        z.enc_value = 1.0f;
+        z.gate_zero = 1;
+        ASSERT_OK(try_load(&z, err, sizeof err, &m));
+        ASSERT_OK(run_all(m, N, 0, a, VV));
+        mor_model_free(m);
+        ASSERT_OK(try_load(&r, err, sizeof err, &m));
+        ASSERT_OK(run_all(m, N, 0, b, VV));
+        spec plain = base_spec();
+        ASSERT_OK(try_load(&plain, err, sizeof err, &q));
+        static float c[N * VV];
+        ASSERT_OK(run_all(q, N, 0, c, VV));
+        ASSERT(memcmp(a, c, sizeof a) == 0);
+        scale = 0;
+        ASSERT(max_diff(b, c, N * VV, &scale) > 1e-3 * scale);
+        // one token at a time gives the batch's logits
+        ASSERT_OK(run_all(m, N, 1, a, VV));
+        scale = 0;
+        e = max_diff(a, b, N * VV, &scale);
+        ASSERT(e <= 1e-5 * scale);
+        mor_model_free(m);
+        mor_model_free(q);
+    }
+}
+
+TEST(relaxations_refused) {
+    spec s = relax_spec(RELAX_DORA);
+    s.relax_skip = "blk.1.rec.0.attn_v.lora_";
+    EXPECT_LOAD(s, MOR_E_FORMAT, "tensor 'blk.1.rec.0.attn_v.dora_m': a DoRA magnitude needs the LoRA pair");
+    s = relax_spec(RELAX_DORA);
+    s.bad_shape = s.relax_skip = s.extra = "blk.1.rec.1.attn_v.dora_m";  // a vector of d + 1
+    EXPECT_LOAD(s, MOR_E_FORMAT,
+                "tensor 'blk.1.rec.1.attn_v.dora_m' has 9 elements (first dim 9), expected a vector of 4");
+    s = relax_spec(RELAX_DORA);
+    s.dora_nan = NAN;
+    EXPECT_LOAD(s, MOR_E_FORMAT, "tensor 'blk.1.rec.0.attn_v.dora_m': row 0 of W + scale * B A has norm");
+    s = relax_spec(RELAX_ADAPT);
+    s.relax_skip = "blk.2.rec.1.adapt_gate";
+    EXPECT_LOAD(s, MOR_E_FORMAT, "adaption prompt of blk.2.rec.1: adapt_prompt and adapt_gate must come in pairs "
+                "('blk.2.rec.1.adapt_gate' is missing)");
+    s.relax_skip = "blk.0.rec.0.adapt_prompt";
+    EXPECT_LOAD(s, MOR_E_FORMAT, "('blk.0.rec.0.adapt_prompt' is missing)");
+    s.relax_skip = "blk.3.rec.0.adapt_gate";
+    s.bad_shape = s.extra = "blk.3.rec.0.adapt_gate";  // d + 1 values
+    EXPECT_LOAD(s, MOR_E_FORMAT,
+                "tensor 'blk.3.rec.0.adapt_gate' has 9 elements (first dim 9), expected a vector of 1");
+    s = relax_spec(RELAX_ENC);
+    s.relax_skip = s.bad_shape = s.extra = "blk.2.rec.2.rec_enc";
+    EXPECT_LOAD(s, MOR_E_FORMAT, "tensor 'blk.2.rec.2.rec_enc' has 9 elements");
+    // names that are no tensor of this layout stay refused
+    s = relax_spec(RELAX_ENC);
+    s.extra = "blk.2.rec.3.rec_enc";  // recursion 3 of 3
+    EXPECT_LOAD(s, MOR_E_FORMAT, "unexpected tensor 'blk.2.rec.3.rec_enc'");
+    s.extra = "blk.1.rec.0.attn_q.dora_x";
+    EXPECT_LOAD(s, MOR_E_FORMAT, "unexpected tensor 'blk.1.rec.0.attn_q.dora_x'");
+    // combinations with routers that the training code leaves undefined
+    s = relax_spec(RELAX_ENC);
+    s.router = "expert";
+    EXPECT_LOAD(s, MOR_E_FORMAT, "recursion encodings (rec_enc) with an expert-choice router are not defined");
+    s = relax_spec(RELAX_ADAPT);
+    s.router = "token";
+    EXPECT_LOAD(s, MOR_E_FORMAT, "adaption prompts (adapt_prompt) with a token-choice router are not defined");
+    s.router = "expert";
+    EXPECT_LOAD(s, MOR_E_FORMAT, "adaption prompts (adapt_prompt) with an expert-choice router are not defined");
+    // defined ones load: encodings under token-choice, DoRA under either router
+    char err[512];
+    mor_model *m = NULL;
+    s = relax_spec(RELAX_ENC);
+    s.router = "token";
+    ASSERT_OK(try_load(&s, err, sizeof err, &m));
+    mor_model_free(m);
+    s = relax_spec(RELAX_DORA);
+    s.router = "expert";
+    ASSERT_OK(try_load(&s, err, sizeof err, &m));
+    mor_model_free(m);
+}
+
+// With quantized matrices: the DoRA norms and prompt keys come from the dequantized rows, so a
+// model of Q4_K / Q5_0 blocks computes logits close to its F32 twin of the blocks' values.
+TEST(relaxations_quantized) {
+    static const uint32_t types[] = {MOR__DT_Q4_K, MOR__DT_Q5_0};
+    for (size_t k = 0; k < sizeof types / sizeof *types; k++) {
+        spec s = relax_spec(RELAX_DORA | RELAX_ENC | RELAX_ADAPT);
+        s.d = 256, s.ff = 256, s.quant = types[k];
+        char err[512];
+        mor_model *m = NULL;
+        float got[16], want[16];
+        int st = try_load(&s, err, sizeof err, &m);
+        if (st) TEST__FAIL("%s: %s \"%s\"", mor__dtype_name(types[k]), mor_status_name(st), err);
+        ASSERT_EQ(m->layers[1].w[MOR__ROLE_K].type, types[k]);
+        ASSERT_EQ(mor_model_get_int(m, MOR_INFO_N_DORA), 3);
+        ASSERT_OK(run_logits(m, got, 16));
+        mor_model_free(m);
+        s.quant_f32 = 1;
+        ASSERT_OK(try_load(&s, err, sizeof err, &m));
+        ASSERT_OK(run_logits(m, want, 16));
+        mor_model_free(m);
+        double mx = 0, diff = 0;
+        for (int i = 0; i < 16; i++) {
+            ASSERT(isfinite(got[i]));
+            mx = fmax(mx, fabs(want[i])), diff = fmax(diff, fabs((double)got[i] - want[i]));
+        }
+        printf("#   %-6s with relaxations: max |logit| %.3g, quantized vs F32 values: max diff %.3g\n",
+               mor__dtype_name(types[k]), mx, diff);
+        ASSERT(mx > 0);
+        ASSERT(diff <= 0.05 * mx);
+    }
+}
+
+static const test_entry all_tests[] = {
+    TEST_LIST(sharing_maps, counts, sources, bad_models, bad_files, vocab_only, alignment, misaligned_buffer,
+              vocab_size_mismatch, metadata_string_with_nul, token_text_with_nul, lookups_are_not_quadratic,
+              quantized_types_load_and_run)
+    TEST_LIST(relaxations_load, relaxations_forward, relaxations_refused, relaxations_quantized)};
+TEST_MAIN_LIST(all_tests)

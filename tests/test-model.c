@@ -1,6 +1,7 @@
 // test-model.c: the engine against the independent PyTorch reference. For every golden fixture
 // in tests/data/*.fix (vanilla and recursive models of every sharing strategy, with and without
-// LoRA, per-recursion weights, both RoPE conventions, F16/BF16 weights, KV sharing, routers, the
+// LoRA, DoRA, recursion encodings (also under a token-choice router) and adaption prompts,
+// per-recursion weights, both RoPE conventions, F16/BF16 weights, KV sharing, routers, the
 // other GGUF architectures (llama with rope_freqs, qwen2, phi3, gemma2), and the real pretrained
 // stories260K): the logits of the prompt within 1e-4 of the logit scale
 // (max |logit|) in F32, the greedy continuation token for token, through a batched prefill, a
@@ -62,7 +63,7 @@ static char names[256][128];
 TEST(fixtures_present) {
     int n = list_fixtures(names, 256);
     printf("# %d fixtures in %s\n", n, test_data_dir());
-    ASSERT_EQ(n, 33);  // 30 in tests/data, 3 in tests/data/models: a fixture that goes missing fails
+    ASSERT_EQ(n, 37);  // 34 in tests/data, 3 in tests/data/models: a fixture that goes missing fails
 }
 
 // Prompt logits at every position, prompt stepped as one batch.

@@ -12,6 +12,7 @@
 #include "gguf-write.h"
 #include "gguf.h"
 #include "kernels.h"
+#include "model.h"
 #include "mor.h"
 #include "quant.h"
 #include "quantize.h"
@@ -537,8 +538,9 @@ TEST(threads_f16_bf16_progress) {
 
 // ---- mor files ----------------------------------------------------------------------------------
 
-// The plan for a mor file with overrides, LoRA, routers and an exit head (not loadable: the
-// plan only).
+// The plan for a mor file with overrides, LoRA and the other relaxations (kept in their type,
+// like LoRA: small, per-recursion corrections), routers and an exit head (not loadable: the plan
+// only).
 TEST(recipe_on_mor_names) {
     mor__gguf_writer *w = mor__gguf_writer_create();
     uint64_t seed = 3;
@@ -547,9 +549,12 @@ TEST(recipe_on_mor_names) {
                                   "blk.2.attn_v.weight", "blk.3.attn_v.weight", "blk.1.ffn_down.weight",
                                   "blk.1.rec.2.attn_q.lora_a", "blk.1.rec.2.attn_q.lora_b",
                                   "router.0.weight", "router.fc1.weight", "exit.0.output.weight",
-                                  "token_embd.weight", "blk.1.rec.1.attn_norm.weight"};
+                                  "token_embd.weight", "blk.1.rec.1.attn_norm.weight",
+                                  "blk.1.rec.2.attn_q.dora_m", "blk.2.rec.1.rec_enc", "blk.1.rec.0.adapt_prompt",
+                                  "blk.1.rec.0.adapt_gate"};
     for (size_t i = 0; i < sizeof names / sizeof names[0] && !s; i++) {
-        uint64_t d1 = strstr(names[i], "norm") || !strcmp(names[i], "router.0.weight") ? 1 : 64;
+        uint64_t d1 = strstr(names[i], "norm") || !strcmp(names[i], "router.0.weight") || strstr(names[i], "dora_m") ||
+                      strstr(names[i], "rec_enc") || strstr(names[i], "adapt_gate") ? 1 : 64;
         s = add_tensor(w, names[i], MOR__DT_F32, d1 == 1 ? 1 : 2, 256, d1, &seed);
     }
     uint64_t size;
@@ -572,7 +577,9 @@ TEST(recipe_on_mor_names) {
                 {"blk.1.rec.2.attn_q.lora_a", MOR__DT_F32}, {"blk.1.rec.2.attn_q.lora_b", MOR__DT_F32},
                 {"router.0.weight", MOR__DT_F32}, {"router.fc1.weight", MOR__DT_F32},
                 {"exit.0.output.weight", MOR__QT_Q6_K}, {"token_embd.weight", MOR__QT_Q6_K},
-                {"blk.1.rec.1.attn_norm.weight", MOR__DT_F32}};
+                {"blk.1.rec.1.attn_norm.weight", MOR__DT_F32}, {"blk.1.rec.2.attn_q.dora_m", MOR__DT_F32},
+                {"blk.2.rec.1.rec_enc", MOR__DT_F32}, {"blk.1.rec.0.adapt_prompt", MOR__DT_F32},
+                {"blk.1.rec.0.adapt_gate", MOR__DT_F32}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const mor__qtensor *q = NULL;
         for (uint64_t k = 0; k < p.n; k++)
@@ -612,6 +619,40 @@ TEST(quantized_mor_models_run) {
         if (v == 0) ASSERT(memcmp(ref_tokens, toks, sizeof toks) == 0);
         mor_session_free(sess);
         mor_model_free(m);
+    }
+    remove(out);
+}
+
+// The relaxation fixtures (F16 matrices 32 wide) in Q8_0: the DoRA norms and prompt keys are
+// computed from the quantized rows; the logits stay close to the F16 model's, and the relaxation
+// tensors keep their type.
+TEST(quantized_relaxation_models_run) {
+    static const char *files[] = {"middle_cycle-dora.gguf", "cycle-adapt.gguf", "middle_cycle-recenc.gguf"};
+    char in[512], out[512], err[256];
+    tmp_path(out, sizeof out, "relax-q.gguf");
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+        test_path(in, sizeof in, files[f]);
+        if (quantize(in, out, "Q8_0", 1)) TEST__FAIL("%s: %s", files[f], q_err);
+        float want[128], got[128];
+        for (int v = 0; v < 2; v++) {
+            mor_model *m;
+            mor_session *sess;
+            ASSERT_OK(mor_model_load(v ? out : in, NULL, &m, err, sizeof err));
+            ASSERT_EQ(mor_model_get_int(m, MOR_INFO_N_VOCAB), 128);
+            ASSERT_EQ(m->layers[1].w[MOR__ROLE_Q].type, v ? MOR__DT_Q8_0 : MOR__DT_F16);
+            ASSERT(mor_model_get_int(m, MOR_INFO_N_DORA) + mor_model_get_int(m, MOR_INFO_N_ADAPT) +
+                   mor_model_get_int(m, MOR_INFO_N_REC_ENC) > 0);
+            ASSERT_OK(mor_session_create(m, NULL, &sess, err, sizeof err));
+            static const int32_t toks[6] = {93, 111, 58, 100, 8, 29};
+            ASSERT_OK(mor_session_step(sess, toks, 6));
+            memcpy(v ? got : want, mor_session_logits(sess, -1), sizeof want);
+            mor_session_free(sess);
+            mor_model_free(m);
+        }
+        double mx = 0, diff = 0;
+        for (int i = 0; i < 128; i++) mx = fmax(mx, fabs(want[i])), diff = fmax(diff, fabs((double)got[i] - want[i]));
+        printf("#   %-24s Q8_0 against F16: max |logit| %.3g, max diff %.3g\n", files[f], mx, diff);
+        ASSERT(diff <= 0.05 * mx);
     }
     remove(out);
 }
@@ -718,4 +759,4 @@ TEST(bad_inputs_refused) {
 TEST_MAIN(encoders_match_reference_rows, encoders_match_reference_digests, encoders_blockwise_and_arguments,
           llama_quantize_byte_identical, llama_quantize_smollm_shape,
           recipes_on_wide_llama, threads_f16_bf16_progress, recipe_on_mor_names, quantized_mor_models_run,
-          bad_inputs_refused)
+          quantized_relaxation_models_run, bad_inputs_refused)

@@ -207,6 +207,17 @@ TEST(equals_alone_continuous) {
     ASSERT_EQ(run_sched("stories260K.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 3, &occ), 0);
 }
 
+// The relaxations through the scheduler: rows of different sessions and recursions in one
+// batch apply their own DoRA scales, encodings and adaption prompts.
+TEST(equals_alone_relaxations) {
+    double occ = 0;
+    ASSERT_EQ(run_sched("middle_cycle-dora.gguf", 0, MOR_SCHED_CONTINUOUS, test_seed() + 9, &occ), 0);
+    ASSERT(occ > 1.5);
+    ASSERT_EQ(run_sched("middle_cycle-recenc.gguf", 0, MOR_SCHED_CONTINUOUS, test_seed() + 10, &occ), 0);
+    ASSERT_EQ(run_sched("token-recenc.gguf", 1, MOR_SCHED_CONTINUOUS, test_seed() + 11, &occ), 0);
+    ASSERT_EQ(run_sched("cycle-adapt.gguf", 0, MOR_SCHED_CONTINUOUS, test_seed() + 12, &occ), 0);
+}
+
 // The other architectures through the scheduler: biases, fused views, sliding windows, the
 // soft-capped output head of the batched tail (gemma2).
 TEST(equals_alone_architectures) {
@@ -593,5 +604,5 @@ TEST(params_by_name) {
     mor_model_free(m);
 }
 
-TEST_MAIN(equals_alone_continuous, equals_alone_architectures, equals_alone_baselines, faults_stay_local, rounds_follow_the_rule, random_operations,
-          params_by_name)
+TEST_MAIN(equals_alone_continuous, equals_alone_relaxations, equals_alone_architectures, equals_alone_baselines,
+          faults_stay_local, rounds_follow_the_rule, random_operations, params_by_name)

@@ -332,6 +332,7 @@ TEST(state_of_another_model_is_refused) {
         {"cycle-lora.gguf", "sequence-lora.gguf"},
         {"middle_cycle.gguf", "expert.gguf"},
         {"middle_cycle.gguf", "token.gguf"},
+        {"token.gguf", "token-recenc.gguf"},  // recursion encodings (and F16 matrices)
     };
     for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
         if (!cross_load(pairs[i][0], pairs[i][1])) TEST__FAIL("%s -> %s not refused", pairs[i][0], pairs[i][1]);
@@ -716,8 +717,39 @@ TEST(corrupt_states) {
     mor_model_free(m);
 }
 
+// A state of a model with relaxations continues exactly: they hold nothing per token (DoRA
+// scales and prompt keys are the model's), so a restored session computes what the saved one
+// computes, logit for logit.
+TEST(relaxation_models_resume) {
+    static const char *files[] = {"cycle-adapt.gguf", "middle_cycle-dora.gguf", "token-recenc.gguf"};
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+        mor_model *m = load(files[f]);
+        ASSERT(m);
+        int32_t V = (int32_t)mor_model_get_int(m, MOR_INFO_N_VOCAB);
+        mor_session *s = test_session(m, 64, 16, 0), *t = test_session(m, 64, 16, 0);
+        ASSERT(s && t);
+        ASSERT_EQ(run(s, NP, 5), 0);
+        size_t n;
+        unsigned char *buf = save(s, &n);
+        ASSERT(buf);
+        ASSERT_OK(mor_session_state_load(t, buf, n));
+        for (int i = 0; i < 8; i++) {  // the saved session's greedy tokens, fed to both
+            int32_t a;
+            ASSERT_OK(mor_session_sample(s, &a));
+            ASSERT_OK(mor_session_step(s, &a, 1));
+            ASSERT_OK(mor_session_step(t, &a, 1));
+            ASSERT(memcmp(mor_session_logits(s, -1), mor_session_logits(t, -1), (size_t)V * sizeof(float)) == 0);
+            ASSERT_EQ(mor_session_depth(s, -1), mor_session_depth(t, -1));
+        }
+        free(buf);
+        mor_session_free(s);
+        mor_session_free(t);
+        mor_model_free(m);
+    }
+}
+
 static const test_entry tests_[] = {TEST_LIST(sampler_rules_shared_by_state_load, state_of_another_model_is_refused,
                                               same_model_file_loads_anywhere, tensor_order_does_not_matter, version_3_still_loads,
                                               refused_load_changes_nothing_free, refused_load_changes_nothing_budget,
-                                              corrupt_states)};
+                                              corrupt_states, relaxation_models_resume)};
 TEST_MAIN_LIST(tests_)

@@ -522,7 +522,7 @@ class TestLayouts(Base):
         self.fails(d, "rank 16")
         ac["use_dora"] = True
         save_json(os.path.join(d, "adapter_config.json"), ac)
-        self.fails(d, "DoRA")
+        self.fails(d, "adapter_config.json says use_dora = true, but the LoRA modules have no lora_magnitude_vector")
 
     def test_relaxed_base_plus_adapter(self):
         # base model.safetensors with plain keys + adapter_model.safetensors + adapter_config.json
@@ -550,6 +550,48 @@ class TestLayouts(Base):
         # without the adapter it is a plain recursive model
         out, _ = self.conv(d, out="noadapter.gguf")
         self.assertNotIn("mor.lora.scale", gguf(out).fields)
+
+    def test_relaxed_dora_official_dir(self):
+        d = os.path.join(HF, "relaxed-dora")
+        out, se = self.conv(d, "--check")
+        self.assertIn("relaxations: DoRA magnitudes on 8 projections", se)
+        r = gguf(out)
+        self.assertEqual(r.get("mor.lora.scale"), 2.0)
+        lora = ["blk.%d.rec.%d.%s.%s" % (i, rr, role, ab) for i in (0, 1) for rr in (0, 1)
+                for role in ("attn_q", "attn_v") for ab in ("lora_a", "lora_b", "dora_m")]
+        self.assert_tensors(r, blk_names(2, lora))
+        self.assertEqual(r.tensor("blk.1.rec.1.attn_v.dora_m").dims, [16])
+        self.assertEqual(r.tensor("blk.1.rec.1.attn_v.dora_m").type_name, "F32")
+        self.numbers(out, "relaxed-dora")
+        # the same from the state dict alone (lora_magnitude_vector.default.weight), the scale from the YAML
+        out, se = self.conv(d, "--no-adapter", "--yaml", os.path.join(d, "train.yaml"), out="state-dict.gguf")
+        self.assertIn("DoRA magnitudes on 8 projections", se)
+        self.numbers(out, "relaxed-dora")
+
+    def test_recenc_official_dir(self):
+        d = os.path.join(HF, "recenc")
+        out, se = self.conv(d, "--check")
+        self.assertIn("relaxations: recursion encodings on 2 layers", se)
+        r = gguf(out)
+        self.assertEqual(r.get("mor.recursion.sharing"), "middle_cycle")
+        self.assertEqual(r.get("mor.recursion.count"), 2)
+        # the last layer of each recursion block: stored layer 2 at recursions 0 and 1
+        self.assert_tensors(r, blk_names(4, ["blk.2.rec.0.rec_enc", "blk.2.rec.1.rec_enc"]))
+        self.assertEqual(r.tensor("blk.2.rec.1.rec_enc").dims, [32])
+        self.numbers(out, "recenc")
+
+    def test_adapt_official_dir(self):
+        d = os.path.join(HF, "adapt")
+        out, se = self.conv(d, "--check")
+        self.assertIn("relaxations: adaption prompts of 4 slots on 4 layers", se)
+        r = gguf(out)
+        names = ["blk.%d.rec.%d.adapt_%s" % (i, rr, k) for i in (0, 1) for rr in (0, 1) for k in ("prompt", "gate")]
+        self.assert_tensors(r, blk_names(2, names))
+        self.assertEqual(r.tensor("blk.1.rec.1.adapt_prompt").dims, [32, 4])
+        self.assertEqual(r.tensor("blk.1.rec.1.adapt_gate").dims, [1])
+        self.numbers(out, "adapt")
+        out, se = self.conv(d, "--no-adapter", out="state-dict.gguf")
+        self.numbers(out, "adapt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -789,12 +831,17 @@ class TestBadInputs(Base):
                           [x for x in items if x[0] != "model.layers.1.mlp.up_proj.weight"])
         self.fails(d, "missing tensor model.layers.1.mlp.up_proj.weight")
         rng = random.Random(1)
-        for key, needle in (("model.layers.0.self_attn.q_proj.bias", "biases are not supported"),
-                            ("model.layers.0.self_attn.q_proj.lora_magnitude_vector.default.weight", "DoRA"),
-                            ("model.layers.0.recursion_encoding", "recursion encodings"),
-                            ("model.layers.0.self_attn.adaption_prompt", "adaption prompts"),
-                            ("model.something.else", "unsupported tensor model.something.else in model.safetensors")):
-            write_safetensors(os.path.join(d, "model.safetensors"), items + [(key, "F32", [32], rand_f32(rng, 32))])
+        for key, n, needle in (
+                ("model.layers.0.self_attn.q_proj.bias", 32, "biases are not supported"),
+                ("model.layers.0.self_attn.q_proj.lora_magnitude_vector.default.weight", 32,
+                 "lora_magnitude_vector.default.weight (in model.safetensors) has no matching lora_A"),
+                ("model.layers.0.recursion_encoding", 31, "model.layers.0.recursion_encoding (in model.safetensors) "
+                 "has shape [31], expected [32] (a recursion encoding)"),
+                ("model.layers.0.self_attn.adaption_prompt", 32, "has no matching adaption_gate"),
+                ("model.layers.1.self_attn.adaption_gate", 1, "has no matching adaption_prompt"),
+                ("model.layers.0.self_attn.prompt_embeddings", 32, "prompt tuning is not supported"),
+                ("model.something.else", 32, "unsupported tensor model.something.else in model.safetensors")):
+            write_safetensors(os.path.join(d, "model.safetensors"), items + [(key, "F32", [n], rand_f32(rng, n))])
             self.fails(d, needle)
 
     def test_bad_dtypes(self):
@@ -888,7 +935,11 @@ class TestBadInputs(Base):
         for text, needle in (("recursive:\n  enable: true\n  num_recursion: &a 2\n", "t.yaml line 3"),
                              ("recursive:\n  enable: true\n  num_recursion: 2\n  sharing: spiral\n",
                               "recursive.sharing 'spiral'"),
-                             ("relaxation:\n  enable: true\n  method: dora\n", "relaxation.method 'dora'"),
+                             ("relaxation:\n  enable: true\n  method: dora\n",
+                              "relaxation.method is dora, but the checkpoint has no lora_magnitude_vector"),
+                             ("relaxation:\n  enable: true\n  method: prefix\n",
+                              "relaxation.method 'prefix' is not supported (lora, dora, recursion_encoding, "
+                              "adaption_prompt)"),
                              ("mor:\n  enable: true\n  type: expert\n  rand_router: true\n", "rand_router"),
                              ("mor:\n  enable: true\n  type: expert\n", "says router expert"),
                              ("kv_sharing:\n  enable: true\n  update_cache: true\n", "update_cache"),
@@ -919,6 +970,226 @@ class TestBadInputs(Base):
 # ---------------------------------------------------------------------------------------------
 # command-line behaviour
 # ---------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------------
+# relaxations: the GGUF fixtures written back in the MoR code's layouts, converted again
+# ---------------------------------------------------------------------------------------------
+
+RELAX_YAML = """recursive:
+  enable: true
+  num_recursion: {n_rec}
+  sharing: {sharing}
+relaxation:
+  enable: true
+  method: {method}
+  lora:
+    r: {rank}
+    alpha_pattern: 2.0
+  prompt:
+    len: {plen}
+{mor}"""
+
+TOKEN_YAML = """mor:
+  enable: true
+  type: token
+  router_type: linear
+  token:
+    router_func: softmax
+    alpha: 1.0
+    balancing: loss_free
+"""
+
+
+def s_r(l, L, sharing, n_rec):
+    mid = sharing.startswith("middle")
+    B = (L - 2 * mid) // n_rec
+    if sharing == "cycle":
+        return l % B, l // B
+    if l == 0:
+        return 0, 0
+    if l == L - 1:
+        return B + 1, 0
+    return 1 + (l - 1) % B, (l - 1) // B
+
+
+def hf_from_gguf(src, d, method, expert=False):
+    """Writes the mor GGUF file src (a relaxation fixture of tests/data) as the MoR code saves such
+    a model into directory d: every unrolled layer's tensors under its own keys (plain, or the
+    token-choice block_list), LoRA as base_layer / lora_A / lora_B with the DoRA magnitude as
+    lora_magnitude_vector.default.weight, an encoded layer's tensors under .block. beside its
+    recursion_encoding, a prompt-adapted attention's projections under self_attn.model. beside
+    adaption_prompt [1, len, d] and adaption_gate [1]; config.json and the training YAML. expert:
+    a middle-cycle model in the expert-choice layout (model.layers.{1+r}.block.{j}.), with
+    random routers."""
+    r = gguf(src)
+    L, n_rec, sharing = r.get("mor.block_count"), r.get("mor.recursion.count"), r.get("mor.recursion.sharing")
+    token = r.get("mor.router.type") == "token"
+    B = (L - 2 * sharing.startswith("middle")) // n_rec
+    names = set(t.name for t in r.tensors)
+
+    def item(key, name, shape=None):
+        t = r.tensor(name)
+        return (key, t.type_name, list(shape or reversed(t.dims)), bytes(r.tensor_bytes(name)))
+
+    items = [item("model.embed_tokens.weight", "token_embd.weight"), item("model.norm.weight", "output_norm.weight")]
+    rank = 0
+    for l in range(L):
+        s, rr = s_r(l, L, sharing, n_rec)
+        if token and 0 < l < L - 1:
+            pre = "model.layers.1.block_list.%d.%d." % ((l - 1) // B, (l - 1) % B)
+        elif expert and 0 < l < L - 1:
+            pre = "model.layers.%d.block.%d." % (1 + (l - 1) // B, (l - 1) % B)
+        elif expert:
+            pre = "model.layers.%d." % (0 if l == 0 else n_rec + 1)
+        else:
+            pre = "model.layers.%d." % (0 if token and l == 0 else 2 if token else l)
+        rec = "blk.%d.rec.%d." % (s, rr)
+        if rec + "rec_enc" in names:
+            items.append(item(pre + "recursion_encoding", rec + "rec_enc"))
+            pre += "block."
+        adapted = rec + "adapt_prompt" in names
+        if adapted:
+            t = r.tensor(rec + "adapt_prompt")
+            items.append(item(pre + "self_attn.adaption_prompt", rec + "adapt_prompt", [1, t.dims[1], t.dims[0]]))
+            items.append(item(pre + "self_attn.adaption_gate", rec + "adapt_gate"))
+        for role in ROLES:
+            sub = SUB[role]
+            if adapted and sub.startswith("self_attn."):
+                sub = "self_attn.model." + sub[len("self_attn."):]
+            w = rec + role + ".weight" if rec + role + ".weight" in names else "blk.%d.%s.weight" % (s, role)
+            if rec + role + ".lora_a" in names:
+                items.append(item(pre + sub + ".base_layer.weight", w))
+                items.append(item(pre + sub + ".lora_A.default.weight", rec + role + ".lora_a"))
+                items.append(item(pre + sub + ".lora_B.default.weight", rec + role + ".lora_b"))
+                rank = r.tensor(rec + role + ".lora_a").dims[1]
+                if rec + role + ".dora_m" in names:
+                    items.append(item(pre + sub + ".lora_magnitude_vector.default.weight", rec + role + ".dora_m"))
+            else:
+                items.append(item(pre + sub + ".weight", w))
+    if token:
+        items.append(item("model.layers.1.mor_router.router.weight", "router.weight"))
+        items.append(item("model.layers.1.router_bias", "router.bias"))
+    if expert:
+        rng = random.Random(5)
+        dm = r.get("mor.embedding_length")
+        for i in range(n_rec):
+            items.append(("model.layers.%d.mor_router.router.weight" % (1 + i), "F32", [1, dm], rand_f32(rng, dm)))
+    os.makedirs(d)
+    write_safetensors(os.path.join(d, "model.safetensors"), items)
+    plen = max([r.tensor(n).dims[1] for n in names if n.endswith(".adapt_prompt")] or [16])
+    save_json(os.path.join(d, "config.json"), {
+        "architectures": ["MoRLlamaForCausalLM" if token or expert else "LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": r.get("mor.embedding_length"), "intermediate_size": r.get("mor.feed_forward_length"),
+        "num_hidden_layers": L, "num_attention_heads": r.get("mor.attention.head_count"),
+        "num_key_value_heads": r.get("mor.attention.head_count_kv"), "max_position_embeddings": r.get("mor.context_length"),
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True,
+        "vocab_size": r.tensor("token_embd.weight").dims[1]})
+    with open(os.path.join(d, "train.yaml"), "w") as f:
+        f.write(RELAX_YAML.format(n_rec=n_rec, sharing=sharing, method=method, rank=rank or 4, plen=plen,
+                                  mor=TOKEN_YAML if token else ""))
+    return d
+
+
+class TestRelaxations(Base):
+    """The relaxation fixtures of tests/data (DoRA, recursion encodings, adaption prompts) come
+    back from the MoR code's checkpoint layout as the same tensors, and run the same tokens."""
+
+    CASES = (("middle_cycle-dora", "dora"), ("middle_cycle-recenc", "recursion_encoding"),
+             ("token-recenc", "recursion_encoding"), ("cycle-adapt", "adaption_prompt"))
+
+    def round_trip(self, name, method):
+        src = os.path.join(ROOT, "tests", "data", name + ".gguf")
+        d = hf_from_gguf(src, os.path.join(self.tmp, name), method)
+        out, se = self.conv(d, "--yaml", os.path.join(d, "train.yaml"), out=name + ".gguf")
+        a, b = gguf(src), gguf(out)
+        self.assertEqual(self.tensor_names(b), self.tensor_names(a), name)
+        for t in a.tensors:
+            self.assertEqual(b.tensor(t.name).type_name, t.type_name, t.name)
+            self.assertEqual(b.tensor(t.name).dims, t.dims, t.name)
+            self.assertEqual(b.tensor_bytes(t.name), a.tensor_bytes(t.name), t.name)
+        self.assertIn("relaxations:", se)
+        if os.path.exists(MOR_RUN):
+            prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+            self.assertEqual(engine(out, prompt, 12), engine(src, prompt, 12), name)
+        return d, se
+
+    def test_round_trips(self):
+        for name, method in self.CASES:
+            d, se = self.round_trip(name, method)
+            if method == "dora":
+                self.assertIn("DoRA magnitudes on 42 projections", se)
+            if name == "middle_cycle-recenc":
+                self.assertIn("recursion encodings on 3 layers", se)
+            if method == "adaption_prompt":
+                self.assertIn("adaption prompts of 4 slots on 6 layers", se)
+
+    def test_peft_adapter_files(self):
+        # DoRA from a PEFT adapter (use_dora, magnitudes keyed lora_magnitude_vector), the base
+        # weights under plain keys; adaption prompts from an ADAPTION_PROMPT adapter
+        d = hf_from_gguf(os.path.join(ROOT, "tests", "data", "middle_cycle-dora.gguf"),
+                         os.path.join(self.tmp, "dora"), "dora")
+        items, adapter = [], []
+        for k, dt, shape, raw in st_items(os.path.join(d, "model.safetensors")):
+            if ".lora_" in k:
+                k = k.replace(".default.weight", ".weight").replace("lora_magnitude_vector.weight", "lora_magnitude_vector")
+                adapter.append(("base_model.model." + k, dt, shape, raw))
+            else:
+                items.append((k.replace(".base_layer.weight", ".weight"), dt, shape, raw))
+        write_safetensors(os.path.join(d, "model.safetensors"), items)
+        write_safetensors(os.path.join(d, "adapter_model.safetensors"), adapter)
+        save_json(os.path.join(d, "adapter_config.json"), {"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                                                           "use_dora": True, "target_modules": ["q_proj"]})
+        out, se = self.conv(d)   # no YAML: the sharing is inferred, the scale from adapter_config.json
+        self.assertIn("DoRA magnitudes on 42 projections", se)
+        a, b = gguf(os.path.join(ROOT, "tests", "data", "middle_cycle-dora.gguf")), gguf(out)
+        self.assertEqual(self.tensor_names(b), self.tensor_names(a))
+        for t in a.tensors:
+            self.assertEqual(b.tensor_bytes(t.name), a.tensor_bytes(t.name), t.name)
+        # use_dora without magnitudes
+        write_safetensors(os.path.join(d, "adapter_model.safetensors"),
+                          [x for x in adapter if "magnitude" not in x[0]])
+        self.fails(d, "adapter_config.json says use_dora = true, but the LoRA modules have no lora_magnitude_vector")
+        d = hf_from_gguf(os.path.join(ROOT, "tests", "data", "cycle-adapt.gguf"), os.path.join(self.tmp, "ap"),
+                         "adaption_prompt")
+        items, adapter = [], []
+        for k, dt, shape, raw in st_items(os.path.join(d, "model.safetensors")):
+            (adapter if ".adaption_" in k else items).append(("base_model.model." + k if ".adaption_" in k else k,
+                                                              dt, shape, raw))
+        write_safetensors(os.path.join(d, "model.safetensors"), items)
+        write_safetensors(os.path.join(d, "adapter_model.safetensors"), adapter)
+        save_json(os.path.join(d, "adapter_config.json"), {"peft_type": "ADAPTION_PROMPT", "adapter_len": 4,
+                                                           "adapter_layers": 6, "target_modules": "self_attn"})
+        out, se = self.conv(d, "--yaml", os.path.join(d, "train.yaml"))
+        self.assertIn("adaption prompts of 4 slots on 6 layers", se)
+        save_json(os.path.join(d, "adapter_config.json"), {"peft_type": "ADAPTION_PROMPT", "adapter_len": 5})
+        self.fails(d, "holds 4 prompt slots, but adapter_config.json adapter_len says 5")
+
+    def test_refused(self):
+        d = hf_from_gguf(os.path.join(ROOT, "tests", "data", "middle_cycle-recenc.gguf"),
+                         os.path.join(self.tmp, "enc"), "recursion_encoding")
+        y = os.path.join(d, "train.yaml")
+        # as an expert-choice checkpoint: the MoR code's expert transform cannot wrap encoded layers
+        e = hf_from_gguf(os.path.join(ROOT, "tests", "data", "middle_cycle-recenc.gguf"),
+                         os.path.join(self.tmp, "expert"), "recursion_encoding", expert=True)
+        self.fails(e, "recursion encodings with an expert-choice router is not defined")
+        with open(y) as f:
+            text = f.read()
+        with open(y, "w") as f:
+            f.write(text.replace("method: recursion_encoding", "method: dora"))
+        self.fails(d, "relaxation.method is dora, but the checkpoint", "--yaml", y)
+        with open(y, "w") as f:
+            f.write(text.replace("method: recursion_encoding", "method: adaption_prompt"))
+        self.fails(d, "is adaption_prompt, but the checkpoint has no adaption_prompt tensors", "--yaml", y)
+        self.fails(d, "cannot hold DoRA, recursion encodings or adaption prompts", "--arch", "llama")
+        d = hf_from_gguf(os.path.join(ROOT, "tests", "data", "cycle-adapt.gguf"), os.path.join(self.tmp, "ap"),
+                         "adaption_prompt")
+        items = st_items(os.path.join(d, "model.safetensors"))
+        write_safetensors(os.path.join(d, "model.safetensors"),
+                          [x if not x[0].endswith("layers.2.self_attn.adaption_gate") else (x[0], x[1], [2], x[3] * 2)
+                           for x in items])
+        self.fails(d, "model.layers.2.self_attn.adaption_gate (in model.safetensors) has shape [2], expected [1]",
+                   "--yaml", os.path.join(d, "train.yaml"))
+
 
 class TestCommandLine(Base):
     def test_progress_dry_run_determinism(self):

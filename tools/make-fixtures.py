@@ -63,6 +63,15 @@ PROJ_STD = {"attn_q": 0.25, "attn_k": 0.25, "attn_v": 0.04, "attn_output": 0.04,
             "ffn_gate": 0.12, "ffn_up": 0.12, "ffn_down": 0.12}
 NORM_STD = 0.1
 LORA_STD = 0.08
+LORA_SCALE = 2.0
+# The other relaxations: DoRA magnitudes within about 15 % of the row norms they start from,
+# recursion encodings around the ones they start from, adaption prompts drawn as the MoR code
+# initializes them (standard normal) with gates of either sign (trained gates move away from 0).
+DORA_STD = 0.15
+ENC_STD = 0.25
+GATE_STD = 0.6
+# The relaxation fixtures are narrower (d 32, FFN 64) and stored in F16, to stay small.
+SMALL = dict(d=32, d_ff=64, ttype=F16)
 
 D, N_H, N_KV, D_FF, V, CTX = 48, 4, 2, 96, 128, 256
 D_H = D // N_H
@@ -92,6 +101,11 @@ SPECS = [
     ("middle_cycle-kvshare", dict(sharing="middle_cycle", L=8, kv_sharing=True)),
     ("expert", dict(sharing="middle_cycle", L=8, router="expert")),
     ("token", dict(sharing="middle_cycle", L=8, router="token")),
+    # the relaxations of the MoR code besides LoRA
+    ("middle_cycle-recenc", dict(sharing="middle_cycle", L=8, rec_enc=True, **SMALL)),
+    ("token-recenc", dict(sharing="middle_cycle", L=8, router="token", rec_enc=True, ttype=F16)),
+    ("cycle-adapt", dict(sharing="cycle", L=6, adapt=4, **SMALL)),
+    ("middle_cycle-dora", dict(sharing="middle_cycle", L=8, lora=4, dora=True, **SMALL)),
     # the other GGUF architectures (docs/FORMAT.md §4), two layers each
     ("llama-rope-freqs", dict(arch="llama", L=2, tied=True, rope_freqs=True)),
     ("qwen2", dict(arch="qwen2", L=2, tied=True)),
@@ -140,6 +154,15 @@ DESCRIPTIONS = {
               "(depths 0..3 per token)",
     "token": "middle_cycle + token-choice linear softmax router with router.bias, alpha 1.0 "
              "(depths 1..3 per token)",
+    "middle_cycle-recenc": "middle_cycle, d 32, FFN 64, F16 matrices, recursion encodings on the "
+                           "last layer of each recursion block (stored layer 2 at recursions 0..2)",
+    "token-recenc": "token with F16 matrices and recursion encodings on the last layer of each "
+                    "recursion block (d 48: the narrower models route every token alike)",
+    "cycle-adapt": "cycle, L=6, N_r=3, d 32, FFN 64, F16 matrices, an adaption prompt of 4 slots "
+                   "and a gate on every unrolled layer",
+    "middle_cycle-dora": "middle_cycle, d 32, FFN 64, F16 matrices, LoRA rank 4 with DoRA "
+                         "magnitudes on all seven projections of the middle layers at every "
+                         "recursion, sigma 2.0",
     "llama-rope-freqs": "arch llama, L=2, tied, rope_freqs.weight (Llama 3 rule, factor 8, "
                         "original context 64)",
     "qwen2": "arch qwen2, L=2, tied, Q/K/V biases, rotate-half RoPE",
@@ -153,9 +176,25 @@ DESCRIPTIONS = {
 class Spec(object):
     def __init__(self, name, arch="mor", L=8, tied=True, sharing="cycle", n_rec=3, lora=0,
                  untied=False, rope="neox", ttype=F32, kv_sharing=False, router=None,
-                 explicit=True, rope_freqs=False):
+                 explicit=True, rope_freqs=False, d=D, d_ff=D_FF, dora=False, rec_enc=False,
+                 adapt=0):
         self.__dict__.update(locals())
         del self.__dict__["self"]
+
+    def s_r(self, l):
+        """Stored layer and recursion of unrolled layer l (docs/FORMAT.md §3.2)."""
+        B, N, L = self.B, self.n_rec, self.L
+        if self.sharing == "cycle":
+            return l % B, l // B
+        if self.sharing == "sequence":
+            return l // N, l % N
+        if l == 0:
+            return 0, 0
+        if l == L - 1:
+            return B + 1, 0
+        if self.sharing == "middle_cycle":
+            return 1 + (l - 1) % B, (l - 1) // B
+        return 1 + (l - 1) // N, (l - 1) % N
 
     @property
     def middle(self):
@@ -170,6 +209,19 @@ class Spec(object):
         if self.arch == "llama":
             return self.L
         return self.B + 2 if self.middle else self.B
+
+
+def enc_pairs(spec):
+    """(stored layer, recursion) of the layers the MoR code wraps with a recursion encoding:
+    under cycle and middle_cycle the last layer of each recursion block ((idx + 1) mod B == 0,
+    idx counting the layers of the middle part), under sequence and middle_sequence every
+    layer of the middle part; never the unique first and last layers."""
+    mid = 1 if spec.middle else 0
+    out = []
+    for idx in range(spec.L - 2 * mid):
+        if spec.sharing in ("sequence", "middle_sequence") or (idx + 1) % spec.B == 0:
+            out.append(spec.s_r(idx + mid))
+    return out
 
 
 def llama3_rope_factors(d_h, base):
@@ -292,6 +344,8 @@ def build_model(spec, attempt, router_std=None):
     w = morgguf.GGUFWriter()
     w.add_string("general.architecture", spec.arch)
     w.add_string("general.name", "mor test model %s" % spec.name)
+    D, D_FF = spec.d, spec.d_ff     # the width of this spec (the relaxation fixtures are narrower)
+    D_H = D // N_H
     dq, dkv = N_H * D_H, N_KV * D_H
     if spec.arch == "llama":
         p = "llama."
@@ -325,7 +379,7 @@ def build_model(spec, attempt, router_std=None):
         if spec.kv_sharing:
             w.add_bool(p + "kv_sharing", True)
         if spec.lora:
-            w.add_float32(p + "lora.scale", 2.0)
+            w.add_float32(p + "lora.scale", LORA_SCALE)
         if spec.router == "expert":
             w.add_string(p + "router.type", "expert")
             w.add_string(p + "router.arch", "linear")
@@ -346,16 +400,19 @@ def build_model(spec, attempt, router_std=None):
         w.add_tensor("output.weight", gauss(V * D, OUT_STD), shape=(V, D), ttype=mt)
     shapes = {"attn_q": (dq, D), "attn_k": (dkv, D), "attn_v": (dkv, D), "attn_output": (D, dq),
               "ffn_gate": (D_FF, D), "ffn_up": (D_FF, D), "ffn_down": (D, D_FF)}
+    vals = {}   # (stored layer, role) -> the drawn values (DoRA magnitudes are drawn around their norms)
     for i in range(spec.n_store):
         b = "blk.%d." % i
         w.add_tensor(b + "attn_norm.weight", norm(D), shape=(D,))
         for role in ("attn_q", "attn_k", "attn_v", "attn_output"):
             o, n = shapes[role]
-            w.add_tensor(b + role + ".weight", gauss(o * n, PROJ_STD[role]), shape=(o, n), ttype=mt)
+            vals[(i, role)] = gauss(o * n, PROJ_STD[role])
+            w.add_tensor(b + role + ".weight", vals[(i, role)], shape=(o, n), ttype=mt)
         w.add_tensor(b + "ffn_norm.weight", norm(D), shape=(D,))
         for role in ("ffn_gate", "ffn_up", "ffn_down"):
             o, n = shapes[role]
-            w.add_tensor(b + role + ".weight", gauss(o * n, PROJ_STD[role]), shape=(o, n), ttype=mt)
+            vals[(i, role)] = gauss(o * n, PROJ_STD[role])
+            w.add_tensor(b + role + ".weight", vals[(i, role)], shape=(o, n), ttype=mt)
     shared = list(range(1, spec.B + 1)) if spec.middle else list(range(spec.n_store))
     if spec.arch == "mor" and spec.untied:
         for i in shared:
@@ -377,8 +434,29 @@ def build_model(spec, attempt, router_std=None):
                              "ffn_down"):
                     o, n = shapes[role]
                     b = "blk.%d.rec.%d.%s." % (i, r, role)
-                    w.add_tensor(b + "lora_a", gauss(rk * n, LORA_STD), shape=(rk, n), ttype=mt)
-                    w.add_tensor(b + "lora_b", gauss(o * rk, LORA_STD), shape=(o, rk), ttype=mt)
+                    la, lb = gauss(rk * n, LORA_STD), gauss(o * rk, LORA_STD)
+                    w.add_tensor(b + "lora_a", la, shape=(rk, n), ttype=mt)
+                    w.add_tensor(b + "lora_b", lb, shape=(o, rk), ttype=mt)
+                    if spec.dora:   # m around |W + sigma B A|_row (the value DoRA starts from)
+                        W = vals[(i, role)]
+                        mags = []
+                        for row in range(o):
+                            ss = 0.0
+                            for c in range(n):
+                                v = W[row * n + c] + LORA_SCALE * sum(lb[row * rk + k] * la[k * n + c]
+                                                                      for k in range(rk))
+                                ss += v * v
+                            mags.append(ss ** 0.5 * (1.0 + rng.gauss(0.0, DORA_STD)))
+                        w.add_tensor(b + "dora_m", mags, shape=(o,))
+    if spec.arch == "mor" and spec.rec_enc:
+        for i, r in enc_pairs(spec):
+            w.add_tensor("blk.%d.rec.%d.rec_enc" % (i, r), [1.0 + rng.gauss(0.0, ENC_STD) for _ in range(D)],
+                         shape=(D,))
+    if spec.arch == "mor" and spec.adapt:
+        for i, r in sorted(set(spec.s_r(l) for l in range(spec.L))):   # every unrolled layer
+            w.add_tensor("blk.%d.rec.%d.adapt_prompt" % (i, r), gauss(spec.adapt * D, 1.0),
+                         shape=(spec.adapt, D))
+            w.add_tensor("blk.%d.rec.%d.adapt_gate" % (i, r), gauss(1, GATE_STD), shape=(1,))
     if spec.router == "expert":
         for r in range(spec.n_rec):
             w.add_tensor("router.%d.weight" % r, gauss(D, router_std), shape=(1, D))
@@ -518,12 +596,33 @@ def make_random_model(ref, torch, spec, out_dir, prompt, device, models_only):
             info += ", router margin %.4f, depths over all %d positions %s" % (
                 ev["router_margin"], len(ev["all_depths"]), hist)
         print("%-22s %s, kv-cache vs recompute %.1e" % (spec.name, info, ev["diff"]))
-        print("%-22s sensitivity (max|diff|/max|logit|): %s" % ("", sensitivity(ref, torch, model, prompt)))
+        try:
+            sens = sensitivity(ref, torch, model, prompt)
+        except Exception as e:  # a report only: the fixture is written
+            sens = "failed (%s: %s)" % (e.__class__.__name__, str(e)[:200])
+        print("%-22s sensitivity (max|diff|/max|logit|): %s" % ("", sens))
         hf_name = HF_CLASSES.get(spec.arch, ("", "LlamaForCausalLM, unrolled"))[1]
         print("%-22s transformers %s: max|diff|/max|logit| %s"
               % ("", hf_name, hf_check(ref, torch, model, prompt)))
+        print("%-22s tools/plainref.py: max|diff|/max|logit| %s" % ("", plain_check(gguf, prompt, logits)))
+        if spec.dora or spec.adapt:
+            print("%-22s peft %s: max|diff|/max|logit| %s"
+                  % ("", "DoRA" if spec.dora else "adaption prompt", peft_check(ref, torch, model, prompt)))
         return attempt, ev
     raise SystemExit("%s: no acceptable model in %d attempts" % (spec.name, MAX_ATTEMPTS))
+
+
+def plain_check(gguf, prompt, logits):
+    """The prompt logits of tools/plainref.py (standard-library Python, merged weights, no
+    cache) against the reference's, relative to max|logit|; n/a for the models it does not
+    model (routers, KV sharing, other architectures)."""
+    import plainref
+    try:
+        got = plainref.logits(gguf, prompt)
+    except plainref.Unsupported:
+        return "n/a"
+    scale = max(abs(x) for row in logits for x in row)
+    return "%.2g" % (max(abs(a - b) for ra, rb in zip(got, logits) for a, b in zip(ra, rb)) / scale)
 
 
 def sensitivity(ref, torch, model, prompt):
@@ -586,7 +685,31 @@ def sensitivity(ref, torch, model, prompt):
             variant("gating-additive", {"router_gating": "additive"})
         if c.router_type == "token":
             variant("no-router-bias", drop=lambda k: k == "router.bias")
+        if any(k.endswith(".dora_m") for k in model.W):
+            variant("no-dora", drop=lambda k: k.endswith(".dora_m"))
+            variant_w("dora-other-norm", lambda k, t: _column_norm_scale(model, k, t) if k.endswith(".dora_m") else t)
+        if any(k.endswith(".rec_enc") for k in model.W):
+            variant("no-rec-enc", drop=lambda k: k.endswith(".rec_enc"))
+        if any(k.endswith(".adapt_prompt") for k in model.W):
+            variant("no-adapt", drop=lambda k: ".adapt_" in k)
+            variant_w("adapt-gate-tanh", lambda k, t: torch.tanh(t) if k.endswith(".adapt_gate") else t)
     return "; ".join(cases)
+
+
+def _column_norm_scale(model, k, m):
+    """A DoRA magnitude that, applied with the row norm, gives the scale of the norm taken over
+    the other dimension (the outputs) where the shapes allow: m * |row| / |column|."""
+    import torch
+    c = model.cfg
+    base = k[:-len("dora_m")]
+    s_, r_ = int(k.split(".")[1]), int(k.split(".")[3])
+    role = k.split(".")[4]
+    w = model.W.get("blk.%d.rec.%d.%s.weight" % (s_, r_, role), model.W["blk.%d.%s.weight" % (s_, role)])
+    full = w + c.lora_scale * (model.W[base + "lora_b"] @ model.W[base + "lora_a"])
+    rows, cols = torch.linalg.norm(full, dim=1), torch.linalg.norm(full, dim=0)
+    if rows.numel() != cols.numel():
+        return m * rows / rows.mean()   # not square: scale rows by their spread instead
+    return m * rows / cols
 
 
 def hf_check(ref, torch, model, prompt):
@@ -642,9 +765,11 @@ def hf_check(ref, torch, model, prompt):
                  "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
                  "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
         for l in range(c.L):
-            for role, (w, a, b) in model.layer_params(l).items():
+            for role, (w, a, b, m) in model.layer_params(l).items():
                 if a is not None:
                     w = w + c.lora_scale * (b @ a)
+                if m is not None:   # DoRA merged as PEFT merges it: m * (W + dW) / |W + dW|_row
+                    w = m[:, None] * w / torch.linalg.norm(w, dim=1, keepdim=True)
                 if role == "attn_q":
                     w = perm(w, c.n_h)
                 if role == "attn_k":
@@ -654,12 +779,136 @@ def hf_check(ref, torch, model, prompt):
         missing = [k for k in missing if "rotary" not in k]
         if missing or unexpected:
             return "failed (missing %s, unexpected %s)" % (missing[:3], unexpected[:3])
+        hook_relaxations(torch, hf, model)
         with torch.no_grad():
             ids = torch.tensor([prompt], device=model.device)
             out = hf(input_ids=ids, use_cache=False).logits[0].to(torch.float64)
         base = ref.forward(model, prompt).logits
         return "%.2g" % (float((out - base).abs().max()) / float(base.abs().max()))
     except Exception as e:  # pragma: no cover - depends on the transformers version
+        return "failed (%s: %s)" % (e.__class__.__name__, str(e)[:200])
+
+
+def hook_relaxations(torch, hf, model):
+    """Recursion encodings and adaption prompts on an unrolled transformers Llama, as forward
+    hooks written from the MoR code's description (the encoded layer's output times e; the
+    prompt attended with the layer's own k_proj, v_proj, o_proj and the RoPE'd query of its
+    q_proj, with a softmax of its own), not from tools/reference.py."""
+    import math
+    from transformers.models.llama import modeling_llama as ml
+    c = model.cfg
+    for l in range(c.L):
+        enc, prompt = model.layer_relax(l)
+        layer = hf.model.layers[l]
+        if enc is not None:
+            def enc_hook(mod, args, out, e=enc):
+                return (out[0] * e,) + tuple(out[1:]) if isinstance(out, tuple) else out * e
+            layer.register_forward_hook(enc_hook)
+        if prompt is not None:
+            P, g = prompt
+            P = P[None]                                          # [1, len, d]
+
+            def adapt_hook(mod, args, kwargs, out, P=P, g=g):
+                hs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                cos, sin = kwargs["position_embeddings"]
+                bsz, T = hs.shape[0], hs.shape[1]
+                q = mod.q_proj(hs).view(bsz, T, -1, c.d_h).transpose(1, 2)
+                q, _ = ml.apply_rotary_pos_emb(q, q, cos, sin)
+                n = P.shape[1]
+                k = mod.k_proj(P).view(1, n, c.n_kv, c.d_h).transpose(1, 2)
+                v = mod.v_proj(P).view(1, n, c.n_kv, c.d_h).transpose(1, 2)
+                rep = c.n_h // c.n_kv
+                k, v = torch.repeat_interleave(k, rep, dim=1), torch.repeat_interleave(v, rep, dim=1)
+                att = g * torch.softmax(q @ k.transpose(2, 3) / math.sqrt(c.d_h), dim=-1)
+                o = mod.o_proj((att @ v).transpose(1, 2).reshape(bsz, T, -1))
+                return (out[0] + o,) + tuple(out[1:]) if isinstance(out, tuple) else out + o
+            layer.self_attn.register_forward_hook(adapt_hook, with_kwargs=True)
+
+
+def peft_check(ref, torch, model, prompt):
+    """DoRA and adaption prompts through PEFT's own modules where peft is installed: the
+    unrolled transformers Llama of hf_check wrapped by get_peft_model (LoraConfig(use_dora=True)
+    on the projections that carry LoRA, or AdaptionPromptConfig on every layer) with the file's
+    values loaded into PEFT's parameters. Returns max|diff| / max|logit| of the prompt logits,
+    or why no check ran."""
+    c = model.cfg
+    has_dora = any(k.endswith(".dora_m") for k in model.W)
+    has_prompt = any(k.endswith(".adapt_prompt") for k in model.W)
+    if not (has_dora or has_prompt) or c.router_type != "none" or c.kv_sharing or c.rope_type != "neox":
+        return "n/a"
+    if any(k.endswith(".rec_enc") for k in model.W):
+        return "n/a (recursion encodings)"
+    try:
+        import peft
+        import transformers
+    except Exception as e:  # pragma: no cover - depends on the machine
+        return "skipped (%s)" % e.__class__.__name__
+    try:
+        kw = dict(vocab_size=int(model.W["token_embd.weight"].shape[0]), hidden_size=c.d,
+                  intermediate_size=c.d_ff, num_hidden_layers=c.L, num_attention_heads=c.n_h,
+                  num_key_value_heads=c.n_kv, head_dim=c.d_h, max_position_embeddings=c.ctx,
+                  rms_norm_eps=c.eps, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+                  hidden_act="silu", rope_theta=c.rope_base)
+        hc = transformers.LlamaConfig(**kw)
+        hc._attn_implementation = "eager"
+        hf = transformers.LlamaForCausalLM(hc).to(device=model.device, dtype=torch.float64).eval()
+        names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                 "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+        sd = {"model.embed_tokens.weight": model.W["token_embd.weight"],
+              "model.norm.weight": model.W["output_norm.weight"], "lm_head.weight": model.output_matrix()}
+        lora = {}
+        for l in range(c.L):
+            for role, (w, a, b, m) in model.layer_params(l).items():
+                sd["model.layers.%d.%s.weight" % (l, names[role])] = w
+                if a is not None:
+                    lora["model.layers.%d.%s" % (l, names[role])] = (a, b, m)
+        hf.load_state_dict(sd, strict=False)
+        ids = torch.tensor([prompt], device=model.device)
+        if has_dora:
+            ranks = set(int(a.shape[0]) for a, b, m in lora.values())
+            if len(ranks) != 1:
+                return "n/a (several ranks)"
+            rank = ranks.pop()
+            cfg = peft.LoraConfig(r=rank, lora_alpha=c.lora_scale * rank, lora_dropout=0.0, use_dora=True,
+                                  target_modules=sorted(set(k.split(".")[-1] for k in lora)),
+                                  layers_to_transform=sorted(set(int(k.split(".")[2]) for k in lora)))
+            pm = peft.get_peft_model(hf, cfg).to(torch.float64).eval()
+            with torch.no_grad():
+                pm(input_ids=ids[:, :1], use_cache=False)     # PEFT sets the magnitudes on a first call
+                mods = dict(pm.base_model.model.named_modules())
+                for name, (a, b, m) in lora.items():
+                    mod = mods[name]
+                    mod.lora_A["default"].weight.copy_(a)
+                    mod.lora_B["default"].weight.copy_(b)
+                    mv = mod.lora_magnitude_vector["default"]
+                    (mv.weight if hasattr(mv, "weight") else mv).copy_(m)
+                missing = [k for k in mods if k.startswith("model.layers.") and k.endswith("_proj")
+                           and hasattr(mods[k], "lora_A") and k not in lora]
+                if missing:
+                    return "failed (LoRA on %s, which the file has not)" % missing[:2]
+                out = pm(input_ids=ids, use_cache=False).logits[0].to(torch.float64)
+        else:
+            lens = set(int(model.layer_relax(l)[1][0].shape[0]) for l in range(c.L) if model.layer_relax(l)[1])
+            if len(lens) != 1 or any(model.layer_relax(l)[1] is None for l in range(c.L)) or lora:
+                return "n/a (not a prompt on every layer, one length, without LoRA)"
+            cfg = peft.AdaptionPromptConfig(adapter_len=lens.pop(), adapter_layers=c.L, task_type="CAUSAL_LM")
+            pm = peft.get_peft_model(hf, cfg).to(torch.float64).eval()
+            with torch.no_grad():
+                n_set = 0
+                for name, mod in pm.named_modules():
+                    if hasattr(mod, "adaption_prompt") and hasattr(mod, "adaption_gate"):
+                        l = int(name.split("layers.")[1].split(".")[0])
+                        P, g = model.layer_relax(l)[1]
+                        mod.adaption_prompt.copy_(P[None])
+                        mod.adaption_gate.copy_(g)
+                        n_set += 1
+                if n_set != c.L:
+                    return "failed (%d adapted attentions for %d layers)" % (n_set, c.L)
+                out = pm(input_ids=ids, use_cache=False).logits[0].to(torch.float64)
+        base = ref.forward(model, prompt).logits
+        return "%.2g (peft %s)" % (float((out - base).abs().max()) / float(base.abs().max()), peft.__version__)
+    except Exception as e:  # pragma: no cover - depends on the peft / transformers versions
         return "failed (%s: %s)" % (e.__class__.__name__, str(e)[:200])
 
 

@@ -36,6 +36,19 @@ Layouts (d = 32, 4 heads, 2 KV heads, d_ff = 64, vocab 64 unless said otherwise)
                      of base_model.model (base_layer / lora_A.default keys) + adapter_model.
                      safetensors + adapter_config.json (rank_pattern / alpha_pattern as the
                      MoR code sets them) + YAML
+  relaxed-dora       the same with DoRA (use_dora): lora_magnitude_vector.default.weight in the
+                     state dict, lora_magnitude_vector in the adapter file; YAML method dora.
+                     Checked here: the reference's unmerged DoRA equals the merged weights
+                     m * (W + sigma B A) / |W + sigma B A|_row (PEFT's merge) run as plain layers
+  recenc             RecursiveLlamaForCausalLM, middle-cycle, N_r = 2, B = 2 (L = 6) with recursion
+                     encodings: the last layer of each recursion block wrapped (its keys under
+                     model.layers.N.block., its model.layers.N.recursion_encoding), F32
+                     pytorch_model.bin with every unrolled key, YAML method recursion_encoding
+  adapt              cycle, N_r = 2, B = 2 (L = 4) with adaption prompts of 4 slots on every layer
+                     (model.layers.N.self_attn.model.*_proj, adaption_prompt [1, 4, d],
+                     adaption_gate [1]) in pytorch_model.bin, the prompts and gates again in a
+                     PEFT adapter_model.safetensors + adapter_config.json (ADAPTION_PROMPT); YAML
+                     method adaption_prompt
 """
 
 import argparse
@@ -151,7 +164,7 @@ kv_sharing:
 relaxation:
   enable: {relax}
   skip_first_loop: false
-  method: lora  # lora, dora, adaption_prompt, recursion_encoding
+  method: {method}  # lora, dora, adaption_prompt, recursion_encoding
   lora:
     r: {lora_r}
     alpha: 32
@@ -161,7 +174,7 @@ relaxation:
     alpha_pattern: 2.0  # alpha will be set to rank * alpha_pattern
     svd_init: false
   prompt:
-    len: 16
+    len: {prompt_len}
 mor:
   enable: {mor}
   type: {mor_type}  # expert, token
@@ -204,12 +217,12 @@ evaluation:
 
 def yaml_text(name, L, n_rec=1, sharing="cycle", ln_share=True, kv=False, relax=False, lora_r=16,
               mor=False, mor_type="expert", router_type="linear", sampling="aux_loss",
-              balancing="loss", rec_enable=True):
+              balancing="loss", rec_enable=True, method="lora", prompt_len=16):
     b = lambda x: "true" if x else "false"  # noqa: E731
     return YAML.format(name=name, L=L, rec_enable=b(rec_enable), n_rec=n_rec, sharing=sharing,
                        ln_share=b(ln_share), kv=b(kv), relax=b(relax), lora_r=lora_r, mor=b(mor),
                        mor_type=mor_type, router_type=router_type, sampling=sampling,
-                       balancing=balancing)
+                       balancing=balancing, method=method, prompt_len=prompt_len)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,7 +598,7 @@ def make_recursive(d, rng):
     return ref_model(dict(L=L, n_rec=1, sharing="cycle"), W)
 
 
-def make_relaxed(d, rng):
+def make_relaxed(d, rng, dora=False):
     n_rec, B, rank, alpha = 2, 2, 4, 8.0
     L = n_rec * B
     slots = [draw_layer(rng) for _ in range(B)]
@@ -607,6 +620,11 @@ def make_relaxed(d, rng):
                 sd["model.layers.%d.%s.lora_B.default.weight" % (l, sub)] = b
                 adapter["base_model.model.model.layers.%d.%s.lora_A.weight" % (l, sub)] = a
                 adapter["base_model.model.model.layers.%d.%s.lora_B.weight" % (l, sub)] = b
+                if dora:   # magnitudes around the row norms of W + sigma B A they start from
+                    norm = torch.linalg.norm(slots[s][role] + (alpha / rank) * (b @ a), dim=1)
+                    m = norm * (1.0 + rng.normal((out_,), 0.2))
+                    sd["model.layers.%d.%s.lora_magnitude_vector.default.weight" % (l, sub)] = m
+                    adapter["base_model.model.model.layers.%d.%s.lora_magnitude_vector" % (l, sub)] = m
                 rank_pattern["model.layers.%d.%s" % (l, sub)] = rank
                 alpha_pattern["model.layers.%d.%s" % (l, sub)] = rank * 2.0
             else:
@@ -623,11 +641,12 @@ def make_relaxed(d, rng):
         ("loftq_config", {}), ("lora_alpha", 8), ("lora_bias", False), ("lora_dropout", 0.1),
         ("megatron_config", None), ("megatron_core", "megatron.core"), ("modules_to_save", None),
         ("peft_type", "LORA"), ("r", rank), ("rank_pattern", rank_pattern), ("revision", None),
-        ("target_modules", ["q_proj", "v_proj"]), ("task_type", "CAUSAL_LM"), ("use_dora", False),
+        ("target_modules", ["q_proj", "v_proj"]), ("task_type", "CAUSAL_LM"), ("use_dora", dora),
         ("use_rslora", False)]))
     write_json(os.path.join(d, "config.json"), config_json("LlamaForCausalLM", L))
     with open(os.path.join(d, "train.yaml"), "w") as f:
-        f.write(yaml_text("tiny_rec2_cycle_lora_r4", L, n_rec=n_rec, sharing="cycle", relax=True, lora_r=rank))
+        f.write(yaml_text("tiny_rec2_cycle_%s_r4" % ("dora" if dora else "lora"), L, n_rec=n_rec, sharing="cycle",
+                          relax=True, lora_r=rank, method="dora" if dora else "lora"))
     w = load_back(d)
 
     def get(l, role):
@@ -643,7 +662,133 @@ def make_relaxed(d, rng):
             W["blk.%d.rec.0.%s.lora_b" % (l, role)] = w["model.layers.%d.%s.lora_B.default.weight" % (l, sub)]
             assert torch.equal(w["adapter:base_model.model.model.layers.%d.%s.lora_A.weight" % (l, sub)],
                                W["blk.%d.rec.0.%s.lora_a" % (l, role)])
-    return ref_model(dict(L=L, n_rec=1, sharing="cycle", lora_scale=alpha / rank), W)
+            if dora:
+                W["blk.%d.rec.0.%s.dora_m" % (l, role)] = w["model.layers.%d.%s.lora_magnitude_vector.default.weight"
+                                                             % (l, sub)]
+                assert torch.equal(w["adapter:base_model.model.model.layers.%d.%s.lora_magnitude_vector" % (l, sub)],
+                                   W["blk.%d.rec.0.%s.dora_m" % (l, role)])
+    model = ref_model(dict(L=L, n_rec=1, sharing="cycle", lora_scale=alpha / rank), W)
+    if dora:
+        check_dora_merged(model)
+    return model
+
+
+def make_relaxed_dora(d, rng):
+    return make_relaxed(d, rng, dora=True)
+
+
+def check_dora_merged(model):
+    """The reference's DoRA (row scale times the unmerged W x + sigma B (A x)) against the same
+    model with PEFT's merged weights m * (W + sigma B A) / |W + sigma B A|_row as plain layers."""
+    c = model.cfg
+    W2 = {}
+    for k, t in model.W.items():
+        if k.endswith(".lora_a") or k.endswith(".lora_b") or k.endswith(".dora_m"):
+            continue
+        W2[k] = t
+    for k in model.W:
+        if not k.endswith(".dora_m"):
+            continue
+        base = k[:-len("dora_m")]
+        i, r, role = int(k.split(".")[1]), int(k.split(".")[3]), k.split(".")[4]
+        w = model.W.get("blk.%d.rec.%d.%s.weight" % (i, r, role), model.W["blk.%d.%s.weight" % (i, role)])
+        full = w + c.lora_scale * (model.W[base + "lora_b"] @ model.W[base + "lora_a"])
+        W2["blk.%d.rec.%d.%s.weight" % (i, r, role)] = model.W[k][:, None] * full / torch.linalg.norm(
+            full, dim=1, keepdim=True)
+    merged = ref.Model(c, W2, model.device, "merged")
+    prompt = prompt_ids(c.V)
+    a, b = ref.forward(model, prompt).logits, ref.forward(merged, prompt).logits
+    diff = float((a - b).abs().max()) / float(a.abs().max())
+    print("relaxed-dora      unmerged DoRA against merged weights: max|diff|/max|logit| %.2g" % diff)
+    if diff > 1e-10:
+        raise SystemExit("relaxed-dora: the reference's DoRA differs from the merged weights")
+
+
+def make_recenc(d, rng):
+    n_rec, B = 2, 2
+    L = n_rec * B + 2
+    first, last = draw_layer(rng), draw_layer(rng)
+    slots = [draw_layer(rng) for _ in range(B)]
+    sd = collections.OrderedDict()
+    emb = rng.normal((V, D), 0.4)
+    sd["model.embed_tokens.weight"] = emb
+    wrapped = []
+    for l in range(L):
+        lay = first if l == 0 else last if l == L - 1 else slots[(l - 1) % B]
+        pre = "model.layers.%d." % l
+        if 0 < l < L - 1 and l % B == 0:          # middle index l - 1 with (l - 1 + 1) mod B == 0
+            wrapped.append(l)
+            sd[pre + "recursion_encoding"] = 1.0 + rng.normal((D,), 0.3)
+            pre += "block."
+        for role in NORMS + ATTN + MLP:
+            sd[pre + "%s.weight" % SUBS[role]] = lay[role]
+    sd["model.norm.weight"] = rng.norm(D)
+    sd["lm_head.weight"] = emb
+    torch.save(sd, os.path.join(d, "pytorch_model.bin"))
+    write_json(os.path.join(d, "config.json"), config_json("LlamaForCausalLM", L))
+    with open(os.path.join(d, "train.yaml"), "w") as f:
+        f.write(yaml_text("tiny_rec2_middle_cycle_recursion_encoding", L, n_rec=n_rec, sharing="middle_cycle",
+                          relax=True, method="recursion_encoding"))
+    w = load_back(d)
+
+    def get(l, role):
+        k = "model.layers.%d.%s%s.weight" % (l, "block." if l in wrapped else "", SUBS[role])
+        return w[k]
+    W = unrolled_W(get, L, 1, "cycle")
+    W.update({"token_embd.weight": w["model.embed_tokens.weight"], "output_norm.weight": w["model.norm.weight"]})
+    for l in wrapped:
+        W["blk.%d.rec.0.rec_enc" % l] = w["model.layers.%d.recursion_encoding" % l]
+    assert wrapped == [2, 4], wrapped
+    return ref_model(dict(L=L, n_rec=1, sharing="cycle"), W)
+
+
+def make_adapt(d, rng):
+    n_rec, B, n = 2, 2, 4
+    L = n_rec * B
+    slots = [draw_layer(rng) for _ in range(B)]
+    sd = collections.OrderedDict()
+    emb = rng.normal((V, D), 0.4)
+    sd["model.embed_tokens.weight"] = emb
+    adapter = collections.OrderedDict()
+    for l in range(L):
+        for role in NORMS + ATTN + MLP:
+            sub = SUBS[role]
+            if role in ATTN:
+                sub = "self_attn.model." + sub[len("self_attn."):]
+            sd["model.layers.%d.%s.weight" % (l, sub)] = slots[l % B][role]
+        p = rng.normal((1, n, D), 1.0)
+        g = rng.normal((1,), 0.6)
+        sd["model.layers.%d.self_attn.adaption_prompt" % l] = p
+        sd["model.layers.%d.self_attn.adaption_gate" % l] = g
+        adapter["base_model.model.model.layers.%d.self_attn.adaption_prompt" % l] = p
+        adapter["base_model.model.model.layers.%d.self_attn.adaption_gate" % l] = g
+    sd["model.norm.weight"] = rng.norm(D)
+    sd["lm_head.weight"] = emb
+    torch.save(sd, os.path.join(d, "pytorch_model.bin"))
+    save_safetensors(os.path.join(d, "adapter_model.safetensors"), adapter)
+    write_json(os.path.join(d, "adapter_config.json"), collections.OrderedDict([
+        ("adapter_layers", L), ("adapter_len", n), ("base_model_name_or_path", "HuggingFaceTB/SmolLM-360M"),
+        ("inference_mode", True), ("peft_type", "ADAPTION_PROMPT"), ("revision", None),
+        ("target_modules", "self_attn"), ("task_type", "CAUSAL_LM")]))
+    write_json(os.path.join(d, "config.json"), config_json("LlamaForCausalLM", L))
+    with open(os.path.join(d, "train.yaml"), "w") as f:
+        f.write(yaml_text("tiny_rec2_cycle_adaption_prompt", L, n_rec=n_rec, sharing="cycle", relax=True,
+                          method="adaption_prompt", prompt_len=n))
+    w = load_back(d)
+
+    def get(l, role):
+        sub = SUBS[role]
+        if role in ATTN:
+            sub = "self_attn.model." + sub[len("self_attn."):]
+        return w["model.layers.%d.%s.weight" % (l, sub)]
+    W = unrolled_W(get, L, 1, "cycle")
+    W.update({"token_embd.weight": w["model.embed_tokens.weight"], "output_norm.weight": w["model.norm.weight"]})
+    for l in range(L):
+        W["blk.%d.rec.0.adapt_prompt" % l] = w["model.layers.%d.self_attn.adaption_prompt" % l][0]
+        W["blk.%d.rec.0.adapt_gate" % l] = w["model.layers.%d.self_attn.adaption_gate" % l]
+        assert torch.equal(w["adapter:base_model.model.model.layers.%d.self_attn.adaption_prompt" % l][0],
+                           W["blk.%d.rec.0.adapt_prompt" % l])
+    return ref_model(dict(L=L, n_rec=1, sharing="cycle"), W)
 
 
 LAYOUTS = [
@@ -653,6 +798,9 @@ LAYOUTS = [
     ("mor-token", make_mor_token),
     ("recursive", make_recursive),
     ("relaxed", make_relaxed),
+    ("relaxed-dora", make_relaxed_dora),
+    ("recenc", make_recenc),
+    ("adapt", make_adapt),
 ]
 
 

@@ -182,6 +182,22 @@ static int write_depth_map(const char *path, const mor_model *model, const mor_s
     return 0;
 }
 
+// The relaxations of a recursive model, on one line (nothing for a model without any).
+static void print_relaxations(const mor_model *model) {
+    const int64_t rank = mor_model_get_int(model, MOR_INFO_LORA_RANK), dora = mor_model_get_int(model, MOR_INFO_N_DORA),
+                  enc = mor_model_get_int(model, MOR_INFO_N_REC_ENC), ad = mor_model_get_int(model, MOR_INFO_N_ADAPT);
+    if (rank <= 0 && enc <= 0 && ad <= 0) return;
+    fprintf(stderr, "mor-run: relaxations:");
+    const char *sep = " ";
+    if (rank > 0) fprintf(stderr, "%sLoRA rank %lld", sep, (long long)rank), sep = ", ";
+    if (dora > 0) fprintf(stderr, "%sDoRA on %lld projections", sep, (long long)dora), sep = ", ";
+    if (enc > 0) fprintf(stderr, "%srecursion encodings on %lld layers", sep, (long long)enc), sep = ", ";
+    if (ad > 0)
+        fprintf(stderr, "%sadaption prompts of %lld slots on %lld layers", sep,
+                (long long)mor_model_get_int(model, MOR_INFO_ADAPT_LEN), (long long)ad);
+    fprintf(stderr, "\n");
+}
+
 int main(int argc, char **argv) {
     const char *path = NULL, *text = NULL, *ids = NULL;
     long n_gen = 64, n_ctx = 0, n_batch = 64, depth = 0, n_threads = 1;
@@ -417,6 +433,7 @@ int main(int argc, char **argv) {
             mor_model_get_str(model, MOR_INFO_ARCH), mor_model_get_str(model, MOR_INFO_SHARING_NAME),
             (long long)mor_model_get_int(model, MOR_INFO_N_PARAMS),
             (long long)mor_model_get_int(model, MOR_INFO_N_PARAMS_UNROLLED), n_rec, n_rec == 1 ? "" : "s");
+    print_relaxations(model);
     fprintf(stderr, "mor-run: load %.1f ms; prompt %zu tokens in %.1f ms (%.1f tok/s); generated %ld tokens in %.1f ms (%.1f tok/s)\n",
             t_load * 1e3, n_prompt, t_prompt * 1e3, n_prompt / (t_prompt > 0 ? t_prompt : 1e-9), n_done,
             t_gen * 1e3, n_done / (t_gen > 0 ? t_gen : 1e-9));

@@ -26,7 +26,18 @@ What it computes:
   A sliding window W lets position p attend to positions p' with p - W < p' <= p.
 * arch `mor` (FORMAT.md §3): L unrolled layers over n_store stored layers with the sharing
   maps s(l), r(l) of cycle / sequence / middle_cycle / middle_sequence; per-recursion
-  overrides blk.i.rec.r.<role>.weight; LoRA y = W x + sigma * B (A x); RoPE `neox`
+  overrides blk.i.rec.r.<role>.weight; LoRA y = W x + sigma * B (A x); the other relaxations
+  of the MoR code, per (stored layer, recursion):
+  - DoRA (`<role>.dora_m`, PEFT's use_dora): y = m / |W + sigma B A|_row * (W x + sigma B (A x)),
+    the norm of each output row over the inputs, computed from the weights at every call;
+  - recursion encoding (`rec_enc`): the layer's output stream h <- h * e;
+  - adaption prompt (`adapt_prompt` P [len, d], `adapt_gate` g): K_a, V_a = the layer's own K
+    and V projections of P (no RoPE), GQA heads repeated; o_a = g * softmax(q K_a^T / sqrt(d_h))
+    V_a over the len slots (a softmax of its own, every slot visible to every token), q the
+    layer's RoPE'd query; the layer's output projection of o_a is added to that of the
+    attention output. Expert-choice routers with encodings or prompts and token-choice routers
+    with prompts are refused (the MoR code does not define them);
+  RoPE `neox`
   (rotate_half) or `norm` (adjacent pairs); recursion-wise KV cache (one slot per unrolled
   layer, holding only the tokens that ran it); recursive KV sharing (layers with r >= 1 attend
   to the recursion-0 slot of the same stored layer and write nothing); exit heads.
@@ -440,6 +451,10 @@ class Model(object):
                     out_, in_ = role_shape[role]
                     shapes["blk.%d.rec.%d.%s.lora_a" % (i, r, role)] = None  # (rank, in)
                     shapes["blk.%d.rec.%d.%s.lora_b" % (i, r, role)] = None  # (out, rank)
+                    shapes["blk.%d.rec.%d.%s.dora_m" % (i, r, role)] = (out_,)
+                shapes["blk.%d.rec.%d.rec_enc" % (i, r)] = (d,)
+                shapes["blk.%d.rec.%d.adapt_prompt" % (i, r)] = None     # (len, d)
+                shapes["blk.%d.rec.%d.adapt_gate" % (i, r)] = (1,)
             if c.router_type == "expert":
                 for pre in ("router", "router_aux"):
                     for r in range(c.n_rec):
@@ -491,6 +506,22 @@ class Model(object):
                     raise ModelError("LoRA tensors without mor.lora.scale")
             if name.endswith(".lora_b") and name[:-len("lora_b")] + "lora_a" not in self.W:
                 raise ModelError("%s without its lora_a" % name)
+            if name.endswith(".dora_m") and name[:-len("dora_m")] + "lora_a" not in self.W:
+                raise ModelError("%s without the LoRA pair of its projection" % name)
+            if name.endswith(".adapt_prompt"):
+                if t.dim() != 2 or t.shape[1] != c.d or t.shape[0] < 1:
+                    raise ModelError("tensor %s has shape %s, expected (len, %d)" % (name, tuple(t.shape), c.d))
+                if name[:-len("prompt")] + "gate" not in self.W:
+                    raise ModelError("%s without its adapt_gate" % name)
+            if name.endswith(".adapt_gate") and name[:-len("gate")] + "prompt" not in self.W:
+                raise ModelError("%s without its adapt_prompt" % name)
+        has_enc = any(k.endswith(".rec_enc") for k in self.W)
+        has_prompt = any(k.endswith(".adapt_prompt") for k in self.W)
+        if c.router_type == "expert" and (has_enc or has_prompt):
+            raise ModelError("expert-choice routers with recursion encodings or adaption prompts are "
+                             "not defined")
+        if c.router_type == "token" and has_prompt:
+            raise ModelError("token-choice routers with adaption prompts are not defined")
         if c.router_type == "expert":
             for r in range(c.n_rec):
                 if c.router_arch == "linear":
@@ -508,9 +539,9 @@ class Model(object):
 
     # -- per-layer parameters --------------------------------------------------------------
     def layer_params(self, l):
-        """role -> (W, A or None, B or None) for unrolled layer l (stored weight or its
-        per-recursion override, plus the LoRA pair of (s(l), r(l))). Fused matrices are split
-        into their row blocks."""
+        """role -> (W, A or None, B or None, m or None) for unrolled layer l (stored weight or its
+        per-recursion override, plus the LoRA pair and DoRA magnitude of (s(l), r(l))). Fused
+        matrices are split into their row blocks."""
         c = self.cfg
         s, r = c.s_r(l) if c.arch == "mor" else (l, 0)
         out = {}
@@ -518,9 +549,9 @@ class Model(object):
             dq, dkv = c.n_h * c.d_h, c.n_kv * c.d_h
             qkv = self.W["blk.%d.attn_qkv.weight" % s]
             up = self.W["blk.%d.ffn_up.weight" % s]
-            out["attn_q"], out["attn_k"] = (qkv[:dq], None, None), (qkv[dq:dq + dkv], None, None)
-            out["attn_v"] = (qkv[dq + dkv:], None, None)
-            out["ffn_gate"], out["ffn_up"] = (up[:c.d_ff], None, None), (up[c.d_ff:], None, None)
+            out["attn_q"], out["attn_k"] = (qkv[:dq], None, None, None), (qkv[dq:dq + dkv], None, None, None)
+            out["attn_v"] = (qkv[dq + dkv:], None, None, None)
+            out["ffn_gate"], out["ffn_up"] = (up[:c.d_ff], None, None, None), (up[c.d_ff:], None, None, None)
         for role in ROLES:
             if role in out:
                 continue
@@ -528,8 +559,18 @@ class Model(object):
             w = self.W[ov] if ov in self.W else self.W["blk.%d.%s.weight" % (s, role)]
             a = self.W.get("blk.%d.rec.%d.%s.lora_a" % (s, r, role))
             b = self.W.get("blk.%d.rec.%d.%s.lora_b" % (s, r, role))
-            out[role] = (w, a, b)
+            m = self.W.get("blk.%d.rec.%d.%s.dora_m" % (s, r, role))
+            out[role] = (w, a, b, m)
         return out
+
+    def layer_relax(self, l):
+        """The encoding and adaption prompt of unrolled layer l: (e or None, (P, g) or None)."""
+        if self.cfg.arch != "mor":
+            return None, None
+        s, r = self.cfg.s_r(l)
+        base = "blk.%d.rec.%d." % (s, r)
+        p = self.W.get(base + "adapt_prompt")
+        return self.W.get(base + "rec_enc"), (None if p is None else (p, self.W[base + "adapt_gate"]))
 
     def layer_extras(self, l):
         """The architecture's additions to unrolled layer l: {"bias": {attn_q/k/v: vector},
@@ -583,11 +624,14 @@ def rmsnorm(x, w, eps):
     return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps) * w
 
 
-def linear(x, w, a=None, b=None, scale=None):
-    """x @ W^T (+ scale * (x @ A^T) @ B^T)."""
+def linear(x, w, a=None, b=None, m=None, scale=None):
+    """x @ W^T (+ scale * (x @ A^T) @ B^T), with DoRA (m given) each output row times
+    m / |W + scale * B A|_row, the norm over the inputs (PEFT's weight norm, unmerged form)."""
     y = x @ w.t()
     if a is not None:
         y = y + scale * ((x @ a.t()) @ b.t())
+    if m is not None:
+        y = y * (m / torch.linalg.norm(w if a is None else w + scale * (b @ a), dim=1))
     return y
 
 
@@ -671,6 +715,17 @@ def _layer(model, l, h, act, pos, cache):
     o = torch.softmax(s, dim=-1) @ Vv                        # [n_h, T, d_h]
     o = o.transpose(0, 1).reshape(T, c.n_h * c.d_h)
     o = linear(o, *P["attn_output"], scale=sc)
+    enc, prompt = model.layer_relax(l)
+    if prompt is not None:  # adaption prompt: its own softmax over the slots, no RoPE on its keys
+        Pm, gate = prompt
+        n = Pm.shape[0]
+        Ka = linear(Pm, *P["attn_k"], scale=sc).reshape(n, c.n_kv, c.d_h).transpose(0, 1)
+        Va = linear(Pm, *P["attn_v"], scale=sc).reshape(n, c.n_kv, c.d_h).transpose(0, 1)
+        Ka = Ka.repeat_interleave(rep, dim=0)                # [n_h, len, d_h]
+        Va = Va.repeat_interleave(rep, dim=0)
+        sa = (q @ Ka.transpose(1, 2)) / math.sqrt(c.d_h)     # [n_h, T, len]
+        oa = gate * torch.softmax(sa, dim=-1) @ Va           # [n_h, T, d_h]
+        o = o + linear(oa.transpose(0, 1).reshape(T, c.n_h * c.d_h), *P["attn_output"], scale=sc)
     if X["post_attention_norm"] is not None:
         o = rmsnorm(o, X["post_attention_norm"], c.eps)
     x = x + o
@@ -686,6 +741,8 @@ def _layer(model, l, h, act, pos, cache):
     if X["post_ffw_norm"] is not None:
         f = rmsnorm(f, X["post_ffw_norm"], c.eps)
     x = x + f
+    if enc is not None:  # recursion encoding: the whole output stream
+        x = x * enc
     h = h.clone()
     h[idx] = x
     return h

@@ -23,7 +23,8 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(
         prog="mor-convert", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert a Hugging Face-style checkpoint (config.json + *.safetensors or "
-                    "pytorch_model.bin) of a Llama, recursive, relaxed (LoRA) or Mixture-of-"
+                    "pytorch_model.bin) of a Llama, recursive, relaxed (LoRA, DoRA, recursion "
+                    "encodings, adaption prompts) or Mixture-of-"
                     "Recursions model to a GGUF file for mor (arch llama or mor).",
         epilog=USAGE_EPILOG)
     ap.add_argument("input", help="checkpoint directory (or one weights file in it)")
@@ -32,7 +33,7 @@ def parse_args(argv):
                     help="type of the weight matrices (norms and routers stay f32); auto keeps "
                          "each tensor's own type (default)")
     ap.add_argument("--arch", default="auto", choices=("auto", "llama", "mor"),
-                    help="auto: mor for recursive/MoR/LoRA models, llama otherwise")
+                    help="auto: mor for recursive/MoR/relaxed models, llama otherwise")
     ap.add_argument("--yaml", help="training config (Hydra conf/pretrain/*.yaml): recursive.*, "
                                    "mor.*, kv_sharing.*, relaxation.*")
     g = ap.add_argument_group("settings (override the YAML)")

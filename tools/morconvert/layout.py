@@ -4,15 +4,19 @@
 2. parse_keys: every key is classified -- globals, a layer tensor of an unrolled layer l
    (plain `model.layers.{l}.*`, MoR expert-choice `model.layers.{i}.block.{j}.*`, MoR
    token-choice `model.layers[.{i}].block_list.{r}.{j}.*`), a LoRA factor (in-checkpoint
-   `...base_layer.weight` / `...lora_A.<adapter>.weight`, or PEFT adapter files), a router --
-   or refused with an error naming it.
+   `...base_layer.weight` / `...lora_A.<adapter>.weight`, or PEFT adapter files) or DoRA
+   magnitude (`...lora_magnitude_vector[.<adapter>][.weight]`), a recursion encoding (the
+   wrapped layer's `...block.<sub>` keys and `...recursion_encoding`), an adaption prompt
+   (`...self_attn.model.<x>_proj.weight`, `...self_attn.adaption_prompt` / `adaption_gate`), a
+   router -- or refused with an error naming it.
 3. Settings: sharing, recursion count, router, KV sharing and LoRA scale come from (first
    wins) the command line, the training YAML, the MoR key layout, config.json's kv_sharing;
    for a plain layout without a declaration the sharing is inferred from which layers hold
    byte-identical FFN weights.
 4. The plan: arch `mor` (stored layers once, per-recursion overrides only where a tensor
-   differs from the stored one, LoRA, routers) or arch `llama` (Q/K rows permuted to the
-   adjacent-pair RoPE convention), with every shape checked.
+   differs from the stored one, LoRA and the other relaxations per (stored layer, recursion),
+   routers) or arch `llama` (Q/K rows permuted to the adjacent-pair RoPE convention), with
+   every shape checked.
 """
 
 import math
@@ -34,6 +38,7 @@ HF_SUB = {
 }
 SUB_OF_ROLE = dict((v, k) for k, v in HF_SUB.items())
 SHARINGS = ("cycle", "sequence", "middle_cycle", "middle_sequence")
+RELAX_METHODS = ("lora", "dora", "recursion_encoding", "adaption_prompt")
 GGUF_TYPE = {"F32": 0, "F16": 1, "BF16": 30}
 FILE_TYPE = {"F32": 0, "F16": 1, "BF16": 32}
 KNOWN_ARCHES = ("LlamaForCausalLM", "MoRLlamaForCausalLM", "RecursiveLlamaForCausalLM")
@@ -46,6 +51,9 @@ _RE_RBIAS = re.compile(r"^model\.layers\.(?:(\d+)\.)?router_bias$")
 _RE_SUB = re.compile(r"^(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj|input_layernorm|"
                      r"post_attention_layernorm)\.(.+)$")
 _RE_LORA = re.compile(r"^lora_([AB])(?:\.([A-Za-z0-9_\-]+))?\.weight$")
+# PEFT's DoRA magnitude: `.default.weight` in a model's state dict (`.default` before PEFT moved
+# it into a module), no suffix in adapter files
+_RE_MAG = re.compile(r"^lora_magnitude_vector(?:\.([A-Za-z0-9_\-]+))?(?:\.weight)?$")
 GLOBALS = {"model.embed_tokens.weight": "embed", "model.norm.weight": "norm",
            "lm_head.weight": "lm_head"}
 
@@ -53,14 +61,12 @@ GLOBALS = {"model.embed_tokens.weight": "embed", "model.norm.weight": "norm",
 def _hint(key):
     if key.endswith(".bias"):
         return " (biases are not supported: the engine runs bias-free Llama blocks)"
-    if "lora_magnitude_vector" in key:
-        return " (DoRA is not supported)"
     if "lora_embedding" in key or "lora_" in key:
-        return " (LoRA is supported on the seven projections only)"
-    if "recursion_encoding" in key:
-        return " (recursion encodings are not supported)"
-    if "adaption_prompt" in key or "adaption_gate" in key or "prompt_embeddings" in key:
-        return " (adaption prompts are not supported)"
+        return " (LoRA and DoRA are supported on the seven projections only)"
+    if "recursion_encoding" in key or "adaption_" in key:
+        return " (recursion encodings and adaption prompts belong to a layer: model.layers.N...)"
+    if "prompt_embeddings" in key or "prompt_encoder" in key:
+        return " (prompt tuning is not supported)"
     if "modules_to_save" in key or "original_module" in key:
         return " (PEFT modules_to_save are not supported)"
     return ""
@@ -157,6 +163,8 @@ class HParams(object):
 
 class Parsed(object):
     def __init__(self):
+        self.enc = {}           # l -> SrcTensor: recursion encoding of unrolled layer l
+        self.prompt = {}        # l -> dict(P, g): adaption prompt and gate of unrolled layer l
         self.glob = {}          # embed / norm / lm_head -> SrcTensor
         self.entries = []       # (position, role, kind, tensor, origin) kind: w | A | B
         self.routers = []       # (index or None, which, part, tensor)
@@ -173,6 +181,16 @@ class Parsed(object):
 
 
 def _parse_sub(rest):
+    """(role, kind, adapter) of a layer key's rest: kind w (weight), A / B (LoRA), M (DoRA
+    magnitude), enc (recursion encoding), P / g (adaption prompt and gate; role None)."""
+    if rest.startswith("block.") and not rest[6:7].isdigit():
+        rest = rest[6:]                 # a layer wrapped by a recursion encoding: its .block
+    if rest == "recursion_encoding":
+        return None, "enc", None
+    if rest in ("self_attn.adaption_prompt", "self_attn.adaption_gate"):
+        return None, "P" if rest.endswith("prompt") else "g", None
+    if rest.startswith("self_attn.model."):
+        rest = "self_attn." + rest[len("self_attn.model."):]   # the attention an adaption prompt wraps
     m = _RE_SUB.match(rest)
     if not m:
         return None
@@ -183,6 +201,9 @@ def _parse_sub(rest):
     lm = _RE_LORA.match(suf)
     if lm:
         return role, lm.group(1), lm.group(2)
+    mm = _RE_MAG.match(suf)
+    if mm:
+        return role, "M", None if mm.group(1) in (None, "weight") else mm.group(1)
     return None
 
 
@@ -234,10 +255,10 @@ def parse_keys(ck, log):
             unknown.append((key, t))
             continue
         role, kind, adapter = sub
-        if kind != "w" and role in NORM_ROLES:
+        if kind in ("A", "B", "M") and role in NORM_ROLES:
             unknown.append((key, t))
             continue
-        if kind == "w" and origin == "adapter":
+        if kind in ("w", "enc") and origin == "adapter":
             unknown.append((key, t))
             continue
         if adapter is not None:
@@ -358,6 +379,13 @@ def _layout(p, hp):
                 raise ConvertError("two tensors for %s of unrolled layer %d: %s and %s"
                                    % (SUB_OF_ROLE[role], l, p.layers[l][role].key, t.key))
             p.layers[l][role] = t
+        elif kind in ("enc", "P", "g"):
+            slot = p.enc if kind == "enc" else p.prompt.setdefault(l, {})
+            k = l if kind == "enc" else kind
+            prev = slot.get(k)
+            if prev is not None and not prev.same(t):
+                raise ConvertError("%s and %s (of the same layer) differ" % (prev.where(), t.where()))
+            slot[k] = t
         else:
             slot = p.lora.setdefault(l, {}).setdefault(role, {})
             prev = slot.get(kind)
@@ -371,8 +399,12 @@ def _layout(p, hp):
     for l, roles in p.lora.items():
         for role, s in roles.items():
             if "A" not in s or "B" not in s:
-                have = s.get("A") or s.get("B")
+                have = s.get("A") or s.get("B") or s.get("M")
                 raise ConvertError("%s has no matching lora_%s" % (have.where(), "B" if "A" in s else "A"))
+    for l, pr in p.prompt.items():
+        if "P" not in pr or "g" not in pr:
+            have = pr.get("P") or pr.get("g")
+            raise ConvertError("%s has no matching adaption_%s" % (have.where(), "gate" if "P" in pr else "prompt"))
     # routers
     for idx, which, part, t in p.routers:
         if p.kind == "plain":
@@ -427,6 +459,9 @@ class Settings(object):
         self.lora_scale = None
         self.lora_scale_src = None
         self.yaml_lora = None        # dict(r, alpha, alpha_pattern) from relaxation.lora
+        self.relax_method = None     # relaxation.method of the YAML (lora, dora, ...)
+        self.relax_src = None
+        self.prompt_len = None       # relaxation.prompt.len of the YAML
         self.base_depth = None
 
 
@@ -496,12 +531,19 @@ def settings_from_yaml(st, y, path, log):
     rel = _yaml_section(y, "relaxation", path)
     if rel.get("enable"):
         method = rel.get("method", "lora")
-        if method != "lora":
-            raise ConvertError("%s: relaxation.method %r is not supported (only lora; DoRA, adaption "
-                               "prompts and recursion encodings are not)" % (path, method))
+        if method not in RELAX_METHODS:
+            raise ConvertError("%s: relaxation.method %r is not supported (%s)" % (path, method, ", ".join(RELAX_METHODS)))
+        st.relax_method, st.relax_src = method, "%s relaxation.method" % path
         lo = rel.get("lora") or {}
-        st.yaml_lora = {"r": lo.get("r"), "alpha": lo.get("alpha"), "alpha_pattern": lo.get("alpha_pattern"),
-                        "src": path}
+        if method in ("lora", "dora"):
+            st.yaml_lora = {"r": lo.get("r"), "alpha": lo.get("alpha"), "alpha_pattern": lo.get("alpha_pattern"),
+                            "src": path}
+        if method == "adaption_prompt":
+            n = (rel.get("prompt") or {}).get("len")
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+                raise ConvertError("%s: relaxation.prompt.len must be a positive integer, found %r" % (path, n))
+            st.prompt_len = n
+            st.relax_src = "%s relaxation.prompt.len" % path
 
 
 def settings_from_config(st, hp, log):
@@ -593,8 +635,6 @@ def lora_sigma(module, rank, ck, st):
         return st.lora_scale, st.lora_scale_src
     ac = ck.adapter_config
     if ac is not None:
-        if ac.get("use_dora"):
-            raise ConvertError("adapter_config.json: use_dora = true (DoRA) is not supported")
         pt = ac.get("peft_type", "LORA")
         if pt != "LORA":
             raise ConvertError("adapter_config.json: peft_type %r is not supported (only LORA)" % (pt,))
@@ -634,10 +674,12 @@ class OutTensor(object):
 
     __slots__ = ("name", "dims", "ttype", "src", "perm_heads", "scale", "head_dim")
 
-    def __init__(self, name, src, ttype, perm_heads=None, head_dim=None, scale=None):
+    def __init__(self, name, src, ttype, perm_heads=None, head_dim=None, scale=None, shape=None):
+        """shape: the tensor's shape when it differs from the source's by dimensions of 1."""
         self.name = name
         self.src = src
-        self.dims = list(reversed(src.shape)) if src.shape else [1]
+        shape = src.shape if shape is None else shape
+        self.dims = list(reversed(shape)) if shape else [1]
         self.ttype = ttype
         self.perm_heads = perm_heads
         self.head_dim = head_dim
@@ -767,12 +809,16 @@ def build_plan(ck, hp, st, opts, log):
     if st.kv_sharing is None:
         st.kv_sharing = False
     has_lora = any(p.lora.values())
+    has_dora = any("M" in e for roles in p.lora.values() for e in roles.values())
+    has_relax = bool(has_dora or p.enc or p.prompt)
+    _check_relax(p, st, has_lora, has_dora, ck)
     # ---- arch
     arch = opts.get("arch", "auto")
     if arch == "auto":
-        arch = "mor" if (st.n_rec > 1 or has_lora or st.router != "none" or st.kv_sharing) else "llama"
+        arch = "mor" if (st.n_rec > 1 or has_lora or has_relax or st.router != "none" or st.kv_sharing) else "llama"
     if arch == "llama":
         why = [w for w, c in (("a router", st.router != "none"), ("LoRA tensors", has_lora),
+                              ("DoRA, recursion encodings or adaption prompts", has_relax),
                               ("KV sharing", st.kv_sharing)) if c]
         if why:
             raise ConvertError("arch llama cannot hold %s; convert to arch mor" % " and ".join(why))
@@ -925,7 +971,7 @@ def build_plan(ck, hp, st, opts, log):
             tensors.append(OutTensor(base + "lora_a", A, mtype(A)))
             scale = None
             if sig != sigma:
-                scale = sig / sigma
+                scale = sig / sigma     # sigma B' = sig B: W + sigma B' A, and so its DoRA norm, unchanged
                 folded += 1
             tensors.append(OutTensor(base + "lora_b", Bm, mtype(Bm), scale=scale))
         plan.report.append("LoRA: %d adapted projections (%s), rank %s, scale %g (%s)"
@@ -936,11 +982,91 @@ def build_plan(ck, hp, st, opts, log):
             log.warn("%d LoRA modules have a scale other than %g; their lora_b is multiplied by "
                      "the ratio" % (folded, sigma))
         st.lora_scale = sigma
+    # ---- the other relaxations, per (stored layer, recursion) of their unrolled layer
+    _plan_relax(plan, p, hp, st, L, mtype)
     # ---- routers
     if st.router != "none":
         _plan_routers(plan, p, hp, st, log)
     _mor_keys(plan, hp, st, V, B, has_lora, opts)
     return plan, p
+
+
+def _check_relax(p, st, has_lora, has_dora, ck):
+    """The relaxations against the settings and the router (docs/DESIGN.md, Relaxations)."""
+    ac = ck.adapter_config or {}
+    if st.relax_method == "dora" and not has_dora:
+        raise ConvertError("%s is dora, but the checkpoint has no lora_magnitude_vector tensors"
+                           % st.relax_src)
+    if ac.get("use_dora") and has_lora and not has_dora:
+        raise ConvertError("adapter_config.json says use_dora = true, but the LoRA modules have no "
+                           "lora_magnitude_vector")
+    if ac.get("peft_type") == "ADAPTION_PROMPT":
+        if not p.prompt:
+            raise ConvertError("adapter_config.json: peft_type ADAPTION_PROMPT, but there are no "
+                               "adaption_prompt tensors")
+        al = ac.get("adapter_len")
+        if st.prompt_len is None and al is not None:
+            st.prompt_len, st.relax_src = al, "adapter_config.json adapter_len"
+    if st.relax_method == "recursion_encoding" and not p.enc:
+        raise ConvertError("%s is recursion_encoding, but the checkpoint has no recursion_encoding "
+                           "tensors" % st.relax_src)
+    if st.relax_method == "adaption_prompt" and not p.prompt:
+        raise ConvertError("%s is adaption_prompt, but the checkpoint has no adaption_prompt "
+                           "tensors" % st.relax_src)
+    if st.router == "expert" and (p.enc or p.prompt):
+        raise ConvertError("%s with an expert-choice router is not defined: the MoR code's expert-choice "
+                           "transform replaces the attention of every block layer, which fails on %s"
+                           % ("recursion encodings" if p.enc else "adaption prompts",
+                              "an encoded layer" if p.enc else "a prompt-adapted attention"))
+    if st.router == "token" and p.prompt:
+        raise ConvertError("adaption prompts with a token-choice router are not defined: the MoR code "
+                           "rotates the adapter's query by each token's index among the routed tokens, "
+                           "not by its position")
+
+
+def _plan_relax(plan, p, hp, st, L, mtype):
+    """DoRA magnitudes, recursion encodings and adaption prompts: each belongs to one unrolled
+    layer l and is written for its (s(l), r(l))."""
+    ac_len = None
+    n_dora = 0
+    for l in sorted(p.lora):
+        s, r = s_r(l, L, st.sharing, st.n_rec)
+        for role in PROJ_ROLES:
+            e = p.lora[l].get(role)
+            if e and "M" in e:
+                _check_shape(e["M"], (hp.role_shape(role)[0],), " (the DoRA magnitude of %s)" % e["module"])
+                plan.tensors.append(OutTensor("blk.%d.rec.%d.%s.dora_m" % (s, r, role), e["M"], "F32"))
+                n_dora += 1
+    for l, t in sorted(p.enc.items()):
+        s, r = s_r(l, L, st.sharing, st.n_rec)
+        _check_shape(t, (hp.d,), " (a recursion encoding)")
+        plan.tensors.append(OutTensor("blk.%d.rec.%d.rec_enc" % (s, r), t, "F32"))
+    for l, pr in sorted(p.prompt.items()):
+        s, r = s_r(l, L, st.sharing, st.n_rec)
+        P, g = pr["P"], pr["g"]
+        shp = tuple(P.shape)
+        if len(shp) == 3 and shp[0] == 1:
+            shp = shp[1:]
+        if len(shp) != 2 or shp[1] != hp.d or shp[0] < 1:
+            raise ConvertError("tensor %s has shape %s, expected [1, len, %d]" % (P.where(), fmt_shape(P.shape), hp.d))
+        if ac_len is None:
+            ac_len = shp[0]
+        if st.prompt_len is not None and shp[0] != st.prompt_len:
+            raise ConvertError("tensor %s holds %d prompt slots, but %s says %r"
+                               % (P.where(), shp[0], st.relax_src, st.prompt_len))
+        if tuple(g.shape) not in ((1,), ()):
+            raise ConvertError("tensor %s has shape %s, expected [1]" % (g.where(), fmt_shape(g.shape)))
+        plan.tensors.append(OutTensor("blk.%d.rec.%d.adapt_prompt" % (s, r), P, mtype(P), shape=shp))
+        plan.tensors.append(OutTensor("blk.%d.rec.%d.adapt_gate" % (s, r), g, "F32", shape=(1,)))
+    parts = []
+    if n_dora:
+        parts.append("DoRA magnitudes on %d projections" % n_dora)
+    if p.enc:
+        parts.append("recursion encodings on %d layers" % len(p.enc))
+    if p.prompt:
+        parts.append("adaption prompts of %d slots on %d layers" % (ac_len, len(p.prompt)))
+    if parts:
+        plan.report.append("relaxations: %s" % ", ".join(parts))
 
 
 def _plan_routers(plan, p, hp, st, log):
