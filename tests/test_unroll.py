@@ -97,7 +97,9 @@ class Unroll(unittest.TestCase):
         dst = os.path.join(self.tmp.name, "x.gguf")
         cases = [("vanilla.gguf", "already vanilla"), ("expert.gguf", "router"),
                  ("token.gguf", "router"), ("cycle-lora.gguf", "LoRA"),
-                 ("middle_cycle-kvshare.gguf", "KV sharing"), ("qwen2.gguf", "arch")]
+                 ("middle_cycle-kvshare.gguf", "KV sharing"), ("qwen2.gguf", "arch"),
+                 ("middle_cycle-dora.gguf", "LoRA"), ("cycle-adapt.gguf", "adaption prompts"),
+                 ("middle_cycle-recenc.gguf", "recursion encodings")]
         for name, what in cases:
             with self.subTest(name=name):
                 rc, out, err = unroll(os.path.join(DATA, name), "-o", dst)
