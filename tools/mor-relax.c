@@ -380,9 +380,11 @@ static int source_weight(const source *in, int l, int role, double *out, double 
 
 // ---- writing ---------------------------------------------------------------------------------
 
-// Adds x (rows x cols doubles; a vector when rows = 1) as `type` (F32 or F16); the values as
+// Adds x (rows x cols doubles; rows 0: a vector of cols) as `type` (F32 or F16); the values as
 // written go back into x (so residuals are taken against what the file holds).
 static int put_matrix(sink *o, const char *name, uint32_t type, int64_t rows, int64_t cols, double *x, int body) {
+    int vec = rows == 0;
+    if (vec) rows = 1;
     int64_t n = rows * cols;
     size_t es = type == MOR__DT_F32 ? 4 : 2;
     uint8_t *buf = malloc((size_t)n * es);
@@ -404,7 +406,7 @@ static int put_matrix(sink *o, const char *name, uint32_t type, int64_t rows, in
         }
     }
     uint64_t dims[2] = {(uint64_t)cols, (uint64_t)rows};
-    int s = mor__gguf_w_tensor(o->w, name, type, rows == 1 ? 1 : 2, dims, buf);
+    int s = mor__gguf_w_tensor(o->w, name, type, vec ? 1 : 2, dims, buf);
     free(buf);
     if (s) return mor__errf(o->err, o->err_n, s, "adding tensor '%s': out of memory", name);
     o->params += (uint64_t)n;
@@ -554,7 +556,7 @@ static int put_unique(const source *in, const plan *p, sink *o, int s, int l, do
             int64_t rows, cols;
             role_shape(in, role, &rows, &cols);
             st = source_weight(in, l, role, w, tmp, o->err, o->err_n);
-            if (!st) st = put_matrix(o, out, role >= N_PROJ ? MOR__DT_F32 : p->type, rows, cols, w, 1);
+            if (!st) st = put_matrix(o, out, role >= N_PROJ ? MOR__DT_F32 : p->type, role >= N_PROJ ? 0 : rows, cols, w, 1);
         } else if (permute) {  // whole rows move: exact for every type, quantized ones included
             int64_t heads = role == R_Q ? in->n_h : in->n_kv, half = in->d_h / 2;
             uint64_t rb = t->size / (t->n_elems / t->dims[0]);
@@ -595,7 +597,7 @@ static int put_shared(const source *in, const plan *p, sink *o, int s, double **
         }
         for (int64_t i = 0; i < rows * cols; i++) acc[i] /= n_src;
         snprintf(name, sizeof name, "blk.%d.%s.weight", s, role_name[role]);
-        int st = put_matrix(o, name, role >= N_PROJ ? MOR__DT_F32 : p->type, rows, cols, acc, 1);
+        int st = put_matrix(o, name, role >= N_PROJ ? MOR__DT_F32 : p->type, role >= N_PROJ ? 0 : rows, cols, acc, 1);
         if (st) return st;
     }
     for (int r = 0; r < p->n_rec; r++) {
@@ -613,7 +615,7 @@ static int put_shared(const source *in, const plan *p, sink *o, int s, double **
                 for (int64_t i = 0; i < cols && !differs; i++) differs = (float)w[i] != (float)shared[role][i];
                 if (!differs) continue;
                 snprintf(name, sizeof name, "blk.%d.rec.%d.%s.weight", s, r, role_name[role]);
-                if ((st = put_matrix(o, name, MOR__DT_F32, 1, cols, w, 1))) return st;
+                if ((st = put_matrix(o, name, MOR__DT_F32, 0, cols, w, 1))) return st;
                 o->n_norm_override++;
                 continue;
             }
@@ -838,7 +840,11 @@ int main(int argc, char **argv) {
     char err[1024] = "";
     source in = {.path = pos[0]};
     int s = mor__gguf_w_read_file(in.path, &in.img, &in.size, err, sizeof err);
-    if (!s && !(s = mor__gguf_parse(&in.g, in.img, in.size, err, sizeof err))) in.parsed = 1;
+    if (!s) {
+        char perr[768];
+        if ((s = mor__gguf_parse(&in.g, in.img, in.size, perr, sizeof perr))) snprintf(err, sizeof err, "%s: %s", in.path, perr);
+        else in.parsed = 1;
+    }
     if (!s) s = check_arch(&in, err, sizeof err);
     if (!s) s = check_keys(&in, err, sizeof err);
     if (!s) s = check_tensors(&in, err, sizeof err);
@@ -860,7 +866,7 @@ int main(int argc, char **argv) {
         splits(in.L, ok, sizeof ok);
         rc = fail("%d layers do not split into %d recursions with %s sharing (%s / N_r must be a whole number of "
                   "layers). Splits of %d layers: %s", in.L, p.n_rec, sharing_name[p.sharing],
-                  p.middle ? "L - 2" : "L", in.L, ok);
+                  p.middle ? "(L - 2)" : "L", in.L, ok);
         goto out;
     }
     p.B = span / p.n_rec;
