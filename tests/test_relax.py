@@ -324,6 +324,27 @@ class Relax(unittest.TestCase):
         self.assertNotIn("blk.0.rec.0.attn_q.lora_a", names)
         self.assertIn("blk.0.rec.1.attn_q.lora_a", names)
 
+    def test_train_py_reads_it(self):
+        """tools/train.py's model_from_gguf (uptraining) loads the output and computes what the
+        engine computes: LoRA of every rank, the Q/K permutation. It reads neither per-recursion
+        norms nor a separate output matrix, hence a tied model and --no-norm-overrides here
+        (docs/RELAX.md). Needs PyTorch; skipped without it."""
+        self.need_lib()
+        try:
+            import torch
+        except ImportError:
+            self.skipTest("PyTorch not installed")
+        import train
+        tied = os.path.join(DATA, "vanilla-tied.gguf")
+        for rank in ("4", "full"):
+            out, _ = self.convert(tied, "--recursions", 2, "--sharing", "cycle", "--init", "average", "--rank", rank,
+                                  "--no-norm-overrides")
+            m = train.model_from_gguf(out).double().eval()
+            with torch.no_grad():
+                got = m(torch.tensor([RAND_TOKENS]), policy="eval")["logits"][0].tolist()
+            d = max_diff(logits(out, RAND_TOKENS), got)
+            self.assertLess(d, TOL, (rank, d))
+
     # -- refusals ---------------------------------------------------------------------------
     def test_refusals(self):
         out = self.path("refused.gguf")
