@@ -5,7 +5,7 @@
 // permuted matrices, rank-deficient and zero matrices, vectors, and the second-difference
 // matrix whose eigenvalues have a closed form. Checked: the singular values (sorted, against
 // the known ones), the reconstruction U diag(s) Vᵀ, the orthonormality of U and V, the
-// truncation error of Eckart–Young, determinism, and refusals of bad sizes.
+// truncation error (the norm of the dropped singular values), determinism, and refusals of bad sizes.
 #include "harness.h"
 
 #include "mor.h"
@@ -175,7 +175,7 @@ TEST(permuted_diagonal) {
 }
 
 TEST(truncation) {
-    // Eckart–Young: ||A - A_k||_F^2 = sum of the squared singular values beyond k, and the
+    // Best rank-k approximation: ||A - A_k||_F^2 = sum of the squared singular values beyond k, and the
     // truncated call returns the leading part of the full one.
     int64_t m = 30, n = 20;
     double *a = malloc((size_t)(m * n) * sizeof *a);

@@ -78,7 +78,7 @@ def max_diff(a, b):
 
 
 def stepwise(lo, hi, B):
-    """round(linspace(lo, hi, B)), ties to even (Python's round, as numpy's)."""
+    """round(linspace(lo, hi, B)), ties to even (Python's round)."""
     if B == 1:
         return [lo]
     return [round(lo + j * (hi - lo) / (B - 1)) if j < B - 1 else hi for j in range(B)]

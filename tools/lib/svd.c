@@ -74,8 +74,8 @@ static void tridiagonalize(int64_t p, double *a, double *d, double *e) {
 #undef A_
 }
 
-// Implicit QL with Wilkinson shifts on the tridiagonal (d, e as tridiagonalize leaves them):
-// eigenvalues in d (unsorted), eigenvector j in row j of zt, which holds Qᵀ on entry (so the
+// Implicit QL on the tridiagonal (d, e as tridiagonalize leaves them), each sweep shifted by the
+// eigenvalue of the leading 2 x 2 block nearer its corner: eigenvalues in d (unsorted), eigenvector j in row j of zt, which holds Qᵀ on entry (so the
 // plane rotations combine two contiguous rows). Returns -1 when an eigenvalue takes more than
 // 60 iterations.
 static int tridiagonal_ql(int64_t p, double *d, double *e, double *zt) {

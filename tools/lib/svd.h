@@ -3,7 +3,7 @@
 //
 // Method. With p = min(m, n), the p x p Gram matrix of the smaller side (AᵀA when n <= m, else
 // AAᵀ) is reduced to tridiagonal form by Householder reflections and diagonalized by the
-// implicit QL algorithm with Wilkinson shifts, its eigenvectors accumulated: that gives the
+// implicit QL algorithm (shifted), its eigenvectors accumulated: that gives the
 // singular vectors of the smaller side, orthonormal to a few units of double rounding whatever
 // the matrix. The other side comes from one product: for n <= m, t_j = A v_j, s_j = ||t_j||,
 // u_j = t_j / s_j (and symmetrically for n > m). So U diag(s) Vᵀ = A V Vᵀ (or U Uᵀ A) holds to
