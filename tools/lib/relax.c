@@ -44,7 +44,6 @@ typedef struct {
     int         rope_norm;       // adjacent-pair RoPE: attn_q / attn_k rows are permuted to neox
     float       lora_scale;      // of the input's own LoRA (mor), merged into its layers
     int         all_f32;         // every projection matrix is F32
-    int         n_exits;
 } source;
 
 // The options with what follows from the source.
