@@ -326,9 +326,9 @@ class Relax(unittest.TestCase):
 
     def test_train_py_reads_it(self):
         """tools/train.py's model_from_gguf (uptraining) loads the output and computes what the
-        engine computes: LoRA of every rank, the Q/K permutation. It reads neither per-recursion
-        norms nor a separate output matrix, hence a tied model and --no-norm-overrides here
-        (docs/RELAX.md). Needs PyTorch; skipped without it."""
+        engine computes: LoRA of every rank, the Q/K permutation, and the per-recursion norms
+        where its ModelConfig has norm_overrides (else shared norms only). Its head is tied to
+        the embedding, hence a tied source (docs/RELAX.md). Needs PyTorch; skipped without it."""
         self.need_lib()
         try:
             import torch
@@ -336,14 +336,15 @@ class Relax(unittest.TestCase):
             self.skipTest("PyTorch not installed")
         import train
         tied = os.path.join(DATA, "vanilla-tied.gguf")
-        for rank in ("4", "full"):
+        norms = [["--no-norm-overrides"]] + ([[]] if "norm_overrides" in train.ModelConfig.DEFAULTS else [])
+        for rank, extra in [(r, e) for r in ("4", "full") for e in norms]:
             out, _ = self.convert(tied, "--recursions", 2, "--sharing", "cycle", "--init", "average", "--rank", rank,
-                                  "--no-norm-overrides")
+                                  *extra)
             m = train.model_from_gguf(out).double().eval()
             with torch.no_grad():
                 got = m(torch.tensor([RAND_TOKENS]), policy="eval")["logits"][0].tolist()
             d = max_diff(logits(out, RAND_TOKENS), got)
-            self.assertLess(d, TOL, (rank, d))
+            self.assertLess(d, TOL, (rank, extra, d))
 
     # -- refusals ---------------------------------------------------------------------------
     def test_refusals(self):
