@@ -128,14 +128,16 @@ TEST(refusals) {
     snprintf(part, sizeof part, "%s.part", out);
     static const struct {
         const char *file;
-        int         n_rec, sharing, status;
+        int n_rec, sharing, status;
         const char *msg;
     } cases[] = {
         {"qwen2.gguf", 2, MOR__RELAX_CYCLE, MOR_E_UNSUPPORTED, "biases"},
         {"gemma2.gguf", 2, MOR__RELAX_CYCLE, MOR_E_UNSUPPORTED, "architecture gemma2"},
         {"llama-rope-freqs.gguf", 2, MOR__RELAX_CYCLE, MOR_E_UNSUPPORTED, "rope_freqs.weight"},
-        {"cycle-lora.gguf", 2, MOR__RELAX_CYCLE, MOR_E_UNSUPPORTED, "already recursive (mor.recursion.count = 3)"},
-        {"stories260K.gguf", 2, MOR__RELAX_MIDDLE_CYCLE, MOR_E_INVALID, "5 layers do not split into 2 recursions"},
+        {"cycle-lora.gguf", 2, MOR__RELAX_CYCLE, MOR_E_UNSUPPORTED,
+         "already recursive (mor.recursion.count = 3)"},
+        {"stories260K.gguf", 2, MOR__RELAX_MIDDLE_CYCLE, MOR_E_INVALID,
+         "5 layers do not split into 2 recursions"},
         {"stories260K.gguf", 4, MOR__RELAX_CYCLE, MOR_E_INVALID, "cycle: 5; sequence: 5; middle_cycle: 3"},
         {"stories260K.bin", 3, MOR__RELAX_MIDDLE_CYCLE, MOR_E_FORMAT, "not a GGUF file"},
         {"missing.gguf", 3, MOR__RELAX_MIDDLE_CYCLE, MOR_E_IO, "missing.gguf"},
@@ -146,8 +148,9 @@ TEST(refusals) {
         mor__relax_opts_init(&o);
         o.n_rec = cases[k].n_rec, o.sharing = cases[k].sharing;
         err[0] = 0;
-        ASSERT_STATUS(mor__relax_file(test_path(src, sizeof src, cases[k].file), out, &o, NULL, err, sizeof err),
-                      cases[k].status);
+        ASSERT_STATUS(
+            mor__relax_file(test_path(src, sizeof src, cases[k].file), out, &o, NULL, err, sizeof err),
+            cases[k].status);
         ASSERT_STR_CONTAINS(err, cases[k].msg);
         ASSERT(!exists(out) && !exists(part));
     }

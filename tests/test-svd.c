@@ -47,10 +47,10 @@ static void compose(int64_t m, int64_t n, const double *s, uint64_t seed, double
 }
 
 typedef struct {
-    double recon;     // max |A - U S Vᵀ| / max(s_1, tiny)
-    double orth_u;    // max |UᵀU - I| over the columns with s > 0
-    double orth_v;    // max |VᵀV - I| (the smaller side: all columns)
-    int    sorted;    // s descending and >= 0
+    double recon;   // max |A - U S Vᵀ| / max(s_1, tiny)
+    double orth_u;  // max |UᵀU - I| over the columns with s > 0
+    double orth_v;  // max |VᵀV - I| (the smaller side: all columns)
+    int sorted;     // s descending and >= 0
 } svd_check;
 
 static int check_svd(int64_t m, int64_t n, const double *a, int64_t k, double *s_out, svd_check *c) {
@@ -98,7 +98,8 @@ static int check_svd(int64_t m, int64_t n, const double *a, int64_t k, double *s
 }
 
 TEST(known_spectra) {
-    static const int64_t shapes[][2] = {{8, 5}, {5, 8}, {12, 12}, {40, 17}, {17, 40}, {64, 64}, {3, 1}, {1, 3}, {1, 1}};
+    static const int64_t shapes[][2] = {{8, 5},   {5, 8}, {12, 12}, {40, 17}, {17, 40},
+                                        {64, 64}, {3, 1}, {1, 3},   {1, 1}};
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         int64_t m = shapes[t][0], n = shapes[t][1], p = m < n ? m : n;
         double *s = malloc((size_t)p * sizeof *s), *got = malloc((size_t)p * sizeof *got);
@@ -112,8 +113,9 @@ TEST(known_spectra) {
             // The Gram matrix resolves s_j to about eps * s_1^2 / s_j absolute: tight for the
             // spread here, loose only for the last values of the 64 x 64 case.
             double tol = 1e-12 * s[0] + 4e-16 * s[0] * s[0] / s[j];
-            if (fabs(got[j] - s[j]) > tol) TEST__FAIL("%lldx%lld: s[%lld] = %.17g, expected %.17g", (long long)m,
-                                                      (long long)n, (long long)j, got[j], s[j]);
+            if (fabs(got[j] - s[j]) > tol)
+                TEST__FAIL("%lldx%lld: s[%lld] = %.17g, expected %.17g", (long long)m, (long long)n,
+                           (long long)j, got[j], s[j]);
         }
         ASSERT_LT(c.recon, 1e-13);
         ASSERT_LT(c.orth_v, 1e-13);  // the smaller side, from the eigensolver
@@ -238,4 +240,5 @@ TEST(refusals) {
     ASSERT_STATUS(mor__symeig(0, a, s, a, err, sizeof err), MOR_E_INVALID);
 }
 
-TEST_MAIN(known_spectra, repeated_and_zero_values, permuted_diagonal, truncation, symeig_closed_form, refusals)
+TEST_MAIN(known_spectra, repeated_and_zero_values, permuted_diagonal, truncation, symeig_closed_form,
+          refusals)

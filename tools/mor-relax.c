@@ -24,29 +24,30 @@
 #include <sys/stat.h>
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: mor-relax IN.gguf OUT.gguf --recursions N [options]\n"
-            "Turns a vanilla model (arch llama, or arch mor with mor.recursion.count = 1) into a relaxed\n"
-            "recursive mor model with SVD-initialised LoRA (docs/RELAX.md).\n"
-            "  --recursions N       N_r >= 2: L (cycle, sequence) or L - 2 (middle_*) must split into N blocks\n"
-            "  --sharing S          cycle, sequence, middle_cycle (default) or middle_sequence\n"
-            "  --init M             stepwise (default), average or lower: where the shared layers come from\n"
-            "  --rank R             LoRA rank per projection, capped at min(in, out); 0: no LoRA; full: exact\n"
-            "                       (default 0)\n"
-            "  --roles LIST         projections that get LoRA, comma-separated: q,k,v,o,gate,up,down (the\n"
-            "                       default, also 'all'; attn_q ... ffn_down are accepted too)\n"
-            "  --type T             auto (default), f32 or f16: the shared matrices and overrides\n"
-            "  --lora-type T        auto (default), f32 or f16: the LoRA matrices\n"
-            "                       (auto: f32 when every projection of the input is F32, else f16)\n"
-            "  --lora-scale S       sigma written as mor.lora.scale (default 1); lora_b = U S / sigma\n"
-            "  --no-norm-overrides  share the norms too (no per-recursion attn_norm / ffn_norm)\n"
-            "  --skip-exact         no LoRA pair where the residual is exactly zero (default: written,\n"
-            "                       lora_b = 0, so that every position can be trained)\n"
-            "  -q                   errors and warnings only\n");
+    fprintf(
+        f,
+        "usage: mor-relax IN.gguf OUT.gguf --recursions N [options]\n"
+        "Turns a vanilla model (arch llama, or arch mor with mor.recursion.count = 1) into a relaxed\n"
+        "recursive mor model with SVD-initialised LoRA (docs/RELAX.md).\n"
+        "  --recursions N       N_r >= 2: L (cycle, sequence) or L - 2 (middle_*) must split into N blocks\n"
+        "  --sharing S          cycle, sequence, middle_cycle (default) or middle_sequence\n"
+        "  --init M             stepwise (default), average or lower: where the shared layers come from\n"
+        "  --rank R             LoRA rank per projection, capped at min(in, out); 0: no LoRA; full: exact\n"
+        "                       (default 0)\n"
+        "  --roles LIST         projections that get LoRA, comma-separated: q,k,v,o,gate,up,down (the\n"
+        "                       default, also 'all'; attn_q ... ffn_down are accepted too)\n"
+        "  --type T             auto (default), f32 or f16: the shared matrices and overrides\n"
+        "  --lora-type T        auto (default), f32 or f16: the LoRA matrices\n"
+        "                       (auto: f32 when every projection of the input is F32, else f16)\n"
+        "  --lora-scale S       sigma written as mor.lora.scale (default 1); lora_b = U S / sigma\n"
+        "  --no-norm-overrides  share the norms too (no per-recursion attn_norm / ffn_norm)\n"
+        "  --skip-exact         no LoRA pair where the residual is exactly zero (default: written,\n"
+        "                       lora_b = 0, so that every position can be trained)\n"
+        "  -q                   errors and warnings only\n");
 }
 
-static const char *const role_name[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
-                                         "ffn_down"};
+static const char *const role_name[7] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                         "ffn_gate", "ffn_up", "ffn_down"};
 
 static void print_warning(void *user, const char *msg) {
     (void)user;
@@ -77,12 +78,16 @@ static int same_file(const char *a, const char *b) {
 
 // One option with its value; 0, or 2 after printing what was wrong.
 static int option(mor__relax_opts *o, const char *a, const char *v) {
-    static const char *const names[] = {"--recursions", "--sharing", "--init", "--rank", "--roles", "--type",
-                                        "--lora-type", "--lora-scale"};
-    static const char *const want[] = {"an integer from 2 to 4096", "cycle, sequence, middle_cycle or middle_sequence",
-                                       "stepwise, average or lower", "an integer >= 0 or 'full'",
+    static const char *const names[] = {"--recursions", "--sharing", "--init",      "--rank",
+                                        "--roles",      "--type",    "--lora-type", "--lora-scale"};
+    static const char *const want[] = {"an integer from 2 to 4096",
+                                       "cycle, sequence, middle_cycle or middle_sequence",
+                                       "stepwise, average or lower",
+                                       "an integer >= 0 or 'full'",
                                        "a comma-separated list of q, k, v, o, gate, up, down (or all)",
-                                       "auto, f32 or f16", "auto, f32 or f16", "a number > 0"};
+                                       "auto, f32 or f16",
+                                       "auto, f32 or f16",
+                                       "a number > 0"};
     size_t k = 0;
     while (k < sizeof names / sizeof names[0] && strcmp(a, names[k])) k++;
     if (k == sizeof names / sizeof names[0]) {
@@ -167,10 +172,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (quiet) return 0;
-    printf("%s: %s, %d layers, d %d, d_ff %d, %d heads / %d KV heads%s\n", pos[0], st.arch, st.L, st.d, st.ff, st.n_h,
-           st.n_kv, st.rope_permuted ? " (adjacent-pair RoPE: Q/K rows permuted to rotate-half)" : "");
-    printf("plan: %s, %d recursions of %d layers, %d stored layers; init %s: %s", mor__relax_sharing_name(o.sharing),
-           o.n_rec, st.B, st.n_store, mor__relax_init_name(o.init), st.sources);
+    printf("%s: %s, %d layers, d %d, d_ff %d, %d heads / %d KV heads%s\n", pos[0], st.arch, st.L, st.d, st.ff,
+           st.n_h, st.n_kv,
+           st.rope_permuted ? " (adjacent-pair RoPE: Q/K rows permuted to rotate-half)" : "");
+    printf("plan: %s, %d recursions of %d layers, %d stored layers; init %s: %s",
+           mor__relax_sharing_name(o.sharing), o.n_rec, st.B, st.n_store, mor__relax_init_name(o.init),
+           st.sources);
     if (st.n_store > st.B) printf(" (0 and %d: layers 0 and %d)", st.B + 1, st.L - 1);
     printf("\n");
     if (o.rank != 0 && o.roles) {
@@ -182,8 +189,10 @@ int main(int argc, char **argv) {
     }
     printf("wrote %s: %s shared matrices, %d LoRA pairs (%d of zero residual), %d norm overrides\n", pos[1],
            mor__dtype_name(st.type), st.n_lora, st.n_lora_zero, st.n_norm_override);
-    printf("parameters: %llu -> %llu (%.4f of the input); without the embedding and output matrices: %llu -> %llu "
-           "(%.4f)\n", (unsigned long long)st.params_in, (unsigned long long)st.params_out,
+    printf("parameters: %llu -> %llu (%.4f of the input); without the embedding and output matrices: %llu -> "
+           "%llu "
+           "(%.4f)\n",
+           (unsigned long long)st.params_in, (unsigned long long)st.params_out,
            (double)st.params_out / (double)st.params_in, (unsigned long long)st.body_in,
            (unsigned long long)st.body_out, st.body_in ? (double)st.body_out / (double)st.body_in : 0.0);
     printf("time: %.2f s (%d SVDs: %.2f s)\n", st.seconds, st.n_svd, st.svd_seconds);

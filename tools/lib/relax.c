@@ -21,16 +21,22 @@
 // ---- roles and shapes ------------------------------------------------------------------------
 
 enum { R_Q, R_K, R_V, R_O, R_GATE, R_UP, R_DOWN, N_PROJ, R_ANORM = N_PROJ, R_FNORM, N_ROLE };
-static const char *const role_name[N_ROLE] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
+static const char *const role_name[N_ROLE] = {"attn_q", "attn_k",   "attn_v",    "attn_output", "ffn_gate",
                                               "ffn_up", "ffn_down", "attn_norm", "ffn_norm"};
 static const char *const role_short[N_PROJ] = {"q", "k", "v", "o", "gate", "up", "down"};
 
 enum {
-    SH_CYCLE = MOR__RELAX_CYCLE, SH_SEQUENCE = MOR__RELAX_SEQUENCE, SH_MIDDLE_CYCLE = MOR__RELAX_MIDDLE_CYCLE,
+    SH_CYCLE = MOR__RELAX_CYCLE,
+    SH_SEQUENCE = MOR__RELAX_SEQUENCE,
+    SH_MIDDLE_CYCLE = MOR__RELAX_MIDDLE_CYCLE,
     SH_MIDDLE_SEQUENCE = MOR__RELAX_MIDDLE_SEQUENCE
 };
 static const char *const sharing_name[] = {"cycle", "sequence", "middle_cycle", "middle_sequence"};
-enum { INIT_STEPWISE = MOR__RELAX_STEPWISE, INIT_AVERAGE = MOR__RELAX_AVERAGE, INIT_LOWER = MOR__RELAX_LOWER };
+enum {
+    INIT_STEPWISE = MOR__RELAX_STEPWISE,
+    INIT_AVERAGE = MOR__RELAX_AVERAGE,
+    INIT_LOWER = MOR__RELAX_LOWER
+};
 static const char *const init_name[] = {"stepwise", "average", "lower"};
 
 typedef struct {
@@ -86,7 +92,8 @@ static void warn(const plan *p, const char *fmt, ...) {
 // Output rows x input columns of a role's matrix (norms: 1 x d).
 static void role_shape(const source *in, int role, int64_t *rows, int64_t *cols) {
     int64_t d = in->d, q = (int64_t)in->n_h * in->d_h, kv = (int64_t)in->n_kv * in->d_h, ff = in->ff;
-    static const int out_is[N_ROLE] = {1, 2, 2, 0, 3, 3, 0, 4, 4}, in_is[N_ROLE] = {0, 0, 0, 1, 0, 0, 3, 0, 0};
+    static const int out_is[N_ROLE] = {1, 2, 2, 0, 3, 3, 0, 4, 4},
+                     in_is[N_ROLE] = {0, 0, 0, 1, 0, 0, 3, 0, 0};
     const int64_t sz[5] = {d, q, kv, ff, 1};
     *rows = sz[out_is[role]];
     *cols = sz[in_is[role]];
@@ -134,12 +141,15 @@ static int get_int(const source *in, const char *key, int dflt, int *out, char *
     }
     if (s == MOR_E_NOT_FOUND) return mor__errf(err, err_n, MOR_E_FORMAT, "%s: missing key '%s'", in->path, k);
     if (s) return s;
-    if (v < 1 || v > (1u << 24)) return mor__errf(err, err_n, MOR_E_FORMAT, "%s: %s = %u is out of range", in->path, k, v);
+    if (v < 1 || v > (1u << 24))
+        return mor__errf(err, err_n, MOR_E_FORMAT, "%s: %s = %u is out of range", in->path, k, v);
     *out = (int)v;
     return MOR_OK;
 }
 
-static int str_eq(mor__gguf_str s, const char *c) { return s.len == strlen(c) && memcmp(s.ptr, c, s.len) == 0; }
+static int str_eq(mor__gguf_str s, const char *c) {
+    return s.len == strlen(c) && memcmp(s.ptr, c, s.len) == 0;
+}
 
 // "blk.N.<rest>": N (>= 0) and the rest; -1 for another name.
 static int blk_layer(const char *name, const char **rest) {
@@ -164,7 +174,8 @@ static int role_of(const char *s, size_t n) {
 static int check_arch(source *in, char *err, size_t err_n) {
     mor__gguf_str a;
     int s = mor__gguf_get_cstr(&in->g, "general.architecture", &a, err, err_n);
-    if (s == MOR_E_NOT_FOUND) return mor__errf(err, err_n, MOR_E_FORMAT, "%s: no general.architecture key", in->path);
+    if (s == MOR_E_NOT_FOUND)
+        return mor__errf(err, err_n, MOR_E_FORMAT, "%s: no general.architecture key", in->path);
     if (s) return s;
     if (str_eq(a, "llama")) {
         snprintf(in->prefix, sizeof in->prefix, "llama.");
@@ -178,17 +189,20 @@ static int check_arch(source *in, char *err, size_t err_n) {
     }
     static const char *const why[][2] = {
         {"qwen2", "its attn_q / attn_k / attn_v biases have no place in a mor layer"},
-        {"gemma2", "its post-attention and post-FFN norms, GELU, soft-caps, sliding window and embedding scale "
-                   "have no place in a mor layer"},
-        {"phi3", "its sliding-window attention has no place in a mor layer (and its Q/K/V and gate/up matrices "
-                 "are fused)"},
+        {"gemma2",
+         "its post-attention and post-FFN norms, GELU, soft-caps, sliding window and embedding scale "
+         "have no place in a mor layer"},
+        {"phi3",
+         "its sliding-window attention has no place in a mor layer (and its Q/K/V and gate/up matrices "
+         "are fused)"},
     };
     for (size_t i = 0; i < sizeof why / sizeof why[0]; i++)
         if (str_eq(a, why[i][0]))
-            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s: architecture %s cannot be converted: %s", in->path,
-                             why[i][0], why[i][1]);
-    return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s: architecture '%.*s' cannot be converted (llama or mor only)",
-                     in->path, (int)(a.len > 40 ? 40 : a.len), a.ptr);
+            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s: architecture %s cannot be converted: %s",
+                             in->path, why[i][0], why[i][1]);
+    return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
+                     "%s: architecture '%.*s' cannot be converted (llama or mor only)", in->path,
+                     (int)(a.len > 40 ? 40 : a.len), a.ptr);
 }
 
 static int check_keys(source *in, const plan *p, char *err, size_t err_n) {
@@ -198,30 +212,39 @@ static int check_keys(source *in, const plan *p, char *err, size_t err_n) {
         uint32_t nr = 0;
         if ((s = mor__gguf_get_u32(g, "mor.recursion.count", &nr, err, err_n))) return s;
         if (nr != 1)
-            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s is already recursive (mor.recursion.count = %u): "
-                             "mor-relax converts vanilla models (one recursion)", in->path, nr);
+            return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
+                             "%s is already recursive (mor.recursion.count = %u): "
+                             "mor-relax converts vanilla models (one recursion)",
+                             in->path, nr);
         mor__gguf_str v;
         if (mor__gguf_get_cstr(g, "mor.router.type", &v, err, err_n) == MOR_OK && !str_eq(v, "none"))
-            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s has a router (mor.router.type = %.*s): a vanilla "
-                             "model has none", in->path, (int)(v.len > 20 ? 20 : v.len), v.ptr);
+            return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
+                             "%s has a router (mor.router.type = %.*s): a vanilla "
+                             "model has none",
+                             in->path, (int)(v.len > 20 ? 20 : v.len), v.ptr);
         s = mor__gguf_get_cstr(g, "mor.rope.type", &v, err, err_n);
         if (s == MOR_OK) in->rope_norm = str_eq(v, "norm");
         else if (s != MOR_E_NOT_FOUND) return s;
         int kvs = 0;
         if (mor__gguf_get_bool(g, "mor.kv_sharing", &kvs, err, err_n) == MOR_OK && kvs)
-            warn(p, "%s sets mor.kv_sharing, which does nothing with one recursion; the output shares no KV", in->path);
+            warn(p, "%s sets mor.kv_sharing, which does nothing with one recursion; the output shares no KV",
+                 in->path);
         float ls;
         if (mor__gguf_get_f32(g, "mor.lora.scale", &ls, err, err_n) == MOR_OK) in->lora_scale = ls;
     } else {
         mor__gguf_str v;
         s = mor__gguf_get_cstr(g, "llama.rope.scaling.type", &v, err, err_n);
         if (s == MOR_OK && !str_eq(v, "none"))
-            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s: llama.rope.scaling.type = %.*s: arch mor has no "
-                             "RoPE scaling", in->path, (int)(v.len > 20 ? 20 : v.len), v.ptr);
+            return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
+                             "%s: llama.rope.scaling.type = %.*s: arch mor has no "
+                             "RoPE scaling",
+                             in->path, (int)(v.len > 20 ? 20 : v.len), v.ptr);
         uint32_t ne = 0;
         if (mor__gguf_get_u32(g, "llama.expert_count", &ne, err, err_n) == MOR_OK && ne > 1)
-            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s: llama.expert_count = %u: mixture-of-experts "
-                             "layers cannot be converted", in->path, ne);
+            return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
+                             "%s: llama.expert_count = %u: mixture-of-experts "
+                             "layers cannot be converted",
+                             in->path, ne);
     }
     err[0] = 0;
     if ((s = get_int(in, "block_count", -1, &in->L, err, err_n))) return s;
@@ -229,7 +252,8 @@ static int check_keys(source *in, const plan *p, char *err, size_t err_n) {
     if ((s = get_int(in, "feed_forward_length", -1, &in->ff, err, err_n))) return s;
     if ((s = get_int(in, "attention.head_count", -1, &in->n_h, err, err_n))) return s;
     if ((s = get_int(in, "attention.head_count_kv", in->n_h, &in->n_kv, err, err_n))) return s;
-    if (in->L > 4096) return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s: %d layers (at most 4096)", in->path, in->L);
+    if (in->L > 4096)
+        return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s: %d layers (at most 4096)", in->path, in->L);
     in->d_h = in->d / in->n_h;
     if (in->rope_norm && in->d_h % 2)
         return mor__errf(err, err_n, MOR_E_FORMAT, "%s: head size %d is odd", in->path, in->d_h);
@@ -257,30 +281,38 @@ static int check_tensors(source *in, char *err, size_t err_n) {
         } else if (in->is_mor && !strncmp(t->name, "exit.", 5)) {
             continue;
         } else if (!strcmp(t->name, "rope_freqs.weight")) {
-            return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s: tensor rope_freqs.weight (RoPE frequency factors) "
-                             "cannot be carried: arch mor has no such tensor", in->path);
+            return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
+                             "%s: tensor rope_freqs.weight (RoPE frequency factors) "
+                             "cannot be carried: arch mor has no such tensor",
+                             in->path);
         }
-        return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s: tensor '%s' is not part of a vanilla model mor-relax "
-                         "can carry", in->path, t->name);
+        return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
+                         "%s: tensor '%s' is not part of a vanilla model mor-relax "
+                         "can carry",
+                         in->path, t->name);
     }
     return MOR_OK;
 }
 
 // Tensor `name` as rows x cols doubles (any type the engine computes with); MOR_E_NOT_FOUND when
 // absent and !required.
-static int read_matrix(const source *in, const char *name, int64_t rows, int64_t cols, int required, double *out,
-                       char *err, size_t err_n) {
+static int read_matrix(const source *in, const char *name, int64_t rows, int64_t cols, int required,
+                       double *out, char *err, size_t err_n) {
     const mor__gguf_tensor *t = mor__gguf_find_tensor(&in->g, name);
-    if (!t) return required ? mor__errf(err, err_n, MOR_E_FORMAT, "%s: missing tensor '%s'", in->path, name)
-                            : MOR_E_NOT_FOUND;
+    if (!t)
+        return required ? mor__errf(err, err_n, MOR_E_FORMAT, "%s: missing tensor '%s'", in->path, name)
+                        : MOR_E_NOT_FOUND;
     if ((int64_t)t->dims[0] != cols || (int64_t)(t->n_elems / t->dims[0]) != rows)
-        return mor__errf(err, err_n, MOR_E_FORMAT, "%s: tensor '%s' has %llu x %llu elements, expected %lld x %lld",
-                         in->path, name, (unsigned long long)(t->n_elems / t->dims[0]), (unsigned long long)t->dims[0],
+        return mor__errf(err, err_n, MOR_E_FORMAT,
+                         "%s: tensor '%s' has %llu x %llu elements, expected %lld x %lld", in->path, name,
+                         (unsigned long long)(t->n_elems / t->dims[0]), (unsigned long long)t->dims[0],
                          (long long)rows, (long long)cols);
-    void (*to_f32)(const void *, float *, int64_t) = mor__dtype_computed(t->type) ? mor__kernels_ref()->to_f32[t->type] : NULL;
+    void (*to_f32)(const void *, float *, int64_t) =
+        mor__dtype_computed(t->type) ? mor__kernels_ref()->to_f32[t->type] : NULL;
     if (!to_f32)
-        return mor__errf(err, err_n, MOR_E_UNSUPPORTED, "%s: tensor '%s' has type %s, which mor-relax cannot read",
-                         in->path, name, mor__dtype_name(t->type));
+        return mor__errf(err, err_n, MOR_E_UNSUPPORTED,
+                         "%s: tensor '%s' has type %s, which mor-relax cannot read", in->path, name,
+                         mor__dtype_name(t->type));
     float *row = malloc((size_t)cols * sizeof *row);
     if (!row) return mor__errf(err, err_n, MOR_E_NOMEM, "out of memory");
     int64_t rb = mor__dtype_row_bytes(t->type, cols);
@@ -289,8 +321,10 @@ static int read_matrix(const source *in, const char *name, int64_t rows, int64_t
         for (int64_t c = 0; c < cols; c++) {
             if (!isfinite(row[c])) {
                 free(row);
-                return mor__errf(err, err_n, MOR_E_FORMAT, "%s: tensor '%s' holds a non-finite value (row %lld, "
-                                 "column %lld)", in->path, name, (long long)r, (long long)c);
+                return mor__errf(err, err_n, MOR_E_FORMAT,
+                                 "%s: tensor '%s' holds a non-finite value (row %lld, "
+                                 "column %lld)",
+                                 in->path, name, (long long)r, (long long)c);
             }
             out[r * cols + c] = row[c];
         }
@@ -315,7 +349,8 @@ static void permute_rope_rows(double *w, int64_t heads, int64_t d_h, int64_t col
 // The weight a vanilla layer l computes with, for role: its stored tensor, or a mor file's
 // recursion-0 override, plus its LoRA merged (sigma B A); Q/K rows permuted to rotate-half RoPE.
 // out: rows x cols; tmp: scratch of as many doubles.
-static int source_weight(const source *in, int l, int role, double *out, double *tmp, char *err, size_t err_n) {
+static int source_weight(const source *in, int l, int role, double *out, double *tmp, char *err,
+                         size_t err_n) {
     int64_t rows, cols;
     role_shape(in, role, &rows, &cols);
     char name[96];
@@ -357,7 +392,8 @@ static int source_weight(const source *in, int l, int role, double *out, double 
 
 // Adds x (rows x cols doubles; rows 0: a vector of cols) as `type` (F32 or F16); the values as
 // written go back into x (so residuals are taken against what the file holds).
-static int put_matrix(sink *o, const char *name, uint32_t type, int64_t rows, int64_t cols, double *x, int body) {
+static int put_matrix(sink *o, const char *name, uint32_t type, int64_t rows, int64_t cols, double *x,
+                      int body) {
     int vec = rows == 0;
     if (vec) rows = 1;
     int64_t n = rows * cols;
@@ -373,8 +409,10 @@ static int put_matrix(sink *o, const char *name, uint32_t type, int64_t rows, in
             uint16_t h = mor__f32_to_f16(f);
             if ((h & 0x7c00) == 0x7c00) {
                 free(buf);
-                return mor__errf(o->err, o->err_n, MOR_E_UNSUPPORTED, "tensor '%s': value %g at element %lld is "
-                                 "beyond the F16 range (use --type f32 / --lora-type f32)", name, x[i], (long long)i);
+                return mor__errf(o->err, o->err_n, MOR_E_UNSUPPORTED,
+                                 "tensor '%s': value %g at element %lld is "
+                                 "beyond the F16 range (use --type f32 / --lora-type f32)",
+                                 name, x[i], (long long)i);
             }
             memcpy(buf + 2 * i, &h, 2);
             x[i] = mor__f16_to_f32(h);
@@ -400,13 +438,17 @@ static int put_copy(sink *o, const mor__gguf_tensor *t, const char *name, int bo
 
 // Keys: the source's, renamed to mor.* where they are shape keys, then the recursion keys.
 static int write_keys(const source *in, const plan *p, int any_lora, sink *o) {
-    static const char *const carry[] = {"context_length", "embedding_length", "feed_forward_length", "block_count",
-                                        "attention.head_count", "attention.head_count_kv", "attention.key_length",
-                                        "attention.layer_norm_rms_epsilon", "rope.freq_base", "vocab_size",
+    static const char *const carry[] = {"context_length",       "embedding_length",
+                                        "feed_forward_length",  "block_count",
+                                        "attention.head_count", "attention.head_count_kv",
+                                        "attention.key_length", "attention.layer_norm_rms_epsilon",
+                                        "rope.freq_base",       "vocab_size",
                                         "exit.layers"};
-    static const char *const known[] = {"rope.dimension_count", "attention.value_length", "format_version",
-                                        "recursion.count", "recursion.sharing", "rope.type", "lora.scale",
-                                        "kv_sharing", "router.type", "rope.scaling.type"};
+    static const char *const known[] = {"rope.dimension_count", "attention.value_length",
+                                        "format_version",       "recursion.count",
+                                        "recursion.sharing",    "rope.type",
+                                        "lora.scale",           "kv_sharing",
+                                        "router.type",          "rope.scaling.type"};
     size_t pl = strlen(in->prefix);
     int s = mor__gguf_w_str(o->w, "general.architecture", "mor");
     for (uint64_t i = 0; !s && i < in->g.n_kv; i++) {
@@ -422,7 +464,8 @@ static int write_keys(const source *in, const plan *p, int any_lora, sink *o) {
             !strcmp(key, "general.quantization_version"))
             continue;
         if (!strncmp(key, "mor.policy.", 11)) {
-            warn(p, "key %s dropped: the depth steps of a recursive model are recursions, not the source's", key);
+            warn(p, "key %s dropped: the depth steps of a recursive model are recursions, not the source's",
+                 key);
             continue;
         }
         if (strncmp(key, in->prefix, pl) != 0) {  // general.*, tokenizer.* and any other key: as it is
@@ -478,7 +521,8 @@ static int64_t lora_rank(const plan *p, int64_t rows, int64_t cols) {
 }
 
 // LoRA of one position: R = W_orig - W_shared (rows x cols) as B A with A = V_kᵀ, B = U_k S_k / sigma.
-static int put_lora(const plan *p, sink *o, int s, int r, int role, int64_t rows, int64_t cols, const double *res) {
+static int put_lora(const plan *p, sink *o, int s, int r, int role, int64_t rows, int64_t cols,
+                    const double *res) {
     int64_t k = lora_rank(p, rows, cols);
     int zero = 1;
     for (int64_t i = 0; i < rows * cols && zero; i++) zero = res[i] == 0;
@@ -531,7 +575,9 @@ static int put_unique(const source *in, const plan *p, sink *o, int s, int l, do
             int64_t rows, cols;
             role_shape(in, role, &rows, &cols);
             st = source_weight(in, l, role, w, tmp, o->err, o->err_n);
-            if (!st) st = put_matrix(o, out, role >= N_PROJ ? MOR__DT_F32 : p->type, role >= N_PROJ ? 0 : rows, cols, w, 1);
+            if (!st)
+                st = put_matrix(o, out, role >= N_PROJ ? MOR__DT_F32 : p->type, role >= N_PROJ ? 0 : rows,
+                                cols, w, 1);
         } else if (permute) {  // whole rows move: exact for every type, quantized ones included
             int64_t heads = role == R_Q ? in->n_h : in->n_kv, half = in->d_h / 2;
             uint64_t rb = t->size / (t->n_elems / t->dims[0]);
@@ -541,7 +587,8 @@ static int put_unique(const source *in, const plan *p, sink *o, int s, int l, do
                 for (int64_t i = 0; i < half; i++)
                     for (int64_t j = 0; j < 2; j++)
                         memcpy(buf + (uint64_t)(h * in->d_h + j * half + i) * rb,
-                               (const uint8_t *)t->data + (uint64_t)(h * in->d_h + 2 * i + j) * rb, (size_t)rb);
+                               (const uint8_t *)t->data + (uint64_t)(h * in->d_h + 2 * i + j) * rb,
+                               (size_t)rb);
             mor__gguf_tensor c = *t;
             c.data = buf;
             st = put_copy(o, &c, out, 1);
@@ -556,7 +603,8 @@ static int put_unique(const source *in, const plan *p, sink *o, int s, int l, do
 
 // Shared stored layer s (middle slot j = s - middle): its weights from the init, then for each
 // recursion the norm overrides and LoRA pairs of the unrolled layer there.
-static int put_shared(const source *in, const plan *p, sink *o, int s, double **shared, double *w, double *tmp) {
+static int put_shared(const source *in, const plan *p, sink *o, int s, double **shared, double *w,
+                      double *tmp) {
     int L = in->L, j = s - p->middle, src[4096], n_src;
     slot_sources(p, L, j, src, &n_src);
     char name[96];
@@ -572,7 +620,8 @@ static int put_shared(const source *in, const plan *p, sink *o, int s, double **
         }
         for (int64_t i = 0; i < rows * cols; i++) acc[i] /= n_src;
         snprintf(name, sizeof name, "blk.%d.%s.weight", s, role_name[role]);
-        int st = put_matrix(o, name, role >= N_PROJ ? MOR__DT_F32 : p->type, role >= N_PROJ ? 0 : rows, cols, acc, 1);
+        int st = put_matrix(o, name, role >= N_PROJ ? MOR__DT_F32 : p->type, role >= N_PROJ ? 0 : rows, cols,
+                            acc, 1);
         if (st) return st;
     }
     for (int r = 0; r < p->n_rec; r++) {
@@ -587,7 +636,8 @@ static int put_shared(const source *in, const plan *p, sink *o, int s, double **
             if (st) return st;
             if (!proj) {  // an override when any element differs from the shared norm as written
                 int differs = 0;
-                for (int64_t i = 0; i < cols && !differs; i++) differs = (float)w[i] != (float)shared[role][i];
+                for (int64_t i = 0; i < cols && !differs; i++)
+                    differs = (float)w[i] != (float)shared[role][i];
                 if (!differs) continue;
                 snprintf(name, sizeof name, "blk.%d.rec.%d.%s.weight", s, r, role_name[role]);
                 if ((st = put_matrix(o, name, MOR__DT_F32, 0, cols, w, 1))) return st;
@@ -631,7 +681,8 @@ static int convert(const source *in, const plan *p, sink *o) {
     }
     double *w = at, *tmp = at + biggest;
     for (int i = 0; i < p->n_store && !s; i++) {
-        if (p->middle && (i == 0 || i == p->B + 1)) s = put_unique(in, p, o, i, i == 0 ? 0 : in->L - 1, w, tmp);
+        if (p->middle && (i == 0 || i == p->B + 1))
+            s = put_unique(in, p, o, i, i == 0 ? 0 : in->L - 1, w, tmp);
         else s = put_shared(in, p, o, i, shared, w, tmp);
     }
     free(mem);
@@ -716,8 +767,11 @@ static void check_exits(const source *in, const plan *p) {
             warn(p, "exit head %llu (after layer %d) is kept, but policies read no exit head in a %s model",
                  (unsigned long long)k, at[k], sharing_name[p->sharing]);
         else if (e <= 0 || e % p->B || e / p->B > p->n_rec)
-            warn(p, "exit head %llu (after layer %d) is kept, but it is not at the end of a recursion, so the exit "
-                 "policies will not read it", (unsigned long long)k, at[k]);
+            warn(p,
+                 "exit head %llu (after layer %d) is kept, but it is not at the end of a recursion, so the "
+                 "exit "
+                 "policies will not read it",
+                 (unsigned long long)k, at[k]);
     }
 }
 
@@ -727,17 +781,27 @@ static int same_file(const char *a, const char *b) {
 }
 
 // Source checks, the plan and the conversion, into a writer the caller saves.
-static int relax(source *in, const mor__relax_opts *o, mor__relax_stats *st, sink *out, char *err, size_t err_n) {
-    plan p = {.n_rec = o->n_rec, .sharing = o->sharing, .init = o->init, .roles = o->roles,
-              .norm_overrides = o->norm_overrides, .skip_exact = o->skip_exact, .rank = o->rank,
-              .sigma = o->sigma, .warn = o->warn, .user = o->user};
+static int relax(source *in, const mor__relax_opts *o, mor__relax_stats *st, sink *out, char *err,
+                 size_t err_n) {
+    plan p = {.n_rec = o->n_rec,
+              .sharing = o->sharing,
+              .init = o->init,
+              .roles = o->roles,
+              .norm_overrides = o->norm_overrides,
+              .skip_exact = o->skip_exact,
+              .rank = o->rank,
+              .sigma = o->sigma,
+              .warn = o->warn,
+              .user = o->user};
     if (o->n_rec < 2 || o->n_rec > 4096 || o->sharing < 0 || o->sharing > 3 || o->init < 0 || o->init > 2 ||
         o->rank < MOR__RELAX_FULL_RANK || !(o->sigma > 0) || (o->roles & ~MOR__RELAX_ALL_ROLES) ||
         (o->type != MOR__RELAX_AUTO && o->type != MOR__DT_F32 && o->type != MOR__DT_F16) ||
         (o->lora_type != MOR__RELAX_AUTO && o->lora_type != MOR__DT_F32 && o->lora_type != MOR__DT_F16))
-        return mor__errf(err, err_n, MOR_E_INVALID, "bad options: N_r %d (2 to 4096), sharing %d, init %d, rank %ld, "
-                         "sigma %g, roles 0x%x, types %u / %u", o->n_rec, o->sharing, o->init, o->rank,
-                         (double)o->sigma, (unsigned)o->roles, o->type, o->lora_type);
+        return mor__errf(err, err_n, MOR_E_INVALID,
+                         "bad options: N_r %d (2 to 4096), sharing %d, init %d, rank %ld, "
+                         "sigma %g, roles 0x%x, types %u / %u",
+                         o->n_rec, o->sharing, o->init, o->rank, (double)o->sigma, (unsigned)o->roles,
+                         o->type, o->lora_type);
     int s = mor__gguf_w_read_file(in->path, &in->img, &in->size, err, err_n);
     if (s) return s;
     char perr[768];
@@ -748,16 +812,19 @@ static int relax(source *in, const mor__relax_opts *o, mor__relax_stats *st, sin
         (s = check_tensors(in, err, err_n)))
         return s;
     mor_model *m;  // the engine's own checks: shapes, types, vocabulary
-    if ((s = mor_model_load(in->path, NULL, &m, perr, sizeof perr))) return mor__errf(err, err_n, s, "%s", perr);
+    if ((s = mor_model_load(in->path, NULL, &m, perr, sizeof perr)))
+        return mor__errf(err, err_n, s, "%s", perr);
     mor_model_free(m);
     p.middle = p.sharing >= SH_MIDDLE_CYCLE;
     int span = in->L - 2 * p.middle;
     if (span < p.n_rec || span % p.n_rec) {
         char ok[512];
         splits(in->L, ok, sizeof ok);
-        return mor__errf(err, err_n, MOR_E_INVALID, "%s: %d layers do not split into %d recursions with %s sharing "
-                         "(%s / N_r must be a whole number of layers). Splits of %d layers: %s", in->path, in->L,
-                         p.n_rec, sharing_name[p.sharing], p.middle ? "(L - 2)" : "L", in->L, ok);
+        return mor__errf(err, err_n, MOR_E_INVALID,
+                         "%s: %d layers do not split into %d recursions with %s sharing "
+                         "(%s / N_r must be a whole number of layers). Splits of %d layers: %s",
+                         in->path, in->L, p.n_rec, sharing_name[p.sharing], p.middle ? "(L - 2)" : "L", in->L,
+                         ok);
     }
     p.B = span / p.n_rec;
     p.n_store = p.B + 2 * p.middle;
@@ -778,7 +845,8 @@ static int relax(source *in, const mor__relax_opts *o, mor__relax_stats *st, sin
     for (int j = 0; j < p.B && at < sizeof st->sources; j++) {
         int src[4096], n;
         slot_sources(&p, in->L, j, src, &n);
-        at += (size_t)snprintf(st->sources + at, sizeof st->sources - at, "%s%d<-", j ? " " : "", j + p.middle);
+        at +=
+            (size_t)snprintf(st->sources + at, sizeof st->sources - at, "%s%d<-", j ? " " : "", j + p.middle);
         for (int k = 0; k < n && at < sizeof st->sources; k++)
             at += (size_t)snprintf(st->sources + at, sizeof st->sources - at, "%s%d", k ? "+" : "", src[k]);
     }
@@ -797,12 +865,13 @@ static int relax(source *in, const mor__relax_opts *o, mor__relax_stats *st, sin
     return MOR_OK;
 }
 
-int mor__relax_file(const char *in_path, const char *out_path, const mor__relax_opts *o, mor__relax_stats *st_out,
-                    char *err, size_t err_n) {
+int mor__relax_file(const char *in_path, const char *out_path, const mor__relax_opts *o,
+                    mor__relax_stats *st_out, char *err, size_t err_n) {
     double t0 = now_s();
     if (!in_path || !out_path || !o) return mor__errf(err, err_n, MOR_E_INVALID, "NULL path or options");
     if (same_file(in_path, out_path))
-        return mor__errf(err, err_n, MOR_E_INVALID, "the output %s is the input: refusing to overwrite it", out_path);
+        return mor__errf(err, err_n, MOR_E_INVALID, "the output %s is the input: refusing to overwrite it",
+                         out_path);
     mor__relax_stats st;
     memset(&st, 0, sizeof st);
     source in = {.path = in_path};
@@ -823,7 +892,8 @@ int mor__relax_file(const char *in_path, const char *out_path, const mor__relax_
         } else {
             mor_model_free(m);
             if (rename(part, out_path))
-                s = mor__errf(err, err_n, MOR_E_IO, "cannot rename %s to %s: %s", part, out_path, strerror(errno));
+                s = mor__errf(err, err_n, MOR_E_IO, "cannot rename %s to %s: %s", part, out_path,
+                              strerror(errno));
         }
         if (s) remove(part);
     }

@@ -63,8 +63,8 @@ typedef struct {
 // recursive source, router, RoPE factors or scaling, mixture of experts, a tensor it cannot
 // carry, a value beyond F16), MOR_E_FORMAT, MOR_E_IO, MOR_E_NOMEM; the message names the file,
 // key or tensor.
-int mor__relax_file(const char *in, const char *out, const mor__relax_opts *o, mor__relax_stats *st, char *err,
-                    size_t err_n);
+int mor__relax_file(const char *in, const char *out, const mor__relax_opts *o, mor__relax_stats *st,
+                    char *err, size_t err_n);
 
 // Names: "cycle" ... and "stepwise" ...; parsers return the index or -1.
 const char *mor__relax_sharing_name(int sharing);

@@ -15,7 +15,7 @@
 // tridiagonal form: diagonal d[0..p), subdiagonal e[1..p) (e[0] = 0). On return a holds the
 // orthogonal Q with Qᵀ A Q = T, T's basis as the columns of Q.
 static void tridiagonalize(int64_t p, double *a, double *d, double *e) {
-#define A_(i, j) a[(i) * p + (j)]
+#define A_(i, j) a[(i)*p + (j)]
     for (int64_t i = p - 1; i > 0; i--) {
         int64_t l = i - 1;
         double h = 0, scale = 0;
@@ -75,9 +75,9 @@ static void tridiagonalize(int64_t p, double *a, double *d, double *e) {
 }
 
 // Implicit QL on the tridiagonal (d, e as tridiagonalize leaves them), each sweep shifted by the
-// eigenvalue of the leading 2 x 2 block nearer its corner: eigenvalues in d (unsorted), eigenvector j in row j of zt, which holds Qᵀ on entry (so the
-// plane rotations combine two contiguous rows). Returns -1 when an eigenvalue takes more than
-// 60 iterations.
+// eigenvalue of the leading 2 x 2 block nearer its corner: eigenvalues in d (unsorted),
+// eigenvector j in row j of zt, which holds Qᵀ on entry (so the plane rotations combine two
+// contiguous rows). Returns -1 when an eigenvalue takes more than 60 iterations.
 static int tridiagonal_ql(int64_t p, double *d, double *e, double *zt) {
     for (int64_t i = 1; i < p; i++) e[i - 1] = e[i];
     e[p - 1] = 0;
@@ -136,7 +136,8 @@ static int tridiagonal_ql(int64_t p, double *d, double *e, double *zt) {
 
 int mor__symeig(int64_t p, double *a, double *w, double *z, char *err, size_t err_n) {
     if (p < 1 || (uint64_t)p > ((uint64_t)1 << 20))
-        return mor__errf(err, err_n, MOR_E_INVALID, "eigenproblem of size %lld: must be 1 to 2^20", (long long)p);
+        return mor__errf(err, err_n, MOR_E_INVALID, "eigenproblem of size %lld: must be 1 to 2^20",
+                         (long long)p);
     double *d = malloc((size_t)p * sizeof *d), *e = malloc((size_t)p * sizeof *e);
     double *zt = malloc((size_t)p * (size_t)p * sizeof *zt);
     int64_t *order = malloc((size_t)p * sizeof *order);
@@ -149,8 +150,8 @@ int mor__symeig(int64_t p, double *a, double *w, double *z, char *err, size_t er
         for (int64_t k = 0; k < p; k++) zt[i * p + k] = a[k * p + i];
     int s = MOR_OK;
     if (tridiagonal_ql(p, d, e, zt)) {
-        s = mor__errf(err, err_n, MOR_E_INTERNAL, "eigenproblem of size %lld: the QL iteration did not converge",
-                      (long long)p);
+        s = mor__errf(err, err_n, MOR_E_INTERNAL,
+                      "eigenproblem of size %lld: the QL iteration did not converge", (long long)p);
     } else {
         // Descending order; equal values keep their order (insertion sort: stable, and p is small).
         for (int64_t i = 0; i < p; i++) {
@@ -174,12 +175,16 @@ int mor__svd(int64_t m, int64_t n, const double *a, int64_t k, double *u, double
     int64_t p = m < n ? m : n;
     if (m < 1 || n < 1 || (uint64_t)m > ((uint64_t)1 << 24) || (uint64_t)n > ((uint64_t)1 << 24) ||
         (uint64_t)p > ((uint64_t)1 << 16))
-        return mor__errf(err, err_n, MOR_E_INVALID, "SVD of a %lld x %lld matrix: sizes must be 1 to 2^24, the smaller "
-                         "one at most 2^16", (long long)m, (long long)n);
+        return mor__errf(err, err_n, MOR_E_INVALID,
+                         "SVD of a %lld x %lld matrix: sizes must be 1 to 2^24, the smaller "
+                         "one at most 2^16",
+                         (long long)m, (long long)n);
     if (k < 1 || k > p)
-        return mor__errf(err, err_n, MOR_E_INVALID, "SVD of a %lld x %lld matrix: %lld singular values asked, "
-                         "must be 1 to %lld", (long long)m, (long long)n, (long long)k, (long long)p);
-    int tall = n <= m;  // the Gram matrix is AᵀA (n x n) when tall, else AAᵀ (m x m)
+        return mor__errf(err, err_n, MOR_E_INVALID,
+                         "SVD of a %lld x %lld matrix: %lld singular values asked, "
+                         "must be 1 to %lld",
+                         (long long)m, (long long)n, (long long)k, (long long)p);
+    int tall = n <= m;         // the Gram matrix is AᵀA (n x n) when tall, else AAᵀ (m x m)
     int64_t q = tall ? m : n;  // length of the computed side's vectors
     double *g = calloc((size_t)p * (size_t)p, sizeof *g), *w = malloc((size_t)p * sizeof *w);
     double *z = malloc((size_t)p * (size_t)p * sizeof *z), *t = malloc((size_t)q * sizeof *t);
