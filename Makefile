@@ -394,7 +394,7 @@ install: lib
 ## uninstall: remove what install put in place
 uninstall:
 	rm -f $(DESTDIR)$(INCDIR)/mor.h $(DESTDIR)$(LIBDIR)/libmor.a $(DESTDIR)$(LIBDIR)/libmor.so* \
-	    $(DESTDIR)$(PCDIR)/mor.pc
+	    $(DESTDIR)$(PCDIR)/mor.pc $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(TOOL_BIN)))
 
 ## test-install: install into a temporary prefix and build an example with pkg-config
 test-install: lib

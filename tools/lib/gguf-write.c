@@ -444,27 +444,34 @@ int mor__gguf_kv_value_bytes(const mor__gguf_kv *kv, uint64_t *n, char *err, siz
     return MOR_OK;
 }
 
+int mor__gguf_w_copy_kv(mor__gguf_writer *w, const mor__gguf_kv *kv, const char *key, char *err, size_t err_n) {
+    const char *kp = key ? key : kv->key.ptr;
+    uint64_t kn = key ? strlen(key) : kv->key.len;
+    uint64_t vn = 0;
+    int s = mor__gguf_kv_value_bytes(kv, &vn, err, err_n);
+    if (s) return s;
+    int arr = kv->type == MOR__GGUF_ARRAY;
+    if (kn == 17 && !memcmp(kp, "general.alignment", 17) && kv->type == MOR__GGUF_UINT32) {
+        s = mor__gguf_w_u32(w, "general.alignment", (uint32_t)(kv->data[0] | kv->data[1] << 8 | kv->data[2] << 16 | (uint32_t)kv->data[3] << 24));  // the writer's alignment too
+    } else if ((s = kv_begin(w, kp, kn, kv->type, (size_t)vn + (arr ? 12 : 0))) == MOR_OK) {
+        if (arr) {
+            put_le(&w->kv, kv->arr_type, 4);
+            put_le(&w->kv, kv->arr_n, 8);
+        }
+        put(&w->kv, kv->data, (size_t)vn);
+        w->n_kv++;
+    }
+    if (s) return mor__errf(err, err_n, s, "copying key '%.*s': out of memory", (int)(kn > 200 ? 200 : kn), kp);
+    return MOR_OK;
+}
+
 int mor__gguf_w_copy(mor__gguf_writer *w, const mor__gguf *g, const char *skip_prefix, char *err, size_t err_n) {
     size_t sp = skip_prefix ? strlen(skip_prefix) : 0;
     for (uint64_t i = 0; i < g->n_kv; i++) {
         const mor__gguf_kv *kv = &g->kv[i];
         if (sp && kv->key.len >= sp && memcmp(kv->key.ptr, skip_prefix, sp) == 0) continue;
-        uint64_t vn = 0;
-        int s = mor__gguf_kv_value_bytes(kv, &vn, err, err_n);
+        int s = mor__gguf_w_copy_kv(w, kv, NULL, err, err_n);
         if (s) return s;
-        int arr = kv->type == MOR__GGUF_ARRAY;
-        if (kv->key.len == 17 && !memcmp(kv->key.ptr, "general.alignment", 17) && kv->type == MOR__GGUF_UINT32) {
-            s = mor__gguf_w_u32(w, "general.alignment", (uint32_t)(kv->data[0] | kv->data[1] << 8 | kv->data[2] << 16 | (uint32_t)kv->data[3] << 24));  // the writer's alignment too
-        } else if ((s = kv_begin(w, kv->key.ptr, kv->key.len, kv->type, (size_t)vn + (arr ? 12 : 0))) == MOR_OK) {
-            if (arr) {
-                put_le(&w->kv, kv->arr_type, 4);
-                put_le(&w->kv, kv->arr_n, 8);
-            }
-            put(&w->kv, kv->data, (size_t)vn);
-            w->n_kv++;
-        }
-        if (s) return mor__errf(err, err_n, s, "copying key '%.*s': out of memory", (int)(kv->key.len > 200 ? 200 : kv->key.len),
-                                kv->key.ptr);
     }
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         const mor__gguf_tensor *t = &g->tensors[i];

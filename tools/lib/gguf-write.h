@@ -68,6 +68,10 @@ void mor__gguf_w_set_version(mor__gguf_writer *w, uint32_t version);
 // Bytes of a parsed key's value as stored after its type (arrays: from the first element).
 // Nested arrays are refused (MOR_E_UNSUPPORTED, the key named).
 int mor__gguf_kv_value_bytes(const mor__gguf_kv *kv, uint64_t *n, char *err, size_t err_n);
+// Appends one key of a parsed file with its type and value bytes, under its own name (key NULL)
+// or under `key` (a renamed copy: `llama.context_length` as `mor.context_length`). A UINT32
+// general.alignment also sets the writer's alignment. MOR_OK, MOR_E_NOMEM or MOR_E_UNSUPPORTED.
+int mor__gguf_w_copy_kv(mor__gguf_writer *w, const mor__gguf_kv *kv, const char *key, char *err, size_t err_n);
 // Appends every key of a parsed file (in its order, except those whose name starts with
 // skip_prefix, which may be NULL) and every tensor (in its order, bytes verbatim) to w. A
 // UINT32 general.alignment is written through mor__gguf_w_u32, so the copy keeps the file's
