@@ -212,16 +212,26 @@ static inline int ft_type(int dt) { return dt == MOR__DT_F32 ? 0 : dt == MOR__DT
 // row block's weights (contiguous) are prefetched over the tiles of the current one.
 #define FR      8   // rows per tile
 #define FC      3   // tokens per tile, at most
+#ifndef FPF_AHEAD
+#define FPF_AHEAD 24576  // bytes ahead that the few-token tiles prefetch
+#endif
 #define FNB_MAX 32  // token blocks per pass (T up to 96 per pass: 48 KiB of accumulators)
 
 static void fmatmul(int dt, const void *W, int64_t cols, int64_t r0, int64_t r1, const float *x, int64_t T,
                     int64_t ldx, float *y, int64_t ldy) {
     const size_t rb = (size_t)mor__dtype_row_bytes(dt, cols);
     if (T <= FC) {  // few tokens: stream 8 rows at a time, the whole row length
+        // The rows are contiguous: each tile prefetches (into L2) the bytes FPF_AHEAD past its
+        // own, as many lines as it reads, spread over its slices, never past the range's end.
+        const char *end = (const char *)W + (size_t)r1 * rb;
+        const int64_t slices = (cols + 15) / 16;
         for (int64_t r = r0; r < r1;) {
             int R = r1 - r >= FR ? FR : r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
+            const char *pf = (const char *)(((uintptr_t)W + (size_t)r * rb + FPF_AHEAD) & ~(uintptr_t)63);
+            int64_t pf_n = pf < end ? (int64_t)((end - pf + 63) / 64) : 0, lines = (int64_t)((R * rb + 63) / 64);
+            if (pf_n > lines) pf_n = lines;
             ftile_args p = {(const uint8_t *)W + (size_t)r * rb, rb, 0, cols, cols, x, ldx, NULL, NULL, 1, 1, y + r, ldy,
-                            NULL, 0, 0};
+                            pf, pf_n, (lines + slices - 1) / slices};
             ft_tab[FT_DIRECT][ft_type(dt)][R][T](&p);
             r += R;
         }
