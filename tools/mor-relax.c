@@ -36,7 +36,7 @@ static void usage(FILE *f) {
         "                       (default 0)\n"
         "  --roles LIST         projections that get LoRA, comma-separated: q,k,v,o,gate,up,down (the\n"
         "                       default, also 'all'; attn_q ... ffn_down are accepted too)\n"
-        "  --type T             auto (default), f32 or f16: the shared matrices and overrides\n"
+        "  --type T             auto (default), f32 or f16: the shared matrices\n"
         "  --lora-type T        auto (default), f32 or f16: the LoRA matrices\n"
         "                       (auto: f32 when every projection of the input is F32, else f16)\n"
         "  --lora-scale S       sigma written as mor.lora.scale (default 1); lora_b = U S / sigma\n"

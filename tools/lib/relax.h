@@ -28,7 +28,7 @@ typedef struct {
     int      init;            // MOR__RELAX_STEPWISE ...
     long     rank;            // LoRA rank >= 0 (0: none), or MOR__RELAX_FULL_RANK
     int      roles;           // projections that get LoRA (MOR__RELAX_ALL_ROLES)
-    uint32_t type;            // shared matrices and overrides: MOR__DT_F32, MOR__DT_F16 or AUTO
+    uint32_t type;            // shared matrices: MOR__DT_F32, MOR__DT_F16 or AUTO
     uint32_t lora_type;       // LoRA matrices: likewise
     float    sigma;           // written as mor.lora.scale; lora_b carries 1 / sigma
     int      norm_overrides;  // per-recursion norms where the source's differ (default 1)
