@@ -345,6 +345,15 @@ class Relax(unittest.TestCase):
                 got = m(torch.tensor([RAND_TOKENS]), policy="eval")["logits"][0].tolist()
             d = max_diff(logits(out, RAND_TOKENS), got)
             self.assertLess(d, TOL, (rank, extra, d))
+        # what the trainer cannot hold is refused, not dropped
+        out, _ = self.convert(STORIES, "--recursions", 3, "--rank", "4")
+        with self.assertRaises(SystemExit) as cm:
+            train.model_from_gguf(out)
+        self.assertIn("output.weight", str(cm.exception))
+        out, _ = self.convert(tied, "--recursions", 2, "--sharing", "cycle", "--rank", "4", "--skip-exact")
+        with self.assertRaises(SystemExit) as cm:
+            train.model_from_gguf(out)
+        self.assertIn("--skip-exact", str(cm.exception))
 
     # -- refusals ---------------------------------------------------------------------------
     def test_refusals(self):

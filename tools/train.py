@@ -922,6 +922,11 @@ def model_from_gguf(path, device="cpu"):
               temp=g("router.temp", 1.0))
     names = r.tensor_names()
     kw["V"] = r.tensor("token_embd.weight").shape[0]
+    # what the trainer's model cannot hold is refused, never dropped
+    for n in names:
+        if n == "output.weight" or re.match(r"exit\.\d+\.output\.weight$", n):
+            raise SystemExit("%s: %s: the trainer ties output matrices to the embedding and "
+                             "cannot hold a separate one" % (path, n))
     loras = [n for n in names if n.endswith(".lora_a")]
     if loras:
         kw["lora_rank"] = max(r.tensor(n).shape[0] for n in loras)
@@ -954,6 +959,10 @@ def model_from_gguf(path, device="cpu"):
             m.norm_over[key].copy_(W["blk.%s.rec.%s.%s.weight" % (s, rr, role)])
         for key in list(m.lora_a.keys()):
             s, rr, role = key.split("_", 2)
+            if "blk.%s.rec.%s.%s.lora_a" % (s, rr, role) not in W:
+                raise SystemExit("%s: no LoRA pair blk.%s.rec.%s.%s: the trainer needs one at every "
+                                 "position of a relaxed model (convert without --skip-exact)"
+                                 % (path, s, rr, role))
             m.lora_a[key].copy_(W["blk.%s.rec.%s.%s.lora_a" % (s, rr, role)])
             m.lora_b[key].copy_(W["blk.%s.rec.%s.%s.lora_b" % (s, rr, role)])
         if router == "expert":
