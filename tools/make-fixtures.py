@@ -46,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import morgguf  # noqa: E402
 from morgguf import F32, F16, BF16  # noqa: E402
+from morconvert import layout  # noqa: E402
 
 MARGIN = 1e-3
 MIN_DISTINCT = 8
@@ -183,18 +184,7 @@ class Spec(object):
 
     def s_r(self, l):
         """Stored layer and recursion of unrolled layer l (docs/FORMAT.md §3.2)."""
-        B, N, L = self.B, self.n_rec, self.L
-        if self.sharing == "cycle":
-            return l % B, l // B
-        if self.sharing == "sequence":
-            return l // N, l % N
-        if l == 0:
-            return 0, 0
-        if l == L - 1:
-            return B + 1, 0
-        if self.sharing == "middle_cycle":
-            return 1 + (l - 1) % B, (l - 1) // B
-        return 1 + (l - 1) // N, (l - 1) % N
+        return layout.s_r(l, self.L, self.sharing, self.n_rec)
 
     @property
     def middle(self):
