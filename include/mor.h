@@ -13,7 +13,7 @@ extern "C" {
  *  Version
  **************************************************************************************************/
 #define MOR_VERSION_MAJOR 0
-#define MOR_VERSION_MINOR 4
+#define MOR_VERSION_MINOR 5
 #define MOR_VERSION_PATCH 0
 #define MOR_VERSION_NUMBER (MOR_VERSION_MAJOR * 10000 + MOR_VERSION_MINOR * 100 + MOR_VERSION_PATCH)
 
