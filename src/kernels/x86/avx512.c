@@ -224,7 +224,7 @@ static void fmatmul(int dt, const void *W, int64_t cols, int64_t r0, int64_t r1,
         // The rows are contiguous: each tile prefetches (into L2) the bytes FPF_AHEAD past its
         // own, as many lines as it reads, spread over its slices, never past the range's end.
         const char *end = (const char *)W + (size_t)r1 * rb;
-        const int64_t slices = (cols + 15) / 16;
+        const int64_t slices = cols > 15 ? (cols + 15) / 16 : 1;
         for (int64_t r = r0; r < r1;) {
             int R = r1 - r >= FR ? FR : r1 - r >= 4 ? 4 : r1 - r >= 2 ? 2 : 1;
             const char *pf = (const char *)(((uintptr_t)W + (size_t)r * rb + FPF_AHEAD) & ~(uintptr_t)63);
