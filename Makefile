@@ -348,7 +348,7 @@ $(B)/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzz.h $(TLIB) $(STATIC) $(INT_HDRS)
 ## run: generate a continuation from the default model
 DEFAULT_MODEL := $(firstword $(wildcard tests/data/models/default.gguf) tests/data/stories260K.gguf)
 run: all
-	./$(B)/mor-run $(DEFAULT_MODEL) -p "Once upon a time" -n 96
+	./$(B)/mor-run -m $(DEFAULT_MODEL) -p "Once upon a time" -n 96
 
 ## bench: mor-bench on random-weight SmolLM-135M shapes (F32, F16, vanilla and MoR-3; 1 and 2 threads)
 BENCH_ARGS ?= --shape smollm-135m --type f32,f16 --recursions 0,3 -t 1,2 -p 128 -n 64 -r 3

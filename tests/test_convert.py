@@ -80,8 +80,8 @@ def read_fix(path):
 
 def engine(gguf, prompt, n):
     """Greedy ids and per-generated-token depths from build/mor-run."""
-    p = subprocess.run([MOR_RUN, gguf, "-t", " ".join(map(str, prompt)), "-n", str(n), "--ids",
-                        "--no-stop", "--stats"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.run([MOR_RUN, "-m", gguf, "--ids-prompt", " ".join(map(str, prompt)), "-n", str(n), "--ids",
+                        "--ignore-eos", "--stats"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err = p.stderr.decode("utf-8", "replace")
     if p.returncode != 0:
         raise AssertionError("mor-run failed on %s: %s" % (gguf, err))

@@ -21,7 +21,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: mor-run -m MODEL.gguf [options]\n"
             "  -m, --model FILE       the model (GGUF)\n"
-            "  -p, --prompt TEXT      prompt text (tokenized with the model's vocabulary, BOS added as the file says)\n"
+            "  -p, --prompt TEXT      prompt text (tokenized with the model's vocabulary, BOS added as the file says;\n"
+            "                         \\n \\t \\r \\\\ \\\" \\' escapes, also in -r and --stop)\n"
             "  -f, --file FILE        prompt text from FILE (- = stdin; one trailing newline removed)\n"
             "  --ids-prompt \"ID ...\"  prompt as token ids instead of text\n"
             "  -n, --n-predict N      tokens to generate (default 64; -1 = until end of generation or a full context)\n"
@@ -36,7 +37,8 @@ static void usage(FILE *f) {
             "  --stop T               stop when the text ends with T, T not printed; repeatable\n"
             "  --ignore-eos           do not stop at an end-of-generation token\n"
             "  -i, --interactive      after generating, read a line from stdin, append it (and a newline) and\n"
-            "                         generate again; end of input ends the run. Plain continuation: no chat template\n"
+            "                         generate again (an empty line: generate on); end of input ends the run.\n"
+            "                         Plain continuation (no chat template is applied); piped lines are echoed\n"
             "  --color[=WHEN]         color each generated token by the depth it ran (legend on stderr); WHEN is\n"
             "                         auto (the default of --color: only when stdout is a terminal and NO_COLOR is\n"
             "                         unset), always or never\n"
@@ -61,7 +63,8 @@ static void usage(FILE *f) {
             "  --stats                print per-token depths at the end\n"
             "  -v                     log what the library reports\n"
             "deprecated (until the next release): MODEL as a positional argument (use -m), -j N (use -t),\n"
-            "  --no-stop (use --ignore-eos); -t no longer takes token ids (use --ids-prompt)\n"
+            "  --ctx (use -c), --batch (use -b), --no-stop (use --ignore-eos); -t no longer takes token ids\n"
+            "  (use --ids-prompt)\n"
             "exit status: 0 done, 1 run-time error (including a full context), 2 usage error\n");
 }
 
@@ -455,6 +458,7 @@ static int read_turn(run *r, char *msg, size_t cap) {
     while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) len--;
     if (!len) return 0;  // an empty line: generate on
     line[len++] = '\n';  // getline's buffer held the newline or NUL, so there is room
+    if (!isatty(STDIN_FILENO)) fwrite(line, 1, (size_t)len, stdout);  // a terminal has shown it already
     size_t need = 0, n = 0;
     int st = mor_tokenize(r->model, line, (size_t)len, NULL, 0, 0, &need);
     int32_t *toks = st == MOR_OK || st == MOR_E_BUFFER_SMALL ? malloc(sizeof(int32_t) * (need ? need : 1)) : NULL;
