@@ -318,6 +318,7 @@ enum { END_LENGTH, END_EOG, END_STOP, END_REVERSE, END_CONTEXT, END_ERROR };
 #define NONE ((size_t)-1)
 
 static int text_append(run *r, const char *b, size_t nb, int32_t d) {
+    if (!nb) return 0;
     if (r->n + nb > r->cap) {
         size_t cap = (r->n + nb) * 2 + 256;
         char *t = realloc(r->text, cap);
@@ -481,6 +482,13 @@ static void deprecated(const char *old, const char *now) {
     fprintf(stderr, "mor-run: warning: %s is deprecated and goes in the next release; use %s\n", old, now);
 }
 
+// main's ways out: everything it allocated is freed on each (so leak checkers stay quiet).
+#define FAIL(code) \
+    do { \
+        rc = (code); \
+        goto done; \
+    } while (0)
+
 int main(int argc, char **argv) {
     const char *path = NULL, *ids = NULL, *prompt_file = NULL;
     char *text = NULL, *file_text = NULL;
@@ -492,8 +500,13 @@ int main(int argc, char **argv) {
     long min_depth = -1, shallow = 1, metric = 0;
     const char *depth_map = NULL, *policy_file = NULL;
     const char **stops = calloc((size_t)argc, sizeof *stops), **rprompts = calloc((size_t)argc, sizeof *rprompts);
-    int n_stops = 0, n_rprompts = 0;
-    if (!stops || !rprompts) return 1;
+    int n_stops = 0, n_rprompts = 0, rc = 0;
+    mor_model *model = NULL;
+    mor_session *s = NULL;
+    int32_t *prompt = NULL;
+    run r;
+    memset(&r, 0, sizeof r);
+    if (!stops || !rprompts) FAIL(1);
     mor_sampler_params sp;
     mor_sampler_params_init(&sp);
     for (int i = 1; i < argc; i++) {
@@ -502,7 +515,7 @@ int main(int argc, char **argv) {
         int bad = 0, used = 1;
         if (is_opt(a, "-h", "--help")) {
             usage(stdout);
-            return 0;
+            FAIL(0);
         } else if (is_opt(a, "-m", "--model") && v) path = v;
         else if (is_opt(a, "-p", "--prompt") && v) text = v, text_len = unescape(v), prompt_file = NULL, ids = NULL;
         else if (is_opt(a, "-f", "--file") && v) prompt_file = v, text = NULL, ids = NULL;
@@ -514,7 +527,7 @@ int main(int argc, char **argv) {
             if (parse_int(v, 1, 256, &n_threads)) {
                 fprintf(stderr, "mor-run: %s takes a thread count (1 to 256), not '%s'; prompt token ids, which -t took "
                                 "before, go with --ids-prompt \"ID ID ...\"\n", a, v);
-                return 2;
+                FAIL(2);
             }
         } else if (is_opt(a, "-j", NULL) && v) deprecated("-j", "-t (threads)"), bad = parse_int(v, 1, 256, &n_threads);
         else if (is_opt(a, NULL, "--ctx") && v) deprecated("--ctx", "-c or --ctx-size"), bad = parse_int(v, 1, 1 << 20, &n_ctx);
@@ -574,50 +587,48 @@ int main(int argc, char **argv) {
             else if (a[0] != '-' && !path) deprecated("MODEL as a positional argument", "-m MODEL"), path = a;
             else {
                 fprintf(stderr, "mor-run: unknown or incomplete option '%s' (mor-run -h lists them)\n", a);
-                return 2;
+                FAIL(2);
             }
         }
         if (bad) {
             fprintf(stderr, "mor-run: bad value '%s' for %s\n", v, a);
-            return 2;
+            FAIL(2);
         }
         i += used;
     }
     if (!path) {
         fprintf(stderr, "mor-run: no model: give one with -m MODEL.gguf (mor-run -h lists the options)\n");
-        return 2;
+        FAIL(2);
     }
     if ((n_stops || n_rprompts || interactive) && print_ids) {
         fprintf(stderr, "mor-run: -r, --stop and -i work on text, not with --ids\n");
-        return 2;
+        FAIL(2);
     }
     if (interactive && prompt_file && !strcmp(prompt_file, "-")) {
         fprintf(stderr, "mor-run: -i reads your lines from stdin, so the prompt cannot come from it (-f -)\n");
-        return 2;
+        FAIL(2);
     }
-    if (prompt_file && !(text = file_text = read_prompt_file(prompt_file, &text_len))) return 1;
+    if (prompt_file && !(text = file_text = read_prompt_file(prompt_file, &text_len))) FAIL(1);
     if (color == 1) {
         const char *no = getenv("NO_COLOR");
         color = isatty(STDOUT_FILENO) && !(no && *no);
     }
 
     char err[512];
-    mor_model *model = NULL;
     double t0 = now();
     if (mor_model_load(path, NULL, &model, err, sizeof err) != MOR_OK) {
         fprintf(stderr, "mor-run: %s\n", err);
-        return 1;
+        FAIL(1);
     }
     double t_load = now() - t0;
     int has_vocab = mor_model_n_vocab(model) > 0;
     if (!has_vocab) print_ids = 1;
     if (!has_vocab && (n_stops || n_rprompts || interactive)) {
         fprintf(stderr, "mor-run: the model has no vocabulary: -r, --stop and -i need text\n");
-        return 2;
+        FAIL(2);
     }
 
     // Prompt.
-    int32_t *prompt = NULL;
     size_t n_prompt = 0;
     if (ids) {
         prompt = malloc(sizeof(int32_t) * (strlen(ids) / 2 + 2));
@@ -627,7 +638,7 @@ int main(int argc, char **argv) {
             long v = strtol(p, &end, 10);
             if (end == p) {
                 fprintf(stderr, "mor-run: bad token id list near '%s'\n", p);
-                return 2;
+                FAIL(2);
             }
             prompt[n_prompt++] = (int32_t)v;
             p = end;
@@ -637,13 +648,13 @@ int main(int argc, char **argv) {
         int st = mor_tokenize(model, text, text_len, NULL, 0, MOR_TOKENIZE_ADD_SPECIAL, &need);
         if (st != MOR_OK && st != MOR_E_BUFFER_SMALL) {
             fprintf(stderr, "mor-run: cannot tokenize the prompt: %s\n", mor_status_str(st));
-            return 1;
+            FAIL(1);
         }
         prompt = malloc(sizeof(int32_t) * (need ? need : 1));
         mor_tokenize(model, text, text_len, prompt, need, MOR_TOKENIZE_ADD_SPECIAL, &n_prompt);
     } else if (text) {
         fprintf(stderr, "mor-run: the model has no vocabulary; give token ids with --ids-prompt\n");
-        return 2;
+        FAIL(2);
     }
     if (n_prompt == 0) {  // start from BOS (or token 0)
         prompt = realloc(prompt, sizeof(int32_t));
@@ -659,14 +670,13 @@ int main(int argc, char **argv) {
     p.n_batch = (int32_t)n_batch;
     p.n_threads = (int32_t)n_threads;
     if (kv_f16) p.flags |= MOR_SESSION_KV_F16;
-    mor_session *s = NULL;
     if (mor_session_create(model, &p, &s, err, sizeof err) != MOR_OK) {
         fprintf(stderr, "mor-run: %s\n", err);
-        return 1;
+        FAIL(1);
     }
     if (mor_session_set_sampler(s, &sp) != MOR_OK) {
         fprintf(stderr, "mor-run: %s\n", mor_session_last_error(s));
-        return 2;
+        FAIL(2);
     }
     int policy_flags = depth || full || threshold >= 0 || policy >= 0 || kv || budget > 0 || min_depth >= 0 ||
                        decay > 0 || adaptive || rollback > 0 || metric;
@@ -674,12 +684,12 @@ int main(int argc, char **argv) {
         mor_exit_policy ep;
         if (policy_flags) {
             fprintf(stderr, "mor-run: give --policy-file or the policy options, not both\n");
-            return 2;
+            FAIL(2);
         }
-        if (read_policy_file(policy_file, &ep)) return 2;
+        if (read_policy_file(policy_file, &ep)) FAIL(2);
         if (mor_session_set_exit_policy(s, &ep) != MOR_OK) {
             fprintf(stderr, "mor-run: %s: %s\n", policy_file, mor_session_last_error(s));
-            return 2;
+            FAIL(2);
         }
     } else if (policy_flags) {
         mor_exit_policy ep;
@@ -699,11 +709,9 @@ int main(int argc, char **argv) {
         ep.rollback = rollback;
         if (mor_session_set_exit_policy(s, &ep) != MOR_OK) {
             fprintf(stderr, "mor-run: %s\n", mor_session_last_error(s));
-            return 2;
+            FAIL(2);
         }
     }
-    run r;
-    memset(&r, 0, sizeof r);
     r.model = model, r.s = s, r.color = color, r.print_ids = print_ids, r.stop_eog = stop, r.has_vocab = has_vocab;
     r.stops = stops, r.n_stops = n_stops, r.rprompts = rprompts, r.n_rprompts = n_rprompts, r.cur_color = -1;
     r.steps = mor_model_get_int(model, MOR_INFO_N_STEPS);
@@ -717,7 +725,6 @@ int main(int argc, char **argv) {
                 tmpl ? " (the model has a chat template, which mor-run does not apply: plain continuation)" : "");
     }
 
-    int rc = 0;
     char msg[512] = "";  // the error that ended the run, printed after the text
     double t1 = now(), t_prompt = 0, t_gen = 0;
     int st = mor_session_step(s, prompt, (int32_t)n_prompt);
@@ -766,6 +773,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mor-run: mean depth %.2f of %ld recursions\n", (double)r.depth_sum / (double)r.n_done, n_rec);
     if (stats) print_stats(model, s, (int32_t)n_prompt, r.n_rolled);
     if (depth_map && write_depth_map(depth_map, model, s, (int32_t)n_prompt) != 0) rc = 1;
+done:
     free(r.text);
     free(r.tdepth);
     free(r.line);
