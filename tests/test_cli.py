@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""mor-run's command line: llama.cpp's option names and meanings, the deprecated spellings and
+"""mor-run's command line: the common option names and meanings, the deprecated spellings and
 their warnings, error messages and exit statuses, stop strings and reverse prompts, interactive
 mode on piped stdin, and depth colors. Greedy runs, so the outputs are exact.
 

@@ -1,6 +1,6 @@
 // mor-run: load a model, take a prompt as text (-p, -f) or token ids (--ids-prompt), generate
 // tokens and print them as they come, then timing and depth statistics on stderr. The options
-// follow llama.cpp's command line where both have one (-m, -p, -f, -n, -t, -c, -r, -i, ...).
+// use the names common among command-line model runners (-m, -p, -f, -n, -t, -c, -r, -i, ...).
 //
 //   mor-run -m MODEL.gguf -p "Once upon a time" -n 64
 //   mor-run -m MODEL.gguf --ids-prompt "1 403 407" -n 32 --ids
@@ -220,7 +220,7 @@ static void print_relaxations(const mor_model *model) {
 }
 
 
-// In place: \n \t \r \\ \" \' become what they name (as llama.cpp does by default for
+// In place: \n \t \r \\ \" \' become what they name (the common default for
 // command-line text); other backslashes stay. Returns the new length.
 static size_t unescape(char *s) {
     char *o = s;
@@ -238,7 +238,7 @@ static size_t unescape(char *s) {
 }
 
 // The prompt file (- = stdin) in a malloc'd, NUL-terminated buffer; one trailing newline is
-// removed, as llama.cpp does. NULL with the problem printed.
+// removed, as is usual. NULL with the problem printed.
 static char *read_prompt_file(const char *path, size_t *len) {
     FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
     if (!f) {
