@@ -435,6 +435,35 @@ MOR_API const char *mor_session_last_error(const mor_session *session);
  * Not thread-safe on one session. */
 MOR_API int mor_session_step(mor_session *session, const int32_t *tokens, int32_t n_tokens);
 
+/* Bounding and cancelling one step. An abort callback receives the progress of the
+ * mor_session_step() call running it: n_done tokens of the call's n_total are accepted so far,
+ * and the pass over the next tokens is about to run unrolled layer `layer` of n_layer (0: the
+ * pass has not started). It is called before every layer of every pass (a prompt runs in
+ * passes of n_batch tokens; KV_SYNC runs one token per pass), on the thread that called
+ * mor_session_step(). Return 0 to go on, anything else to stop. It may read the session (see
+ * the callback rules under mor_route_fn: changing calls are refused with MOR_E_BUSY).
+ *
+ * A stopped step returns MOR_E_CANCELLED (the message gives n_done and n_total) and leaves the
+ * session exactly as if mor_session_step(session, tokens, n_done) had been called: the first
+ * n_done tokens are in the sequence (n_past grew by n_done) with their K/V, logits and depths;
+ * the pass that was stopped between layers is dropped whole (its K/V entries go). With
+ * n_done = 0 the session is as before the call, the previous step's logits included. To
+ * resume, step the rest: mor_session_step(session, tokens + n_done, n_total - n_done); the
+ * logits are then bit-identical to those of an uncancelled step, because passes stop only at
+ * n_batch boundaries of the call (n_done is a multiple of n_batch, or of 1 under KV_SYNC).
+ * n_done is the callback's last argument, or the growth of mor_session_n_past().
+ *
+ * To bound one call to K prompt tokens, return non-zero when n_done >= K and layer == 0 (with
+ * n_batch a divisor of K); to bound its time, compare a clock at every call. A custom router
+ * that saw a dropped pass is not told (its reset is not called). Scheduled sessions
+ * (mor_sched_*) do not call it: cancel there with mor_sched_cancel(). */
+typedef int32_t (*mor_abort_fn)(void *user, int32_t n_done, int32_t n_total, int32_t layer, int32_t n_layer);
+
+/* mor_session_set_abort(): install the abort callback (NULL: none, the default); user is
+ * borrowed until replaced or the session is freed. @return MOR_OK, MOR_E_INVALID (NULL session),
+ * MOR_E_BUSY (called from a callback of the session). */
+MOR_API int mor_session_set_abort(mor_session *session, mor_abort_fn fn, void *user);
+
 /* mor_session_logits(): logits (n_vocab floats) of token i of the last step; i = -1 is the last
  * token. NULL if i is out of range or that token's logits were not kept. Borrowed: valid until
  * the next step, rewind, reset or state load. */
@@ -505,6 +534,30 @@ MOR_API int mor_session_set_sampler(mor_session *session, const mor_sampler_para
  * is never picked). Does not append the token: pass it to
  * mor_session_step(). @return MOR_OK, or MOR_E_INVALID (no logits: step first). */
 MOR_API int mor_session_sample(mor_session *session, int32_t *token);
+
+/* Constrained sampling: an additive logit bias per token and a set of allowed tokens, applied
+ * by mor_session_sample() before the repetition penalty, temperature and the cuts, to a copy of
+ * the logits (mor_session_logits() still returns the model's). A game character choosing among
+ * given actions allows only their first tokens; a bias of -INFINITY bans a token. Both are
+ * settings of the session, like the sampler: they survive steps, rewind and reset, and they
+ * are not part of the saved state. The first call that sets one allocates 5 bytes per
+ * vocabulary entry from the session's allocator, once.
+ *
+ * mor_session_set_logit_bias(): replace the bias: token ids[i] gets bias[i] added (an id given
+ * twice gets the sum). n = 0 (ids and bias may be NULL) removes every bias. Each bias is
+ * finite or -INFINITY. mor_session_set_allowed_tokens(): replace the allowed set: only the n
+ * ids given may be sampled (duplicates are allowed); ids = NULL with n = 0 allows every token
+ * again. An empty set (ids not NULL, n = 0) is refused: it would leave nothing to sample.
+ * @return MOR_OK; MOR_E_TOKEN (an id outside [0, n_vocab): the message names it and its
+ * index); MOR_E_INVALID (NULL session, NULL array with n > 0, n < 0, an empty allowed set, a
+ * NaN or +INFINITY bias, named in mor_session_last_error); MOR_E_NOMEM; MOR_E_BUSY. A refused
+ * call changes nothing.
+ *
+ * With constraints, mor_session_sample() picks only allowed tokens whose biased logit is not
+ * -INFINITY (greedy: the first of the largest biased logits; a NaN logit is never picked), and
+ * returns MOR_E_INVALID ("every token is excluded") if none is left. */
+MOR_API int mor_session_set_logit_bias(mor_session *session, const int32_t *ids, const float *bias, int32_t n);
+MOR_API int mor_session_set_allowed_tokens(mor_session *session, const int32_t *ids, int32_t n);
 
 /*-************************************************************************************************
  *  Exit policy

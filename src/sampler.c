@@ -85,6 +85,77 @@ static void top_k_sorted(const float *l, int32_t n, int32_t k, int32_t *cand) {
     }
 }
 
+// ---- constraints -----------------------------------------------------------------------------
+
+// The id arrays of a constraint: every id in [0, V) (MOR_E_TOKEN names the first that is not).
+static int check_ids(mor_session *s, const int32_t *ids, int32_t n) {
+    const int32_t V = s->model->hp.n_vocab;
+    for (int32_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return mor__session_fail(s, MOR_E_TOKEN, "token %d at index %d is outside the vocabulary [0, %d)", ids[i], i, V);
+    return MOR_OK;
+}
+
+int mor_session_set_logit_bias(mor_session *s, const int32_t *ids, const float *bias, int32_t n) {
+    if (!s) return MOR_E_INVALID;
+    MOR__REFUSE_BUSY(s);
+    s->err[0] = 0;
+    if (n < 0) return mor__session_fail(s, MOR_E_INVALID, "n = %d: must be >= 0", n);
+    if (n > 0 && (!ids || !bias)) return mor__session_fail(s, MOR_E_INVALID, "ids or bias is NULL with n = %d", n);
+    int st = check_ids(s, ids, n);
+    if (st) return st;
+    for (int32_t i = 0; i < n; i++)
+        if (isnan(bias[i]) || bias[i] == INFINITY)
+            return mor__session_fail(s, MOR_E_INVALID, "bias[%d] (token %d) = %g: must be finite or -INFINITY", i,
+                                     ids[i], bias[i]);
+    const size_t V = (size_t)s->model->hp.n_vocab;
+    if (n > 0 && !s->bias) {
+        s->bias = mor__alloc(&s->alloc, V, sizeof(float), 1);
+        if (!s->bias) return mor__session_fail(s, MOR_E_NOMEM, "out of memory for the logit bias of %zu tokens", V);
+    }
+    if (s->bias) memset(s->bias, 0, V * sizeof(float));
+    int any = 0;
+    for (int32_t i = 0; i < n; i++) s->bias[ids[i]] += bias[i];
+    for (int32_t i = 0; i < n; i++) any |= s->bias[ids[i]] != 0.0f;
+    s->has_bias = any;
+    return MOR_OK;
+}
+
+int mor_session_set_allowed_tokens(mor_session *s, const int32_t *ids, int32_t n) {
+    if (!s) return MOR_E_INVALID;
+    MOR__REFUSE_BUSY(s);
+    s->err[0] = 0;
+    if (!ids) {
+        if (n != 0) return mor__session_fail(s, MOR_E_INVALID, "ids is NULL with n = %d", n);
+        s->n_allowed = 0;  // every token allowed
+        return MOR_OK;
+    }
+    if (n < 1)
+        return mor__session_fail(s, MOR_E_INVALID, "an allowed set of %d tokens: at least one is needed "
+                                                   "(ids = NULL with n = 0 allows every token)", n);
+    int st = check_ids(s, ids, n);
+    if (st) return st;
+    const size_t V = (size_t)s->model->hp.n_vocab;
+    if (!s->allowed) {
+        s->allowed = mor__alloc(&s->alloc, V, 1, 0);
+        if (!s->allowed) return mor__session_fail(s, MOR_E_NOMEM, "out of memory for an allowed set of %zu tokens", V);
+    }
+    memset(s->allowed, 0, V);
+    for (int32_t i = 0; i < n; i++) s->allowed[ids[i]] = 1;
+    s->n_allowed = n;
+    return MOR_OK;
+}
+
+// The logits with the bias added and the tokens outside the allowed set at -inf, into l.
+static void constrain(const mor_session *s, const float *logits, float *l, int32_t V) {
+    memcpy(l, logits, (size_t)V * sizeof(float));
+    if (s->has_bias)
+        for (int32_t i = 0; i < V; i++) l[i] += s->bias[i];
+    if (s->n_allowed)
+        for (int32_t i = 0; i < V; i++)
+            if (!s->allowed[i]) l[i] = -INFINITY;
+}
+
 int mor_session_sample(mor_session *s, int32_t *token) {
     if (!s) return MOR_E_INVALID;
     MOR__REFUSE_BUSY(s);
@@ -95,12 +166,20 @@ int mor_session_sample(mor_session *s, int32_t *token) {
     const int32_t V = s->model->hp.n_vocab;
     const mor__sampler *sp = &s->sampler;
     const int penalty = sp->repeat_penalty != 1.0f && sp->repeat_last_n > 0;
-    if (sp->temperature <= 0.0f && !penalty) {  // greedy on the logits as they are
+    const int constrained = s->has_bias || s->n_allowed;
+    if (sp->temperature <= 0.0f && !penalty && !constrained) {  // greedy on the logits as they are
         *token = (int32_t)s->kern->argmax(logits, V);
         return MOR_OK;
     }
     float *l = s->probs;
-    memcpy(l, logits, (size_t)V * sizeof(float));
+    if (constrained) {
+        constrain(s, logits, l, V);
+        int32_t best = (int32_t)s->kern->argmax(l, V);
+        if (!(l[best] > -INFINITY))  // -inf, or NaN: nothing may be picked
+            return mor__session_fail(s, MOR_E_INVALID, "every token is excluded by the allowed set and the logit bias");
+    } else {
+        memcpy(l, logits, (size_t)V * sizeof(float));
+    }
     if (penalty) {
         int32_t from = MOR__MAX(0, s->n_past - sp->repeat_last_n);
         uint8_t *seen = (uint8_t *)s->cand;  // V bytes of scratch; cand is V int32
@@ -124,6 +203,7 @@ int mor_session_sample(mor_session *s, int32_t *token) {
     int32_t k = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
     int32_t *cand = s->cand;
     top_k_sorted(l, V, k, cand);
+    while (k > 1 && !(l[cand[k - 1]] > -INFINITY)) k--;  // excluded tokens are never drawn
     // Softmax over the k candidates, in place of their logits (kept in `probs` order by rank).
     float mx = l[cand[0]];
     double sum = 0;

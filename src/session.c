@@ -1,6 +1,7 @@
 // session.c: sessions: the memory plan and creation (one block), stepping in chunks, context
 // limits, rewind and reset. The exit policy lives in policy.c, the state format in state.c.
 #include "session.h"
+#include "layer.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -24,6 +25,8 @@ void mor_session_free(mor_session *s) {
     if (s->owner.owner) s->owner.detach(s->owner.owner, s);
     mor__router_release(s);
     mor__pool_free(s->pool);
+    mor__free(&s->alloc, s->bias);     // sampling constraints: outside the block
+    mor__free(&s->alloc, s->allowed);
     if (s->conf_group > 1) mor__free(&s->alloc, s->vocab_buf);  // grown outside the block
     const mor_allocator a = s->alloc;
     const mor_model *m = s->model;
@@ -329,6 +332,49 @@ static int finish_call(mor_session *s, int st) {
     return MOR_E_CANCELLED;
 }
 
+int mor_session_set_abort(mor_session *s, mor_abort_fn fn, void *user) {
+    if (!s) return MOR_E_INVALID;
+    MOR__REFUSE_BUSY(s);
+    s->err[0] = 0;
+    s->abort_fn = fn;
+    s->abort_user = fn ? user : NULL;
+    return MOR_OK;
+}
+
+// Asks the abort callback whether to go on (1: stop). The session is busy meanwhile, so the
+// callback cannot change it.
+static int abort_asked(mor_session *s, int32_t done, int32_t n, int32_t layer) {
+    if (!s->abort_fn) return 0;
+    s->busy++;
+    int32_t r = s->abort_fn(s->abort_user, done, n, layer, s->model->hp.n_layer);
+    s->busy--;
+    return r != 0 || s->free_pending;
+}
+
+// mor__forward with the abort callback asked before every layer after the first (the first
+// is asked by the caller, before the pass begins). Returns 1 when stopped: the pass is
+// dropped (nothing of it stays), -status on an error, 0 when it finished.
+static int forward_abortable(mor_session *s, int32_t T, int all, int32_t done, int32_t n) {
+    int st = mor__pass_begin(s, T, all);
+    while (st == MOR_OK && mor__pass_next(s) >= 0) {
+        int32_t l = mor__pass_next(s);
+        if (l > 0 && abort_asked(s, done, n, l)) {
+            s->ps.active = 0;
+            return 1;
+        }
+        mor__layer_rows p;
+        mor__pass_rows(s, &p);
+        mor__run_layers(&s->w, s->model, &p, 1);
+        st = mor__pass_advance(s);
+    }
+    if (st) {
+        s->ps.active = 0;
+        return -st;
+    }
+    mor__pass_finish(s);
+    return 0;
+}
+
 int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
     if (!s) return MOR_E_INVALID;
     MOR__REFUSE_BUSY(s);
@@ -336,15 +382,39 @@ int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
     if (s->owner.owner) return mor__session_fail(s, MOR_E_INVALID, "the session belongs to a scheduler: submit work there");
     int st = mor__session_check(s, tokens, n, 0);
     if (st) return st;
+    // What a step cancelled before its first token restores: the previous step's results.
+    const int32_t prev_last = s->n_last, prev_logits = s->n_logits, prev_rolled = s->rolled_back;
     s->n_last = 0;
     s->n_logits = 0;
     s->rolled_back = 0;
     int all = (s->flags & MOR_SESSION_LOGITS_ALL) != 0;
     for (int32_t off = 0; off < n;) {
         int32_t T = mor__session_chunk(s, n, off);
-        mor__session_prepare(s, tokens + off, T, n > 1, off);
-        st = mor__forward(s, s->tokens + s->n_past, T, all);
-        if (st) return finish_call(s, mor__session_abort(s, st));
+        int stop = abort_asked(s, off, n, 0);
+        const int32_t last = s->n_last, nlog = s->n_logits;
+        if (!stop) {
+            mor__session_prepare(s, tokens + off, T, n > 1, off);
+            if (!s->abort_fn) {
+                st = mor__forward(s, s->tokens + s->n_past, T, all);
+            } else {
+                int r = forward_abortable(s, T, all, off, n);
+                st = r < 0 ? -r : 0;
+                if (r == 1) {
+                    mor__session_abandon(s);  // what the pass appended goes
+                    stop = 1;
+                }
+            }
+            if (st) return finish_call(s, mor__session_abort(s, st));
+        }
+        if (stop) {
+            // As if the call had stepped the first `off` tokens (none: as if never called).
+            s->n_last = off ? last : prev_last;
+            s->n_logits = off ? nlog : prev_logits;
+            s->rolled_back = off ? 0 : prev_rolled;
+            mor__session_fail(s, MOR_E_CANCELLED, "step cancelled by the abort callback after %d of %d tokens",
+                              off, n);
+            return finish_call(s, MOR_E_CANCELLED);
+        }
         if (mor__session_commit(s, T, off)) return MOR_OK;
         off += T;
     }

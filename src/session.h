@@ -139,6 +139,15 @@ struct mor_session {
     uint64_t            rng;
     float              *probs;       // [n_vocab] sampling scratch
     int32_t            *cand;        // [n_vocab] sampling scratch
+    // sampling constraints (mor_session_set_logit_bias / _set_allowed_tokens): allocated the
+    // first time one is set (outside the block), freed with the session
+    float              *bias;        // [n_vocab] additive bias, or NULL
+    uint8_t            *allowed;     // [n_vocab] 1: may be sampled, or NULL
+    int                 has_bias;    // some bias is non-zero
+    int32_t             n_allowed;   // ids in the allowed set; 0: every id is allowed
+    // cancelling a step (mor_session_set_abort)
+    mor_abort_fn        abort_fn;
+    void               *abort_user;
     mor__stats          st;
     // ownership and re-entry: a router callback runs inside a step; what it may call is in mor.h
     mor__session_owner  owner;

@@ -1,0 +1,349 @@
+// test-embed.c: what a host embedding the library needs around one session: an abort callback
+// that bounds and cancels a step (and resuming gives the same logits, bit for bit), constrained
+// sampling (logit bias, allowed-token set), and debug log messages for load, session create
+// and policy changes.
+#include "harness.h"
+#include "mor.h"
+#include "support/session.h"
+
+static mor_model *load_model(const char *name) {
+    char path[512], err[256];
+    mor_model *m = NULL;
+    if (mor_model_load(test_path(path, sizeof path, name), NULL, &m, err, sizeof err) != MOR_OK) {
+        printf("# load failed: %s\n", err);
+        return NULL;
+    }
+    return m;
+}
+
+// A 40-token prompt of ordinary ids (stories260K has 512 tokens).
+#define NP 40
+static void make_prompt(int32_t *p) {
+    p[0] = 1;
+    for (int i = 1; i < NP; i++) p[i] = 260 + (i * 37) % 240;
+}
+
+// ---- abort callback ------------------------------------------------------------------------
+
+typedef struct {
+    int32_t stop_done;   // stop at layer `stop_layer` once n_done >= stop_done (-1: never)
+    int32_t stop_layer;
+    int     calls;
+    int32_t last_done, last_total, last_layer, n_layer;
+    mor_session *s;      // when set: try to change the session from the callback
+    int     busy_status;
+} abort_ctl;
+
+static int32_t on_abort(void *user, int32_t n_done, int32_t n_total, int32_t layer, int32_t n_layer) {
+    abort_ctl *c = user;
+    c->calls++;
+    c->last_done = n_done, c->last_total = n_total, c->last_layer = layer, c->n_layer = n_layer;
+    if (c->s) c->busy_status = mor_session_rewind(c->s, 0);
+    return c->stop_done >= 0 && n_done >= c->stop_done && layer == c->stop_layer;
+}
+
+// The logits of the last prompt token stepped in one uncancelled call.
+static int reference_logits(mor_model *m, const int32_t *prompt, int32_t n_batch, float *out, int V) {
+    mor_session *s = test_session(m, 128, n_batch, 0);
+    if (!s || mor_session_step(s, prompt, NP) != MOR_OK) return -1;
+    memcpy(out, mor_session_logits(s, -1), (size_t)V * sizeof(float));
+    mor_session_free(s);
+    return 0;
+}
+
+// Cancel after the first chunk (at the start of the second pass, and in the middle of it),
+// resume, and get exactly the logits of an uncancelled step.
+TEST(abort_after_first_chunk_resume_bit_identical) {
+    mor_model *m = load_model("stories260K.gguf");
+    ASSERT(m);
+    const int V = (int)mor_model_n_vocab(m);
+    int32_t prompt[NP];
+    make_prompt(prompt);
+    float *ref = malloc((size_t)V * sizeof(float));
+    ASSERT(ref);
+    ASSERT_EQ(reference_logits(m, prompt, 8, ref, V), 0);
+    for (int layer = 0; layer <= 2; layer += 2) {  // between passes; between layers of a pass
+        mor_session *s = test_session(m, 128, 8, 0);
+        ASSERT(s);
+        abort_ctl c = {.stop_done = 8, .stop_layer = layer};
+        ASSERT_OK(mor_session_set_abort(s, on_abort, &c));
+        ASSERT_STATUS(mor_session_step(s, prompt, NP), MOR_E_CANCELLED);
+        ASSERT_STR_CONTAINS(mor_session_last_error(s), "after 8 of 40 tokens");
+        ASSERT_EQ(c.last_done, 8);
+        ASSERT_EQ(c.last_total, NP);
+        ASSERT_EQ(c.last_layer, layer);
+        ASSERT_EQ(c.n_layer, 5);
+        // As if the first 8 tokens had been stepped: n_past, n_last, logits of token 7.
+        ASSERT_EQ(mor_session_n_past(s), 8);
+        ASSERT_EQ(mor_session_n_last(s), 8);
+        ASSERT(mor_session_logits(s, -1) != NULL);
+        ASSERT(mor_session_depth(s, 7) == 1);
+        mor_session *t = test_session(m, 128, 8, 0);
+        ASSERT(t);
+        ASSERT_OK(mor_session_step(t, prompt, 8));
+        ASSERT(memcmp(mor_session_logits(t, -1), mor_session_logits(s, -1), (size_t)V * sizeof(float)) == 0);
+        mor_session_free(t);
+        int32_t tok;
+        ASSERT_OK(mor_session_token_at(s, 7, &tok));
+        ASSERT_EQ(tok, prompt[7]);
+        ASSERT_STATUS(mor_session_token_at(s, 8, &tok), MOR_E_INVALID);
+        // Resume with the rest.
+        c.stop_done = -1;
+        ASSERT_OK(mor_session_step(s, prompt + 8, NP - 8));
+        ASSERT_EQ(mor_session_n_past(s), NP);
+        ASSERT(memcmp(mor_session_logits(s, -1), ref, (size_t)V * sizeof(float)) == 0);
+        // Generation afterwards matches too (the callback keeps being called, harmlessly).
+        int calls = c.calls;
+        int32_t next;
+        ASSERT_OK(mor_session_sample(s, &next));
+        ASSERT_OK(mor_session_step(s, &next, 1));
+        ASSERT_EQ(c.calls, calls + 5);  // one call per layer of the one pass
+        mor_session_free(s);
+    }
+    free(ref);
+    mor_model_free(m);
+}
+
+// A callback that stops at once: nothing changes, the previous step's logits stay.
+TEST(abort_immediately) {
+    mor_model *m = load_model("stories260K.gguf");
+    ASSERT(m);
+    const int V = (int)mor_model_n_vocab(m);
+    int32_t prompt[NP];
+    make_prompt(prompt);
+    mor_session *s = test_session(m, 128, 16, 0);
+    ASSERT(s);
+    ASSERT_OK(mor_session_step(s, prompt, 4));
+    float *before = malloc((size_t)V * sizeof(float));
+    ASSERT(before);
+    memcpy(before, mor_session_logits(s, -1), (size_t)V * sizeof(float));
+    size_t sz = mor_session_state_size(s);
+    abort_ctl c = {.stop_done = 0, .stop_layer = 0};
+    ASSERT_OK(mor_session_set_abort(s, on_abort, &c));
+    ASSERT_STATUS(mor_session_step(s, prompt + 4, NP - 4), MOR_E_CANCELLED);
+    ASSERT_EQ(c.calls, 1);
+    ASSERT_EQ(c.last_done, 0);
+    ASSERT_EQ(mor_session_n_past(s), 4);
+    ASSERT_EQ(mor_session_n_last(s), 4);
+    ASSERT(mor_session_logits(s, -1) && memcmp(mor_session_logits(s, -1), before, (size_t)V * sizeof(float)) == 0);
+    ASSERT_EQ(mor_session_state_size(s), sz);
+    // Stopped in the middle of the first pass: the pass is dropped, the K/V with it.
+    c = (abort_ctl){.stop_done = 0, .stop_layer = 3};
+    ASSERT_STATUS(mor_session_step(s, prompt + 4, NP - 4), MOR_E_CANCELLED);
+    ASSERT_EQ(mor_session_n_past(s), 4);
+    ASSERT_EQ(mor_session_state_size(s), sz);
+    ASSERT(memcmp(mor_session_logits(s, -1), before, (size_t)V * sizeof(float)) == 0);
+    // The callback cannot change the session (MOR_E_BUSY); removing it lets the step run.
+    c = (abort_ctl){.stop_done = -1, .s = s};
+    ASSERT_OK(mor_session_step(s, prompt + 4, 1));
+    ASSERT_STATUS(c.busy_status, MOR_E_BUSY);
+    ASSERT_OK(mor_session_set_abort(s, NULL, NULL));
+    ASSERT_OK(mor_session_step(s, prompt + 5, NP - 5));
+    ASSERT_EQ(mor_session_n_past(s), NP);
+    free(before);
+    mor_session_free(s);
+    mor_model_free(m);
+}
+
+// A budget of K tokens per call: a 40-token prompt in 5 calls of 8, same logits.
+static int32_t budget8(void *user, int32_t n_done, int32_t n_total, int32_t layer, int32_t n_layer) {
+    (void)user, (void)n_total, (void)n_layer;
+    return n_done >= 8 && layer == 0;
+}
+
+TEST(abort_budget_per_call) {
+    mor_model *m = load_model("stories260K.gguf");
+    ASSERT(m);
+    const int V = (int)mor_model_n_vocab(m);
+    int32_t prompt[NP];
+    make_prompt(prompt);
+    float *ref = malloc((size_t)V * sizeof(float));
+    ASSERT(ref);
+    ASSERT_EQ(reference_logits(m, prompt, 8, ref, V), 0);
+    mor_session *s = test_session(m, 128, 8, 0);
+    ASSERT(s);
+    ASSERT_OK(mor_session_set_abort(s, budget8, NULL));
+    int calls = 0, st;
+    do {
+        int32_t done = mor_session_n_past(s);
+        st = mor_session_step(s, prompt + done, NP - done);
+        calls++;
+        ASSERT(st == MOR_OK || st == MOR_E_CANCELLED);
+    } while (st == MOR_E_CANCELLED && calls < 10);
+    ASSERT_EQ(calls, 5);
+    ASSERT_EQ(mor_session_n_past(s), NP);
+    ASSERT(memcmp(mor_session_logits(s, -1), ref, (size_t)V * sizeof(float)) == 0);
+    free(ref);
+    mor_session_free(s);
+    mor_model_free(m);
+}
+
+// Freeing the session from its abort callback: the step stops and frees it.
+static int32_t free_me(void *user, int32_t n_done, int32_t n_total, int32_t layer, int32_t n_layer) {
+    (void)n_done, (void)n_total, (void)layer, (void)n_layer;
+    mor_session_free(user);
+    return 0;
+}
+
+TEST(abort_bad_arguments_and_free) {
+    mor_model *m = load_model("stories260K.gguf");
+    ASSERT(m);
+    ASSERT_STATUS(mor_session_set_abort(NULL, on_abort, NULL), MOR_E_INVALID);
+    mor_session *s = test_session(m, 64, 8, 0);
+    ASSERT(s);
+    ASSERT_OK(mor_session_set_abort(s, free_me, s));
+    int32_t prompt[NP];
+    make_prompt(prompt);
+    ASSERT_STATUS(mor_session_step(s, prompt, 20), MOR_E_CANCELLED);  // s is gone now
+    mor_model_free(m);
+}
+
+// ---- constrained sampling ------------------------------------------------------------------
+
+TEST(allowed_set_greedy_and_random) {
+    mor_model *m = load_model("stories260K.gguf");
+    ASSERT(m);
+    int32_t prompt[NP];
+    make_prompt(prompt);
+    mor_session *s = test_session(m, 256, 16, 0);
+    ASSERT(s);
+    const int32_t allowed[] = {300, 301, 450, 7};
+    ASSERT_OK(mor_session_set_allowed_tokens(s, allowed, 4));
+    ASSERT_OK(mor_session_step(s, prompt, NP));
+    // Greedy: the allowed id with the largest logit.
+    const float *l = mor_session_logits(s, -1);
+    int32_t best = allowed[0];
+    for (int i = 1; i < 4; i++)
+        if (l[allowed[i]] > l[best]) best = allowed[i];
+    int32_t tok;
+    ASSERT_OK(mor_session_sample(s, &tok));
+    ASSERT_EQ(tok, best);
+    // Random sampling at a high temperature: only allowed ids, and more than one of them.
+    mor_sampler_params sp;
+    mor_sampler_params_init(&sp);
+    sp.temperature = 5.0f;
+    sp.top_k = 0;
+    sp.top_p = 1.0f;
+    sp.min_p = 0.0f;
+    ASSERT_OK(mor_session_set_sampler(s, &sp));
+    int seen[4] = {0};
+    for (int i = 0; i < 200; i++) {
+        ASSERT_OK(mor_session_sample(s, &tok));
+        int k = -1;
+        for (int j = 0; j < 4; j++)
+            if (tok == allowed[j]) k = j;
+        ASSERT(k >= 0);
+        seen[k] = 1;
+    }
+    ASSERT(seen[0] + seen[1] + seen[2] + seen[3] >= 2);
+    // Steps between samples (a generation loop) keep the constraint.
+    for (int i = 0; i < 10; i++) {
+        ASSERT_OK(mor_session_sample(s, &tok));
+        ASSERT(tok == 300 || tok == 301 || tok == 450 || tok == 7);
+        ASSERT_OK(mor_session_step(s, &tok, 1));
+    }
+    // Clearing it allows every token again; the logits themselves were never changed.
+    ASSERT_OK(mor_session_set_allowed_tokens(s, NULL, 0));
+    ASSERT_OK(mor_session_set_sampler(s, NULL));
+    l = mor_session_logits(s, -1);
+    int32_t am = 0;
+    for (int i = 1; i < 512; i++)
+        if (l[i] > l[am]) am = i;
+    ASSERT_OK(mor_session_sample(s, &tok));
+    ASSERT_EQ(tok, am);
+    mor_session_free(s);
+    mor_model_free(m);
+}
+
+TEST(logit_bias) {
+    mor_model *m = load_model("stories260K.gguf");
+    ASSERT(m);
+    int32_t prompt[NP];
+    make_prompt(prompt);
+    mor_session *s = test_session(m, 128, 16, 0);
+    ASSERT(s);
+    ASSERT_OK(mor_session_step(s, prompt, NP));
+    int32_t top, tok;
+    ASSERT_OK(mor_session_sample(s, &top));
+    // -inf bans the greedy choice: the second best comes.
+    const float *l = mor_session_logits(s, -1);
+    int32_t second = top == 0 ? 1 : 0;
+    for (int i = 0; i < 512; i++)
+        if (i != top && l[i] > l[second]) second = i;
+    const int32_t ban[] = {top};
+    const float minf[] = {-INFINITY};
+    ASSERT_OK(mor_session_set_logit_bias(s, ban, minf, 1));
+    ASSERT_OK(mor_session_sample(s, &tok));
+    ASSERT_EQ(tok, second);
+    // Random sampling never draws the banned token.
+    mor_sampler_params sp;
+    mor_sampler_params_init(&sp);
+    sp.temperature = 3.0f, sp.top_k = 0, sp.top_p = 1.0f, sp.min_p = 0.0f;
+    ASSERT_OK(mor_session_set_sampler(s, &sp));
+    for (int i = 0; i < 300; i++) {
+        ASSERT_OK(mor_session_sample(s, &tok));
+        ASSERT_NE(tok, top);
+    }
+    ASSERT_OK(mor_session_set_sampler(s, NULL));
+    // A large positive bias makes a token the greedy choice; an id given twice adds up.
+    const int32_t push[] = {42, 42};
+    const float plus[] = {500.0f, 500.0f};
+    ASSERT_OK(mor_session_set_logit_bias(s, push, plus, 2));
+    ASSERT_OK(mor_session_sample(s, &tok));
+    ASSERT_EQ(tok, 42);
+    // Bias and allowed set together: every allowed token banned is an error, not a pick.
+    const float minf2[] = {-INFINITY, -INFINITY};
+    const int32_t two[] = {42, 43};
+    ASSERT_OK(mor_session_set_logit_bias(s, two, minf2, 2));
+    ASSERT_OK(mor_session_set_allowed_tokens(s, two, 2));
+    ASSERT_STATUS(mor_session_sample(s, &tok), MOR_E_INVALID);
+    ASSERT_STR_CONTAINS(mor_session_last_error(s), "every token is excluded");
+    ASSERT_OK(mor_session_set_logit_bias(s, NULL, NULL, 0));  // bias cleared: 42 or 43
+    ASSERT_OK(mor_session_sample(s, &tok));
+    ASSERT(tok == 42 || tok == 43);
+    mor_session_free(s);
+    mor_model_free(m);
+}
+
+TEST(constraint_errors) {
+    mor_model *m = load_model("stories260K.gguf");
+    ASSERT(m);
+    mor_session *s = test_session(m, 64, 8, 0);
+    ASSERT(s);
+    const int32_t bad[] = {5, 512};
+    const float b2[] = {1.0f, 1.0f};
+    ASSERT_STATUS(mor_session_set_allowed_tokens(s, bad, 2), MOR_E_TOKEN);
+    ASSERT_STR_CONTAINS(mor_session_last_error(s), "token 512 at index 1");
+    ASSERT_STATUS(mor_session_set_logit_bias(s, bad, b2, 2), MOR_E_TOKEN);
+    ASSERT_STR_CONTAINS(mor_session_last_error(s), "token 512 at index 1");
+    const int32_t neg[] = {-3};
+    ASSERT_STATUS(mor_session_set_allowed_tokens(s, neg, 1), MOR_E_TOKEN);
+    ASSERT_STR_CONTAINS(mor_session_last_error(s), "token -3");
+    const int32_t one[] = {5};
+    ASSERT_STATUS(mor_session_set_allowed_tokens(s, one, 0), MOR_E_INVALID);  // empty set
+    ASSERT_STR_CONTAINS(mor_session_last_error(s), "at least one");
+    ASSERT_STATUS(mor_session_set_allowed_tokens(s, NULL, 3), MOR_E_INVALID);
+    ASSERT_STATUS(mor_session_set_allowed_tokens(s, one, -1), MOR_E_INVALID);
+    ASSERT_STATUS(mor_session_set_allowed_tokens(NULL, one, 1), MOR_E_INVALID);
+    const float nan1[] = {NAN}, pinf[] = {INFINITY};
+    ASSERT_STATUS(mor_session_set_logit_bias(s, one, nan1, 1), MOR_E_INVALID);
+    ASSERT_STATUS(mor_session_set_logit_bias(s, one, pinf, 1), MOR_E_INVALID);
+    ASSERT_STATUS(mor_session_set_logit_bias(s, NULL, b2, 1), MOR_E_INVALID);
+    ASSERT_STATUS(mor_session_set_logit_bias(s, one, b2, -1), MOR_E_INVALID);
+    ASSERT_STATUS(mor_session_set_logit_bias(NULL, one, b2, 1), MOR_E_INVALID);
+    // A refused call changed nothing: greedy is as without constraints.
+    int32_t prompt[NP];
+    make_prompt(prompt);
+    ASSERT_OK(mor_session_step(s, prompt, 8));
+    const float *l = mor_session_logits(s, -1);
+    int32_t am = 0, tok;
+    for (int i = 1; i < 512; i++)
+        if (l[i] > l[am]) am = i;
+    ASSERT_OK(mor_session_sample(s, &tok));
+    ASSERT_EQ(tok, am);
+    mor_session_free(s);
+    mor_model_free(m);
+}
+
+TEST_MAIN(abort_after_first_chunk_resume_bit_identical, abort_immediately, abort_budget_per_call,
+          abort_bad_arguments_and_free, allowed_set_greedy_and_random, logit_bias, constraint_errors)
