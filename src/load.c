@@ -8,6 +8,8 @@
 #include "model.h"
 #include "tokenizer.h"
 
+#include <time.h>
+
 static void vocab_release(void *v) { mor__vocab_free(v); }
 
 // Everything after the header: the vocabulary (when the file has one), then the weights.
@@ -45,14 +47,34 @@ static int load_rest(mor_model *m, char *err, size_t err_n) {
     return MOR_OK;
 }
 
-// Runs the rest of the load on an opened model: *out on success, freed on failure.
-static int finish(mor_model *m, mor_model **out, char *err, size_t err_size) {
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+// Runs the rest of the load on an opened model: *out on success, freed on failure. A loaded
+// model is described at MOR_LOG_DEBUG: where from, architecture, shape, sizes and time.
+static int finish(mor_model *m, mor_model **out, const char *path, size_t image_size, double t0, char *err,
+                  size_t err_size) {
     int s = load_rest(m, err, err_size);
     if (s) {
         mor_model_free(m);
         return s;
     }
     *out = m;
+    const char *name = mor_model_get_str(m, MOR_INFO_NAME);
+    mor__log(MOR_LOG_DEBUG,
+             "model load: %s%s%s%.0zu%s: arch %s%s%s%s, %d layers (%d stored, %d recursions, %d steps), n_embd %d, n_vocab %d, "
+             "n_ctx_train %d, %lld parameters, %.2f MiB of weights (%s), %s, in %.1f ms",
+             path ? "file '" : "memory image of ", path ? path : "", path ? "'" : "", path ? 0 : image_size,
+             path ? "" : " bytes", mor_model_get_str(m, MOR_INFO_ARCH), name && name[0] ? " '" : "", name ? name : "",
+             name && name[0] ? "'" : "", m->hp.n_layer, (int)mor_model_get_int(m, MOR_INFO_N_STORED_LAYER),
+             (int)mor_model_get_int(m, MOR_INFO_N_RECURSION), (int)mor_model_get_int(m, MOR_INFO_N_STEPS), m->hp.n_embd,
+             m->hp.n_vocab, m->hp.n_ctx_train, (long long)mor_model_get_int(m, MOR_INFO_N_PARAMS),
+             (double)mor_model_get_int(m, MOR_INFO_WEIGHT_BYTES) / 1048576.0,
+             m->map ? "mapped" : m->heap ? "copied" : "borrowed", m->vocab_only ? "vocabulary only" : "weights bound",
+             now_ms() - t0);
     return MOR_OK;
 }
 
@@ -62,8 +84,10 @@ int mor_model_load(const char *path, const mor_model_params *params, mor_model *
     if (!out) return mor__errf(err, err_size, MOR_E_INVALID, "out is NULL");
     *out = NULL;
     mor_model *m;
+    double t0 = now_ms();
     int s = mor__model_open_file(path, params, &m, err, err_size);
-    return s ? s : finish(m, out, err, err_size);
+    if (s) return s;
+    return finish(m, out, path, 0, t0, err, err_size);
 }
 
 int mor_model_load_memory(const void *data, size_t size, const mor_model_params *params,
@@ -72,6 +96,8 @@ int mor_model_load_memory(const void *data, size_t size, const mor_model_params 
     if (!out) return mor__errf(err, err_size, MOR_E_INVALID, "out is NULL");
     *out = NULL;
     mor_model *m;
+    double t0 = now_ms();
     int s = mor__model_open_memory(data, size, params, &m, err, err_size);
-    return s ? s : finish(m, out, err, err_size);
+    if (s) return s;
+    return finish(m, out, NULL, size, t0, err, err_size);
 }

@@ -20,7 +20,21 @@ static int check_policy(mor_session *s, const mor_exit_policy *q, mor_exit_polic
     return MOR_OK;
 }
 
+const char *mor__policy_name(int32_t policy) {
+    static const char *const names[] = {"full", "fixed", "router", "capacity", "confidence", "saturation", "free", "custom"};
+    return policy >= 0 && policy < (int32_t)(sizeof names / sizeof names[0]) ? names[policy] : "?";
+}
+
+const char *mor__kv_name(int32_t kv) {
+    static const char *const names[] = {"auto", "skip", "share", "propagate", "sync"};
+    return kv >= 0 && kv < (int32_t)(sizeof names / sizeof names[0]) ? names[kv] : "?";
+}
+
 void mor__policy_install(mor_session *s, const mor_exit_policy *np) {
+    mor__log(MOR_LOG_DEBUG,
+             "session %p: exit policy %s -> %s (depth %d, threshold %g, min_depth %d, metric %d, KV %s, budget %g)",
+             (void *)s, mor__policy_name(s->policy.policy), mor__policy_name(np->policy), np->depth,
+             (double)np->threshold, np->min_depth, np->metric, mor__kv_name(np->kv), (double)np->budget);
     int new_free = np->policy == MOR_EXIT_FREE && (s->policy.policy != MOR_EXIT_FREE || s->policy.threshold != np->threshold);
     s->policy = *np;
     if (new_free) {

@@ -247,6 +247,13 @@ int mor_session_create(const mor_model *m, const mor_session_params *params, mor
     mor__model_ref(m);
     s->model_ref = 1;
     *out = s;
+    mor__log(MOR_LOG_DEBUG,
+             "session create %p: n_ctx %d, n_batch %d, n_threads %d, %.2f MiB in one block (cap %.2f MiB), K/V %s, "
+             "%s kernels, exit policy %s, KV %s",
+             (void *)s, s->n_ctx, s->n_batch, s->n_threads, (double)c.bytes / 1048576.0,
+             cap == UINT64_MAX ? INFINITY : (double)cap / 1048576.0, p.flags & MOR_SESSION_KV_F16 ? "f16" : "f32",
+             p.flags & MOR_SESSION_REF_KERNELS ? "reference" : "best", mor__policy_name(s->policy.policy),
+             mor__kv_name(s->policy.kv));
     return MOR_OK;
 }
 

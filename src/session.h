@@ -206,6 +206,9 @@ void mor__bmm_refit(mor_session *s);
 // Makes a checked policy the session's: slot map, budget window restarted, FREE calibration
 // restarted when FREE or its threshold is new (policy.c).
 void mor__policy_install(mor_session *s, const mor_exit_policy *np);
+// "router" for MOR_EXIT_ROUTER and so on (policy.c); "?" for an unknown value.
+const char *mor__policy_name(int32_t policy);
+const char *mor__kv_name(int32_t kv);
 // Validation of sampler settings (the rules of mor_session_set_sampler); the message goes to
 // err. Returns MOR_OK or MOR_E_INVALID (sampler.c).
 int  mor__sampler_check(const mor__sampler *sp, char *err, size_t err_n);

@@ -1,6 +1,6 @@
 // test-embed.c: what a host embedding the library needs around one session: an abort callback
 // that bounds and cancels a step (and resuming gives the same logits, bit for bit), constrained
-// sampling (logit bias, allowed-token set), and debug log messages for load, session create
+// sampling (logit bias, allowed-token set), and the debug log messages for load, session create
 // and policy changes.
 #include "harness.h"
 #include "mor.h"
@@ -345,5 +345,85 @@ TEST(constraint_errors) {
     mor_model_free(m);
 }
 
+// ---- debug log messages --------------------------------------------------------------------
+
+typedef struct {
+    int  n_load, n_create, n_policy, n_other_debug, n_above_debug;
+    char load[1024], create[1024], policy[1024];
+} log_seen;
+
+static void on_log(int32_t level, const char *msg, void *user) {
+    log_seen *l = user;
+    if (level != MOR_LOG_DEBUG) {
+        l->n_above_debug++;
+        return;
+    }
+    if (strstr(msg, "model load: ")) l->n_load++, snprintf(l->load, sizeof l->load, "%s", msg);
+    else if (strstr(msg, "session create ")) l->n_create++, snprintf(l->create, sizeof l->create, "%s", msg);
+    else if (strstr(msg, "exit policy ")) l->n_policy++, snprintf(l->policy, sizeof l->policy, "%s", msg);
+    else l->n_other_debug++;
+}
+
+// Load, create a session and change its policy; what the callback saw goes to *l.
+static int log_run(log_seen *l, int32_t max_level) {
+    memset(l, 0, sizeof *l);
+    mor_log_set(on_log, l, max_level);
+    mor_model *m = load_model("middle_cycle.gguf");
+    if (!m) return -1;
+    mor_session_params sp;
+    mor_session_params_init(&sp);
+    sp.n_ctx = 64, sp.n_batch = 8;
+    mor_session *s = NULL;
+    int st = mor_session_create(m, &sp, &s, NULL, 0);
+    mor_exit_policy ep;
+    mor_exit_policy_init(&ep);
+    ep.policy = MOR_EXIT_FIXED, ep.depth = 1;
+    if (!st) st = mor_session_set_exit_policy(s, &ep);
+    mor_log_set(NULL, NULL, 0);
+    mor_session_free(s);
+    mor_model_free(m);
+    return st;
+}
+
+TEST(debug_logs) {
+    log_seen l;
+    ASSERT_OK(log_run(&l, MOR_LOG_DEBUG));
+    ASSERT_EQ(l.n_load, 1);
+    ASSERT_STR_CONTAINS(l.load, "middle_cycle.gguf");
+    ASSERT_STR_CONTAINS(l.load, "arch mor");
+    ASSERT_STR_CONTAINS(l.load, "MiB of weights");
+    ASSERT_STR_CONTAINS(l.load, " ms");
+    ASSERT_EQ(l.n_create, 1);
+    ASSERT_STR_CONTAINS(l.create, "n_ctx 64, n_batch 8, n_threads 1");
+    ASSERT_STR_CONTAINS(l.create, "MiB");
+    ASSERT(l.n_policy >= 1);
+    ASSERT_STR_CONTAINS(l.policy, "-> fixed (depth 1");
+    // At INFO and above, none of them is even formatted.
+    ASSERT_OK(log_run(&l, MOR_LOG_INFO));
+    ASSERT_EQ(l.n_load + l.n_create + l.n_policy + l.n_other_debug, 0);
+    ASSERT_OK(log_run(&l, MOR_LOG_ERROR));
+    ASSERT_EQ(l.n_load + l.n_create + l.n_policy + l.n_other_debug + l.n_above_debug, 0);
+    // A model from memory names its size.
+    memset(&l, 0, sizeof l);
+    char path[512];
+    FILE *f = fopen(test_path(path, sizeof path, "stories260K.gguf"), "rb");
+    ASSERT(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n);
+    ASSERT(buf && fread(buf, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    mor_log_set(on_log, &l, MOR_LOG_DEBUG);
+    mor_model *m = NULL;
+    ASSERT_OK(mor_model_load_memory(buf, (size_t)n, NULL, &m, NULL, 0));
+    mor_log_set(NULL, NULL, 0);
+    char want[64];
+    snprintf(want, sizeof want, "memory image of %ld bytes: arch llama", n);
+    ASSERT_STR_CONTAINS(l.load, want);
+    mor_model_free(m);
+    free(buf);
+}
+
 TEST_MAIN(abort_after_first_chunk_resume_bit_identical, abort_immediately, abort_budget_per_call,
-          abort_bad_arguments_and_free, allowed_set_greedy_and_random, logit_bias, constraint_errors)
+          abort_bad_arguments_and_free, allowed_set_greedy_and_random, logit_bias, constraint_errors, debug_logs)
