@@ -40,6 +40,8 @@ KV = {"auto": 0, "skip": 1, "share": 2, "propagate": 3, "sync": 4}
 INFO_N_VOCAB, INFO_N_RECURSION, INFO_N_STEPS = 0, 8, 21
 
 ROUTE_FN = C.CFUNCTYPE(C.c_int32, C.c_void_p, C.c_void_p, C.POINTER(C.c_uint8))
+# mor_abort_fn(user, n_done, n_total, layer, n_layer)
+ABORT_FN = C.CFUNCTYPE(C.c_int32, C.c_void_p, C.c_int32, C.c_int32, C.c_int32, C.c_int32)
 
 
 class RouteBatch(C.Structure):
@@ -78,6 +80,9 @@ _sig("mor_session_reset", None, C.c_void_p)
 _sig("mor_session_set_sampler", C.c_int, C.c_void_p, C.c_void_p)
 _sig("mor_session_set_exit_policy", C.c_int, C.c_void_p, C.c_void_p)
 _sig("mor_session_set_router_fn", C.c_int, C.c_void_p, ROUTE_FN, C.c_void_p, C.c_int32)
+_sig("mor_session_set_abort", C.c_int, C.c_void_p, ABORT_FN, C.c_void_p)
+_sig("mor_session_set_logit_bias", C.c_int, C.c_void_p, C.POINTER(C.c_int32), C.POINTER(C.c_float), C.c_int32)
+_sig("mor_session_set_allowed_tokens", C.c_int, C.c_void_p, C.POINTER(C.c_int32), C.c_int32)
 _sig("mor_session_token_info", C.c_int, C.c_void_p, C.c_int32, C.POINTER(C.c_int32), C.POINTER(C.c_float),
      C.POINTER(C.c_int32))
 _sig("mor_sched_create", C.c_int, C.c_void_p, C.c_void_p, C.POINTER(C.c_void_p), C.c_char_p, C.c_size_t)
@@ -253,6 +258,7 @@ class Session(_Handle):
         self._sched = None
         self._router = None
         self._router_exc = None
+        self._abort = None
         err = C.create_string_buffer(512)
         h = C.c_void_p()
         st = lib.mor_session_create(model._use(), _params(PARAMS_SESSION, **params), C.byref(h), err, len(err))
@@ -331,6 +337,46 @@ class Session(_Handle):
         router = ROUTE_FN(trampoline)
         self._check(lib.mor_session_set_router_fn(h, router, None, 1 if wants_confidence else 0))
         self._router = router  # kept alive as long as the session uses it
+
+    def set_abort(self, fn):
+        """fn(n_done, n_total, layer, n_layer) -> true to stop the running step(), which then
+        raises Error with status E_CANCELLED after accepting exactly the first n_done tokens
+        (a multiple of n_batch; n_past() grew by that much): step the rest to resume, with the
+        same logits as an uncancelled step. Called before every layer of every pass; None
+        removes it. An exception in fn stops the step and becomes the cause of its Error."""
+        h = self._handle()
+        if fn is None:
+            self._check(lib.mor_session_set_abort(h, ABORT_FN(), None))
+            self._abort = None
+            return
+
+        def trampoline(user, n_done, n_total, layer, n_layer):
+            try:
+                return 1 if fn(n_done, n_total, layer, n_layer) else 0
+            except BaseException as e:
+                self._router_exc = e
+                return 1
+
+        cb = ABORT_FN(trampoline)
+        self._check(lib.mor_session_set_abort(h, cb, None))
+        self._abort = cb  # kept alive as long as the session uses it
+
+    def set_logit_bias(self, bias):
+        """bias: {token id: additive bias} (float("-inf") bans a token); {} or None removes
+        every bias. Applied by sample() to a copy of the logits."""
+        items = list((bias or {}).items())
+        ids, n = _token_array(k for k, _ in items)
+        vals = (C.c_float * max(n, 1))(*[float(v) for _, v in items])
+        self._check(lib.mor_session_set_logit_bias(self._handle(), ids, vals, n))
+
+    def set_allowed_tokens(self, ids):
+        """Only these ids may be sampled (a non-empty iterable); None allows every token again."""
+        h = self._handle()
+        if ids is None:
+            self._check(lib.mor_session_set_allowed_tokens(h, None, 0))
+            return
+        arr, n = _token_array(ids)
+        self._check(lib.mor_session_set_allowed_tokens(h, arr, n))
 
     def last_error(self):
         return lib.mor_session_last_error(self._handle()).decode(errors="replace")

@@ -31,6 +31,65 @@ class Bindings(unittest.TestCase):
         with self.assertRaises(mor.Error):
             m.session(n_ctx=-1)
 
+    def test_abort_and_resume(self):
+        m = mor.Model(os.path.join(DATA, "stories260K.gguf"))
+        prompt = [1] + [260 + (i * 37) % 240 for i in range(1, 40)]
+        ref = m.session(n_ctx=128, n_batch=8)
+        ref.step(prompt)
+        want = ref.logits()
+        s = m.session(n_ctx=128, n_batch=8)
+        calls = []
+
+        def stop_after_first_chunk(n_done, n_total, layer, n_layer):
+            calls.append((n_done, n_total, layer, n_layer))
+            return n_done >= 8
+        s.set_abort(stop_after_first_chunk)
+        with self.assertRaises(mor.Error) as cm:
+            s.step(prompt)
+        self.assertEqual(cm.exception.status, mor.E_CANCELLED)
+        self.assertEqual(s.n_past(), 8)
+        self.assertEqual(calls[-1], (8, 40, 0, 5))
+        s.set_abort(None)
+        s.step(prompt[8:])
+        self.assertEqual(s.logits(), want)  # bit-identical floats
+
+        def broken(*args):
+            raise KeyError("stop")
+        s.reset()
+        s.set_abort(broken)
+        with self.assertRaises(mor.Error) as cm:
+            s.step(prompt)
+        self.assertEqual(cm.exception.status, mor.E_CANCELLED)
+        self.assertIsInstance(cm.exception.__cause__, KeyError)
+        self.assertEqual(s.n_past(), 0)
+
+    def test_constrained_sampling(self):
+        m = mor.Model(os.path.join(DATA, "stories260K.gguf"))
+        s = m.session(n_ctx=128)
+        s.step(m.tokenize("Once upon a time"))
+        allowed = [300, 301, 450]
+        s.set_allowed_tokens(allowed)
+        s.set_sampler(temperature=4.0, top_k=0, top_p=1.0, min_p=0.0)
+        for _ in range(50):
+            self.assertIn(s.sample(), allowed)
+        s.set_sampler()
+        best = s.sample()
+        s.set_logit_bias({best: float("-inf")})
+        self.assertIn(s.sample(), [t for t in allowed if t != best])
+        s.set_logit_bias(None)
+        s.set_allowed_tokens(None)
+        l = s.logits()
+        self.assertEqual(s.sample(), max(range(len(l)), key=lambda i: (l[i], -i)))
+        with self.assertRaises(mor.Error) as cm:
+            s.set_allowed_tokens([5, 512])
+        self.assertIn("MOR_E_TOKEN", str(cm.exception))
+        self.assertIn("token 512", str(cm.exception))
+        with self.assertRaises(mor.Error) as cm:
+            s.set_allowed_tokens([])
+        self.assertIn("MOR_E_INVALID", str(cm.exception))
+        with self.assertRaises(mor.Error):
+            s.set_logit_bias({3: float("nan")})
+
     def test_python_router(self):
         m = mor.Model(os.path.join(DATA, "middle_cycle.gguf"))
         s = m.session(n_ctx=64)
