@@ -897,6 +897,47 @@ MOR_API void mor_detok_reset(mor_detok *d);
 MOR_API void mor_detok_free(mor_detok *d);
 /* ---- END TOKENIZER API ---- */
 
+/*-************************************************************************************************
+ *  Stop strings
+ **************************************************************************************************/
+/* A stop matcher ends a stream of text at the first occurrence of any of its stop strings,
+ * even one that spans pieces. Feed it what mor_detok_push() returns, in order; it emits the
+ * bytes that can no longer be part of a stop string and holds back the longest tail that
+ * could still begin one (at most the longest stop string's length minus 1 bytes). The
+ * concatenated output of every push, plus the final flush when no stop string matched, is the
+ * stream's text up to (not including) the first stop string: the earliest occurrence, the
+ * first listed on a tie. Fed complete UTF-8 characters (as mor_detok_push() emits them) and
+ * given stop strings that are well-formed UTF-8, it cuts only between characters.
+ *
+ *     mor_stop *stop;
+ *     const char *stops[] = {"\n\n", "The end"};
+ *     mor_stop_create(stops, 2, NULL, &stop);
+ *     ... for each token: mor_detok_push(d, tok, piece, sizeof piece, &n);
+ *         mor_stop_push(stop, piece, n, text, sizeof text, &m, &which);
+ *         fwrite(text, 1, m, stdout);
+ *         if (which >= 0) break;                      // stop string `which` was reached
+ *     ... at the end of the stream: mor_stop_flush(stop, text, sizeof text, &m);
+ *
+ * mor_stop_create(): n stop strings (NUL-terminated, each 1..4096 bytes; copied); n = 0 gives
+ * a matcher that passes everything through. alloc: the matcher's memory (NULL: the C
+ * library's). @return MOR_OK and *out (mor_stop_free), MOR_E_INVALID (NULL out, n < 0, a NULL
+ * or empty or too long string), MOR_E_NOMEM.
+ * mor_stop_push(): feed len bytes of piece (need not be NUL-terminated); *n_out bytes are
+ * written to out, and *matched is the index of the stop string found (-1: none yet). After a
+ * match the stream has ended: further pushes emit nothing and report the same index until
+ * mor_stop_reset(). @return MOR_OK; MOR_E_BUFFER_SMALL (*n_out = bytes needed, nothing
+ * consumed; len + the longest stop string always suffice); MOR_E_INVALID (NULL arguments).
+ * mor_stop_flush(): end of the stream without a match: emit the held bytes. Same returns.
+ * mor_stop_reset(): forget the held bytes and any match; the next push starts a new stream.
+ * A mor_stop is not thread-safe: use one per stream. */
+typedef struct mor_stop mor_stop;
+MOR_API int  mor_stop_create(const char *const *stops, int32_t n, const mor_allocator *alloc, mor_stop **out);
+MOR_API int  mor_stop_push(mor_stop *stop, const char *piece, size_t len, char *out, size_t capacity,
+                           size_t *n_out, int32_t *matched);
+MOR_API int  mor_stop_flush(mor_stop *stop, char *out, size_t capacity, size_t *n_out);
+MOR_API void mor_stop_reset(mor_stop *stop);
+MOR_API void mor_stop_free(mor_stop *stop);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,7 +1,7 @@
 // test-embed.c: what a host embedding the library needs around one session: an abort callback
 // that bounds and cancels a step (and resuming gives the same logits, bit for bit), constrained
-// sampling (logit bias, allowed-token set), and the debug log messages for load, session create
-// and policy changes.
+// sampling (logit bias, allowed-token set), the debug log messages for load, session create
+// and policy changes, and stop strings over the streaming detokenizer (mor_stop_*).
 #include "harness.h"
 #include "mor.h"
 #include "support/session.h"
@@ -425,5 +425,164 @@ TEST(debug_logs) {
     free(buf);
 }
 
+// ---- stop strings --------------------------------------------------------------------------
+
+// Push `text` in the pieces given by cuts (piece lengths), collect the output; returns matched.
+static int32_t stop_run(mor_stop *st, const char *text, const size_t *cuts, int n_cuts, char *got, size_t *n_got) {
+    size_t off = 0, n = 0, len = strlen(text);
+    int32_t which = -1;
+    for (int i = 0; i <= n_cuts && off <= len; i++) {
+        size_t piece = i < n_cuts ? cuts[i] : len - off;
+        if (piece > len - off) piece = len - off;
+        size_t m = 0;
+        if (mor_stop_push(st, text + off, piece, got + n, 4096, &m, &which) != MOR_OK) return -2;
+        n += m, off += piece;
+        if (which >= 0) break;
+    }
+    if (which < 0) {
+        size_t m = 0;
+        if (mor_stop_flush(st, got + n, 4096, &m) != MOR_OK) return -2;
+        n += m;
+    }
+    got[n] = 0;
+    *n_got = n;
+    return which;
+}
+
+TEST(stop_strings_span_pieces) {
+    const char *stops[] = {"END", "\n\n"};
+    mor_stop *st = NULL;
+    ASSERT_OK(mor_stop_create(stops, 2, NULL, &st));
+    char got[8192];
+    size_t n = 0;
+    const size_t cuts[] = {5, 1, 6};  // "abc E" "N" "D more"
+    ASSERT_EQ(stop_run(st, "abc END more", cuts, 3, got, &n), 0);
+    ASSERT(strcmp(got, "abc ") == 0);
+    // Held bytes that turn out not to start a stop string come out later, in order.
+    mor_stop_reset(st);
+    char out[64];
+    size_t m;
+    int32_t which;
+    ASSERT_OK(mor_stop_push(st, "xyzE", 4, out, sizeof out, &m, &which));
+    ASSERT_EQ(m, 3);
+    ASSERT(memcmp(out, "xyz", 3) == 0 && which == -1);
+    ASSERT_OK(mor_stop_push(st, "N", 1, out, sizeof out, &m, &which));
+    ASSERT_EQ(m, 0);
+    ASSERT_OK(mor_stop_push(st, "x\n", 2, out, sizeof out, &m, &which));
+    ASSERT_EQ(m, 3);
+    ASSERT(memcmp(out, "ENx", 3) == 0);
+    ASSERT_OK(mor_stop_flush(st, out, sizeof out, &m));
+    ASSERT_EQ(m, 1);
+    ASSERT_EQ(out[0], '\n');
+    // After a match nothing more comes out, and the index is reported again.
+    mor_stop_reset(st);
+    ASSERT_OK(mor_stop_push(st, "a\n\nb", 4, out, sizeof out, &m, &which));
+    ASSERT_EQ(which, 1);
+    ASSERT_EQ(m, 1);
+    ASSERT_OK(mor_stop_push(st, "more", 4, out, sizeof out, &m, &which));
+    ASSERT_EQ(m, 0);
+    ASSERT_EQ(which, 1);
+    // A small buffer: the size needed, nothing consumed.
+    mor_stop_reset(st);
+    ASSERT_STATUS(mor_stop_push(st, "hello", 5, out, 2, &m, &which), MOR_E_BUFFER_SMALL);
+    ASSERT_EQ(m, 5);
+    ASSERT_OK(mor_stop_push(st, "hello", 5, out, sizeof out, &m, &which));
+    ASSERT_EQ(m, 5);
+    mor_stop_free(st);
+    // The earliest occurrence wins; on a tie, the first listed.
+    const char *two[] = {"bc", "ab"}, *tie[] = {"abc", "ab"};
+    ASSERT_OK(mor_stop_create(two, 2, NULL, &st));
+    ASSERT_EQ(stop_run(st, "xabcd", NULL, 0, got, &n), 1);
+    ASSERT(strcmp(got, "x") == 0);
+    mor_stop_free(st);
+    ASSERT_OK(mor_stop_create(tie, 2, NULL, &st));
+    ASSERT_EQ(stop_run(st, "xabcd", NULL, 0, got, &n), 0);
+    mor_stop_free(st);
+    // No stop strings: everything passes through.
+    ASSERT_OK(mor_stop_create(NULL, 0, NULL, &st));
+    ASSERT_EQ(stop_run(st, "all of it", NULL, 0, got, &n), -1);
+    ASSERT(strcmp(got, "all of it") == 0);
+    mor_stop_free(st);
+    // Bad arguments.
+    const char *empty[] = {""}, *null1[] = {NULL};
+    ASSERT_STATUS(mor_stop_create(empty, 1, NULL, &st), MOR_E_INVALID);
+    ASSERT_STATUS(mor_stop_create(null1, 1, NULL, &st), MOR_E_INVALID);
+    ASSERT_STATUS(mor_stop_create(NULL, 1, NULL, &st), MOR_E_INVALID);
+    ASSERT_STATUS(mor_stop_create(two, -1, NULL, &st), MOR_E_INVALID);
+    ASSERT_STATUS(mor_stop_create(two, 2, NULL, NULL), MOR_E_INVALID);
+    ASSERT_STATUS(mor_stop_push(NULL, "a", 1, out, sizeof out, &m, &which), MOR_E_INVALID);
+    ASSERT_STATUS(mor_stop_flush(NULL, out, sizeof out, &m), MOR_E_INVALID);
+    mor_stop_free(NULL);
+    mor_stop_reset(NULL);
+}
+
+// Generated text through the streaming detokenizer, then the matcher: whatever the pieces, the
+// output is the text up to the first stop string. Random cuts of the same text agree.
+TEST(stop_strings_over_detokenizer) {
+    mor_model *m = load_model("stories260K.gguf");
+    ASSERT(m);
+    mor_session *s = test_session(m, 256, 16, 0);
+    ASSERT(s);
+    int32_t ids[64];
+    size_t n_ids = 0;
+    ASSERT_OK(mor_tokenize(m, "Once upon a time", 16, ids, 64, MOR_TOKENIZE_ADD_SPECIAL, &n_ids));
+    ASSERT_OK(mor_session_step(s, ids, (int32_t)n_ids));
+    int32_t gen[80];
+    for (int i = 0; i < 80; i++) {
+        ASSERT_OK(mor_session_sample(s, &gen[i]));
+        ASSERT_OK(mor_session_step(s, &gen[i], 1));
+    }
+    static char full[8192];
+    size_t n_full = 0;
+    ASSERT_OK(mor_detokenize(m, gen, 80, full, sizeof full - 1, 0, &n_full));
+    full[n_full] = 0;
+    ASSERT(n_full > 40);
+    // A stop string from the middle of the text: 6 bytes starting at byte 20.
+    char stop_str[8];
+    memcpy(stop_str, full + 20, 6);
+    stop_str[6] = 0;
+    const char *first = strstr(full, stop_str);
+    ASSERT(first);
+    const size_t want = (size_t)(first - full);
+    const char *stops[] = {"no such text at all", stop_str};
+    mor_stop *st = NULL;
+    ASSERT_OK(mor_stop_create(stops, 2, NULL, &st));
+    mor_detok *d = NULL;
+    ASSERT_OK(mor_detok_create(m, 0, &d));
+    static char got[8192];
+    size_t n_got = 0;
+    int32_t which = -1;
+    for (int i = 0; i < 80 && which < 0; i++) {
+        char piece[256];
+        size_t np = 0, no = 0;
+        ASSERT_OK(mor_detok_push(d, gen[i], piece, sizeof piece, &np));
+        ASSERT_OK(mor_stop_push(st, piece, np, got + n_got, sizeof got - n_got, &no, &which));
+        n_got += no;
+    }
+    ASSERT_EQ(which, 1);
+    ASSERT_EQ(n_got, want);
+    ASSERT(memcmp(got, full, want) == 0);
+    // Random cuts of the same text, one byte to 9 at a time.
+    uint64_t r = test__seed;
+    for (int trial = 0; trial < 50; trial++) {
+        size_t cuts[8192], nc = 0, tot = 0;
+        while (tot < n_full) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            cuts[nc] = 1 + (size_t)(r >> 60) % 9;
+            tot += cuts[nc++];
+        }
+        mor_stop_reset(st);
+        size_t n = 0;
+        ASSERT_EQ(stop_run(st, full, cuts, (int)nc, got, &n), 1);
+        ASSERT_EQ(n, want);
+        ASSERT(memcmp(got, full, want) == 0);
+    }
+    mor_detok_free(d);
+    mor_stop_free(st);
+    mor_session_free(s);
+    mor_model_free(m);
+}
+
 TEST_MAIN(abort_after_first_chunk_resume_bit_identical, abort_immediately, abort_budget_per_call,
-          abort_bad_arguments_and_free, allowed_set_greedy_and_random, logit_bias, constraint_errors, debug_logs)
+          abort_bad_arguments_and_free, allowed_set_greedy_and_random, logit_bias, constraint_errors, debug_logs,
+          stop_strings_span_pieces, stop_strings_over_detokenizer)
