@@ -83,6 +83,12 @@ _sig("mor_session_set_router_fn", C.c_int, C.c_void_p, ROUTE_FN, C.c_void_p, C.c
 _sig("mor_session_set_abort", C.c_int, C.c_void_p, ABORT_FN, C.c_void_p)
 _sig("mor_session_set_logit_bias", C.c_int, C.c_void_p, C.POINTER(C.c_int32), C.POINTER(C.c_float), C.c_int32)
 _sig("mor_session_set_allowed_tokens", C.c_int, C.c_void_p, C.POINTER(C.c_int32), C.c_int32)
+_sig("mor_stop_create", C.c_int, C.POINTER(C.c_char_p), C.c_int32, C.c_void_p, C.POINTER(C.c_void_p))
+_sig("mor_stop_push", C.c_int, C.c_void_p, C.c_char_p, C.c_size_t, C.c_char_p, C.c_size_t, C.POINTER(C.c_size_t),
+     C.POINTER(C.c_int32))
+_sig("mor_stop_flush", C.c_int, C.c_void_p, C.c_char_p, C.c_size_t, C.POINTER(C.c_size_t))
+_sig("mor_stop_reset", None, C.c_void_p)
+_sig("mor_stop_free", None, C.c_void_p)
 _sig("mor_session_token_info", C.c_int, C.c_void_p, C.c_int32, C.POINTER(C.c_int32), C.POINTER(C.c_float),
      C.POINTER(C.c_int32))
 _sig("mor_sched_create", C.c_int, C.c_void_p, C.c_void_p, C.POINTER(C.c_void_p), C.c_char_p, C.c_size_t)
@@ -407,6 +413,49 @@ class Session(_Handle):
             self._sched = None
         self._free(h)  # the library defers it while a callback of the session runs
         self.model._release()
+
+    __del__ = close
+
+
+class StopMatcher:
+    """Stop strings over a stream of text pieces (mor_stop_*): push(piece) returns (bytes that
+    are safe to emit, index of the stop string reached or -1); flush() returns the held bytes
+    at the end of a stream that never matched. Pieces and stop strings are bytes or str
+    (UTF-8)."""
+
+    def __init__(self, stops):
+        bs = [s.encode() if isinstance(s, str) else bytes(s) for s in stops]
+        arr = (C.c_char_p * max(len(bs), 1))(*bs)
+        h = C.c_void_p()
+        st = lib.mor_stop_create(arr, len(bs), None, C.byref(h))
+        if st:
+            raise Error(st, "stop strings must be 1..4096 bytes without NUL")
+        self.h = h
+
+    def push(self, piece):
+        b = piece.encode() if isinstance(piece, str) else bytes(piece)
+        out = C.create_string_buffer(len(b) + 4097)
+        n, which = C.c_size_t(), C.c_int32()
+        st = lib.mor_stop_push(self.h, b, len(b), out, len(out), C.byref(n), C.byref(which))
+        if st:
+            raise Error(st, "mor_stop_push failed")
+        return out.raw[:n.value], which.value
+
+    def flush(self):
+        out = C.create_string_buffer(4097)
+        n = C.c_size_t()
+        st = lib.mor_stop_flush(self.h, out, len(out), C.byref(n))
+        if st:
+            raise Error(st, "mor_stop_flush failed")
+        return out.raw[:n.value]
+
+    def reset(self):
+        lib.mor_stop_reset(self.h)
+
+    def close(self):
+        h, self.h = getattr(self, "h", None), None
+        if h:
+            lib.mor_stop_free(h)
 
     __del__ = close
 

@@ -90,6 +90,18 @@ class Bindings(unittest.TestCase):
         with self.assertRaises(mor.Error):
             s.set_logit_bias({3: float("nan")})
 
+    def test_stop_matcher(self):
+        sm = mor.StopMatcher(["END", "\n\n"])
+        self.assertEqual(sm.push("abc E"), (b"abc ", -1))
+        self.assertEqual(sm.push("N"), (b"", -1))
+        self.assertEqual(sm.push("D more"), (b"", 0))
+        sm.reset()
+        self.assertEqual(sm.push("xyzE"), (b"xyz", -1))
+        self.assertEqual(sm.flush(), b"E")
+        with self.assertRaises(mor.Error):
+            mor.StopMatcher([""])
+        sm.close()
+
     def test_python_router(self):
         m = mor.Model(os.path.join(DATA, "middle_cycle.gguf"))
         s = m.session(n_ctx=64)

@@ -25,7 +25,7 @@ thread     1     thread.c thread.h
 kernels    2     kernels.h kernels/*
 model      3     arch.c arch.h exit.c gguf.c gguf.h model.c model.h
 work       4     work.c work.h
-text       5     tokenizer*.c tokenizer*.h pretok.c
+text       5     tokenizer*.c tokenizer*.h pretok.c stop.c
 kv         5     kv.c kv.h
 route      5     route.c route.h
 load       6     load.c
