@@ -558,9 +558,20 @@ void mor__pass_finish(mor_session *s) {
 }
 
 int mor__forward(mor_session *s, const int32_t *tokens, int32_t T, int logits_all) {
+    return mor__forward_until(s, tokens, T, logits_all, NULL, NULL, NULL);
+}
+
+int mor__forward_until(mor_session *s, const int32_t *tokens, int32_t T, int logits_all,
+                       int (*stop)(void *ctx, int32_t layer), void *ctx, int *stopped) {
     if (s->tokens + s->n_past != tokens) memcpy(s->tokens + s->n_past, tokens, (size_t)T * sizeof(int32_t));
+    if (stopped) *stopped = 0;
     int st = mor__pass_begin(s, T, logits_all);
     while (st == MOR_OK && mor__pass_next(s) >= 0) {
+        if (stop && mor__pass_next(s) > 0 && stop(ctx, mor__pass_next(s))) {  // the pass is dropped
+            s->ps.active = 0;
+            *stopped = 1;
+            return MOR_OK;
+        }
         mor__layer_rows p;
         mor__pass_rows(s, &p);
         mor__run_layers(&s->w, s->model, &p, 1);

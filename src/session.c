@@ -358,28 +358,15 @@ static int abort_asked(mor_session *s, int32_t done, int32_t n, int32_t layer) {
     return r != 0 || s->free_pending;
 }
 
-// mor__forward with the abort callback asked before every layer after the first (the first
-// is asked by the caller, before the pass begins). Returns 1 when stopped: the pass is
-// dropped (nothing of it stays), -status on an error, 0 when it finished.
-static int forward_abortable(mor_session *s, int32_t T, int all, int32_t done, int32_t n) {
-    int st = mor__pass_begin(s, T, all);
-    while (st == MOR_OK && mor__pass_next(s) >= 0) {
-        int32_t l = mor__pass_next(s);
-        if (l > 0 && abort_asked(s, done, n, l)) {
-            s->ps.active = 0;
-            return 1;
-        }
-        mor__layer_rows p;
-        mor__pass_rows(s, &p);
-        mor__run_layers(&s->w, s->model, &p, 1);
-        st = mor__pass_advance(s);
-    }
-    if (st) {
-        s->ps.active = 0;
-        return -st;
-    }
-    mor__pass_finish(s);
-    return 0;
+// The abort callback asked before a layer of the pass that steps tokens [done, ...) of n.
+typedef struct {
+    mor_session *s;
+    int32_t      done, n;
+} abort_at;
+
+static int abort_at_layer(void *ctx, int32_t layer) {
+    const abort_at *a = ctx;
+    return abort_asked(a->s, a->done, a->n, layer);
 }
 
 int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
@@ -401,15 +388,13 @@ int mor_session_step(mor_session *s, const int32_t *tokens, int32_t n) {
         const int32_t last = s->n_last, nlog = s->n_logits;
         if (!stop) {
             mor__session_prepare(s, tokens + off, T, n > 1, off);
-            if (!s->abort_fn) {
-                st = mor__forward(s, s->tokens + s->n_past, T, all);
-            } else {
-                int r = forward_abortable(s, T, all, off, n);
-                st = r < 0 ? -r : 0;
-                if (r == 1) {
-                    mor__session_abandon(s);  // what the pass appended goes
-                    stop = 1;
-                }
+            abort_at at = {s, off, n};
+            int stopped = 0;
+            st = mor__forward_until(s, s->tokens + s->n_past, T, all, s->abort_fn ? abort_at_layer : NULL, &at,
+                                    &stopped);
+            if (stopped) {
+                mor__session_abandon(s);  // what the pass appended goes
+                stop = 1;
             }
             if (st) return finish_call(s, mor__session_abort(s, st));
         }

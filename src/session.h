@@ -162,6 +162,10 @@ struct mor_session {
 // token if logits_all), the per-token depths and the telemetry. On error (a router callback),
 // returns the status; the caller abandons the pass (mor__session_abort).
 int  mor__forward(mor_session *s, const int32_t *tokens, int32_t T, int logits_all);
+// mor__forward asking stop(ctx, layer) before every layer after the first; a non-zero answer
+// drops the pass (nothing of it stays), sets *stopped and returns MOR_OK.
+int  mor__forward_until(mor_session *s, const int32_t *tokens, int32_t T, int logits_all,
+                        int (*stop)(void *ctx, int32_t layer), void *ctx, int *stopped);
 
 // The same pass, one layer at a time, so that a scheduler can batch the layers of several
 // sessions (forward.c). The new tokens must already be in s->tokens[n_past .. n_past+T-1].
