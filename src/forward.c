@@ -566,8 +566,8 @@ int mor__forward_until(mor_session *s, const int32_t *tokens, int32_t T, int log
     if (s->tokens + s->n_past != tokens) memcpy(s->tokens + s->n_past, tokens, (size_t)T * sizeof(int32_t));
     if (stopped) *stopped = 0;
     int st = mor__pass_begin(s, T, logits_all);
-    while (st == MOR_OK && mor__pass_next(s) >= 0) {
-        if (stop && mor__pass_next(s) > 0 && stop(ctx, mor__pass_next(s))) {  // the pass is dropped
+    for (int32_t l; st == MOR_OK && (l = mor__pass_next(s)) >= 0;) {
+        if (stop && l > 0 && stop(ctx, l)) {  // the pass is dropped
             s->ps.active = 0;
             *stopped = 1;
             return MOR_OK;

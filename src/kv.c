@@ -100,22 +100,17 @@ void mor__kv_propagate(mor__kv *kv, mor__work *w, const mor_model *m, int32_t l,
     w->kern->rmsnorm(w->xb, h, ly->attn_norm, hp->n_embd, hp->rms_eps);
     mor__matmul(w, &ly->w[MOR__ROLE_K], w->xb, 1, w->k);
     mor__matmul(w, &ly->w[MOR__ROLE_V], w->xb, 1, w->v);
+    // LoRA, DoRA row scales and biases, in the order the layer applies them
     for (int role = MOR__ROLE_K; role <= MOR__ROLE_V; role++) {
-        if (!ly->lora_a[role].data) continue;
         float *y = role == MOR__ROLE_K ? w->k : w->v;
-        mor__matmul(w, &ly->lora_a[role], w->xb, 1, w->lora);
-        mor__matmul(w, &ly->lora_b[role], w->lora, 1, w->tmp);
-        for (int i = 0; i < kv_dim; i++) y[i] += hp->lora_scale * w->tmp[i];
-    }
-    for (int role = MOR__ROLE_K; role <= MOR__ROLE_V; role++) {  // DoRA row scales, as the layer applies them
-        const float *ds = ly->dora[role];
-        float *y = role == MOR__ROLE_K ? w->k : w->v;
+        const float *ds = ly->dora[role], *bias = ly->bias[role];
+        if (ly->lora_a[role].data) {
+            mor__matmul(w, &ly->lora_a[role], w->xb, 1, w->lora);
+            mor__matmul(w, &ly->lora_b[role], w->lora, 1, w->tmp);
+            for (int i = 0; i < kv_dim; i++) y[i] += hp->lora_scale * w->tmp[i];
+        }
         if (ds)
             for (int i = 0; i < kv_dim; i++) y[i] *= ds[i];
-    }
-    for (int role = MOR__ROLE_K; role <= MOR__ROLE_V; role++) {  // biases, as the layer adds them
-        const float *bias = ly->bias[role];
-        float *y = role == MOR__ROLE_K ? w->k : w->v;
         if (bias)
             for (int i = 0; i < kv_dim; i++) y[i] += bias[i];
     }
