@@ -38,6 +38,7 @@ STORIES = os.path.join(DATA, "stories260K.gguf")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(ROOT, "python"))
 import morgguf  # noqa: E402
+from morconvert import layout  # noqa: E402
 
 TOL = 1e-4
 Q8_0 = 8  # GGUF tensor type id
@@ -86,19 +87,7 @@ def stepwise(lo, hi, B):
 
 def layer_map(sharing, L, n_rec, l):
     """(stored layer, recursion) of unrolled layer l: docs/FORMAT.md §3.2."""
-    middle = sharing.startswith("middle")
-    B = (L - 2 * middle) // n_rec
-    if sharing == "cycle":
-        return l % B, l // B
-    if sharing == "sequence":
-        return l // n_rec, l % n_rec
-    if l == 0:
-        return 0, 0
-    if l == L - 1:
-        return B + 1, 0
-    if sharing == "middle_cycle":
-        return 1 + (l - 1) % B, (l - 1) // B
-    return 1 + (l - 1) // n_rec, (l - 1) % n_rec
+    return layout.s_r(l, L, sharing, n_rec)
 
 
 def hand_built(src, out, sharing, n_rec, norms):

@@ -1139,6 +1139,19 @@ def load_train(work, device):
     return torch.from_numpy(np.fromfile(path, dtype=np.uint16).astype(np.int64)).to(device)
 
 
+def load_work(work, device, max_eval_tokens=0):
+    """What `prepare` wrote: (tokenizer, data.json, training tokens on device, held-out
+    [(file, token ids)] cut to max_eval_tokens each when set)."""
+    with open(os.path.join(work, "tokenizer.json")) as f:
+        tok = Tokenizer.from_json(json.load(f))
+    with open(os.path.join(work, "data.json")) as f:
+        dmeta = json.load(f)
+    held = [(h["file"], load_u16(os.path.join(work, "heldout", h["file"] + ".u16"))) for h in dmeta["heldout"]]
+    if max_eval_tokens:
+        held = [(n, ids[:max_eval_tokens]) for n, ids in held]
+    return tok, dmeta, load_train(work, device), held
+
+
 def eval_windows(ids, ctx):
     return [ids[w:w + ctx] for w in range(0, len(ids), ctx) if len(ids[w:w + ctx]) >= 2]
 
@@ -1335,15 +1348,8 @@ def cmd_train(a):
             log("selftest failed with scaled_dot_product_attention; retrying with math attention")
             if not selftest(device, log, quick=True):
                 raise SystemExit("selftest failed")
-    with open(os.path.join(a.work, "tokenizer.json")) as f:
-        tok = Tokenizer.from_json(json.load(f))
-    with open(os.path.join(a.work, "data.json")) as f:
-        dmeta = json.load(f)
-    data = load_train(a.work, device)
-    held = [(h["file"], load_u16(os.path.join(a.work, "heldout", h["file"] + ".u16"))) for h in dmeta["heldout"]]
+    tok, dmeta, data, held = load_work(a.work, device, a.max_eval_tokens)
     held_txt = [os.path.join(a.work, "heldout", h["file"] + ".txt") for h in dmeta["heldout"]]
-    if a.max_eval_tokens:
-        held = [(n, ids[:a.max_eval_tokens]) for n, ids in held]
     results_path = os.path.join(a.out, "results.json")
     results = {"device": torch.cuda.get_device_name(0) if device != "cpu" else "cpu",
                "torch": torch.__version__, "batch": a.batch, "seq": a.seq, "lr": a.lr,
@@ -1439,14 +1445,7 @@ def cmd_uptrain(a):
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = False
-    with open(os.path.join(a.work, "tokenizer.json")) as f:
-        tok = Tokenizer.from_json(json.load(f))
-    with open(os.path.join(a.work, "data.json")) as f:
-        dmeta = json.load(f)
-    data = load_train(a.work, device)
-    held = [(h["file"], load_u16(os.path.join(a.work, "heldout", h["file"] + ".u16"))) for h in dmeta["heldout"]]
-    if a.max_eval_tokens:
-        held = [(n, ids[:a.max_eval_tokens]) for n, ids in held]
+    tok, dmeta, data, held = load_work(a.work, device, a.max_eval_tokens)
     log = print
     model = model_from_gguf(a.gguf, device)
     cfg = model.cfg
